@@ -1,0 +1,117 @@
+"""Losses, each beside its derivative with respect to the model output.
+
+Shapes: ``y_hat`` / ``logits`` are ``(batch, k)`` or a single ``(k,)``.
+Integer labels are ``(batch,)`` (or a scalar); one-hot or probability targets
+have the logits' shape.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_same_shape(y_hat, y, what):
+    if jnp.shape(y_hat) != jnp.shape(y):
+        raise ValueError(f"{what}: prediction shape {jnp.shape(y_hat)} != target shape {jnp.shape(y)}")
+
+
+def sum_squared_residuals(y_hat, y):
+    """``L = sum_i (y_i - y_hat_i)^2`` over every element (batch and outputs)."""
+    _check_same_shape(y_hat, y, "sum_squared_residuals")
+    return jnp.sum((y - y_hat) ** 2)
+
+
+def sum_squared_residuals_grad(y_hat, y):
+    """``dL/dy_hat = -2 (y - y_hat)``."""
+    _check_same_shape(y_hat, y, "sum_squared_residuals")
+    return -2 * (y - y_hat)
+
+
+def mean_squared_error(y_hat, y):
+    """``L = mean_i (y_i - y_hat_i)^2`` over every element."""
+    _check_same_shape(y_hat, y, "mean_squared_error")
+    return jnp.mean((y - y_hat) ** 2)
+
+
+def mean_squared_error_grad(y_hat, y):
+    """``dL/dy_hat = -2 (y - y_hat) / N`` with N the number of elements."""
+    _check_same_shape(y_hat, y, "mean_squared_error")
+    return -2 * (y - y_hat) / y.size
+
+
+def _targets(logits, labels):
+    """Labels as a ``(n, k)`` probability matrix; validates what it can see."""
+    k = logits.shape[-1]
+    labels = jnp.asarray(labels)
+    if labels.shape == logits.shape:
+        return labels.reshape(-1, k).astype(logits.dtype)
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels shape {labels.shape} fits neither integer labels {logits.shape[:-1]} "
+            f"nor one-hot targets {logits.shape} for logits of shape {logits.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"integer class labels expected, got dtype {labels.dtype}")
+    if _is_concrete(labels) and labels.size:
+        host = np.asarray(labels)  # numpy, so the check is never staged into a jit
+        lo, hi = int(host.min()), int(host.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"labels must lie in [0, {k}) for {k} classes; got min {lo}, max {hi}")
+    return jax.nn.one_hot(labels.reshape(-1), k, dtype=logits.dtype)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over the batch of ``-sum_k y_k log softmax(s)_k`` (log-sum-exp stable)."""
+    y = _targets(logits, labels)
+    logp = jax.nn.log_softmax(logits.reshape(y.shape), axis=-1)
+    return -jnp.sum(y * logp) / y.shape[0]
+
+
+def softmax_cross_entropy_grad(logits, labels):
+    """``dL/ds = (softmax(s) - y) / n`` for the batch-mean loss above."""
+    y = _targets(logits, labels)
+    p = jax.nn.softmax(logits.reshape(y.shape), axis=-1)
+    return ((p - y) / y.shape[0]).reshape(logits.shape)
+
+
+# name -> (loss(y_hat, y), dloss/dy_hat); what the hand backprop can pair with an MLP.
+LOSSES = {
+    "cross_entropy": (softmax_cross_entropy, softmax_cross_entropy_grad),
+    "ssr": (sum_squared_residuals, sum_squared_residuals_grad),
+    "mse": (mean_squared_error, mean_squared_error_grad),
+}
+
+
+def get_loss(name: str):
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def _is_weight(path) -> bool:
+    last = path[-1] if path else None
+    return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
+
+
+def l2_penalty(params, lam):
+    """``lam * sum_l ||W_l||_F^2`` over leaves named ``"W"``; biases and norm scales are not penalised."""
+    leaves = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_weight(p)]
+    return lam * sum(jnp.sum(w * w) for w in leaves)
+
+
+def l2_penalty_grad(params, lam):
+    """``2 lam W`` for weight leaves, zeros elsewhere; same structure as ``params``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: 2 * lam * x if _is_weight(p) else jnp.zeros_like(x), params)
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose arg-max matches the integer label (or the one-hot target's arg-max)."""
+    labels = jnp.asarray(labels)
+    if labels.shape == logits.shape:
+        labels = jnp.argmax(labels, -1)
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
