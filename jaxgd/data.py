@@ -1,0 +1,199 @@
+"""MNIST, CIFAR-10 and CIFAR-2 through tensorflow-datasets, as arrays ready for the device.
+
+Reading uses ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
+Decoded uint8 splits are cached as ``.npz`` so a second load takes well under a
+second; a stale or corrupt cache file is detected and rebuilt.
+
+- Data directory: the ``data_dir`` argument, else ``$TFDS_DATA_DIR``, else TFDS's
+  default ``~/tensorflow_datasets``.
+- Validation: a seeded random permutation of the training split (not
+  stratified); ``val_fraction`` of it (default 10%) or exactly ``val_size`` images.
+- Preprocessing: scale to [0, 1], then subtract the per-channel mean and divide by
+  the per-channel std of the *training part only*.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATASETS = {
+    # name: (tfds name, class names or None = from TFDS, labels kept (None = all))
+    "mnist": ("mnist", [str(i) for i in range(10)], None),
+    "cifar10": ("cifar10", ["airplane", "automobile", "bird", "cat", "deer",
+                            "dog", "frog", "horse", "ship", "truck"], None),
+    # CIFAR-2: airplane (0) and bird (2), relabelled 0 and 1
+    "cifar2": ("cifar10", ["airplane", "bird"], (0, 2)),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is not prepared in the data directory and cannot be prepared here."""
+
+
+class Split(NamedTuple):
+    x: np.ndarray  # float32, (n, h, w, c) or (n, h*w*c)
+    y: np.ndarray  # int32, (n,)
+
+
+class Dataset(NamedTuple):
+    train: Split
+    val: Split
+    test: Split
+    info: dict  # class names, normalisation statistics, split sizes, source
+
+
+def resolve_data_dir(explicit=None) -> Path:
+    return Path(explicit or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
+
+
+def resolve_cache_dir(explicit=None) -> Path:
+    return Path(explicit or os.environ.get("JAXGD_CACHE_DIR") or Path.home() / ".cache" / "jaxgd").expanduser()
+
+
+def _how_to_prepare(tfds_name):
+    return (f"Prepare it once on a machine with internet access: pip install 'jaxgd[prepare]' "
+            f"(TensorFlow is needed only for this step), then "
+            f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
+            f"file_format='array_record').download_and_prepare()\" -- or point TFDS_DATA_DIR / "
+            f"--data-dir at a folder that already holds {tfds_name}/<version>/.")
+
+
+def find_prepared(name, data_dir=None) -> Path:
+    """The folder ``<data_dir>/<tfds name>/<version>`` of a prepared dataset; raises DataNotFoundError."""
+    tfds_name = _spec(name)[0]
+    root = resolve_data_dir(data_dir)
+    found = sorted(root.glob(f"{tfds_name}/*/dataset_info.json"))
+    if not found:
+        raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}. "
+                                + _how_to_prepare(tfds_name))
+    return found[-1].parent
+
+
+def _spec(name):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def _open(tfds_name, split, root, download):
+    """``tfds.data_source`` that fails fast with one clear message when the data is missing."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=False)
+    except Exception as e:  # TFDS raises several types for "not prepared"
+        missing = e
+    if download and importlib.util.find_spec("tensorflow") is not None:
+        return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=True,
+                                builder_kwargs={"file_format": "array_record"})
+    raise DataNotFoundError(
+        f"dataset {tfds_name!r} split {split!r} could not be read from {root} "
+        f"({type(missing).__name__}: {str(missing).splitlines()[0][:200]}). " + _how_to_prepare(tfds_name))
+
+
+def _decode(source):
+    rows = [source[i] for i in range(len(source))]  # as fast as __getitems__, which TFDS's mock lacks
+    x = np.stack([r["image"] for r in rows]).astype(np.uint8)
+    y = np.asarray([r["label"] for r in rows], np.int32)
+    return x, y
+
+
+def _raw_split(tfds_name, split, root, cache, download):
+    """Decoded ``(uint8 images, int32 labels)`` of one TFDS split, through the cache."""
+    source = _open(tfds_name, split, root, download)
+    info = getattr(source, "dataset_info", None)
+    version = str(getattr(info, "version", "unknown"))
+    key = f"{tfds_name}|{version}|{split}|{len(source)}|{root.resolve()}"
+    path = None
+    if cache is not None:
+        path = cache / f"{tfds_name}-{version}-{split}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as f:
+                    if str(f["key"]) == key and len(f["x"]) == len(f["y"]) == len(source):
+                        return f["x"], f["y"], version
+                warnings.warn(f"stale cache {path} (made from other data); rebuilding it")
+            except Exception as e:  # truncated / corrupt zip, missing arrays
+                warnings.warn(f"corrupt cache {path} ({type(e).__name__}); rebuilding it")
+    x, y = _decode(source)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, y=y, key=np.array(key))
+        os.replace(tmp, path)
+    return x, y, version
+
+
+def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int | None = None,
+         train_size: int | None = None, seed: int = 0, layout: str = "flat", normalize: bool = True,
+         cache=True, download: bool = True) -> Dataset:
+    """Load ``"mnist"``, ``"cifar10"`` or ``"cifar2"`` as float32 images and int32 labels.
+
+    The TFDS train split is permuted with ``seed`` and cut into validation
+    (``val_size`` images, else ``val_fraction`` of it) and training (the rest, or
+    its first ``train_size`` images). The TFDS test split is the test set.
+    ``layout`` is ``"flat"`` (n, h*w*c) or ``"nhwc"``. ``cache`` is True (default
+    cache dir), False, or a folder. ``download`` lets TFDS prepare missing data
+    when TensorFlow is installed; otherwise a missing dataset raises
+    ``DataNotFoundError`` at once.
+    """
+    tfds_name, classes, keep = _spec(name)
+    if layout not in ("flat", "nhwc"):
+        raise ValueError(f"layout must be 'flat' or 'nhwc', got {layout!r}")
+    if val_size is None and not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    for what, v in (("val_size", val_size), ("train_size", train_size)):
+        if v is not None and (int(v) != v or v < (0 if what == "val_size" else 1)):
+            raise ValueError(f"{what} must be a whole number >= {0 if what == 'val_size' else 1}, got {v}")
+    root = resolve_data_dir(data_dir)
+    cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
+    raw = {s: _raw_split(tfds_name, s, root, cdir, download) for s in ("train", "test")}
+    version = raw["train"][2]
+    (xtr, ytr), (xte, yte) = (raw["train"][:2], raw["test"][:2])
+    if keep is not None:
+        (xtr, ytr), (xte, yte) = _relabel(xtr, ytr, keep), _relabel(xte, yte, keep)
+    counts_before = {"train": np.bincount(ytr, minlength=len(classes)).tolist(),
+                     "test": np.bincount(yte, minlength=len(classes)).tolist()}
+
+    n = len(ytr)
+    n_val = int(val_size) if val_size is not None else int(round(val_fraction * n))
+    if n_val >= n:
+        raise ValueError(f"val_size {n_val} leaves no training images out of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_size is not None:
+        if train_size > len(train_idx):
+            raise ValueError(f"train_size {train_size} > the {len(train_idx)} images left after validation")
+        train_idx = train_idx[:train_size]
+
+    xtr_f = xtr[train_idx].astype(np.float32) / 255.0
+    axes = tuple(range(xtr_f.ndim - 1))  # every axis but the channel
+    mean = xtr_f.mean(axis=axes, dtype=np.float64).astype(np.float32)
+    std = xtr_f.std(axis=axes, dtype=np.float64).astype(np.float32)
+
+    def prep(x):
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+        if normalize:
+            x = (x - mean) / std
+        return x.reshape(len(x), int(np.prod(x.shape[1:]))) if layout == "flat" else x
+
+    info = {"name": name, "tfds_name": tfds_name, "version": version, "classes": classes,
+            "image_shape": list(xtr.shape[1:]), "mean": mean.tolist(), "std": std.tolist(),
+            "normalized": normalize, "layout": layout, "seed": seed,
+            "sizes": {"train": len(train_idx), "val": n_val, "test": len(yte)},
+            "class_counts_before_split": counts_before, "data_dir": str(root),
+            "split": "seeded random permutation of the TFDS train split (not stratified)"}
+    return Dataset(Split(prep(xtr_f), ytr[train_idx]), Split(prep(xtr[val_idx]), ytr[val_idx]),
+                   Split(prep(xte), yte), info)
+
+
+def _relabel(x, y, keep):
+    mask = np.isin(y, keep)
+    lut = np.full(max(keep) + 1, -1, np.int32)
+    lut[list(keep)] = np.arange(len(keep))
+    return x[mask], lut[y[mask]]

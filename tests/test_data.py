@@ -1,0 +1,113 @@
+"""Data loading: logic on tfds.testing.mock_data, facts on the real prepared data."""
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import require_real_data
+from jaxgd import data
+
+
+@pytest.fixture
+def mock_cifar():
+    with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+def test_mock_splits_shapes_and_stats_from_train_only(mock_cifar, tmp_path):
+    d = data.load("cifar10", val_fraction=0.25, cache=tmp_path, seed=3)
+    assert d.info["sizes"] == {"train": 45, "val": 15, "test": 60}
+    assert d.train.x.shape == (45, 3072) and d.train.x.dtype == np.float32 and d.train.y.dtype == np.int32
+    # normalised with the training part's statistics: train is exactly zero-mean / unit-std per channel
+    xt = d.train.x.reshape(-1, 32, 32, 3)
+    np.testing.assert_allclose(xt.mean(axis=(0, 1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(xt.std(axis=(0, 1, 2)), 1, atol=1e-4)
+    raw = data.load("cifar10", val_fraction=0.25, cache=tmp_path, seed=3, normalize=False, layout="nhwc")
+    np.testing.assert_allclose(raw.train.x.mean(axis=(0, 1, 2)), d.info["mean"], rtol=1e-5)
+    assert raw.val.x.min() >= 0 and raw.val.x.max() <= 1 and raw.val.x.shape[1:] == (32, 32, 3)
+    # the same seed gives the same split; another seed another one
+    again = data.load("cifar10", val_fraction=0.25, cache=tmp_path, seed=3)
+    np.testing.assert_array_equal(again.val.y, d.val.y)
+    np.testing.assert_array_equal(again.val.x, d.val.x)
+
+
+def test_mock_cifar2_relabels(mock_cifar, tmp_path):
+    full = data.load("cifar10", val_fraction=0.0, cache=tmp_path, normalize=False)
+    two = data.load("cifar2", val_fraction=0.0, cache=tmp_path, normalize=False)
+    keep = np.isin(full.train.y, (0, 2))
+    assert set(np.unique(two.train.y)) <= {0, 1} and len(two.train.y) == keep.sum()
+    assert (two.train.y == 1).sum() == (full.train.y == 2).sum()  # bird -> 1
+    # the same images (order differs: each split is permuted)
+    key = lambda x: np.sort(x.sum(axis=1))  # noqa: E731
+    np.testing.assert_allclose(key(two.train.x[two.train.y == 0]), key(full.train.x[full.train.y == 0]), rtol=1e-6)
+    assert two.info["classes"] == ["airplane", "bird"]
+
+
+def test_cache_hit_and_corruption(mock_cifar, tmp_path):
+    data.load("mnist", cache=tmp_path)
+    files = sorted(tmp_path.glob("mnist-*.npz"))
+    assert len(files) == 2  # train and test
+    before = [f.stat().st_mtime_ns for f in files]
+    data.load("mnist", cache=tmp_path)  # a hit rewrites nothing
+    assert [f.stat().st_mtime_ns for f in files] == before
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncate: corrupt
+    with pytest.warns(UserWarning, match="corrupt cache"):
+        d = data.load("mnist", cache=tmp_path)
+    assert d.train.x.shape[1] == 784
+    with np.load(files[0]) as f:  # rebuilt
+        assert len(f["x"]) == 60
+    np.savez(files[0], x=np.zeros((3, 28, 28, 1), np.uint8), y=np.zeros(3, np.int32), key=np.array("other"))
+    with pytest.warns(UserWarning, match="stale cache"):
+        data.load("mnist", cache=tmp_path)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "imagenet"}, "unknown dataset"),
+    ({"name": "mnist", "val_fraction": 1.0}, "val_fraction"),
+    ({"name": "mnist", "val_fraction": -0.1}, "val_fraction"),
+    ({"name": "mnist", "val_size": 2.5}, "val_size"),
+    ({"name": "mnist", "layout": "nchw"}, "layout"),
+])
+def test_bad_arguments(kwargs, match, mock_cifar):
+    with pytest.raises(ValueError, match=match):
+        data.load(**kwargs, cache=False)
+
+
+def test_missing_data_fails_fast_with_instructions(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)  # as without TensorFlow
+    t = time.time()
+    with pytest.raises(data.DataNotFoundError) as e:
+        data.load("cifar2", data_dir=tmp_path / "nowhere", cache=False)
+    assert time.time() - t < 10
+    msg = str(e.value)
+    assert "cifar10" in msg and "nowhere" in msg and "jaxgd[prepare]" in msg
+    with pytest.raises(data.DataNotFoundError, match="not prepared"):
+        data.find_prepared("mnist", tmp_path)
+
+
+# ------------------------------------------------------------------ real data
+def test_real_cifar2_sizes():
+    require_real_data("cifar2")
+    d = data.load("cifar2")
+    assert d.info["sizes"] == {"train": 9000, "val": 1000, "test": 2000}
+    assert d.info["class_counts_before_split"] == {"train": [5000, 5000], "test": [1000, 1000]}
+    assert d.train.x.shape == (9000, 3072)
+
+
+def test_real_mnist_counts():
+    require_real_data("mnist")
+    d = data.load("mnist", val_fraction=0.0, normalize=False)
+    assert d.info["sizes"] == {"train": 60000, "val": 0, "test": 10000}
+    assert d.info["class_counts_before_split"]["train"] == [5923, 6742, 5958, 6131, 5842,
+                                                            5421, 5918, 6265, 5851, 5949]
+    np.testing.assert_allclose(d.info["mean"], [0.1307], atol=1e-4)
+    np.testing.assert_allclose(d.info["std"], [0.3081], atol=1e-4)
+
+
+def test_real_cifar10_channel_means_and_dd2424_protocol():
+    require_real_data("cifar10")
+    d = data.load("cifar10", val_fraction=0.0)
+    np.testing.assert_allclose(d.info["mean"], [0.4914, 0.4822, 0.4465], atol=1e-4)
+    np.testing.assert_allclose(d.info["std"], [0.2470, 0.2435, 0.2616], atol=1e-4)
+    dd = data.load("cifar10", val_size=10000, train_size=10000)
+    assert dd.info["sizes"] == {"train": 10000, "val": 10000, "test": 10000}
