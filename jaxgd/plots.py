@@ -47,3 +47,68 @@ def samples_per_class(x, y, classes, path, per_class=8, seed=0):
             axes[c, j].axis("off")
         axes[c, 0].set_title(name, fontsize=8, loc="left")
     return _save(fig, path)
+
+
+def _floats(v):
+    return np.asarray([float(a) for a in v])
+
+
+def grid_curves(configs: dict, path):
+    """Train/val loss and accuracy per epoch, one line per config (label -> history dict)."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for i, (name, h) in enumerate(configs.items()):
+        style = "-" if i < 10 else "--"
+        for ax, key in zip(axes.flat, ("train_loss", "val_loss", "train_acc", "val_acc")):
+            ax.plot(np.arange(1, len(h[key]) + 1), _floats(h[key]), style, lw=1, label=name)
+    for ax, key in zip(axes.flat, ("train loss", "validation loss", "train accuracy", "validation accuracy")):
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylim(top=min(1.0, axes[0, 0].get_ylim()[1]))
+    axes[0, 1].set_ylim(top=min(1.0, axes[0, 1].get_ylim()[1]))
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    axes[0, 1].legend(fontsize=6, ncol=2, loc="upper right")
+    return _save(fig, path)
+
+
+def overlay(h_a, h_b, title, path, labels=("hand backprop + hand SGD", "jax.grad + optax")):
+    """Two histories' loss and accuracy curves on top of each other."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for h, lab, st in ((h_a, labels[0], dict(lw=4, alpha=0.4)), (h_b, labels[1], dict(lw=1, ls="--", color="k"))):
+        for ax, kind in zip(axes, ("loss", "acc")):
+            for split, mark in (("train", ""), ("val", "")):
+                y = _floats(h[f"{split}_{kind}"])
+                ax.plot(np.arange(1, len(y) + 1), y, label=f"{split}: {lab}", **st)
+    axes[0].set_title(f"{title}: loss")
+    axes[1].set_title("accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def confusion(cm, classes, path):
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 2 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _save(fig, path)
+
+
+def misclassified(images, y_true, y_pred, classes, path, cols=8):
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t, p in zip(axes.flat, images, y_true, y_pred):
+        ax.imshow(np.clip(img, 0, 1).squeeze(), cmap="gray")
+        ax.set_title(f"true {classes[t]}\npred {classes[p]}", fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,126 @@
+"""Experiment 3: the CIFAR-2 MLP with hand backprop and hand SGD, a grid search, and a test report.
+
+Every grid config trains with the hand-derived gradient and the hand-written SGD
+(momentum + weight decay, PyTorch semantics) from the same initial weights and on
+the same minibatches. The best config by final validation accuracy is retrained
+(bit-identical: the run is deterministic), evaluated once on test, and trained a
+third time with ``jax.grad`` + the optax twin to overlay the two curves.
+Finished configs are written after every chunk, so an interrupted grid resumes.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgd import data, nn, optim, train
+from jaxgd.experiments.common import load_json, outdir, provenance, save_json
+
+SIZES = (3072, 512, 128, 32, 2)
+N_PARAMS = 1_643_234
+
+# (lr, momentum, weight decay): the seeds' configs, their 2x2x2 grid, and their extra five.
+GRID = ([(.01, 0, 0), (.01, 0, .01), (.01, .9, 0), (.01, .9, .01), (.01, .9, .001), (.01, .8, .01)]
+        + [(lr, m, wd) for lr in (.01, .005) for wd in (0, .001) for m in (0, .99)]
+        + [(.005, .9, .001), (.02, .8, .005), (.01, .7, .002), (.015, .85, .01), (.008, .95, .003)])
+QUICK_GRID = [(.01, .9, .001), (.01, 0, 0), (.02, .8, .005), (.01, .99, 0)]
+
+DEFAULTS = {"epochs": 30, "batch_size": 64, "seed": 0, "init": "torch", "grid": GRID,
+            "chunk": 8, "data_dir": None, "train_size": None}
+
+
+def label(cfg) -> str:
+    lr, m, wd = cfg
+    return f"lr={lr:g} momentum={m:g} wd={wd:g}"
+
+
+def _fit(d, params, grid, cfg, **kw):
+    hp = optim.sgd_hyperparams(*zip(*grid)) if len(grid) > 1 else optim.sgd_hyperparams(*grid[0])
+    if len(grid) > 1:
+        params = train.stack_params([params] * len(grid))
+    return train.fit(train.mlp("relu"), params, d.train, d.val, hparams=hp, epochs=cfg["epochs"],
+                     batch_size=cfg["batch_size"], seed=cfg["seed"], **kw)
+
+
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
+    cfg = {**DEFAULTS, **(config or {})}
+    cfg["grid"] = [tuple(float(v) for v in g) for g in cfg["grid"]]
+    for g in cfg["grid"]:
+        optim.sgd_hyperparams(*g)  # validates before any training
+    t0 = time.time()
+    d = data.load("cifar2", seed=cfg["seed"], data_dir=cfg["data_dir"], train_size=cfg["train_size"])
+    params = nn.init_mlp(jax.random.PRNGKey(cfg["seed"]), SIZES, cfg["init"])
+    assert nn.count_params(params) == N_PARAMS, nn.count_params(params)
+
+    d_out = outdir("cifar2", out) if out is not False else None
+    partial = d_out / "grid_partial.json" if d_out else None
+    same = {k: cfg[k] for k in ("epochs", "batch_size", "seed", "init", "train_size")}
+    done = {}
+    if partial is not None and partial.exists() and not force:
+        prev = load_json(partial)
+        if prev.get("settings") == same:
+            done = prev["configs"]
+            if done and verbose:
+                log(f"resuming: {len(done)} finished configs kept from {partial}")
+    todo = [g for g in cfg["grid"] if label(g) not in done]
+    for i in range(0, len(todo), cfg["chunk"]):
+        chunk = todo[i:i + cfg["chunk"]]
+        if verbose:
+            log(f"training configs {len(done) + 1}..{len(done) + len(chunk)} of {len(cfg['grid'])}: "
+                + "; ".join(label(g) for g in chunk))
+        _, _, h = _fit(d, params, chunk, cfg, optimizer="hand", grads="hand", verbose=verbose, log=log)
+        hd = h.as_dict()
+        for j, g in enumerate(chunk):
+            per = {k: [row[j] for row in hd[k]] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+            done[label(g)] = {"lr": g[0], "momentum": g[1], "weight_decay": g[2], **per,
+                              "diverged_at_epoch": hd["diverged_at"][j],
+                              "final_val_acc": per["val_acc"][-1], "epoch_time_s": float(np.mean(hd["epoch_time"][1:] or hd["epoch_time"]))}
+        if partial is not None:
+            save_json(partial, {"settings": same, "configs": done})
+
+    ok = {k: v for k, v in done.items() if v["diverged_at_epoch"] is None and k in map(label, cfg["grid"])}
+    if not ok:
+        raise RuntimeError("every config diverged; nothing to select")
+    best_label = max(ok, key=lambda k: ok[k]["final_val_acc"])
+    best = tuple(ok[best_label][k] for k in ("lr", "momentum", "weight_decay"))
+
+    # The chosen config again: hand SGD + hand backprop (must reproduce the grid run) ...
+    p_hand, _, h_hand = _fit(d, params, [best], cfg, optimizer="hand", grads="hand")
+    # ... and the library way: jax.grad + optax, for the overlay.
+    _, _, h_optax = _fit(d, params, [best], cfg, optimizer="optax", grads="autodiff")
+    model = train.mlp("relu")
+    logits = np.asarray(train.predict(model, p_hand, None, jnp.asarray(d.test.x)))
+    pred = logits.argmax(-1)
+    test_acc = float((pred == d.test.y).mean())
+    cm = np.zeros((2, 2), int)
+    np.add.at(cm, (d.test.y, pred), 1)
+    hh, ho = h_hand.as_dict(), h_optax.as_dict()
+    curve_diff = max(float(np.nanmax(np.abs(np.subtract(hh[k], ho[k])))) for k in ("train_loss", "val_loss"))
+
+    res = {"experiment": "cifar2", "config": cfg, "n_params": N_PARAMS, "data": d.info,
+           "grid": done, "best": {"label": best_label, "lr": best[0], "momentum": best[1], "weight_decay": best[2],
+                                  "train_acc": hh["train_acc"][-1], "val_acc": hh["val_acc"][-1], "test_acc": test_acc,
+                                  "confusion_matrix": cm.tolist(),
+                                  "reproduces_grid_run": hh["val_acc"][-1] == ok[best_label]["final_val_acc"]},
+           "hand_vs_optax": {"history_hand": hh, "history_optax": ho, "max_abs_loss_curve_diff": curve_diff},
+           "wall_time_s": time.time() - t0, "provenance": provenance()}
+    if d_out is not None:
+        from jaxgd import plots
+        plots.grid_curves(done, d_out / "curves.png")
+        plots.overlay(hh, ho, f"CIFAR-2 {best_label}", d_out / "hand_vs_optax.png")
+        plots.confusion(cm, d.info["classes"], d_out / "confusion_test.png")
+        wrong = np.flatnonzero(pred != d.test.y)[:24]
+        imgs = d.test.x[wrong].reshape(-1, 32, 32, 3) * np.asarray(d.info["std"]) + np.asarray(d.info["mean"])
+        plots.misclassified(imgs, d.test.y[wrong], pred[wrong], d.info["classes"], d_out / "misclassified_test.png")
+        save_json(d_out / "results.json", res)
+    return res
+
+
+def summary(res) -> list[dict]:
+    rows = []
+    for k, v in sorted(res["grid"].items(), key=lambda kv: -np.nan_to_num(float(kv[1]["final_val_acc"]), nan=-1)):
+        rows.append({"config": k, "train acc": v["train_acc"][-1], "val acc": v["final_val_acc"],
+                     "diverged": v["diverged_at_epoch"] or "", "best": "<-" if k == res["best"]["label"] else ""})
+    return rows
