@@ -112,3 +112,31 @@ def misclassified(images, y_true, y_pred, classes, path, cols=8):
         ax.imshow(np.clip(img, 0, 1).squeeze(), cmap="gray")
         ax.set_title(f"true {classes[t]}\npred {classes[p]}", fontsize=7)
     return _save(fig, path)
+
+
+def templates(W_images, classes, title, path):
+    """Rows of W as class-template images, min-max scaled per class."""
+    fig, axes = plt.subplots(1, len(classes), figsize=(1.3 * len(classes), 1.7))
+    for ax, img, name in zip(axes, W_images, classes):
+        ax.imshow(_image(img))
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def curves(h, title, path):
+    """Each metric pair train_*/val_* of a history in its own panel."""
+    kinds = sorted({k.split("_", 1)[1] for k in h})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for split in ("train", "val"):
+            if f"{split}_{kind}" in h:
+                y = _floats(h[f"{split}_{kind}"])
+                ax.plot(np.arange(1, len(y) + 1), y, label=split)
+        ax.set_title(kind)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

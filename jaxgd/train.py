@@ -137,6 +137,7 @@ class History(NamedTuple):
     epoch_time: list
     compile_time: float
     diverged_at: Any  # epoch (1-based) of the first non-finite loss per config, or None
+    extra: list  # what fit's callback returned after each epoch
 
     def as_dict(self):
         return {k: (np.asarray(v).tolist() if isinstance(v, list) else v) for k, v in self._asdict().items()}
@@ -149,7 +150,8 @@ def _as_device(split):
 
 def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
         batch_size: int, seed: int = 0, optimizer="hand", grads="autodiff", loss="cross_entropy",
-        l2=0.0, model_state=None, eval_train=False, batch_configs="auto", verbose=False, log=print):
+        l2=0.0, model_state=None, eval_train=False, batch_configs="auto", callback=None,
+        verbose=False, log=print):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
@@ -162,6 +164,8 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     (batched matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after
     another inside the program: on XLA:CPU a batched matmul ran 2.5x slower than
     the same matmuls in turn), or ``"auto"`` (vmap on accelerators, map on CPU).
+    ``callback(epoch, params, model_state)``, if given, runs after each epoch and
+    its return values are kept in ``History.extra``.
     A config whose training loss stops being finite is marked diverged
     (its later numbers are NaN); training stops early once every config has.
     """
@@ -201,6 +205,7 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     shape = () if n_cfg is None else (n_cfg,)
     diverged = np.zeros(shape, bool)
     diverged_at = np.zeros(shape, int)
+    extra = []
     for e in range(epochs):
         t = time.perf_counter()
         carry, (tl, ta) = epoch_fn(carry, x, y, hparams, jax.random.fold_in(base, e))
@@ -216,13 +221,15 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
         for k, v in zip(("train_loss", "train_acc", "val_loss", "val_acc"), (tl, ta, vl, va)):
             hist[k].append(np.where(diverged, np.nan, v))
         hist["epoch_time"].append(time.perf_counter() - t)
+        if callback is not None:
+            extra.append(callback(e, carry[0], carry[2]))
         if verbose:
             log(f"epoch {e + 1:3d}/{epochs}  train loss {_show(tl)}  acc {_show(ta)}  "
                 f"val loss {_show(vl)}  acc {_show(va)}  {hist['epoch_time'][-1]:.2f}s")
         if np.all(diverged):
             break
     div = [int(d) if d else None for d in np.atleast_1d(diverged_at)]
-    history = History(**hist, compile_time=compile_time, diverged_at=div if n_cfg else div[0])
+    history = History(**hist, compile_time=compile_time, diverged_at=div if n_cfg else div[0], extra=extra)
     return carry[0], carry[2], history
 
 
