@@ -27,3 +27,32 @@ def test_cifar2_grid_resumes_and_marks_divergence(tmp_path):
 def test_cifar2_bad_grid_fails_before_training():
     with pytest.raises(ValueError, match="momentum"):
         cifar2.run({"grid": [(0.01, 1.5, 0.0)]}, out=False)
+
+
+def test_readme_results_match_the_json():
+    """The README's results block is exactly what the committed results/*.json generate."""
+    from pathlib import Path
+
+    from jaxgd.experiments import reproduce
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
+    assert block.strip() == reproduce.readme_results().strip()
+
+
+def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
+    require_real_data("cifar10")
+    from jaxgd.experiments import reproduce
+    small = {
+        "gradcheck": {"quick": True}, "matrix_chain": {"Ks": [2, 4], "iters": 20},
+        "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
+        "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
+    }
+    for name, cfg in small.items():
+        mod, rfile, _, full, figs = reproduce.EXPERIMENTS[name]
+        monkeypatch.setitem(reproduce.EXPERIMENTS, name, (mod, rfile, cfg, full, figs))
+    status = reproduce.run_all("quick", only=list(small), base=tmp_path, log=lambda s: None)
+    assert all(s.startswith("ok") for s in status.values()), status
+    report = (tmp_path / "quick" / "REPORT.md").read_text()
+    assert "QUICK profile" in report and "## cifar2" in report
+    again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
+    assert again == {"matrix_chain": "skipped (done)"}

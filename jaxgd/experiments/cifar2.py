@@ -37,8 +37,11 @@ def label(cfg) -> str:
 
 
 def _fit(d, params, grid, cfg, **kw):
-    hp = optim.sgd_hyperparams(*zip(*grid)) if len(grid) > 1 else optim.sgd_hyperparams(*grid[0])
-    if len(grid) > 1:
+    """One config (a tuple) alone, or a list of configs stacked into one program."""
+    if isinstance(grid, tuple):
+        hp = optim.sgd_hyperparams(*grid)
+    else:
+        hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
         params = train.stack_params([params] * len(grid))
     return train.fit(train.mlp("relu"), params, d.train, d.val, hparams=hp, epochs=cfg["epochs"],
                      batch_size=cfg["batch_size"], seed=cfg["seed"], **kw)
@@ -88,9 +91,9 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     best = tuple(ok[best_label][k] for k in ("lr", "momentum", "weight_decay"))
 
     # The chosen config again: hand SGD + hand backprop (must reproduce the grid run) ...
-    p_hand, _, h_hand = _fit(d, params, [best], cfg, optimizer="hand", grads="hand")
+    p_hand, _, h_hand = _fit(d, params, best, cfg, optimizer="hand", grads="hand")
     # ... and the library way: jax.grad + optax, for the overlay.
-    _, _, h_optax = _fit(d, params, [best], cfg, optimizer="optax", grads="autodiff")
+    _, _, h_optax = _fit(d, params, best, cfg, optimizer="optax", grads="autodiff")
     model = train.mlp("relu")
     logits = np.asarray(train.predict(model, p_hand, None, jnp.asarray(d.test.x)))
     pred = logits.argmax(-1)
