@@ -56,3 +56,24 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert "QUICK profile" in report and "## cifar2" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
+
+
+def test_cifar10_softmax_cost_decreases_on_a_real_slice():
+    require_real_data("cifar10")
+    import numpy as np
+
+    from jaxgd import data
+    from jaxgd.experiments import cifar10_softmax as exp
+    d = data.load("cifar10", val_size=500, train_size=1000)
+    params, h = exp.train_one(d, 0.1, 0.01, {"epochs": 3, "n_batch": 100, "seed": 0}, __import__("jax").random.PRNGKey(0))
+    assert params[0]["W"].shape == (3072, 10) and params[0]["b"].shape == (10,)
+    assert h["train_cost"][-1] < h["train_cost"][0]
+    np.testing.assert_array_less(h["train_loss"], h["train_cost"])  # cost = loss + lambda ||W||^2 > loss
+
+
+@pytest.mark.parametrize("lam,eta,n_batch,match", [(-0.1, 0.01, 100, "lambda"), (0.0, 0.0, 100, "eta"),
+                                                   (0.0, float("inf"), 100, "eta"), (0.0, 0.01, 0, "n_batch")])
+def test_cifar10_softmax_bad_hyperparameters(lam, eta, n_batch, match):
+    from jaxgd.experiments import cifar10_softmax as exp
+    with pytest.raises(ValueError, match=match):
+        exp.check_hparams(lam, eta, n_batch)
