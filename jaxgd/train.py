@@ -106,8 +106,9 @@ def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int):
     return epoch
 
 
-def predict(model: Model, params, state, x, chunk=2000):
-    """Eval-mode logits for ``x``, computed ``chunk`` rows at a time (bounded memory)."""
+def predict(model: Model, params, state, x, chunk=256):
+    """Eval-mode logits for ``x``, ``chunk`` rows at a time: bounded memory, and on XLA:CPU the
+    CNN forward ran 2x faster in chunks of 256 than of 2000 (its im2col columns stay small)."""
     n = x.shape[0]
     if n <= chunk:
         return model.apply(params, state, x, False, None)[0]
@@ -255,3 +256,14 @@ def stack_params(trees):
 
 def unstack_params(tree, i):
     return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def sequential(layers) -> Model:
+    """A model from ``nn`` layer specs (the MNIST zoo); gradients come from ``jax.grad``."""
+    layers = tuple(layers)
+    for layer in layers:
+        nn._spec(layer)
+
+    def apply(params, state, x, train=False, key=None):
+        return nn.sequential_apply(layers, params, state, x, train, key)
+    return Model(apply)
