@@ -140,3 +140,36 @@ def curves(h, title, path):
         ax.legend()
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def accuracy_curves(curves: dict, title, path):
+    """Accuracy vs epoch, one line per named curve (e.g. train and test)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, y in curves.items():
+        y = _floats(y)
+        ax.plot(np.arange(1, len(y) + 1), y, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def compare_curves(runs: dict, title, path):
+    """Test accuracy (solid) and train accuracy (dashed) of several runs, and their test loss."""
+    fig, (ax, axl) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, (name, r) in enumerate(runs.items()):
+        c = f"C{i}"
+        ep = np.arange(1, len(r["test_acc"]) + 1)
+        ax.plot(ep, _floats(r["test_acc"]), color=c, label=f"{name} test")
+        ax.plot(ep, _floats(r["train_acc"]), color=c, ls="--", lw=1, label=f"{name} train")
+        axl.plot(ep, _floats(r["test_loss"]), color=c, label=name)
+    ax.set(xlabel="epoch", ylabel="accuracy")
+    axl.set(xlabel="epoch", ylabel="test loss")
+    for a in (ax, axl):
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    axl.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
