@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, nn, optim, train
-from jaxgd.experiments.common import load_json, outdir, provenance, save_json
+from jaxgd.experiments.common import checkpoint, outdir, provenance, resume, save_json
 
 SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
@@ -61,13 +61,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     d_out = outdir("cifar2", out) if out is not False else None
     partial = d_out / "grid_partial.json" if d_out else None
     same = {k: cfg[k] for k in ("epochs", "batch_size", "seed", "init", "train_size")}
-    done = {}
-    if partial is not None and partial.exists() and not force:
-        prev = load_json(partial)
-        if prev.get("settings") == same:
-            done = prev["configs"]
-            if done and verbose:
-                log(f"resuming: {len(done)} finished configs kept from {partial}")
+    done = resume(partial, same, "configs", force, log if verbose else None)
     todo = [g for g in cfg["grid"] if label(g) not in done]
     for i in range(0, len(todo), cfg["chunk"]):
         chunk = todo[i:i + cfg["chunk"]]
@@ -81,8 +75,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
             done[label(g)] = {"lr": g[0], "momentum": g[1], "weight_decay": g[2], **per,
                               "diverged_at_epoch": hd["diverged_at"][j],
                               "final_val_acc": per["val_acc"][-1], "epoch_time_s": float(np.mean(hd["epoch_time"][1:] or hd["epoch_time"]))}
-        if partial is not None:
-            save_json(partial, {"settings": same, "configs": done})
+        checkpoint(partial, same, "configs", done)
 
     ok = {k: v for k, v in done.items() if v["diverged_at_epoch"] is None and k in map(label, cfg["grid"])}
     if not ok:

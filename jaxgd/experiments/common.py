@@ -75,3 +75,21 @@ def outdir(name, root=None) -> Path:
     d = Path(root or RESULTS) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def resume(partial, settings: dict, what: str, force=False, log=None) -> dict:
+    """The finished entries (``what``: "configs", "models") that ``checkpoint`` saved in ``partial``
+    by a run with the same ``settings``; ``{}`` when there are none, they differ, or ``force``."""
+    if partial is None or force or not Path(partial).exists():
+        return {}
+    prev = load_json(partial)
+    done = prev.get(what, {}) if prev.get("settings") == settings else {}
+    if done and log is not None:
+        log(f"resuming: {len(done)} finished {what} kept from {partial}")
+    return done
+
+
+def checkpoint(partial, settings: dict, what: str, done: dict):
+    """Save the finished entries so far (atomically), for ``resume``."""
+    if partial is not None:
+        save_json(partial, {"settings": settings, what: done})

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxgd import data, nn, optim, train
-from jaxgd.experiments.common import load_json, outdir, provenance, save_json
+from jaxgd.experiments.common import checkpoint, outdir, provenance, resume, save_json
 
 MODELS = [f"{f}/{v}" for f in nn.ZOO_FAMILIES for v in nn.ZOO_VARIANTS]
 TARGETS = {"softmax": 0.92, "mlp": 0.98, "cnn": 0.992}  # test accuracy after 30 epochs (the issue's)
@@ -51,21 +51,14 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     d_out = outdir("mnist", out) if out is not False else None
     partial = d_out / "models_partial.json" if d_out else None
     same = {k: v for k, v in cfg.items() if k not in ("models", "data_dir")}
-    done = {}
-    if partial is not None and partial.exists() and not force:
-        prev = load_json(partial)
-        if prev.get("settings") == same:
-            done = prev["models"]
-            if done and verbose:
-                log(f"resuming: {len(done)} finished models kept from {partial}")
+    done = resume(partial, same, "models", force, log if verbose else None)
     for name in cfg["models"]:
         if name in done:
             continue
         if verbose:
             log(f"training {name} ({cfg['epochs']} epochs)")
         done[name] = train_one(name, d, cfg, verbose, log)
-        if partial is not None:
-            save_json(partial, {"settings": same, "models": done})
+        checkpoint(partial, same, "models", done)
 
     res = {"experiment": "mnist_zoo", "config": cfg, "data": d.info,
            "models": {m: done[m] for m in cfg["models"]},
