@@ -173,3 +173,20 @@ def compare_curves(runs: dict, title, path):
     axl.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def bench(res, path):
+    """Median time of every benchmark row (min-max as error bars), one colour per section."""
+    rows = [(sec, r) for sec, s in res["sections"].items() for r in s["rows"]]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    secs = list(res["sections"])
+    for i, (sec, r) in enumerate(rows):
+        m = r["median_s"]
+        ax.barh(i, m, xerr=[[m - r["min_s"]], [r["max_s"] - m]], color=f"C{secs.index(sec)}", capsize=2)
+    ax.set_yticks(range(len(rows)), [r["name"] for _, r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (median of repeats, min-max bars; log scale)")
+    ax.set_title(f"jaxgd benchmarks on {res['device_name']}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

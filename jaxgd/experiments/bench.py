@@ -1,0 +1,429 @@
+"""Benchmarks, side by side in one run: eager vs jit vs a compiled epoch vs PyTorch, and more.
+
+Every figure is the median (with min and max) of ``repeats`` timed runs after one untimed
+warm-up; compile time is measured apart (ahead-of-time ``lower().compile()``). The data are
+random arrays of the real shapes, so no dataset is needed. Speed is compared only within one
+run: the ratios are what to quote, the absolute times drift from run to run.
+
+Sections:
+1. ``mlp_epoch``   CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
+                   JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch (hand
+                   backprop + hand SGD), and a PyTorch eager loop of the same model and SGD.
+2. ``grad``        one gradient of that MLP (batch 64): hand backprop vs ``jax.grad``.
+3. ``configs``     8 SGD configs: ``fit``'s default (lax.map on CPU, vmap on accelerators),
+                   explicit vmap, and 8 sequential fits; time per config-epoch.
+4. ``cnn_epoch``   the MNIST CNN (``nn.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
+                   jaxgd's compiled epoch vs PyTorch; optionally (``lax_conv=True``) the same
+                   model with ``lax.conv_general_dilated`` + ``reduce_window`` pooling.
+5. ``matmul``      a 4096^3 float32 matmul (jitted), the machine's reference GFLOP/s; every
+                   training loop above reports its achieved GFLOP/s as a fraction of it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgd import backprop, nn, optim, train
+from jaxgd.experiments.common import outdir, provenance, save_json
+
+MLP_SIZES = (3072, 512, 128, 32, 2)
+HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
+DEFAULTS = {"repeats": 5, "batch_sizes": (64, 256), "n_mlp": 9000, "n_cnn": 6000, "cnn_batch": 128,
+            "n_configs": 8, "matmul_n": 4096, "lax_conv": False, "n_lax_conv": 1536, "torch": True,
+            "sections": ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")}
+# ratio -> the issue's target for it ("<= x": lower is better)
+TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad": "<= 1.1",
+           "jaxgd/torch CNN": "<= 1.0", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
+           "best training loop / matmul peak": ">= 0.8"}
+
+
+def timeit(fn, repeats=5, warmup=1) -> dict:
+    """Run ``fn`` (which must block until its work is done) ``warmup`` + ``repeats`` times."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
+
+
+def device_name() -> str:
+    """``cpu-<n>core`` or the accelerator's kind, as a file name (results/bench/<name>.json)."""
+    dev = jax.devices()[0]
+    name = f"cpu-{os.cpu_count()}core" if dev.platform == "cpu" else f"{dev.platform}-{dev.device_kind}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _block(tree):
+    return jax.block_until_ready(tree)
+
+
+def _mlp_data(n, seed=0):
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed))
+    return jax.random.normal(kx, (n, MLP_SIZES[0])), jax.random.randint(ky, (n,), 0, MLP_SIZES[-1])
+
+
+def mlp_flops(n_params, samples) -> float:
+    """Forward + backward of an MLP: about 6 x params x samples (2 forward, 4 backward)."""
+    return 6.0 * n_params * samples
+
+
+def sequential_flops(layers, in_shape, samples) -> float:
+    """3 x the forward multiply-adds x 2 of dense and conv layers (backward ~ 2 x forward)."""
+    shape, macs = tuple(in_shape), 0
+    params, _ = jax.eval_shape(lambda: nn.init_sequential(jax.random.PRNGKey(0), layers, in_shape))
+    for layer, p in zip(layers, params):
+        kind = layer[0]
+        if kind == "dense":
+            macs += p["W"].shape[0] * p["W"].shape[1]
+            shape = (p["W"].shape[1],)
+        elif kind == "conv":
+            kh, kw, ci, co = p["W"].shape
+            macs += shape[0] * shape[1] * kh * kw * ci * co
+            shape = shape[:2] + (co,)
+        elif kind == "maxpool":
+            shape = (shape[0] // layer[1], shape[1] // layer[1], shape[2])
+    return 6.0 * macs * samples
+
+
+# ------------------------------------------------------------------------------------------
+# 5. machine reference
+
+def matmul_peak(n=4096, repeats=5) -> dict:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    r = timeit(lambda: _block(f(a, b)), repeats)
+    r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
+    return {"name": f"matmul {n}^3 float32 (jit)", **r}
+
+
+# ------------------------------------------------------------------------------------------
+# 1. the CIFAR-2 MLP epoch, four ways
+
+def _mlp_jax_loops(x, y, batch_size, repeats):
+    model = train.mlp("relu")
+    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
+    hp = optim.sgd_hyperparams(*HP)
+    grad_fn = train.make_grad_fn(model, grads="hand")
+    opt = optim.HAND_SGD
+    n_b = x.shape[0] // batch_size
+    idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(1), x.shape[0]))[: n_b * batch_size]
+    idx = jnp.asarray(idx.reshape(n_b, batch_size))
+
+    def step(params, s, xb, yb):
+        value, _, g, _ = grad_fn(params, None, xb, yb, None)
+        return (*opt.update(g, s, params, hp), value)
+
+    def loop(step_fn):
+        def run():
+            p, s = params, opt.init(params)
+            for i in idx:
+                p, s, v = step_fn(p, s, x[i], y[i])
+            _block(v)
+        return run
+
+    rows = []
+    eager = timeit(loop(step), repeats)
+    rows.append({"name": f"JAX eager, bs {batch_size}", **eager})
+    t = time.perf_counter()
+    jstep = jax.jit(step).lower(params, opt.init(params), x[idx[0]], y[idx[0]]).compile()
+    rows.append({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
+                 **timeit(loop(jstep), repeats)})
+    epoch = train.make_epoch(grad_fn, opt, batch_size)
+    carry = (params, opt.init(params), None)
+    key = jax.random.PRNGKey(1)
+    t = time.perf_counter()
+    compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
+    rows.append({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
+                 **timeit(lambda: _block(compiled(carry, x, y, hp, key)), repeats)})
+    for r in rows:
+        r["gflops"] = mlp_flops(nn.count_params(params), n_b * batch_size) / r["median_s"] / 1e9
+    return rows
+
+
+def _torch_mlp_epoch(x, y, batch_size, repeats):
+    import torch
+    torch.manual_seed(0)
+    layers = []
+    for a, b in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    return _torch_loop(model, torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y), dtype=torch.long),
+                       batch_size, repeats)
+
+
+def _torch_loop(model, xt, yt, batch_size, repeats):
+    """PyTorch's usual loop: shuffle, zero_grad, forward, cross_entropy, backward, SGD step."""
+    import torch
+    dev = _torch_device()
+    model, xt, yt = model.to(dev), xt.to(dev), yt.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=HP[0], momentum=HP[1], weight_decay=HP[2])
+    n_b = xt.shape[0] // batch_size
+
+    def run():
+        perm = torch.randperm(xt.shape[0], device=dev)[: n_b * batch_size].view(n_b, batch_size)
+        for i in perm:
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(xt[i]), yt[i])
+            loss.backward()
+            opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+    return {"torch_device": dev, **timeit(run, repeats)}
+
+
+def _torch_device():
+    """Where the PyTorch reference runs: beside JAX (the CPU, or CUDA when JAX is on a GPU)."""
+    import torch
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def bench_mlp_epoch(cfg, have_torch) -> dict:
+    x, y = _mlp_data(cfg["n_mlp"])
+    rows, ratios = [], {}
+    n_params = nn.count_params(nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES))
+    for bs in cfg["batch_sizes"]:
+        jr = _mlp_jax_loops(x, y, bs, cfg["repeats"])
+        rows += jr
+        ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
+        ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
+        if have_torch:
+            tr = _torch_mlp_epoch(x, y, bs, cfg["repeats"])
+            tr["gflops"] = mlp_flops(n_params, (cfg["n_mlp"] // bs) * bs) / tr["median_s"] / 1e9
+            rows.append({"name": f"PyTorch eager loop, bs {bs}", **tr})
+            ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / tr["median_s"]
+    return {"rows": rows, "ratios": ratios}
+
+
+# ------------------------------------------------------------------------------------------
+# 2. hand backprop vs jax.grad
+
+def bench_grad(cfg) -> dict:
+    x, y = _mlp_data(64)
+    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
+    model = train.mlp("relu")
+    rows = []
+    for how in ("hand", "autodiff"):
+        g = jax.jit(train.make_grad_fn(model, grads=how))
+        n = 50  # gradients per timed run, so dispatch overhead is not what we time
+        r = timeit(lambda: [_block(g(params, None, x, y, None)[2]) for _ in range(n)], cfg["repeats"])
+        r = {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
+        rows.append({"name": f"{'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, bs 64", **r})
+    return {"rows": rows, "ratios": {"hand/jax.grad": rows[0]["median_s"] / rows[1]["median_s"]}}
+
+
+# ------------------------------------------------------------------------------------------
+# 3. many configs at once vs one after another
+
+def bench_configs(cfg) -> dict:
+    x, y = _mlp_data(cfg["n_mlp"])
+    xs, ys = np.asarray(x), np.asarray(y)
+    k = cfg["n_configs"]
+    lrs = np.geomspace(0.002, 0.02, k)
+    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
+    epochs = cfg["repeats"] + 1  # the first epoch is the warm-up
+    common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
+
+    def per_config_epoch(h, n):
+        ts = [t / n for t in h.epoch_time[1:]]
+        return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts,
+                "compile_s": h.compile_time}
+    rows = []
+    stacked = train.stack_params([params] * k)
+    hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
+    for mode in ("auto", "vmap", "map"):
+        _, _, h = train.fit(train.mlp(), stacked, (xs, ys), hparams=hp, batch_configs=mode, **common)
+        resolved = mode if mode != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
+        rows.append({"name": f"{k} configs in one program ({mode}{' = ' + resolved if mode == 'auto' else ''}), "
+                             "per config-epoch", **per_config_epoch(h, k)})
+    seq = []
+    for lr in lrs:
+        _, _, h = train.fit(train.mlp(), params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), **common)
+        seq.append(per_config_epoch(h, 1))
+    ts = [statistics.median(s["times_s"]) for s in seq]
+    rows.append({"name": f"{k} sequential fits, per config-epoch", "median_s": statistics.median(ts),
+                 "min_s": min(ts), "max_s": max(ts), "times_s": ts,
+                 "compile_s": sum(s["compile_s"] for s in seq) / k})
+    seq_t = rows[-1]["median_s"]
+    return {"rows": rows, "ratios": {"fit default/sequential": rows[0]["median_s"] / seq_t,
+                                     "vmap/sequential": rows[1]["median_s"] / seq_t,
+                                     "map/sequential": rows[2]["median_s"] / seq_t}}
+
+
+# ------------------------------------------------------------------------------------------
+# 4. the MNIST CNN
+
+def _lax_conv_layers_apply(layers):
+    """The zoo CNN written the textbook way: lax.conv + reduce_window (for the comparison only)."""
+    def apply(params, state, x, train_=False, key=None):
+        for layer, p in zip(layers, params):
+            kind = layer[0]
+            if kind == "conv":
+                x = jax.lax.conv_general_dilated(x, p["W"], (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
+            elif kind == "maxpool":
+                s = layer[1]
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, s, s, 1), (1, s, s, 1), "VALID")
+            elif kind == "dense":
+                x = x @ p["W"] + p["b"]
+            elif kind == "relu":
+                x = jax.nn.relu(x)
+            elif kind == "flatten":
+                x = x.reshape(x.shape[0], -1)
+        return x, state
+    return train.Model(apply)
+
+
+def _cnn_epoch(model, params, x, y, batch_size, repeats):
+    hp = optim.sgd_hyperparams(*HP)
+    epoch = train.make_epoch(train.make_grad_fn(model), optim.HAND_SGD, batch_size)
+    carry = (params, optim.sgd_init(params), [{} for _ in params])
+    key = jax.random.PRNGKey(1)
+    t = time.perf_counter()
+    compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
+    compile_s = time.perf_counter() - t
+    return {"compile_s": compile_s, **timeit(lambda: _block(compiled(carry, x, y, hp, key)), repeats)}
+
+
+def bench_cnn_epoch(cfg, have_torch) -> dict:
+    layers = nn.mnist_zoo("cnn")
+    bs, n = cfg["cnn_batch"], cfg["n_cnn"]
+    kx, ky = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (n, 28, 28, 1))
+    y = jax.random.randint(ky, (n,), 0, 10)
+    params, _ = nn.init_sequential(jax.random.PRNGKey(0), layers, (28, 28, 1))
+    flops = sequential_flops(layers, (28, 28, 1), (n // bs) * bs)
+    rows = [{"name": f"jaxgd CNN compiled epoch (im2col conv), {n} samples bs {bs}",
+             **_cnn_epoch(train.sequential(layers), params, x, y, bs, cfg["repeats"])}]
+    ratios = {}
+    if have_torch:
+        rows.append({"name": f"PyTorch CNN eager loop, {n} samples bs {bs}",
+                     **_torch_loop(_torch_cnn(), _nchw(x), _long(y), bs, cfg["repeats"])})
+        ratios["jaxgd/torch CNN"] = rows[0]["median_s"] / rows[1]["median_s"]
+    for r in rows:
+        r["gflops"] = flops / r["median_s"] / 1e9
+    if cfg["lax_conv"]:
+        m = cfg["n_lax_conv"]
+        f = sequential_flops(layers, (28, 28, 1), (m // bs) * bs)
+        pair = [{"name": f"jaxgd CNN compiled epoch (im2col conv), {m} samples bs {bs}",
+                 **_cnn_epoch(train.sequential(layers), params, x[:m], y[:m], bs, cfg["repeats"])},
+                {"name": f"same CNN with lax.conv + reduce_window, {m} samples bs {bs}",
+                 **_cnn_epoch(_lax_conv_layers_apply(layers), params, x[:m], y[:m], bs, cfg["repeats"])}]
+        for r in pair:
+            r["gflops"] = f / r["median_s"] / 1e9
+        rows += pair
+        ratios["lax.conv/im2col"] = pair[1]["median_s"] / pair[0]["median_s"]
+    return {"rows": rows, "ratios": ratios}
+
+
+def _torch_cnn():
+    import torch
+    torch.manual_seed(0)
+    T = torch.nn
+    return T.Sequential(T.Conv2d(1, 32, 3, padding=1), T.ReLU(), T.MaxPool2d(2),
+                        T.Conv2d(32, 64, 3, padding=1), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
+                        T.Linear(3136, 128), T.ReLU(), T.Linear(128, 10))
+
+
+def _nchw(x):
+    import torch
+    return torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+
+
+def _long(y):
+    import torch
+    return torch.tensor(np.asarray(y), dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------
+
+def _torch_available(want):
+    """torch, if wanted, installed, and able to run on JAX's device (else the torch rows are left out)."""
+    if not want:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if jax.default_backend() != "cpu" and not (jax.default_backend() == "gpu" and torch.cuda.is_available()):
+        return None  # a CPU PyTorch loop against an accelerator would be no comparison
+    return torch
+
+
+def run(config=None, out=None, verbose=True, log=print) -> dict:
+    cfg = {**DEFAULTS, **(config or {})}
+    if int(cfg["repeats"]) < 1:
+        raise ValueError(f"repeats must be >= 1, got {cfg['repeats']}")
+    unknown = set(cfg["sections"]) - set(DEFAULTS["sections"])
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {DEFAULTS['sections']}")
+    torch = _torch_available(cfg["torch"])
+    if verbose and cfg["torch"] and torch is None:
+        log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[torch]')")
+    t0 = time.time()
+    sections = {}
+    for name in DEFAULTS["sections"]:
+        if name not in cfg["sections"]:
+            continue
+        if verbose:
+            log(f"[bench] {name} ...")
+        if name == "matmul":
+            sections[name] = {"rows": [matmul_peak(cfg["matmul_n"], cfg["repeats"])], "ratios": {}}
+        elif name == "mlp_epoch":
+            sections[name] = bench_mlp_epoch(cfg, torch is not None)
+        elif name == "grad":
+            sections[name] = bench_grad(cfg)
+        elif name == "configs":
+            sections[name] = bench_configs(cfg)
+        elif name == "cnn_epoch":
+            sections[name] = bench_cnn_epoch(cfg, torch is not None)
+        if verbose:
+            from jaxgd.report import print_table
+            print_table(table({name: sections[name]}))
+    peak = sections.get("matmul", {"rows": [{}]})["rows"][0].get("gflops")
+    if peak:
+        loops = [r for n, s in sections.items() if n != "matmul" for r in s["rows"] if "gflops" in r]
+        for r in loops:
+            r["fraction_of_peak"] = r["gflops"] / peak
+        jaxgd = [r for r in loops if r["name"].startswith("jaxgd")]
+        if jaxgd:
+            sections["matmul"]["ratios"]["best training loop / matmul peak"] = max(r["fraction_of_peak"] for r in jaxgd)
+    res = {"experiment": "bench", "device_name": device_name(), "config": cfg, "sections": sections,
+           "targets": TARGETS, "torch": None if torch is None else
+           {"version": torch.__version__, "threads": torch.get_num_threads()},
+           "wall_time_s": time.time() - t0, "provenance": provenance()}
+    if out is not False:
+        d = outdir("bench", out)
+        save_json(d / f"{res['device_name']}.json", res)
+        from jaxgd import plots
+        plots.bench(res, d / f"{res['device_name']}.png")
+    return res
+
+
+def table(sections) -> list[dict]:
+    rows = []
+    for sec, s in sections.items():
+        for r in s["rows"]:
+            rows.append({"section": sec, "what": r["name"], "median s": r["median_s"], "min s": r["min_s"],
+                         "max s": r["max_s"], "compile s": r.get("compile_s", ""),
+                         "GFLOP/s": r.get("gflops", ""), "of peak": r.get("fraction_of_peak", "")})
+    return rows
+
+
+def ratio_rows(res) -> list[dict]:
+    return [{"section": sec, "ratio": k, "value": v, "target": TARGETS.get(k, "")}
+            for sec, s in res["sections"].items() for k, v in s["ratios"].items()]
+
+
+def summary(res) -> list[dict]:
+    return table(res["sections"])
