@@ -46,6 +46,9 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "gradcheck": {"quick": True}, "matrix_chain": {"Ks": [2, 4], "iters": 20},
         "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
+        "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
+        "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
+                  "matmul_n": 128, "torch": False},
     }
     for name, cfg in small.items():
         mod, rfile, _, full, figs = reproduce.EXPERIMENTS[name]
@@ -53,7 +56,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     status = reproduce.run_all("quick", only=list(small), base=tmp_path, log=lambda s: None)
     assert all(s.startswith("ok") for s in status.values()), status
     report = (tmp_path / "quick" / "REPORT.md").read_text()
-    assert "QUICK profile" in report and "## cifar2" in report
+    assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
+    assert f"bench/{reproduce.bench.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
 
@@ -77,3 +81,39 @@ def test_cifar10_softmax_bad_hyperparameters(lam, eta, n_batch, match):
     from jaxgd.experiments import cifar10_softmax as exp
     with pytest.raises(ValueError, match=match):
         exp.check_hparams(lam, eta, n_batch)
+
+
+def test_mnist_zoo_resumes_per_model(tmp_path):
+    require_real_data("mnist")
+    from jaxgd.experiments import mnist_zoo
+    cfg = {"epochs": 2, "train_size": 512, "batch_size": 64, "models": ["softmax/dropout", "mlp/batchnorm"]}
+    res = mnist_zoo.run(cfg, out=tmp_path, verbose=False)
+    for name, r in res["models"].items():
+        assert len(r["test_acc"]) == len(r["train_acc"]) == 2 and 0.5 < r["final_test_acc"] <= 1, name
+    d = tmp_path / "mnist"
+    for f in ("results.json", "softmax_dropout.png", "family_mlp.png", "variant_batchnorm.png"):
+        assert (d / f).stat().st_size > 0
+    logs = []
+    again = mnist_zoo.run({**cfg, "models": cfg["models"] + ["cnn/plain"]}, out=tmp_path, log=logs.append)
+    assert any("resuming: 2 finished models" in line for line in logs)
+    assert again["models"]["mlp/batchnorm"] == res["models"]["mlp/batchnorm"]  # kept, not retrained
+    with pytest.raises(ValueError, match="unknown model"):
+        mnist_zoo.run({"models": ["cnn/resnet"]}, out=False)
+
+
+def test_bench_rows_and_ratios(tmp_path):
+    from jaxgd.experiments import bench
+    res = bench.run({"repeats": 2, "sections": ("matmul", "grad", "cnn_epoch"), "n_cnn": 128, "cnn_batch": 64,
+                     "matmul_n": 128, "torch": False}, out=tmp_path, verbose=False)
+    for s in res["sections"].values():
+        for r in s["rows"]:
+            assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 2, r
+    assert set(res["sections"]["grad"]["ratios"]) == {"hand/jax.grad"}
+    assert "best training loop / matmul peak" in res["sections"]["matmul"]["ratios"]
+    assert (tmp_path / "bench" / f"{res['device_name']}.json").exists()
+    assert (tmp_path / "bench" / f"{res['device_name']}.png").stat().st_size > 0
+    # FLOP count of the zoo CNN: conv1 28*28*9*32 + conv2 14*14*288*64 + fc 3136*128 + 128*10 MACs
+    macs = 28 * 28 * 9 * 32 + 14 * 14 * 288 * 64 + 3136 * 128 + 128 * 10
+    assert bench.sequential_flops(bench.nn.mnist_zoo("cnn"), (28, 28, 1), 1) == 6 * macs
+    with pytest.raises(ValueError, match="unknown sections"):
+        bench.run({"sections": ("gpu_magic",)}, out=False)
