@@ -48,7 +48,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
-                  "matmul_n": 128, "torch": False},
+                  "matmul_sizes": (64, 128), "torch": False},
     }
     for name, cfg in small.items():
         mod, rfile, _, full, figs = reproduce.EXPERIMENTS[name]
@@ -104,7 +104,7 @@ def test_mnist_zoo_resumes_per_model(tmp_path):
 def test_bench_rows_and_ratios(tmp_path):
     from jaxgd.experiments import bench
     res = bench.run({"repeats": 2, "sections": ("matmul", "grad", "cnn_epoch"), "n_cnn": 128, "cnn_batch": 64,
-                     "matmul_n": 128, "torch": False}, out=tmp_path, verbose=False)
+                     "matmul_sizes": (64, 128), "torch": False}, out=tmp_path, verbose=False)
     for s in res["sections"].values():
         for r in s["rows"]:
             assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 2, r

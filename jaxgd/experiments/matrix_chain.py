@@ -5,7 +5,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgd import backprop
 from jaxgd.experiments.common import outdir, provenance, save_json
