@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.3g}" if (v == 0 or 1e-3 <= abs(v) < 1e5) else f"{v:.2e}"
+        return f"{v:.4g}" if (v == 0 or 1e-3 <= abs(v) < 1e5) else f"{v:.2e}"
     return str(v)
 
 
