@@ -49,6 +49,17 @@ def linear_softmax() -> Model:
     return Model(apply, hand_grad)
 
 
+def sequential(layers) -> Model:
+    """A model from ``nn`` layer specs (the MNIST zoo); gradients come from ``jax.grad``."""
+    layers = tuple(layers)
+    for layer in layers:
+        nn._spec(layer)
+
+    def apply(params, state, x, train=False, key=None):
+        return nn.sequential_apply(layers, params, state, x, train, key)
+    return Model(apply)
+
+
 def make_grad_fn(model: Model, loss="cross_entropy", l2=0.0, grads="autodiff"):
     """``(params, state, x, y, key) -> (loss, logits, grads, new_state)``.
 
@@ -163,8 +174,9 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     set after each epoch (eval mode) instead of reporting the epoch's running
     means. ``batch_configs`` says how N configs share the program: ``"vmap"``
     (batched matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after
-    another inside the program: on XLA:CPU 8 vmapped CIFAR-2 configs ran 1.6x slower
-    per config than 8 sequential fits, lax.map as fast; scripts/bench.py measures it), or ``"auto"`` (vmap on accelerators, map on CPU).
+    another inside the program: on XLA:CPU 8 vmapped CIFAR-2 configs ran 1.5x slower
+    per config than 8 sequential fits and lax.map as fast; scripts/bench.py measures
+    it), or ``"auto"`` (vmap on accelerators, map on CPU).
     ``callback(epoch, params, model_state)``, if given, runs after each epoch and
     its return values are kept in ``History.extra``.
     A config whose training loss stops being finite is marked diverged
@@ -175,6 +187,7 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
     x, y = _as_device(train)
+    val = _as_device(val) if val is not None and len(val[1]) else None
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"train x has {x.shape[0]} rows but y has {y.shape[0]}")
     if batch_size > x.shape[0]:
@@ -214,8 +227,8 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
         if eval_train:
             tl, ta = (np.asarray(v) for v in eval_fn(carry[0], carry[2], x, y))
         vl = va = np.full(shape, np.nan)
-        if val is not None and len(val[1]):
-            vl, va = (np.asarray(v) for v in eval_fn(carry[0], carry[2], *_as_device(val)))
+        if val is not None:
+            vl, va = (np.asarray(v) for v in eval_fn(carry[0], carry[2], *val))
         new = ~np.isfinite(tl) & ~diverged
         diverged_at = np.where(new, e + 1, diverged_at)
         diverged |= new
@@ -257,13 +270,3 @@ def stack_params(trees):
 def unstack_params(tree, i):
     return jax.tree_util.tree_map(lambda x: x[i], tree)
 
-
-def sequential(layers) -> Model:
-    """A model from ``nn`` layer specs (the MNIST zoo); gradients come from ``jax.grad``."""
-    layers = tuple(layers)
-    for layer in layers:
-        nn._spec(layer)
-
-    def apply(params, state, x, train=False, key=None):
-        return nn.sequential_apply(layers, params, state, x, train, key)
-    return Model(apply)
