@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import nn, optim, train
+from jaxgd.experiments.cifar2 import N_PARAMS as MLP_PARAMS
+from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import outdir, provenance, save_json
 
-MLP_SIZES = (3072, 512, 128, 32, 2)
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 DEFAULTS = {"repeats": 5, "batch_sizes": (64, 256), "n_mlp": 9000, "n_cnn": 6000, "cnn_batch": 128,
             "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "lax_conv": False, "n_lax_conv": 1536, "torch": True,
@@ -133,8 +134,7 @@ def _mlp_jax_loops(x, y, batch_size, repeats):
     grad_fn = train.make_grad_fn(model, grads="hand")
     opt = optim.HAND_SGD
     n_b = x.shape[0] // batch_size
-    idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(1), x.shape[0]))[: n_b * batch_size]
-    idx = jnp.asarray(idx.reshape(n_b, batch_size))
+    idx = jax.random.permutation(jax.random.PRNGKey(1), x.shape[0])[: n_b * batch_size].reshape(n_b, batch_size)
 
     def step(params, s, xb, yb):
         value, _, g, _ = grad_fn(params, None, xb, yb, None)
@@ -163,7 +163,7 @@ def _mlp_jax_loops(x, y, batch_size, repeats):
     rows.append({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
                  **timeit(_training(compiled, carry, x, y, hp, key), repeats)})
     for r in rows:
-        r["gflops"] = mlp_flops(nn.count_params(params), n_b * batch_size) / r["median_s"] / 1e9
+        r["gflops"] = mlp_flops(MLP_PARAMS, n_b * batch_size) / r["median_s"] / 1e9
     return rows
 
 
@@ -240,7 +240,6 @@ def _torch_device():
 def bench_mlp_epoch(cfg, have_torch) -> dict:
     x, y = _mlp_data(cfg["n_mlp"])
     rows, ratios = [], {}
-    n_params = nn.count_params(nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES))
     for bs in cfg["batch_sizes"]:
         jr = _mlp_jax_loops(x, y, bs, cfg["repeats"])
         rows += jr
@@ -248,7 +247,7 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
         if have_torch:
             tr = _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, cfg["repeats"],
-                             mlp_flops(n_params, (cfg["n_mlp"] // bs) * bs))
+                             mlp_flops(MLP_PARAMS, (cfg["n_mlp"] // bs) * bs))
             rows += tr
             ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in tr)
     return {"rows": rows, "ratios": ratios}
