@@ -90,9 +90,9 @@ def figures(res, d_out):
 def summary(res) -> list[dict]:
     rows = []
     for name, r in res["models"].items():
-        t = r["epoch_time_s"]
+        t, acc = r["epoch_time_s"], np.asarray(r["test_acc"], float)
+        best = int(np.nanargmax(acc))
         rows.append({"model": name, "params": r["n_params"], "train acc": r["train_acc"][-1],
-                     "test acc": r["final_test_acc"], "best test acc (epoch)":
-                     f"{np.nanmax(np.asarray(r['test_acc'], float)):.4f} ({int(np.nanargmax(np.asarray(r['test_acc'], float))) + 1})",
+                     "test acc": r["final_test_acc"], "best test acc (epoch)": f"{acc[best]:.4f} ({best + 1})",
                      "target": r["target"], "s/epoch": float(np.median(t[1:] if len(t) > 1 else t))})
     return rows
