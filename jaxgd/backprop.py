@@ -1,15 +1,70 @@
-"""Gradients derived by hand with the chain rule: no ``jax.grad`` anywhere in this file.
+"""Gradients derived on paper with the chain rule, as the course reports wrote them: no
+``jax.grad`` anywhere in this file.
 
-Each function's docstring gives the derivation it implements; ``gradcheck`` and
-the tests prove every one equal to ``jax.grad`` and to finite differences.
+- The MLP delta recursion of INF265 project 1, over its own forward cache of ``z`` and ``a``.
+- DD2424 assignment 1's closed form for the linear softmax classifier.
+- The matrix chain, derived step by step.
+
+The models that ``train.fit`` trains use the generic reverse pass over layers
+(``models.Model.grad``); the tests show each derivation here equal to it, to ``jax.grad``
+and to finite differences.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxgd import losses
-from jaxgd.nn import ACTIVATIONS, mlp_forward, resolve_activations
+from jaxgd.layers import ACTIVATIONS, init_linear
+
+
+def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tuple[str, ...]:
+    """One activation name per layer: a single name means that activation on every hidden layer
+    and ``identity`` on the output layer; a sequence must name one per layer."""
+    if isinstance(activations, str):
+        names = (activations,) * (n_layers - 1) + ("identity",)
+    else:
+        names = tuple(activations)
+        if len(names) != n_layers:
+            raise ValueError(
+                f"activations has {len(names)} names but the MLP has {n_layers} layers; "
+                "give one name per layer, or a single name for all hidden layers")
+    for name in names:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+    return names
+
+
+def init_mlp(key, sizes: Sequence[int], init: str = "torch", dtype=jnp.float32) -> list[dict]:
+    """MLP params for widths ``sizes = (d_0, ..., d_L)``: a list of L ``{"W": (d_in, d_out), "b"}``
+    dicts; layer ``l`` initialises from ``fold_in(key, 2 l)``, as the same layer of ``models.mlp``."""
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
+    return [init_linear(jax.random.fold_in(key, 2 * l), a, b, init, dtype)
+            for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+
+def mlp_forward(params, x, activations="relu"):
+    """Forward pass that keeps what backprop needs: ``z_l = a_{l-1} W_l + b_l``, ``a_l = f_l(z_l)``,
+    ``a_0 = x`` (``(batch, d_0)`` or one ``(d_0,)`` example). Returns ``(a_L, {"z": [z_1..z_L],
+    "a": [a_0..a_L]})``."""
+    names = resolve_activations(activations, len(params))
+    d_in = params[0]["W"].shape[0] if params else None
+    if d_in is None or x.ndim not in (1, 2) or x.shape[-1] != d_in:
+        raise ValueError(f"MLP input must have shape (batch, {d_in}) or ({d_in},); got {tuple(x.shape)}")
+    zs, acts = [], [x]
+    for layer, name in zip(params, names):
+        z = acts[-1] @ layer["W"] + layer["b"]
+        zs.append(z)
+        acts.append(ACTIVATIONS[name][0](z))
+    return acts[-1], {"z": zs, "a": acts}
+
+
+def mlp_apply(params, x, activations="relu"):
+    return mlp_forward(params, x, activations)[0]
 
 
 def mlp_backward(params, cache, dL_dout, activations="relu"):
@@ -21,18 +76,18 @@ def mlp_backward(params, cache, dL_dout, activations="relu"):
     - ``dL/dW_l = a_{l-1}^T delta_l`` (summed over the batch), ``dL/db_l = sum_batch delta_l``
     - ``delta_{l-1} = (delta_l W_l^T) * f_{l-1}'(z_{l-1})``
 
-    ``cache`` comes from ``nn.mlp_forward``; ``dL_dout`` has the output's shape
+    ``cache`` comes from ``mlp_forward``; ``dL_dout`` has the output's shape
     (batched or a single example). Returns grads with exactly the params' structure.
     """
     names = resolve_activations(activations, len(params))
-    zs, acts = cache["z"], cache["a"]
+    acts = cache["a"]
     if dL_dout.shape != acts[-1].shape:
         raise ValueError(f"dL_dout shape {dL_dout.shape} != network output shape {acts[-1].shape}")
     grads = [None] * len(params)
     delta = dL_dout
     for l in reversed(range(len(params))):
-        if names[l] != "identity":
-            delta = delta * ACTIVATIONS[names[l]][1](zs[l], acts[l + 1])
+        if names[l] != "identity":  # f'(z_l), written with a_l = f(z_l)
+            delta = delta * ACTIVATIONS[names[l]][1](acts[l + 1])
         a_in = acts[l]
         if a_in.ndim == 1:  # one example: outer product
             dW, db = jnp.outer(a_in, delta), delta
@@ -54,7 +109,7 @@ def mlp_loss_and_grads(params, x, y, activations="relu", loss="cross_entropy"):
 def linear_softmax_cost(params, x, labels, lam):
     """DD2424's cost ``J = mean_i CE(softmax(W x_i + b), y_i) + lam ||W||^2``.
 
-    ``params`` is a one-layer MLP ``[{"W": (d, K), "b": (K,)}]``; its ``W`` is the
+    ``params`` is ``models.linear_softmax()``'s ``[{"W": (d, K), "b": (K,)}]``; its ``W`` is the
     transpose of DD2424's ``K x d`` matrix because our samples are rows.
     """
     W, b = params[0]["W"], params[0]["b"]
@@ -68,7 +123,7 @@ def linear_softmax_grads(params, x, labels, lam):
     """
     W, b = params[0]["W"], params[0]["b"]
     logits = x @ W + b
-    y = losses._targets(logits, labels)
+    y = losses.targets(logits, labels)
     G = jax.nn.softmax(logits, axis=-1) - y
     n = x.shape[0]
     return [{"W": x.T @ G / n + 2 * lam * W, "b": jnp.sum(G, axis=0) / n}]

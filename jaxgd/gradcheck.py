@@ -87,7 +87,7 @@ def finite_difference_grads(f, params, coords, h, order=2):
         def one(i):
             e = jnp.zeros_like(flat).at[i].set(1.0)
             return central_difference(lambda s: f(unravel(flat + s * e)), h, order)
-        return jax.lax.map(one, index, batch_size=64)
+        return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
 
     values = np.asarray(all_fd(flat, index))
     return np.split(values, np.cumsum([len(c) for c in coords])[:-1])
@@ -124,7 +124,8 @@ def compare_to_autodiff(grads, f, params, eps=1e-12):
             for n, e in zip(leaf_names(params), jax.tree_util.tree_leaves(errs))]
 
 
-def _cast(tree, dtype):
+def cast(tree, dtype):
+    """Floating leaves of ``tree`` as ``dtype``; other leaves (integer labels, keys) as they are."""
     return jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
         tree)
@@ -149,7 +150,7 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     h = (1e-4 if is64 else 1e-2) if h is None else h
     eps = (1e-12 if is64 else 1e-6) if eps is None else eps
     with jax.enable_x64(is64):
-        params, args = _cast(params, dtype), _cast(args, dtype)
+        params, args = cast(params, dtype), cast(args, dtype)
         f = lambda p: loss_fn(p, *args)  # noqa: E731
         grads = jax.jit(lambda p: grad_fn(p, *args))(params)
         coords = sample_coordinates(params, max_per_leaf, seed)
@@ -172,3 +173,20 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     if directional:
         report["directional_max"] = max(l["directional"]["rel"] for l in leaves)
     return report
+
+
+def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
+    """A layer as a gradient-check problem over ``(params, x)``: the scalar
+    ``L(params, x) = sum(c * layer.forward(params, state, x)[0])`` with a fixed random ``c``, and
+    its hand gradient ``layer.backward(params, residuals, c)``. Returns ``(loss_fn, grad_fn, args)``
+    for ``check_gradients(loss_fn, grad_fn, (params, x), *args)``."""
+    y = jax.eval_shape(lambda p, s, x: layer.forward(p, s, x, train=train, key=key)[0], params, state, x)
+    c = jax.random.normal(jax.random.PRNGKey(seed), y.shape)
+
+    def loss_fn(px, state, c):
+        return jnp.sum(c * layer.forward(px[0], state, px[1], train=train, key=key)[0])
+
+    def grad_fn(px, state, c):
+        _, _, res = layer.forward(px[0], state, px[1], train=train, key=key)
+        return layer.backward(px[0], res, c.astype(px[1].dtype))
+    return loss_fn, grad_fn, (state, c)

@@ -44,7 +44,7 @@ def mean_squared_error_grad(y_hat, y):
     return -2 * (y - y_hat) / y.size
 
 
-def _targets(logits, labels):
+def targets(logits, labels):
     """Labels as a ``(n, k)`` probability matrix; validates what it can see."""
     k = logits.shape[-1]
     labels = jnp.asarray(labels)
@@ -66,14 +66,14 @@ def _targets(logits, labels):
 
 def softmax_cross_entropy(logits, labels):
     """Mean over the batch of ``-sum_k y_k log softmax(s)_k`` (log-sum-exp stable)."""
-    y = _targets(logits, labels)
+    y = targets(logits, labels)
     logp = jax.nn.log_softmax(logits.reshape(y.shape), axis=-1)
     return -jnp.sum(y * logp) / y.shape[0]
 
 
 def softmax_cross_entropy_grad(logits, labels):
     """``dL/ds = (softmax(s) - y) / n`` for the batch-mean loss above."""
-    y = _targets(logits, labels)
+    y = targets(logits, labels)
     p = jax.nn.softmax(logits.reshape(y.shape), axis=-1)
     return ((p - y) / y.shape[0]).reshape(logits.shape)
 

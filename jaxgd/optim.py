@@ -6,7 +6,9 @@ An optimizer is a pair of pure functions (optax's contract, with the step applie
     update(grads, state, params, hparams) -> (new_params, new_state)
 
 ``hparams`` is an ``SGDHyperparams`` of scalars, or of 1-D arrays when many
-configurations are trained at once under ``jax.vmap``.
+configurations are trained at once. They are kept in float64 and take each parameter's
+dtype where they are used, so a float64 run steps with lr 0.01, not with float32's
+0.0099999997764825821 (and matches ``torch.optim.SGD`` to ~1e-15).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class SGDHyperparams(NamedTuple):
 
 
 def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0) -> SGDHyperparams:
-    """Validated hyperparameters (scalars or equal-length 1-D sequences) as float32 arrays."""
+    """Validated hyperparameters (scalars or equal-length 1-D sequences) as float64 numpy arrays."""
     vals = [np.asarray(v, np.float64) for v in (lr, momentum, weight_decay)]
     shapes = {v.shape for v in vals if v.ndim}
     if any(v.ndim > 1 for v in vals) or len(shapes) > 1:
@@ -39,8 +41,9 @@ def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0) -> SGDHyperparams:
     if not (np.all(np.isfinite(wd)) and np.all(wd >= 0)):
         raise ValueError(f"weight decay must be finite and >= 0, got {weight_decay}")
     n = shapes.pop()[0] if shapes else None
-    cast = (lambda v: jnp.asarray(np.broadcast_to(v, (n,)), jnp.float32)) if n else (lambda v: jnp.float32(v))
-    return SGDHyperparams(*(cast(v) for v in vals))
+    if n == 0:
+        raise ValueError("hyperparameters given as sequences must have at least one entry; got empty ones")
+    return SGDHyperparams(*(np.broadcast_to(v, (n,)).copy() if n else v for v in vals))
 
 
 class SGDState(NamedTuple):
@@ -60,9 +63,10 @@ def sgd_update(grads, state: SGDState, params, hparams: SGDHyperparams):
         p <- p - lr * b
     """
     lr, mu, wd = hparams
-    g = jax.tree_util.tree_map(lambda g, p: g + wd * p, grads, params)
-    b = jax.tree_util.tree_map(lambda b, g: mu * b + g, state.momentum, g)
-    new = jax.tree_util.tree_map(lambda p, b: p - lr * b, params, b)
+    at = lambda h, p: jnp.asarray(h, p.dtype)  # noqa: E731  (each hyperparameter in the leaf's dtype)
+    g = jax.tree_util.tree_map(lambda g, p: g + at(wd, p) * p, grads, params)
+    b = jax.tree_util.tree_map(lambda b, g: at(mu, b) * b + g, state.momentum, g)
+    new = jax.tree_util.tree_map(lambda p, b: p - at(lr, p) * b, params, b)
     return new, SGDState(b)
 
 

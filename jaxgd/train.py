@@ -1,96 +1,66 @@
-"""The one training loop: a jitted step, a compiled epoch, evaluation, history, vmap over configs.
+"""The one training loop: a jitted step, a compiled epoch, evaluation, history, many configs at once.
 
-A model is ``Model(apply, hand_grad)``:
+A model is anything with (``models.Model`` is one)
 
-    apply(params, state, x, train, key) -> (logits, new_state)
-    hand_grad(params, x, y) -> (loss, logits, grads)      # optional, no jax.grad
+    apply(params, state, x, train, key) -> (out, new_state)
+    grad(params, state, x, y, key)      -> (loss, out, grads, new_state)   # by hand, no jax.grad
+    loss                                # the name (losses.LOSSES) that both use
 
-``state`` is whatever the model threads through training (batch-norm running
-statistics) or ``None``; ``key`` feeds dropout. An epoch is one compiled call:
-``lax.scan`` over a seeded permutation cut into ``n // batch_size`` minibatches;
-the last partial batch is dropped (a fresh permutation each epoch means every
-example is used across epochs). Hyperparameters given as 1-D arrays train that
-many configurations at once with ``jax.vmap`` (params stacked on a leading axis),
-on the same minibatches.
+``state`` is whatever the model threads through training (batch-norm running statistics);
+``key`` feeds dropout. The loss is named once, in the model, so the hand gradient, ``jax.grad``
+and the evaluation cannot disagree about it. An epoch is one compiled call: ``lax.scan`` over a
+seeded permutation cut into ``n // batch_size`` minibatches; the last partial batch is dropped
+(a fresh permutation each epoch means every example is used across epochs). Hyperparameters
+given as 1-D arrays train that many configurations in one program (params stacked on a leading
+axis), on the same minibatches.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import backprop, losses, nn, optim
+from jaxgd import losses, optim
+
+# How a training step gets its gradient: the model's hand-derived ``grad``; ``jax.grad`` of its
+# forward; or ``jax.grad`` through the hand backwards wrapped as custom_vjps (models.Model only).
+GRADS = ("hand", "autodiff", "vjp")
 
 
-class Model(NamedTuple):
-    apply: Callable
-    hand_grad: Callable | None = None
+def make_grad_fn(model, l2=0.0, grads="hand"):
+    """``(params, state, x, y, key) -> (loss, out, grads, new_state)`` of one training step.
 
-
-def mlp(activations="relu", loss="cross_entropy") -> Model:
-    """An MLP (``nn.mlp_forward``) whose hand gradient is ``backprop.mlp_backward``."""
-    def apply(params, state, x, train=False, key=None):
-        return nn.mlp_apply(params, x, activations), state
-    return Model(apply, lambda p, x, y: backprop.mlp_loss_and_grads(p, x, y, activations, loss))
-
-
-def linear_softmax() -> Model:
-    """``softmax(x W + b)``; the hand gradient is DD2424's closed form (the penalty is added by ``make_grad_fn``)."""
-    def apply(params, state, x, train=False, key=None):
-        return nn.mlp_apply(params, x, "identity"), state
-
-    def hand_grad(p, x, y):
-        logits = nn.mlp_apply(p, x, "identity")
-        return losses.softmax_cross_entropy(logits, y), logits, backprop.linear_softmax_grads(p, x, y, 0.0)
-    return Model(apply, hand_grad)
-
-
-def sequential(layers) -> Model:
-    """A model from ``nn`` layer specs (the MNIST zoo); gradients come from ``jax.grad``."""
-    layers = tuple(layers)
-    for layer in layers:
-        nn._spec(layer)
-
-    def apply(params, state, x, train=False, key=None):
-        return nn.sequential_apply(layers, params, state, x, train, key)
-    return Model(apply)
-
-
-def make_grad_fn(model: Model, loss="cross_entropy", l2=0.0, grads="autodiff"):
-    """``(params, state, x, y, key) -> (loss, logits, grads, new_state)``.
-
-    ``grads="hand"`` uses the model's hand-derived gradient, ``"autodiff"``
-    ``jax.value_and_grad``. ``l2 > 0`` adds ``l2 * sum ||W||^2`` to the loss
-    (weights only; DD2424's cost), unlike the optimizer's weight decay.
+    ``grads`` is one of ``GRADS``. ``l2 > 0`` adds ``l2 * sum ||W||^2`` to the loss and
+    ``2 l2 W`` to the gradient (weights only; DD2424's cost), unlike the optimizer's weight decay.
     """
-    loss_fn = losses.get_loss(loss)[0]
     if grads == "hand":
-        if model.hand_grad is None:
+        if getattr(model, "grad", None) is None:
             raise ValueError("this model has no hand-derived gradient; use grads='autodiff'")
+        core = model.grad
+    elif grads in ("autodiff", "vjp"):
+        apply = model.apply if grads == "autodiff" else functools.partial(model.apply, hand_vjp=True)
+        loss_fn = losses.get_loss(model.loss)[0]
 
-        def core(params, state, x, y, key):
-            value, logits, g = model.hand_grad(params, x, y)
-            return value, logits, g, state
-    elif grads == "autodiff":
         def core(params, state, x, y, key):
             def objective(p):
-                logits, new_state = model.apply(p, state, x, True, key)
-                return loss_fn(logits, y), (logits, new_state)
-            (value, (logits, new_state)), g = jax.value_and_grad(objective, has_aux=True)(params)
-            return value, logits, g, new_state
+                out, new_state = apply(p, state, x, True, key)
+                return loss_fn(out, y), (out, new_state)
+            (value, (out, new_state)), g = jax.value_and_grad(objective, has_aux=True)(params)
+            return value, out, g, new_state
     else:
-        raise ValueError(f"grads must be 'hand' or 'autodiff', got {grads!r}")
+        raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
     if not l2:
         return core
 
     def with_penalty(params, state, x, y, key):
-        value, logits, g, state = core(params, state, x, y, key)
+        value, out, g, state = core(params, state, x, y, key)
         g = jax.tree_util.tree_map(jnp.add, g, losses.l2_penalty_grad(params, l2))
-        return value + losses.l2_penalty(params, l2), logits, g, state
+        return value + losses.l2_penalty(params, l2), out, g, state
     return with_penalty
 
 
@@ -117,7 +87,7 @@ def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int):
     return epoch
 
 
-def predict(model: Model, params, state, x, chunk=256):
+def predict(model, params, state, x, chunk=256):
     """Eval-mode logits for ``x``, ``chunk`` rows at a time: bounded memory, and on XLA:CPU the
     CNN forward ran 2x faster in chunks of 256 than of 2000 (its im2col columns stay small)."""
     n = x.shape[0]
@@ -129,9 +99,9 @@ def predict(model: Model, params, state, x, chunk=256):
     return out.reshape((-1,) + out.shape[2:])[:n]
 
 
-def make_eval(model: Model, loss="cross_entropy", l2=0.0):
+def make_eval(model, l2=0.0):
     """``evaluate(params, state, x, y) -> (loss, accuracy)`` in eval mode (loss includes the l2 term)."""
-    loss_fn = losses.get_loss(loss)[0]
+    loss_fn = losses.get_loss(model.loss)[0]
 
     def evaluate(params, state, x, y):
         logits = predict(model, params, state, x)
@@ -160,17 +130,16 @@ def _as_device(split):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
-        batch_size: int, seed: int = 0, optimizer="hand", grads="autodiff", loss="cross_entropy",
-        l2=0.0, model_state=None, eval_train=False, batch_configs="auto", callback=None,
+def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
+        batch_size: int, seed: int = 0, optimizer="hand", grads="hand", l2=0.0, model_state=None, eval_train=False, batch_configs="auto", callback=None,
         verbose=False, log=print):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
     ``hparams`` comes from ``optim.sgd_hyperparams``; 1-D hyperparameters train
     one config per entry (``params`` and ``model_state`` stacked on axis 0) in
-    one vmapped program. ``optimizer`` is ``"hand"`` or ``"optax"``; ``grads`` is
-    ``"hand"`` or ``"autodiff"``. ``eval_train`` re-evaluates the whole training
+    one program. ``optimizer`` is ``"hand"`` or ``"optax"``; ``grads`` is one of ``GRADS``
+    (default: the model's hand-derived gradient); the loss is ``model.loss``. ``eval_train`` re-evaluates the whole training
     set after each epoch (eval mode) instead of reporting the epoch's running
     means. ``batch_configs`` says how N configs share the program: ``"vmap"``
     (batched matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after
@@ -182,10 +151,14 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     A config whose training loss stops being finite is marked diverged
     (its later numbers are NaN); training stops early once every config has.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    for what, v in (("epochs", epochs), ("batch size", batch_size)):
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
+    epochs, batch_size = int(epochs), int(batch_size)
+    hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too
+    _check_labels(model, train[1], "train")
+    if val is not None:
+        _check_labels(model, val[1], "val")
     x, y = _as_device(train)
     val = _as_device(val) if val is not None and len(val[1]) else None
     if x.shape[0] != y.shape[0]:
@@ -195,8 +168,8 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
     opt = optim.get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
 
-    epoch_fn = make_epoch(make_grad_fn(model, loss, l2, grads), opt, batch_size)
-    eval_fn = make_eval(model, loss, l2)
+    epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size)
+    eval_fn = make_eval(model, l2)
     init_fn = opt.init
     if n_cfg is not None:
         if batch_configs == "auto":
@@ -245,6 +218,25 @@ def fit(model: Model, params, train, val=None, *, hparams: optim.SGDHyperparams,
     div = [int(d) if d else None for d in np.atleast_1d(diverged_at)]
     history = History(**hist, compile_time=compile_time, diverged_at=div if n_cfg else div[0], extra=extra)
     return carry[0], carry[2], history
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_labels(model, y, split):
+    """Integer class labels must lie in [0, classes) (one-hot targets pass as they are): out of
+    range, a row would silently drop out of the cross-entropy inside the compiled epoch."""
+    y = np.asarray(y)
+    if getattr(model, "loss", None) != "cross_entropy" or y.ndim != 1 or not y.size:
+        return
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{split} labels must be integer class indices, got dtype {y.dtype}")
+    shapes = getattr(model, "shapes", None)
+    k = shapes()[-1][-1] if shapes else None
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or (k is not None and hi >= k):
+        raise ValueError(f"{split} labels must lie in [0, {k}) for a model with {k} outputs; got min {lo}, max {hi}")
 
 
 def _map_configs(epoch_fn, eval_fn):

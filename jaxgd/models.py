@@ -1,0 +1,213 @@
+"""One model system: a sequential model is a tuple of layers, and its gradient is the generic
+reverse pass (the delta recursion over layers, each layer's hand-written ``backward``).
+
+    model = Model(layers, in_shape, loss="cross_entropy")
+    params, state = model.init(key)                               # one entry per layer, {} if none
+    out, state = model.apply(params, state, x, train, key)
+    loss, out, grads, state = model.grad(params, state, x, y, key)  # by hand: no jax.grad
+
+``loss`` is named once, in the model: its hand gradient, ``jax.grad`` of ``apply`` and the
+evaluation in ``train.fit`` all use it. Three gradients of the same model (``train.GRADS``):
+
+- ``"hand"``:     ``model.grad``, the generic reverse pass below.
+- ``"autodiff"``: ``jax.value_and_grad`` of the forward (JAX differentiates every layer itself).
+- ``"vjp"``:      ``jax.value_and_grad`` through ``layers.hand_vjp``, each hand backward as a
+                  ``jax.custom_vjp``: JAX's machinery driving our derivatives.
+
+The CIFAR-2 MLP of INF265 project 1 (``mlp``), DD2424's linear softmax (``linear_softmax``) and
+the nine MNIST models of CSI 5340 homework 2 (``mnist_zoo``) are all such models.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxgd import layers as L
+from jaxgd import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A sequential model: ``layers`` applied in order to examples of shape ``in_shape``
+    (no batch axis), trained on ``loss`` (a name in ``losses.LOSSES``)."""
+    layers: tuple
+    in_shape: tuple
+    loss: str = "cross_entropy"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, L.Layer):
+                raise ValueError(f"layer {i} is {layer!r}, not a layer: build layers with jaxgd.layers "
+                                 "(dense(128), relu(), conv2d(32), max_pool(2), flatten(), dropout(0.5), batch_norm())")
+        losses.get_loss(self.loss)
+        self.shapes()  # every layer accepts its input shape, or a clear error now
+
+    def shapes(self) -> list[tuple]:
+        """The per-example shape entering each layer, then the output's."""
+        out = [self.in_shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                out.append(tuple(layer.out_shape(out[-1])))
+            except ValueError as e:
+                raise ValueError(f"layer {i} ({layer}): {e}") from None
+        return out
+
+    def init(self, key, dtype=jnp.float32):
+        """``(params, state)``: layer ``i`` initialises from ``fold_in(key, i)``."""
+        params, state, shape = [], [], self.in_shape
+        for i, layer in enumerate(self.layers):
+            p, s, shape = layer.init(jax.random.fold_in(key, i), shape, dtype)
+            params.append(p)
+            state.append(s)
+        return params, state
+
+    def _check(self, params, state, x):
+        n = len(self.layers)
+        if len(params) != n or len(state) != n:
+            raise ValueError(f"{n} layers but {len(params)} params / {len(state)} state entries: "
+                             "build them with model.init(key)")
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"model input must have shape (batch, {', '.join(map(str, self.in_shape))}); "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, params, state, x, train=False, key=None):
+        """``(out, new_state, residuals)``. In training, dropout layer ``i`` draws its mask from
+        ``fold_in(key, i)`` and batch norm uses (and updates) batch statistics."""
+        self._check(params, state, x)
+        new_state, residuals = [], []
+        for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
+            x, s, r = layer.forward(p, s, x, train=train, key=_layer_key(key, i))
+            new_state.append(s)
+            residuals.append(r)
+        return x, new_state, residuals
+
+    def backward(self, params, residuals, dout):
+        """The reverse pass: ``delta <- dL/dout``, then for each layer from the last,
+        ``(grads_i, delta) <- layer_i.backward(params_i, residuals_i, delta)``."""
+        grads = [None] * len(self.layers)
+        delta = dout
+        for i in reversed(range(len(self.layers))):
+            grads[i], delta = self.layers[i].backward(params[i], residuals[i], delta)
+        return grads
+
+    def apply(self, params, state, x, train=False, key=None, *, hand_vjp=False):
+        """``(out, new_state)``; ``hand_vjp=True`` runs each layer as its ``layers.hand_vjp`` twin."""
+        if not hand_vjp:
+            out, new_state, _ = self.forward(params, state, x, train, key)
+            return out, new_state
+        self._check(params, state, x)
+        new_state = []
+        for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
+            x, s = L.hand_vjp(layer, bool(train))(p, s, x, _layer_key(key, i))
+            new_state.append(s)
+        return x, new_state
+
+    def grad(self, params, state, x, y, key=None):
+        """``(loss, out, dloss/dparams, new_state)`` of a training step, entirely by hand:
+        forward with residuals, the loss's derivative ``losses.get_loss(loss)[1]``, ``backward``."""
+        loss_fn, loss_grad = losses.get_loss(self.loss)
+        out, new_state, res = self.forward(params, state, x, True, key)
+        return loss_fn(out, y), out, self.backward(params, res, loss_grad(out, y)), new_state
+
+    def autodiff_grad(self, params, state, x, y, key=None, *, hand_vjp=False):
+        """``model.grad``'s result by ``jax.value_and_grad`` (through the hand layers with ``hand_vjp``)."""
+        loss_fn = losses.get_loss(self.loss)[0]
+
+        def objective(p):
+            out, new_state = self.apply(p, state, x, True, key, hand_vjp=hand_vjp)
+            return loss_fn(out, y), (out, new_state)
+        (value, (out, new_state)), g = jax.value_and_grad(objective, has_aux=True)(params)
+        return value, out, g, new_state
+
+    def macs(self) -> list[int]:
+        """Forward multiply-adds per example, per layer (dense and conv; the rest count 0)."""
+        return [layer.macs(s) for layer, s in zip(self.layers, self.shapes())]
+
+    def train_flops(self, samples: int) -> float:
+        """FLOPs of ``samples`` training examples: forward ``2 macs`` per layer, ``dW`` another
+        ``2 macs`` per layer with weights, ``dx`` ``2 macs`` for every layer after the first one with
+        weights (nothing needs the input's gradient)."""
+        macs = self.macs()  # > 0 exactly for the layers with weights (dense, conv)
+        first = next((i for i, m in enumerate(macs) if m), len(macs))
+        per = sum(4 * m + 2 * m * (i > first) for i, m in enumerate(macs))
+        return float(per) * samples
+
+    def describe(self) -> list[str]:
+        return [str(layer) for layer in self.layers]
+
+
+def _layer_key(key, i):
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+# ------------------------------------------------------------------------------ the course reports' models
+
+def mlp(sizes, activation="relu", init="torch", loss="cross_entropy") -> Model:
+    """Dense layers of widths ``sizes = (d_0, ..., d_L)``, ``activation`` after every hidden one
+    (a name, or one per hidden layer); the output is linear (logits). INF265 project 1's CIFAR-2
+    model is ``mlp((3072, 512, 128, 32, 2))``, 1,643,234 parameters."""
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
+    acts = (activation,) * (len(sizes) - 2) if isinstance(activation, str) else tuple(activation)
+    if len(acts) != len(sizes) - 2:
+        raise ValueError(f"{len(acts)} activations for {len(sizes) - 2} hidden layers: give one per hidden layer")
+    layers = []
+    for i, width in enumerate(sizes[1:]):
+        layers.append(L.dense(width, init))
+        if i < len(acts):
+            layers.append(L.Activation(acts[i]))
+    return Model(tuple(layers), (sizes[0],), loss)
+
+
+def linear_softmax(d_in=3072, classes=10) -> Model:
+    """DD2424 assignment 1: ``P = softmax(x W + b)``, one dense layer trained on cross-entropy."""
+    return Model((L.dense(classes),), (d_in,))
+
+
+# The MNIST zoo of CSI 5340 homework 2: three families, each plain, with dropout, and with batch
+# norm. Dropout sits after each hidden activation (after each pool in the CNN) and, in softmax
+# regression, on the input pixels; batch norm sits between each hidden dense/conv layer and its
+# ReLU, and on the input pixels of softmax regression (it has no hidden layer).
+ZOO_FAMILIES = ("softmax", "mlp", "cnn")
+ZOO_VARIANTS = ("plain", "dropout", "batchnorm")
+
+
+def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "lax") -> Model:
+    """One of the 9 MNIST models; input is a (28, 28, 1) image.
+
+    - softmax: flatten - dense 10                                       (7,850 params)
+    - mlp:     flatten - dense 256 - relu - dense 128 - relu - dense 10 (235,146 params)
+    - cnn:     conv 3x3x32 - relu - pool 2 - conv 3x3x64 - relu - pool 2 - flatten
+               - dense 128 - relu - dense 10                             (421,642 params)
+
+    ``dropout``: rate 0.2 on softmax regression's input, 0.5 after the MLP's hidden ReLUs, 0.25
+    after each CNN pool and 0.5 after its dense ReLU. ``batchnorm``: on the input of softmax
+    regression, before every hidden ReLU of the MLP and the CNN. ``conv_impl`` picks the conv
+    forward (``layers.CONV_IMPLS``).
+    """
+    if family not in ZOO_FAMILIES or variant not in ZOO_VARIANTS:
+        raise ValueError(f"unknown model {family!r}/{variant!r}; families {ZOO_FAMILIES}, variants {ZOO_VARIANTS}")
+    drop, bn = variant == "dropout", variant == "batchnorm"
+
+    def block(linear, rate, pool=False):  # linear - [batch norm] - relu - [max pool] - [dropout]
+        return ([linear] + [L.batch_norm()] * bn + [L.relu()] + [L.max_pool(2)] * pool
+                + [L.dropout(rate)] * drop)
+
+    if family == "softmax":
+        layers = [L.flatten()] + [L.dropout(0.2)] * drop + [L.batch_norm()] * bn + [L.dense(10)]
+    elif family == "mlp":
+        layers = [L.flatten()] + block(L.dense(256), 0.5) + block(L.dense(128), 0.5) + [L.dense(10)]
+    else:
+        conv = lambda c: L.conv2d(c, 3, conv_impl)  # noqa: E731
+        layers = (block(conv(32), 0.25, pool=True) + block(conv(64), 0.25, pool=True)
+                  + [L.flatten()] + block(L.dense(128), 0.5) + [L.dense(10)])
+    return Model(tuple(layers), (28, 28, 1))
