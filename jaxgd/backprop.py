@@ -39,12 +39,12 @@ def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tupl
 
 def init_mlp(key, sizes: Sequence[int], init: str = "torch", dtype=jnp.float32) -> list[dict]:
     """MLP params for widths ``sizes = (d_0, ..., d_L)``: a list of L ``{"W": (d_in, d_out), "b"}``
-    dicts; layer ``l`` initialises from ``fold_in(key, 2 l)``, as the same layer of ``models.mlp``."""
+    dicts, layer ``l`` initialised from ``split(key, L)[l]``."""
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must list at least an input and an output width, all >= 1; got {sizes}")
-    return [init_linear(jax.random.fold_in(key, 2 * l), a, b, init, dtype)
-            for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [init_linear(k, a, b, init, dtype) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
 
 
 def mlp_forward(params, x, activations="relu"):

@@ -195,12 +195,14 @@ class Conv2D(Layer):
       in space with its channel axes swapped (a "same" convolution is its own transpose, up to
       the flip, for odd kernels and stride 1).
 
-    Residual: ``x``. Where autodiff of ``lax.conv`` ran slow on XLA:CPU, these three are one
-    forward convolution and one matmul (scripts/bench.py's ``cnn_epoch`` section).
+    Residual: ``x``. Inside a compiled epoch on XLA:CPU, ``jax.grad`` of ``lax.conv`` ran an
+    order of magnitude slower than these three (one forward convolution and two matmuls), and
+    the im2col forward a little faster than ``lax.conv``'s: scripts/bench.py's ``cnn_epoch``
+    section measures all four combinations.
     """
     features: int
     size: int = 3
-    impl: str = "lax"
+    impl: str = "im2col"
     init_scheme: str = "torch"
 
     def __post_init__(self):
@@ -249,13 +251,19 @@ class Conv2D(Layer):
 @dataclasses.dataclass(frozen=True)
 class MaxPool(Layer):
     """Non-overlapping ``size`` x ``size`` max-pooling of NHWC input (height and width divisible by
-    ``size``), as a reshape and a max.
+    ``size``).
 
-    Backward: each window's ``dy`` goes to *one* element, the first maximum in row-major order
-    within the window (PyTorch's ``MaxPool2d`` rule); the others get 0. ``jax.grad`` of a max
-    instead splits ``dy`` equally among tied maxima. The two agree wherever a window has one
-    maximum; after a ReLU, tied windows are mostly all-zero ones, whose gradient the ReLU then
-    discards either way. Residual: the boolean mask of the chosen elements.
+    Forward: a running maximum over the ``size**2`` strided views of the windows, which also keeps
+    the index of the winner; a later element wins only if strictly greater, so a tie goes to the
+    *first* maximum in row-major order within the window (PyTorch's ``MaxPool2d`` rule).
+
+    Backward: each window's ``dy`` goes to that one element, the others get 0 (``jax.grad`` of a
+    max instead splits ``dy`` equally among tied maxima; the two agree wherever a window has one
+    maximum, and after a ReLU the tied windows are mostly all-zero ones, whose gradient the ReLU
+    then discards either way). Residual: the winner's index per window (int8).
+
+    The index is kept rather than recomputed as ``x == max(x)``: under jit, XLA may recompute ``x``
+    inside two fusions that round differently, and an equality test can then select no element.
     """
     size: int = 2
 
@@ -270,17 +278,20 @@ class MaxPool(Layer):
         s = self.size
         self.out_shape((h, w, c))
         x6 = x.reshape(n, h // s, s, w // s, s, c)
-        y = x6.max(axis=(2, 4))
-        tie = x6 == y[:, :, None, :, None, :]
-        # keep the first maximum: no maximum in an earlier window row, nor earlier in this row
-        row_has = jnp.any(tie, axis=4, keepdims=True)
-        earlier_row = (jnp.cumsum(row_has, axis=2) - row_has) > 0
-        earlier_col = (jnp.cumsum(tie, axis=4) - tie) > 0
-        return y, state, tie & ~earlier_row & ~earlier_col
+        best, idx = x6[:, :, 0, :, 0, :], jnp.zeros((n, h // s, w // s, c), jnp.int8)
+        for k in range(1, s * s):
+            v = x6[:, :, k // s, :, k % s, :]
+            idx = jnp.where(v > best, jnp.int8(k), idx)
+            best = jnp.maximum(best, v)
+        return best, state, idx
 
-    def backward(self, params, first, dy):
-        dx = jnp.where(first, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
-        return {}, dx.reshape(first.shape[0], first.shape[1] * first.shape[2], first.shape[3] * first.shape[4], -1)
+    def backward(self, params, idx, dy):
+        s = self.size
+        zero = jnp.zeros((), dy.dtype)
+        rows = [jnp.stack([jnp.where(idx == i * s + j, dy, zero) for j in range(s)], axis=3) for i in range(s)]
+        dx = jnp.stack(rows, axis=2)  # (n, h/s, s, w/s, s, c)
+        n, hs, _, ws, _, c = dx.shape
+        return {}, dx.reshape(n, hs * s, ws * s, c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +417,7 @@ def dense(features: int, init: str = "torch") -> Dense:
     return Dense(features, init)
 
 
-def conv2d(features: int, size: int = 3, impl: str = "lax", init: str = "torch") -> Conv2D:
+def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch") -> Conv2D:
     return Conv2D(features, size, impl, init)
 
 

@@ -65,6 +65,14 @@ class Model:
             state.append(s)
         return params, state
 
+    def empty_state(self) -> list:
+        """The state of a model whose layers keep none (``[{}, ...]``), so that ``state=None`` works."""
+        stateful = [str(l) for l in self.layers if isinstance(l, L.BatchNorm)]
+        if stateful:
+            raise ValueError(f"this model has layers with state ({', '.join(stateful)}): pass the state from "
+                             "params, state = model.init(key) (fit: model_state=state)")
+        return [{} for _ in self.layers]
+
     def _check(self, params, state, x):
         n = len(self.layers)
         if len(params) != n or len(state) != n:
@@ -77,6 +85,7 @@ class Model:
     def forward(self, params, state, x, train=False, key=None):
         """``(out, new_state, residuals)``. In training, dropout layer ``i`` draws its mask from
         ``fold_in(key, i)`` and batch norm uses (and updates) batch statistics."""
+        state = self.empty_state() if state is None else state
         self._check(params, state, x)
         new_state, residuals = [], []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
@@ -99,6 +108,7 @@ class Model:
         if not hand_vjp:
             out, new_state, _ = self.forward(params, state, x, train, key)
             return out, new_state
+        state = self.empty_state() if state is None else state
         self._check(params, state, x)
         new_state = []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
@@ -181,7 +191,7 @@ ZOO_FAMILIES = ("softmax", "mlp", "cnn")
 ZOO_VARIANTS = ("plain", "dropout", "batchnorm")
 
 
-def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "lax") -> Model:
+def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "im2col") -> Model:
     """One of the 9 MNIST models; input is a (28, 28, 1) image.
 
     - softmax: flatten - dense 10                                       (7,850 params)

@@ -175,6 +175,26 @@ def compare_curves(runs: dict, title, path):
     return _save(fig, path)
 
 
+def step_loss_pairs(pairs: dict, title, path):
+    """Per-step training loss of two runs per model (``loss_hand``, ``loss_autodiff``), one panel each."""
+    n = len(pairs)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (name, p) in zip(axes.flat, pairs.items()):
+        ax.plot(_floats(p["loss_hand"]), lw=3, alpha=0.4, label="hand backprop")
+        ax.plot(_floats(p["loss_autodiff"]), "k--", lw=0.8, label="jax.grad")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}  (max |diff| {p['max_abs_diff']:.1e})", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def bench(res, path):
     """Median time of every benchmark row (min-max as error bars), one colour per section."""
     rows = [(sec, r) for sec, s in res["sections"].items() for r in s["rows"]]

@@ -64,11 +64,12 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
     return with_penalty
 
 
-def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int):
+def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int, per_step=False):
     """``epoch(carry, x, y, hparams, key) -> (carry, (mean loss, mean accuracy))`` over one shuffled pass.
 
     ``carry = (params, opt_state, model_state)``; loss and accuracy are the
-    running means over the epoch's minibatches (in training mode).
+    running means over the epoch's minibatches (in training mode), or with ``per_step``
+    one value per minibatch.
     """
     def epoch(carry, x, y, hparams, key):
         n_batches = x.shape[0] // batch_size
@@ -83,7 +84,7 @@ def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int):
             return (params, opt_state, mstate), (value, losses.accuracy(logits, y[i]))
 
         carry, (vals, accs) = jax.lax.scan(step, carry, (idx, jax.random.split(k_steps, n_batches)))
-        return carry, (jnp.mean(vals), jnp.mean(accs))
+        return carry, ((vals, accs) if per_step else (jnp.mean(vals), jnp.mean(accs)))
     return epoch
 
 
@@ -159,6 +160,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     _check_labels(model, train[1], "train")
     if val is not None:
         _check_labels(model, val[1], "val")
+    if model_state is None and hasattr(model, "empty_state"):
+        model_state = model.empty_state()  # a clear error if the model needs its state
     x, y = _as_device(train)
     val = _as_device(val) if val is not None and len(val[1]) else None
     if x.shape[0] != y.shape[0]:

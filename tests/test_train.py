@@ -5,14 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import nn, optim, train
+from jaxgd import backprop, models, optim, train
 
 
 def _problem(n=256, d=20, k=3, seed=0):
     kx, kw = jax.random.split(jax.random.PRNGKey(seed))
     x = jax.random.normal(kx, (n, d))
     y = jnp.argmax(x @ jax.random.normal(kw, (d, k)), -1).astype(jnp.int32)
-    return (np.asarray(x), np.asarray(y)), nn.init_mlp(jax.random.PRNGKey(seed + 1), (d, 16, k), "torch")
+    return (np.asarray(x), np.asarray(y)), MODEL.init(jax.random.PRNGKey(seed + 1))[0]
+
+
+MODEL = models.mlp((20, 16, 3), "relu")
 
 
 def _grads_seq(params, steps=5, seed=0):
@@ -49,30 +52,33 @@ def test_first_step_rule_and_formula():
     np.testing.assert_allclose(s2.momentum["W"], 0.9 * b1 + g["W"] + 0.01 * p1["W"], rtol=1e-6)
 
 
-def test_matches_torch_sgd():
+def test_matches_torch_sgd_in_float64():
+    """sgd_hyperparams keeps lr = 0.01 exact in a float64 run (not float32's 0.0099999997...)."""
     torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
     _, params = _problem()
+    params = [p for p in params if p]
     tp = [torch.tensor(np.asarray(l[k]), dtype=torch.float64, requires_grad=True) for l in params for k in ("W", "b")]
-    opt = torch.optim.SGD(tp, lr=0.05, momentum=0.9, weight_decay=0.01)
+    opt = torch.optim.SGD(tp, lr=0.01, momentum=0.9, weight_decay=0.001)
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
         s = optim.sgd_init(p64)
-        hp = optim.SGDHyperparams(jnp.float64(0.05), jnp.float64(0.9), jnp.float64(0.01))
-        for g in _grads_seq(p64):
-            p64, s = optim.sgd_update(g, s, p64, hp)
+        hp = optim.sgd_hyperparams(0.01, 0.9, 0.001)
+        update = jax.jit(optim.sgd_update)
+        for g in _grads_seq(p64, steps=200):
+            p64, s = update(g, s, p64, hp)
             for t, gl in zip(tp, [l[k] for l in g for k in ("W", "b")]):
                 t.grad = torch.tensor(np.asarray(gl))
             opt.step()
         for t, a in zip(tp, [l[k] for l in p64 for k in ("W", "b")]):
-            np.testing.assert_allclose(t.detach().numpy(), np.asarray(a), rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(t.detach().numpy(), np.asarray(a), rtol=1e-14, atol=1e-15)
 
 
 def test_fit_hand_equals_autodiff_and_optax():
     tr, params = _problem()
     hp = optim.sgd_hyperparams(0.05, 0.9, 0.001)
     runs = {}
-    for opt, gr in (("hand", "hand"), ("optax", "autodiff"), ("hand", "autodiff")):
-        p, _, h = train.fit(train.mlp("relu"), params, tr, tr, hparams=hp, epochs=3, batch_size=32,
+    for opt, gr in (("hand", "hand"), ("optax", "autodiff"), ("hand", "autodiff"), ("hand", "vjp")):
+        p, _, h = train.fit(MODEL, params, tr, tr, hparams=hp, epochs=3, batch_size=32,
                             optimizer=opt, grads=gr)
         runs[opt, gr] = (p, h)
     ref = runs["hand", "hand"][0]
@@ -86,12 +92,12 @@ def test_fit_hand_equals_autodiff_and_optax():
 def test_many_configs_equal_each_alone(batch_configs):
     tr, params = _problem()
     grid = [(0.05, 0.9, 0.001), (0.1, 0.0, 0.0), (0.02, 0.5, 0.01)]
-    inits = [nn.init_mlp(jax.random.PRNGKey(s), (20, 16, 3), "torch") for s in range(3)]
+    inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in range(3)]
     hp = optim.sgd_hyperparams(*zip(*grid))
-    ps, _, hs = train.fit(train.mlp("relu"), train.stack_params(inits), tr, tr, hparams=hp, epochs=2,
+    ps, _, hs = train.fit(MODEL, train.stack_params(inits), tr, tr, hparams=hp, epochs=2,
                           batch_size=32, batch_configs=batch_configs)
     for i, (g, p0) in enumerate(zip(grid, inits)):
-        p, _, h = train.fit(train.mlp("relu"), p0, tr, tr, hparams=optim.sgd_hyperparams(*g), epochs=2, batch_size=32)
+        p, _, h = train.fit(MODEL, p0, tr, tr, hparams=optim.sgd_hyperparams(*g), epochs=2, batch_size=32)
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(hs.val_loss)[:, i], h.val_loss, rtol=1e-5)
 
@@ -99,7 +105,7 @@ def test_many_configs_equal_each_alone(batch_configs):
 def test_divergence_is_marked_and_others_continue():
     tr, params = _problem()
     hp = optim.sgd_hyperparams([0.05, 1e6], [0.9, 0.9], [0.0, 0.0])
-    _, _, h = train.fit(train.mlp("relu"), train.stack_params([params] * 2), tr, tr, hparams=hp,
+    _, _, h = train.fit(MODEL, train.stack_params([params] * 2), tr, tr, hparams=hp,
                         epochs=3, batch_size=32)
     assert h.diverged_at[0] is None and h.diverged_at[1] == 1
     assert np.all(np.isfinite(np.asarray(h.train_loss)[:, 0])) and np.isnan(h.train_loss[-1][1])
@@ -107,15 +113,16 @@ def test_divergence_is_marked_and_others_continue():
 
 def test_epoch_compiles_once():
     tr, params = _problem()
-    grad_fn = train.make_grad_fn(train.mlp("relu"), grads="hand")
+    grad_fn = train.make_grad_fn(MODEL, grads="hand")
     epoch = jax.jit(chex.assert_max_traces(train.make_epoch(grad_fn, optim.HAND_SGD, 32), n=1))
-    carry = (params, optim.sgd_init(params), None)
+    carry = (params, optim.sgd_init(params), MODEL.empty_state())
     x, y = map(jnp.asarray, tr)
     for e in range(3):
         carry, _ = epoch(carry, x, y, optim.sgd_hyperparams(0.1, 0.5, 0.0), jax.random.PRNGKey(e))
 
 
 @pytest.mark.parametrize("hp,match", [
+    (([], [], []), "at least one entry"),
     ((0.0, 0.0, 0.0), "learning rate"), ((float("nan"), 0.0, 0.0), "learning rate"),
     ((0.1, 1.0, 0.0), "momentum"), ((0.1, -0.1, 0.0), "momentum"), ((0.1, 0.0, -1e-3), "weight decay"),
     (([0.1, 0.2], [0.0, 0.1, 0.2], 0.0), "one length"),
@@ -126,10 +133,21 @@ def test_bad_hyperparameters(hp, match):
 
 
 @pytest.mark.parametrize("kw,match", [({"batch_size": 0}, "batch size"), ({"epochs": 0}, "epochs"),
+                                      ({"epochs": True}, "epochs"), ({"epochs": 1.0}, "epochs"),
+                                      ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
                                       ({"batch_size": 10_000}, "batch size"), ({"optimizer": "adam"}, "unknown optimizer"),
                                       ({"grads": "numeric"}, "grads")])
 def test_bad_fit_arguments(kw, match):
     tr, params = _problem()
     args = {"hparams": optim.sgd_hyperparams(0.1), "epochs": 1, "batch_size": 32, **kw}
     with pytest.raises(ValueError, match=match):
-        train.fit(train.mlp("relu"), params, tr, **args)
+        train.fit(MODEL, params, tr, **args)
+
+
+def test_numpy_integers_are_accepted_and_bad_labels_refused():
+    tr, params = _problem()
+    train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=np.int64(1), batch_size=np.int64(32))
+    x, y = tr
+    for bad, match in ((np.where(y == 0, 7, y), r"\[0, 3\)"), (y.astype(np.float32), "integer")):
+        with pytest.raises(ValueError, match=match):
+            train.fit(MODEL, params, (x, bad), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)

@@ -9,16 +9,18 @@ Sections:
 1. ``mlp_epoch``   CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
                    JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch (hand
                    backprop + hand SGD), and a PyTorch eager loop of the same model and SGD.
-2. ``grad``        one gradient of that MLP (batch 64): hand backprop vs ``jax.grad``.
+2. ``grad``        one gradient (hand backprop vs ``jax.grad``) of that MLP at batch 64 and of
+                   the MNIST CNN at batch 128.
 3. ``configs``     8 SGD configs: ``fit``'s default (lax.map on CPU, vmap on accelerators),
                    explicit vmap, and 8 sequential fits; time per config-epoch.
-4. ``cnn_epoch``   the MNIST CNN (``nn.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
-                   jaxgd's compiled epoch vs PyTorch; optionally (``lax_conv=True``) the same
-                   model with ``lax.conv_general_dilated`` + ``reduce_window`` pooling.
+4. ``cnn_epoch``   the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
+                   jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv
+                   and im2col) and with ``jax.grad``, vs PyTorch.
 5. ``matmul``      the fastest of 1024^3, 2048^3, 4096^3 float32 matmuls (jitted): the machine's
                    reference GFLOP/s; every training loop above reports its achieved GFLOP/s
-                   as a fraction of it (FLOPs: 6 x params x samples for the MLP, as the issue
-                   counts them, which includes the first layer's input gradient nobody computes).
+                   as a fraction of it (FLOPs: ``models.Model.train_flops``, the dense and conv
+                   multiply-adds of the forward, dW and dx, without the first layer's dx,
+                   which nobody computes).
 """
 from __future__ import annotations
 
@@ -31,19 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import nn, optim, train
-from jaxgd.experiments.cifar2 import N_PARAMS as MLP_PARAMS
-from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
+from jaxgd import models, optim, train
+from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.common import outdir, provenance, save_json
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 DEFAULTS = {"repeats": 5, "batch_sizes": (64, 256), "n_mlp": 9000, "n_cnn": 6000, "cnn_batch": 128,
-            "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "lax_conv": False, "n_lax_conv": 1536, "torch": True,
+            "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "cnn_variants": True, "torch": True,
             "sections": ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")}
 # ratio -> the issue's target for it ("<= x": lower is better)
-TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad": "<= 1.1",
-           "jaxgd/torch CNN": "<= 1.0", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
-           "best training loop / matmul peak": ">= 0.8"}
+TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad MLP": "<= 1.0",
+           "hand/jax.grad CNN": "<= 1.0", "jaxgd/torch CNN": "<= 0.7", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
+           "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
 
 
 def timeit(fn, repeats=5, warmup=1) -> dict:
@@ -81,30 +82,7 @@ def _training(compiled, carry, *args):
 
 def _mlp_data(n, seed=0):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
-    return jax.random.normal(kx, (n, MLP_SIZES[0])), jax.random.randint(ky, (n,), 0, MLP_SIZES[-1])
-
-
-def mlp_flops(n_params, samples) -> float:
-    """Forward + backward of an MLP: about 6 x params x samples (2 forward, 4 backward)."""
-    return 6.0 * n_params * samples
-
-
-def sequential_flops(layers, in_shape, samples) -> float:
-    """3 x the forward multiply-adds x 2 of dense and conv layers (backward ~ 2 x forward)."""
-    shape, macs = tuple(in_shape), 0
-    params, _ = jax.eval_shape(lambda: nn.init_sequential(jax.random.PRNGKey(0), layers, in_shape))
-    for layer, p in zip(layers, params):
-        kind = layer[0]
-        if kind == "dense":
-            macs += p["W"].shape[0] * p["W"].shape[1]
-            shape = (p["W"].shape[1],)
-        elif kind == "conv":
-            kh, kw, ci, co = p["W"].shape
-            macs += shape[0] * shape[1] * kh * kw * ci * co
-            shape = shape[:2] + (co,)
-        elif kind == "maxpool":
-            shape = (shape[0] // layer[1], shape[1] // layer[1], shape[2])
-    return 6.0 * macs * samples
+    return jax.random.normal(kx, (n,) + MLP.in_shape), jax.random.randint(ky, (n,), 0, MLP.shapes()[-1][0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,16 +106,15 @@ def matmul_peak(sizes=(1024, 2048, 4096), repeats=5) -> dict:
 # 1. the CIFAR-2 MLP epoch, four ways
 
 def _mlp_jax_loops(x, y, batch_size, repeats):
-    model = train.mlp("relu")
-    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
+    params, state = MLP.init(jax.random.PRNGKey(0))
     hp = optim.sgd_hyperparams(*HP)
-    grad_fn = train.make_grad_fn(model, grads="hand")
+    grad_fn = train.make_grad_fn(MLP, grads="hand")
     opt = optim.HAND_SGD
     n_b = x.shape[0] // batch_size
     idx = jax.random.permutation(jax.random.PRNGKey(1), x.shape[0])[: n_b * batch_size].reshape(n_b, batch_size)
 
     def step(params, s, xb, yb):
-        value, _, g, _ = grad_fn(params, None, xb, yb, None)
+        value, _, g, _ = grad_fn(params, state, xb, yb, None)
         return (*opt.update(g, s, params, hp), value)
 
     def loop(step_fn):
@@ -156,22 +133,23 @@ def _mlp_jax_loops(x, y, batch_size, repeats):
     rows.append({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
                  **timeit(loop(jstep), repeats)})
     epoch = train.make_epoch(grad_fn, opt, batch_size)
-    carry = (params, opt.init(params), None)
+    carry = (params, opt.init(params), state)
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
     rows.append({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
                  **timeit(_training(compiled, carry, x, y, hp, key), repeats)})
     for r in rows:
-        r["gflops"] = mlp_flops(MLP_PARAMS, n_b * batch_size) / r["median_s"] / 1e9
+        r["gflops"] = MLP.train_flops(n_b * batch_size) / r["median_s"] / 1e9
     return rows
 
 
 def _torch_mlp():
     import torch
     torch.manual_seed(0)
-    layers = []
-    for a, b in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
+    layers, sizes = [], [s[0] for s in MLP.shapes() if len(s) == 1]
+    sizes = list(dict.fromkeys(sizes))  # 3072, 512, 128, 32, 2
+    for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     return torch.nn.Sequential(*layers[:-1])
 
@@ -247,7 +225,7 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
         if have_torch:
             tr = _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, cfg["repeats"],
-                             mlp_flops(MLP_PARAMS, (cfg["n_mlp"] // bs) * bs))
+                             MLP.train_flops((cfg["n_mlp"] // bs) * bs))
             rows += tr
             ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in tr)
     return {"rows": rows, "ratios": ratios}
@@ -256,18 +234,26 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
 # ------------------------------------------------------------------------------------------
 # 2. hand backprop vs jax.grad
 
+def _cnn_data(n, seed=0):
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed))
+    return jax.random.normal(kx, (n, 28, 28, 1)), jax.random.randint(ky, (n,), 0, 10)
+
+
 def bench_grad(cfg) -> dict:
-    x, y = _mlp_data(64)
-    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
-    model = train.mlp("relu")
-    rows = []
-    for how in ("hand", "autodiff"):
-        g = jax.jit(train.make_grad_fn(model, grads=how))
-        n = 50  # gradients per timed run, so dispatch overhead is not what we time
-        r = timeit(lambda: [_block(g(params, None, x, y, None)[2]) for _ in range(n)], cfg["repeats"])
-        r = {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
-        rows.append({"name": f"{'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, bs 64", **r})
-    return {"rows": rows, "ratios": {"hand/jax.grad": rows[0]["median_s"] / rows[1]["median_s"]}}
+    rows, ratios = [], {}
+    for what, model, (x, y) in (("MLP", MLP, _mlp_data(64)), ("CNN", models.mnist_zoo("cnn"), _cnn_data(cfg["cnn_batch"]))):
+        params, state = model.init(jax.random.PRNGKey(0))
+        pair = []
+        for how in ("hand", "autodiff"):
+            g = jax.jit(train.make_grad_fn(model, grads=how))
+            n = 50 if what == "MLP" else 10  # gradients per timed run, so dispatch overhead is not what we time
+            r = timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg["repeats"])
+            r = {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
+            pair.append({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
+                                 f"bs {x.shape[0]}", **r})
+        rows += pair
+        ratios[f"hand/jax.grad {what}"] = pair[0]["median_s"] / pair[1]["median_s"]
+    return {"rows": rows, "ratios": ratios}
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,7 +264,7 @@ def bench_configs(cfg) -> dict:
     xs, ys = np.asarray(x), np.asarray(y)
     k = cfg["n_configs"]
     lrs = np.geomspace(0.002, 0.02, k)
-    params = nn.init_mlp(jax.random.PRNGKey(0), MLP_SIZES, "torch")
+    params, _ = MLP.init(jax.random.PRNGKey(0))
     epochs = cfg["repeats"] + 1  # the first epoch is the warm-up
     common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
 
@@ -290,13 +276,13 @@ def bench_configs(cfg) -> dict:
     stacked = train.stack_params([params] * k)
     hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
     for mode in ("auto", "vmap", "map"):
-        _, _, h = train.fit(train.mlp(), stacked, (xs, ys), hparams=hp, batch_configs=mode, **common)
+        _, _, h = train.fit(MLP, stacked, (xs, ys), hparams=hp, batch_configs=mode, **common)
         resolved = mode if mode != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
         rows.append({"name": f"{k} configs in one program ({mode}{' = ' + resolved if mode == 'auto' else ''}), "
                              "per config-epoch", **per_config_epoch(h, k)})
     seq = []
     for lr in lrs:
-        _, _, h = train.fit(train.mlp(), params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), **common)
+        _, _, h = train.fit(MLP, params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), **common)
         seq.append(per_config_epoch(h, 1))
     ts = [statistics.median(s["times_s"]) for s in seq]
     rows.append({"name": f"{k} sequential fits, per config-epoch", "median_s": statistics.median(ts),
@@ -311,31 +297,10 @@ def bench_configs(cfg) -> dict:
 # ------------------------------------------------------------------------------------------
 # 4. the MNIST CNN
 
-def _lax_conv_layers_apply(layers):
-    """The zoo CNN written the textbook way: lax.conv + reduce_window (for the comparison only)."""
-    def apply(params, state, x, train_=False, key=None):
-        for layer, p in zip(layers, params):
-            kind = layer[0]
-            if kind == "conv":
-                x = jax.lax.conv_general_dilated(x, p["W"], (1, 1), "SAME",
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
-            elif kind == "maxpool":
-                s = layer[1]
-                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, s, s, 1), (1, s, s, 1), "VALID")
-            elif kind == "dense":
-                x = x @ p["W"] + p["b"]
-            elif kind == "relu":
-                x = jax.nn.relu(x)
-            elif kind == "flatten":
-                x = x.reshape(x.shape[0], -1)
-        return x, state
-    return train.Model(apply)
-
-
-def _cnn_epoch(model, params, x, y, batch_size, repeats):
+def _cnn_epoch(model, params, x, y, batch_size, repeats, grads="hand"):
     hp = optim.sgd_hyperparams(*HP)
-    epoch = train.make_epoch(train.make_grad_fn(model), optim.HAND_SGD, batch_size)
-    carry = (params, optim.sgd_init(params), [{} for _ in params])
+    epoch = train.make_epoch(train.make_grad_fn(model, grads=grads), optim.HAND_SGD, batch_size)
+    carry = (params, optim.sgd_init(params), model.empty_state())
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
@@ -344,32 +309,29 @@ def _cnn_epoch(model, params, x, y, batch_size, repeats):
 
 
 def bench_cnn_epoch(cfg, have_torch) -> dict:
-    layers = nn.mnist_zoo("cnn")
+    """jaxgd's default (hand gradients, lax.conv forward) first; with ``cnn_variants`` also the
+    im2col forward and ``jax.grad`` through both."""
     bs, n = cfg["cnn_batch"], cfg["n_cnn"]
-    kx, ky = jax.random.split(jax.random.PRNGKey(0))
-    x = jax.random.normal(kx, (n, 28, 28, 1))
-    y = jax.random.randint(ky, (n,), 0, 10)
-    params, _ = nn.init_sequential(jax.random.PRNGKey(0), layers, (28, 28, 1))
-    flops = sequential_flops(layers, (28, 28, 1), (n // bs) * bs)
-    rows = [{"name": f"jaxgd CNN compiled epoch (im2col conv), {n} samples bs {bs}",
-             **_cnn_epoch(train.sequential(layers), params, x, y, bs, cfg["repeats"])}]
+    x, y = _cnn_data(n)
+    variants = [("lax", "hand")] + ([("im2col", "hand"), ("lax", "autodiff"), ("im2col", "autodiff")]
+                                    if cfg["cnn_variants"] else [])
+    flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
+    rows = []
+    for impl, grads in variants:
+        model = models.mnist_zoo("cnn", conv_impl=impl)
+        params, _ = model.init(jax.random.PRNGKey(0))
+        how = "hand backprop" if grads == "hand" else "jax.grad"
+        r = {"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {n} samples bs {bs}",
+             **_cnn_epoch(model, params, x, y, bs, cfg["repeats"], grads)}
+        rows.append({**r, "gflops": flops / r["median_s"] / 1e9})
     ratios = {}
-    rows[0]["gflops"] = flops / rows[0]["median_s"] / 1e9
+    if cfg["cnn_variants"]:
+        ratios["hand/jax.grad CNN epoch (lax conv)"] = rows[0]["median_s"] / rows[2]["median_s"]
+        ratios["im2col/lax forward, hand CNN epoch"] = rows[1]["median_s"] / rows[0]["median_s"]
     if have_torch:
         tr = _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, cfg["repeats"], flops)
         rows += tr
         ratios["jaxgd/torch CNN"] = rows[0]["median_s"] / min(r["median_s"] for r in tr)
-    if cfg["lax_conv"]:
-        m = cfg["n_lax_conv"]
-        f = sequential_flops(layers, (28, 28, 1), (m // bs) * bs)
-        pair = [{"name": f"jaxgd CNN compiled epoch (im2col conv), {m} samples bs {bs}",
-                 **_cnn_epoch(train.sequential(layers), params, x[:m], y[:m], bs, cfg["repeats"])},
-                {"name": f"same CNN with lax.conv + reduce_window, {m} samples bs {bs}",
-                 **_cnn_epoch(_lax_conv_layers_apply(layers), params, x[:m], y[:m], bs, cfg["repeats"])}]
-        for r in pair:
-            r["gflops"] = f / r["median_s"] / 1e9
-        rows += pair
-        ratios["lax.conv/im2col"] = pair[1]["median_s"] / pair[0]["median_s"]
     return {"rows": rows, "ratios": ratios}
 
 
@@ -450,6 +412,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
         jaxgd = [r for r in loops if r["name"].startswith("jaxgd")]
         if jaxgd:
             sections["matmul"]["ratios"]["best training loop / matmul peak"] = max(r["fraction_of_peak"] for r in jaxgd)
+        if "cnn_epoch" in sections:  # the default CNN epoch (hand gradients, lax.conv forward)
+            sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = sections["cnn_epoch"]["rows"][0]["fraction_of_peak"]
     res = {"experiment": "bench", "device_name": device_name(), "config": cfg, "sections": sections,
            "targets": TARGETS, "torch": None if torch is None else
            {"version": torch.__version__, "threads": torch.get_num_threads()},

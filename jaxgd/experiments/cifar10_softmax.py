@@ -1,7 +1,9 @@
 """Experiment 5: DD2424 assignment 1, a linear softmax classifier on CIFAR-10.
 
-``P = softmax(W x + b)``, cost ``J = mean CE + lam ||W||^2``, gradients in DD2424's
-closed form (``backprop.linear_softmax_grads``), plain minibatch gradient descent
+``P = softmax(W x + b)``, cost ``J = mean CE + lam ||W||^2``: ``models.linear_softmax()``,
+trained with its hand gradient (the generic reverse pass, plus ``2 lam W``), which the
+gradient check shows equal to DD2424's closed form (``backprop.linear_softmax_grads``)
+and to finite differences; plain minibatch gradient descent
 (momentum 0, no weight decay: the penalty is in the cost). Protocol: 10,000
 training, 10,000 validation (both from the TFDS train split, seeded) and the
 10,000 test images; W, b ~ N(0, 0.01^2) as in the assignment.
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import backprop, data, gradcheck, optim, train
+from jaxgd import backprop, data, gradcheck, models, optim, train
 from jaxgd.experiments.common import outdir, provenance, save_json
 
 # name: (lambda, eta). A-D as in the report; the assignment's original eta = 0.001 settings.
@@ -44,7 +46,7 @@ def train_one(d, lam, eta, cfg, key):
     check_hparams(lam, eta, cfg["n_batch"])
     params = init(key, d.train.x.shape[1])
     penalty = lambda p: float(lam * jnp.sum(p[0]["W"] ** 2))  # noqa: E731
-    params, _, h = train.fit(train.linear_softmax(), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
+    params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
                              epochs=cfg["epochs"], batch_size=cfg["n_batch"], seed=cfg["seed"], grads="hand",
                              l2=lam, eval_train=True, callback=lambda e, p, s: penalty(p))
     hd = h.as_dict()
@@ -83,7 +85,8 @@ def run(config=None, out=None, verbose=False, log=print) -> dict:
     for s in cfg["settings"]:
         lam, eta = SETTINGS[s]
         params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg["seed"]))
-        _, test_acc = train.make_eval(train.linear_softmax())(params, None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
+        _, test_acc = train.make_eval(models.linear_softmax(d.test.x.shape[1]))(params, None, jnp.asarray(d.test.x),
+                                                                                 jnp.asarray(d.test.y))
         runs[s] = {"lambda": lam, "eta": eta, "history": h, "test_acc": float(test_acc),
                    "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],
                    "report_test_acc_percent": REPORT_TEST_ACC.get(s)}

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, nn, optim, train
+from jaxgd import data, models, optim, train
 from jaxgd.experiments.common import checkpoint, outdir, provenance, resume, save_json
 
 SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
+MODEL = models.mlp(SIZES, "relu")  # dense - relu - dense - relu - dense - relu - dense, cross-entropy
 
 # (lr, momentum, weight decay): the seeds' configs, their 2x2x2 grid, and their extra five.
 GRID = ([(.01, 0, 0), (.01, 0, .01), (.01, .9, 0), (.01, .9, .01), (.01, .9, .001), (.01, .8, .01)]
@@ -43,7 +44,7 @@ def _fit(d, params, grid, cfg, **kw):
     else:
         hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
         params = train.stack_params([params] * len(grid))
-    return train.fit(train.mlp("relu"), params, d.train, d.val, hparams=hp, epochs=cfg["epochs"],
+    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg["epochs"],
                      batch_size=cfg["batch_size"], seed=cfg["seed"], **kw)
 
 
@@ -55,8 +56,10 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
         optim.sgd_hyperparams(*g)  # validates before any training
     t0 = time.time()
     d = data.load("cifar2", seed=cfg["seed"], data_dir=cfg["data_dir"], train_size=cfg["train_size"])
-    params = nn.init_mlp(jax.random.PRNGKey(cfg["seed"]), SIZES, cfg["init"])
-    assert nn.count_params(params) == N_PARAMS, nn.count_params(params)
+    if cfg["init"] != "torch":
+        raise ValueError(f"init must be 'torch' (PyTorch's nn.Linear default, as in the INF265 reports), got {cfg['init']!r}")
+    params, _ = MODEL.init(jax.random.PRNGKey(cfg["seed"]))
+    assert models.count_params(params) == N_PARAMS, models.count_params(params)
 
     d_out = outdir("cifar2", out) if out is not False else None
     partial = d_out / "grid_partial.json" if d_out else None
@@ -87,8 +90,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     p_hand, _, h_hand = _fit(d, params, best, cfg, optimizer="hand", grads="hand")
     # ... and the library way: jax.grad + optax, for the overlay.
     _, _, h_optax = _fit(d, params, best, cfg, optimizer="optax", grads="autodiff")
-    model = train.mlp("relu")
-    logits = np.asarray(train.predict(model, p_hand, None, jnp.asarray(d.test.x)))
+    logits = np.asarray(train.predict(MODEL, p_hand, None, jnp.asarray(d.test.x)))
     pred = logits.argmax(-1)
     test_acc = float((pred == d.test.y).mean())
     cm = np.zeros((2, 2), int)

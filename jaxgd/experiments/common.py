@@ -22,15 +22,20 @@ def provenance() -> dict:
     import optax
     import tensorflow_datasets as tfds
 
+    here = Path(__file__).parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+                                cwd=here, timeout=5).stdout.strip() or None
+        # uncommitted changes to the library: the commit alone does not say what computed the result
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", str(here.parent)], capture_output=True,
+                                    text=True, cwd=here, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = dirty = None
     dev = jax.devices()[0]
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
+        "uncommitted_changes": dirty,
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

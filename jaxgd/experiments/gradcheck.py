@@ -1,4 +1,9 @@
-"""Experiment 1: every hand-derived gradient against finite differences and ``jax.grad``."""
+"""Experiment 1: every hand-derived gradient against finite differences and ``jax.grad``.
+
+Checked: every layer kind's backward (``layers``), the generic reverse pass of all nine MNIST
+models and of the 1.6M-parameter CIFAR-2 MLP (``models``), and the derivations of
+``backprop``: INF265's MLP delta recursion, DD2424's closed form and the matrix chain.
+"""
 from __future__ import annotations
 
 import time
@@ -6,14 +11,15 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxgd import backprop, gradcheck, losses, nn
+from jaxgd import backprop, gradcheck, losses, models
+from jaxgd import layers as L
 from jaxgd.experiments.common import outdir, provenance, save_json
 
 
 def _mlp_case(name, sizes, acts, loss, batch=8, seed=0, max_per_leaf=None):
     kp, kx, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
     # PyTorch-style init gives non-zero biases, so no ReLU input sits exactly on its kink at 0
-    params = nn.init_mlp(kp, sizes, "torch")
+    params = backprop.init_mlp(kp, sizes, "torch")
     shape = (batch, sizes[0]) if batch else (sizes[0],)
     x = jax.random.normal(kx, shape)
     out_shape = shape[:-1]
@@ -22,10 +28,46 @@ def _mlp_case(name, sizes, acts, loss, batch=8, seed=0, max_per_leaf=None):
     else:
         y = jax.random.normal(ky, out_shape + (sizes[-1],))
     loss_fn = losses.get_loss(loss)[0]
-    return {"name": name, "model": f"MLP {'-'.join(map(str, sizes))} {acts}", "loss": loss,
-            "loss_fn": lambda p, x, y: loss_fn(nn.mlp_apply(p, x, acts), y),
+    return {"name": name, "model": f"INF265 MLP recursion {'-'.join(map(str, sizes))} {acts}", "loss": loss,
+            "loss_fn": lambda p, x, y: loss_fn(backprop.mlp_apply(p, x, acts), y),
             "grad_fn": lambda p, x, y: backprop.mlp_loss_and_grads(p, x, y, acts, loss)[2],
             "params": params, "args": (x, y), "max_per_leaf": max_per_leaf}
+
+
+def _model_case(name, model, batch, max_per_leaf, seed=0, h=None):
+    """A whole model's hand gradient (``model.grad``: the generic reverse pass) in training mode:
+    dropout with a fixed key, batch norm on batch statistics."""
+    kp, kx, ky, kd = jax.random.split(jax.random.PRNGKey(seed), 4)
+    params, state = model.init(kp)
+    x = jax.random.normal(kx, (batch,) + model.in_shape)
+    y = jax.random.randint(ky, (batch,), 0, model.shapes()[-1][-1])
+    loss_fn = losses.get_loss(model.loss)[0]
+    return {"name": name, "model": " - ".join(model.describe()), "loss": model.loss,
+            "loss_fn": lambda p, x, y, s: loss_fn(model.apply(p, s, x, True, kd)[0], y),
+            "grad_fn": lambda p, x, y, s: model.grad(p, s, x, y, kd)[2],
+            "params": params, "args": (x, y, state), "max_per_leaf": max_per_leaf, "h": h}
+
+
+# Every layer kind, alone: (name, layer, per-example input shape, batch, train)
+LAYER_CASES = [
+    ("dense", L.dense(5), (7,), 4, False), ("relu", L.relu(), (6,), 4, False),
+    ("sigmoid", L.sigmoid(), (6,), 4, False), ("tanh", L.tanh(), (6,), 4, False),
+    ("identity", L.identity(), (6,), 4, False),
+    ("conv1x1", L.conv2d(32, 1), (5, 4, 1), 2, False), ("conv3x3-lax", L.conv2d(4, 3), (6, 5, 2), 2, False),
+    ("conv3x3-im2col", L.conv2d(4, 3, "im2col"), (6, 5, 2), 2, False), ("conv5x5", L.conv2d(3, 5), (6, 6, 3), 2, False),
+    ("maxpool2", L.max_pool(2), (4, 6, 3), 2, False), ("flatten", L.flatten(), (3, 2, 2), 3, False),
+    ("dropout-train", L.dropout(0.3), (20,), 4, True),
+    ("batchnorm-train", L.batch_norm(), (3, 3, 4), 8, True), ("batchnorm-eval", L.batch_norm(), (5,), 8, False),
+]
+
+
+def _layer_case(name, layer, shape, n, train):
+    params, state, _ = layer.init(jax.random.PRNGKey(0), shape)
+    x = jax.random.normal(jax.random.PRNGKey(1), (n,) + shape)
+    loss_fn, grad_fn, args = gradcheck.layer_problem(layer, params, state, x, train=train, key=jax.random.PRNGKey(3))
+    return {"name": f"layer-{name}", "model": f"{layer} ({'train' if train else 'eval'}) on {(n,) + shape}",
+            "loss": "sum(c * y), c ~ N(0, 1)", "loss_fn": loss_fn, "grad_fn": grad_fn, "params": (params, x),
+            "args": args, "max_per_leaf": None, "eps64": 1e-5}
 
 
 def cases(quick=False):
@@ -42,7 +84,7 @@ def cases(quick=False):
     # DD2424's check: 20 images, first 20 dimensions, lambda = 0.1
     out.append({"name": "linear-softmax", "model": "linear softmax 20->10", "loss": "CE + lam||W||^2",
                 "loss_fn": backprop.linear_softmax_cost, "grad_fn": backprop.linear_softmax_grads,
-                "params": nn.init_mlp(kp, (20, 10), "torch"),
+                "params": backprop.init_mlp(kp, (20, 10), "torch"),
                 "args": (jax.random.normal(kx, (20, 20)), jax.random.randint(ky, (20,), 0, 10), 0.1),
                 "max_per_leaf": None})
     for K in (4, 8):
@@ -51,10 +93,16 @@ def cases(quick=False):
                     "loss_fn": backprop.matrix_chain_loss, "grad_fn": backprop.matrix_chain_grads,
                     "params": backprop.init_matrix_chain(kp, K), "args": (jax.random.normal(kx, (K,)),),
                     "max_per_leaf": None})
+    out += [_layer_case(*c) for c in LAYER_CASES]
+    zoo = [("softmax", "plain"), ("cnn", "batchnorm")] if quick else [
+        (f, v) for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS]
+    for f, v in zoo:
+        # h = 1e-6: tens of thousands of ReLU inputs, and a stencil that straddles a kink (|z| < 2h)
+        # reads the mean of two slopes; 1e-6 makes that unlikely, at a rounding noise of ~1e-10.
+        out.append(_model_case(f"mnist-{f}-{v}", models.mnist_zoo(f, v), batch=4, max_per_leaf=8, h=1e-6))
     if not quick:
         # 1.6M parameters: 40 sampled coordinates per leaf + one random direction per leaf.
-        out.append(_mlp_case("cifar2-mlp", (3072, 512, 128, 32, 2), "relu", "cross_entropy",
-                             batch=16, max_per_leaf=40))
+        out.append(_model_case("cifar2-mlp", models.mlp((3072, 512, 128, 32, 2)), batch=16, max_per_leaf=40))
     return out
 
 
@@ -64,8 +112,10 @@ def run(config=None, out=None) -> dict:
     rows = []
     for c in cases(cfg["quick"]):
         for dtype in (jnp.float64, jnp.float32):
+            is64 = dtype == jnp.float64
             rep = gradcheck.check_gradients(c["loss_fn"], c["grad_fn"], c["params"], *c["args"], dtype=dtype,
-                                            max_per_leaf=c["max_per_leaf"])
+                                            max_per_leaf=c["max_per_leaf"], h=c.get("h") if is64 else None,
+                                            eps=c.get("eps64") if is64 else None)
             rows.append({"name": c["name"], "model": c["model"], "loss": c["loss"],
                          "passed": gradcheck.passed(rep), **rep})
     res = {"experiment": "gradcheck", "config": cfg, "tolerances": gradcheck.TOLERANCES, "checks": rows,

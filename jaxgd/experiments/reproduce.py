@@ -28,7 +28,7 @@ EXPERIMENTS = {
                         ["cifar10_softmax/curves_B.png", "cifar10_softmax/templates_B.png"]),
     "bench": (bench, "bench/{device}.json",
               {"repeats": 5, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
-               "n_mlp": 3000, "n_cnn": 1536}, {"lax_conv": True},
+               "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False}, {},
               ["bench/{device}.png"]),
 }
 SEEDS_SAY = {
@@ -181,7 +181,7 @@ def readme_results(base=None) -> str:
         rows = [{k: v for k, v in row.items() if k != "s/epoch"} for row in mnist_zoo.summary(r)]
         parts.append(f"**MNIST model zoo** (60,000 train / 10,000 test, {c['epochs']} epochs, batch {c['batch_size']}, "
                      f"hand SGD lr {c['lr']:g} momentum {c['momentum']:g} weight decay {c['weight_decay']:g}, "
-                     "one setting for all nine; architectures in `jaxgd.nn.mnist_zoo`):\n\n"
+                     "one setting for all nine; architectures in `jaxgd.models.mnist_zoo`):\n\n"
                      + markdown_table(rows)
                      + "\n\n![plain models](results/mnist/variant_plain.png)\n![CNN variants](results/mnist/family_cnn.png)")
     benches = sorted((out / "bench").glob("*.json")) if (out / "bench").exists() else []

@@ -1,0 +1,177 @@
+"""The model system: the generic reverse pass equals jax.grad, the custom_vjp path and the paper
+derivations of backprop.py; the nine MNIST models; fit threads state and keys."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgd import backprop, gradcheck, losses, models, optim, train
+from jaxgd import layers as L
+
+N_PARAMS = {("softmax", "plain"): 7_850, ("mlp", "plain"): 235_146, ("cnn", "plain"): 421_642}
+
+
+def _batch(model, n=6, seed=1):
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed))
+    x = jax.random.normal(kx, (n,) + model.in_shape)
+    return x, jax.random.randint(ky, (n,), 0, model.shapes()[-1][-1])
+
+
+def _max_rel(a, b, eps):
+    errs = jax.tree_util.tree_map(lambda u, v: float(jnp.max(gradcheck.rel_error(u, v, eps))), a, b)
+    return max(jax.tree_util.tree_leaves(errs))
+
+
+@pytest.mark.parametrize("family", models.ZOO_FAMILIES)
+@pytest.mark.parametrize("variant", models.ZOO_VARIANTS)
+def test_zoo_hand_gradient_equals_autodiff_and_vjp_paths(family, variant):
+    """model.grad (hand) == jax.grad (JAX's own derivatives) == jax.grad through the hand layers,
+    in float64 to 1e-10, in training mode (dropout masks from one key, batch statistics)."""
+    model = models.mnist_zoo(family, variant)
+    with jax.enable_x64(True):
+        params, state = gradcheck.cast(model.init(jax.random.PRNGKey(0)), jnp.float64)
+        x, y = _batch(model)
+        x = x.astype(jnp.float64)
+        key = jax.random.PRNGKey(7)
+        hand = train.make_grad_fn(model, grads="hand")(params, state, x, y, key)
+        for how in ("autodiff", "vjp"):
+            other = train.make_grad_fn(model, grads=how)(params, state, x, y, key)
+            np.testing.assert_allclose(other[0], hand[0], rtol=1e-12)
+            assert _max_rel(hand[2], other[2], 1e-12) <= 1e-10, how
+            chex.assert_trees_all_close(other[3], hand[3], rtol=1e-12)  # the same new batch-norm state
+
+
+@pytest.mark.parametrize("family", models.ZOO_FAMILIES)
+@pytest.mark.parametrize("variant", models.ZOO_VARIANTS)
+def test_zoo_shapes_and_modes(family, variant):
+    model = models.mnist_zoo(family, variant)
+    params, state = model.init(jax.random.PRNGKey(0))
+    if (family, variant) in N_PARAMS:
+        assert models.count_params(params) == N_PARAMS[family, variant]
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    out_eval, st_eval = model.apply(params, state, x, False)
+    out_tr, st_tr = model.apply(params, state, x, True, jax.random.PRNGKey(3))
+    assert out_eval.shape == out_tr.shape == (8, 10)
+    chex.assert_trees_all_equal(st_eval, state)  # eval never moves the running statistics
+    kinds = [type(l) for l in model.layers]
+    assert (variant == "batchnorm") == (L.BatchNorm in kinds)
+    assert (variant == "dropout") == (L.Dropout in kinds)
+    if variant == "plain":  # no randomness, no statistics: training and eval agree
+        chex.assert_trees_all_close(out_tr, out_eval, rtol=1e-6)
+    else:
+        assert not np.allclose(out_tr, out_eval)
+    if variant == "batchnorm":
+        assert not np.allclose(st_tr[kinds.index(L.BatchNorm)]["mean"], 0)
+
+
+def test_conv_forwards_give_the_same_model():
+    x, y = _batch(models.mnist_zoo("cnn"), n=4)
+    outs = []
+    for impl in L.CONV_IMPLS:
+        model = models.mnist_zoo("cnn", "plain", impl)
+        params, state = model.init(jax.random.PRNGKey(0))
+        outs.append(model.grad(params, state, x, y))
+    chex.assert_trees_all_close(outs[0][2], outs[1][2], rtol=1e-4, atol=1e-5)
+
+
+def test_inf265_mlp_recursion_equals_the_generic_pass():
+    """backprop.mlp_backward (the delta recursion as INF265 project 1 wrote it) == models.mlp's pass."""
+    sizes = (12, 9, 7, 3)
+    model = models.mlp(sizes, "tanh")
+    with jax.enable_x64(True):
+        mlp_params = backprop.init_mlp(jax.random.PRNGKey(0), sizes, dtype=jnp.float64)
+        params = [mlp_params[0], {}, mlp_params[1], {}, mlp_params[2]]  # dense - tanh - dense - tanh - dense
+        state = model.empty_state()
+        x, y = _batch(model)
+        x = x.astype(jnp.float64)
+        loss, _, g_paper = backprop.mlp_loss_and_grads(mlp_params, x, y, "tanh")
+        loss2, _, g_generic, _ = model.grad(params, state, x, y)
+        np.testing.assert_allclose(loss, loss2, rtol=1e-14)
+        chex.assert_trees_all_close(g_paper, [g for g in g_generic if g], rtol=1e-12, atol=1e-15)
+
+
+def test_dd2424_closed_form_equals_the_generic_pass():
+    model = models.linear_softmax(20, 10)
+    with jax.enable_x64(True):
+        params, _ = gradcheck.cast(model.init(jax.random.PRNGKey(3)), jnp.float64)
+        x, y = _batch(model, n=20)
+        x = x.astype(jnp.float64)
+        closed = backprop.linear_softmax_grads(params, x, y, 0.1)
+        _, _, g, _ = train.make_grad_fn(model, l2=0.1)(params, None, x, y, None)
+        chex.assert_trees_all_close(closed, g, rtol=1e-12, atol=1e-15)
+
+
+def test_train_flops_count_forward_dw_and_dx():
+    m = models.mnist_zoo("cnn")
+    macs = [28 * 28 * 9 * 32, 14 * 14 * 288 * 64, 3136 * 128, 128 * 10]
+    assert [v for v in m.macs() if v] == macs
+    # forward 2 macs + dW 2 macs everywhere, dx 2 macs for every layer but the first conv
+    assert m.train_flops(3) == 3 * (4 * sum(macs) + 2 * sum(macs[1:]))
+
+
+def test_a_model_with_batch_norm_needs_its_state():
+    model = models.mnist_zoo("mlp", "batchnorm")
+    params, _ = model.init(jax.random.PRNGKey(0))
+    x, y = _batch(model)
+    with pytest.raises(ValueError, match="pass the state"):
+        model.apply(params, None, x)
+    with pytest.raises(ValueError, match="model_state"):
+        train.fit(model, params, (np.asarray(x), np.asarray(y)), hparams=optim.sgd_hyperparams(0.1), epochs=1,
+                  batch_size=2)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: models.Model((L.dense(3), "relu"), (4,)), "not a layer"),
+    (lambda: models.Model((L.dense(3),), (28, 28, 1)), "flatten"),
+    (lambda: models.Model((L.dense(3),), (4,), loss="hinge"), "unknown loss"),
+    (lambda: models.mnist_zoo("resnet"), "families"),
+    (lambda: models.mlp((3,)), "sizes"),
+    (lambda: models.mlp((3, 4, 2), ("relu", "tanh")), "one per hidden layer"),
+])
+def test_bad_models_give_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_model_input_shape_is_checked():
+    model = models.mlp((3, 2))
+    params, state = model.init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"shape \(batch, 3\)"):
+        model.apply(params, state, jnp.ones((4, 5)))
+
+
+def test_fit_threads_batch_norm_state_and_dropout_keys():
+    model = models.mnist_zoo("cnn", "batchnorm")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    params, state = model.init(jax.random.PRNGKey(0))
+    _, new_state, h = train.fit(model, params, (x, y), hparams=optim.sgd_hyperparams(0.01, 0.9),
+                                epochs=2, batch_size=32, model_state=state)
+    i = [type(l) for l in model.layers].index(L.BatchNorm)
+    assert not np.allclose(new_state[i]["mean"], 0) and len(h.train_loss) == 2
+
+
+@pytest.mark.parametrize("family", models.ZOO_FAMILIES)
+def test_a_few_hand_gradient_steps_reduce_the_loss_on_real_mnist(family):
+    from conftest import require_real_data
+    from jaxgd import data
+    require_real_data("mnist")
+    d = data.load("mnist", val_size=0, train_size=512, layout="nhwc")
+    model = models.mnist_zoo(family, "batchnorm" if family == "cnn" else "dropout")
+    params, state = model.init(jax.random.PRNGKey(0))
+    evaluate = train.make_eval(model)
+    before = float(evaluate(params, state, *map(jnp.asarray, d.train))[0])
+    params, state, _ = train.fit(model, params, d.train, hparams=optim.sgd_hyperparams(0.05, 0.9),
+                                 epochs=3, batch_size=64, model_state=state)  # grads="hand" by default
+    after = float(evaluate(params, state, *map(jnp.asarray, d.train))[0])
+    assert after < 0.7 * before, (before, after)
+
+
+def test_losses_pair_with_their_derivatives():
+    y_hat = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+    for name, (f, df) in losses.LOSSES.items():
+        y = (jax.random.randint(jax.random.PRNGKey(1), (5,), 0, 3) if name == "cross_entropy"
+             else jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
+        chex.assert_trees_all_close(df(y_hat, y), jax.grad(f)(y_hat, y), rtol=1e-5, atol=1e-7)
