@@ -24,6 +24,8 @@ def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tupl
     """One activation name per layer: a single name means that activation on every hidden layer
     and ``identity`` on the output layer; a sequence must name one per layer."""
     if isinstance(activations, str):
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activations!r}; choose from {sorted(ACTIVATIONS)}")
         names = (activations,) * (n_layers - 1) + ("identity",)
     else:
         names = tuple(activations)

@@ -1,6 +1,6 @@
 """Gradient checking: central finite differences, directional derivatives and ``jax.grad``.
 
-The error measure is the seeds' elementwise relative error
+The error measure is INF265 project 1's elementwise relative error
 
     rel(g_a, g_n) = |g_a - g_n| / max(eps, |g_a| + |g_n|)
 
@@ -15,7 +15,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 
-# Pass thresholds on the max relative error. float64 uses the seeds' 1e-6 against
+# Pass thresholds on the max relative error. float64 uses INF265 project 1's 1e-6 against
 # finite differences. In float32 a finite difference is mostly rounding noise
 # (about 1e-7 |L| / h), so it is reported but not judged (None); the float32 check
 # is hand vs jax.grad.
@@ -60,7 +60,7 @@ def sample_coordinates(params, max_per_leaf=None, seed=0) -> list[np.ndarray]:
 def central_difference(f, h, order=2):
     """The derivative of the scalar function ``f(s)`` at 0 by a central stencil.
 
-    order 2 (the seeds'): ``(f(h) - f(-h)) / 2h``, error O(h^2).
+    order 2 (INF265's): ``(f(h) - f(-h)) / 2h``, error O(h^2).
     order 4: ``(-f(2h) + 8 f(h) - 8 f(-h) + f(-2h)) / 12h``, error O(h^4), which
     allows a larger h and so less rounding noise on small gradient components.
     """
@@ -118,7 +118,7 @@ def directional_derivatives(f, grads, params, h, seed=0, order=2):
 
 def compare_to_autodiff(grads, f, params, eps=1e-12):
     """Per leaf ``{"max", "mean"}`` of ``rel_error(grads, jax.grad(f)(params))``."""
-    auto = jax.grad(f)(params)
+    auto = jax.jit(jax.grad(f))(params)
     errs = jax.tree_util.tree_map(lambda a, b: rel_error(a, b, eps), grads, auto)
     return [{"name": n, "max": float(jnp.max(e)), "mean": float(jnp.mean(e))}
             for n, e in zip(leaf_names(params), jax.tree_util.tree_leaves(errs))]
@@ -139,7 +139,7 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     ``jax.enable_x64``. Defaults: the 4-point stencil; float64 ``h = 1e-4, eps = 1e-12``; float32
     ``h = 1e-2, eps = 1e-6`` (float32 central differences carry an error of about
     ``1e-7 |L| / h``, so only the comparison with ``jax.grad`` is judged there: see
-    ``TOLERANCES``). ``order`` picks the stencil (``central_difference``): the seeds'
+    ``TOLERANCES``). ``order`` picks the stencil (``central_difference``): INF265's
     2-point stencil at h = 1e-5 leaves rounding errors near 1e-11, i.e. a relative
     error above 1e-6 on gradient components of 1e-6; the 4-point one at h = 1e-4 does not. ``max_per_leaf`` samples that many coordinates per
     leaf for the finite differences (all when None); ``directional`` adds one

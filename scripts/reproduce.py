@@ -1,7 +1,7 @@
 """Reproduce every result and write results/REPORT.md.
 
     python scripts/reproduce.py --quick          # a few minutes on a 2-core CPU -> results/quick/
-    python scripts/reproduce.py --full           # the seeds' protocols -> results/
+    python scripts/reproduce.py --full           # the course reports' protocols -> results/
     python scripts/reproduce.py --full --only cifar2 --force
 
 A finished experiment is skipped unless --force; a failing one is reported and

@@ -18,16 +18,20 @@ def _batch(model, n=6, seed=1):
     return x, jax.random.randint(ky, (n,), 0, model.shapes()[-1][-1])
 
 
-def _max_rel(a, b, eps):
-    errs = jax.tree_util.tree_map(lambda u, v: float(jnp.max(gradcheck.rel_error(u, v, eps))), a, b)
-    return max(jax.tree_util.tree_leaves(errs))
+def _normwise(a, b):
+    """max |a - b| / max |b| over the whole gradient: a model's gradients contain components that are
+    0 in exact arithmetic (a bias feeding batch norm) or cancel to near 0, where two exact float64
+    formulas differ in the last bits and an elementwise relative error reads that rounding (the
+    per-layer tests in test_layers.py judge each backward elementwise)."""
+    diff = max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return diff / max(float(jnp.max(jnp.abs(v))) for v in jax.tree_util.tree_leaves(b))
 
 
 @pytest.mark.parametrize("family", models.ZOO_FAMILIES)
 @pytest.mark.parametrize("variant", models.ZOO_VARIANTS)
 def test_zoo_hand_gradient_equals_autodiff_and_vjp_paths(family, variant):
     """model.grad (hand) == jax.grad (JAX's own derivatives) == jax.grad through the hand layers,
-    in float64 to 1e-10, in training mode (dropout masks from one key, batch statistics)."""
+    in float64 to 1e-12 of the largest gradient component, in training mode (dropout masks from one key, batch statistics)."""
     model = models.mnist_zoo(family, variant)
     with jax.enable_x64(True):
         params, state = gradcheck.cast(model.init(jax.random.PRNGKey(0)), jnp.float64)
@@ -38,7 +42,7 @@ def test_zoo_hand_gradient_equals_autodiff_and_vjp_paths(family, variant):
         for how in ("autodiff", "vjp"):
             other = train.make_grad_fn(model, grads=how)(params, state, x, y, key)
             np.testing.assert_allclose(other[0], hand[0], rtol=1e-12)
-            assert _max_rel(hand[2], other[2], 1e-12) <= 1e-10, how
+            assert _normwise(hand[2], other[2]) <= 1e-12, how
             chex.assert_trees_all_close(other[3], hand[3], rtol=1e-12)  # the same new batch-norm state
 
 

@@ -22,7 +22,7 @@ SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
 MODEL = models.mlp(SIZES, "relu")  # dense - relu - dense - relu - dense - relu - dense, cross-entropy
 
-# (lr, momentum, weight decay): the seeds' configs, their 2x2x2 grid, and their extra five.
+# (lr, momentum, weight decay): the INF265 reports' configs, their 2x2x2 grid, and their extra five.
 GRID = ([(.01, 0, 0), (.01, 0, .01), (.01, .9, 0), (.01, .9, .01), (.01, .9, .001), (.01, .8, .01)]
         + [(lr, m, wd) for lr in (.01, .005) for wd in (0, .001) for m in (0, .99)]
         + [(.005, .9, .001), (.02, .8, .005), (.01, .7, .002), (.015, .85, .01), (.008, .95, .003)])
