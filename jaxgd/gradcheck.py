@@ -71,11 +71,23 @@ def central_difference(f, h, order=2):
     raise ValueError(f"order must be 2 or 4, got {order}")
 
 
-def finite_difference_grads(f, params, coords, h, order=2):
+STENCIL_POINTS = {2: (-1, 1), 4: (-2, -1, 1, 2)}  # the multiples of h a stencil evaluates f at
+
+
+def _same(a, b):
+    """Whether two pytrees of arrays are equal everywhere (a traced boolean)."""
+    eq = [jnp.all(u == v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    return jnp.all(jnp.stack(eq)) if eq else jnp.bool_(True)
+
+
+def finite_difference_grads(f, params, coords, h, order=2, pattern=None):
     """Central differences (see ``central_difference``) along each given flat coordinate of each leaf.
 
     ``f`` maps params to a scalar; ``coords`` is one index array per leaf (see
-    ``sample_coordinates``). Returns one array of estimates per leaf.
+    ``sample_coordinates``). ``pattern``, if given, maps params to the discrete choices of the
+    forward pass (ReLU signs, max-pool winners): a stencil whose points see another pattern than
+    the centre straddles a kink, and reads a mix of two slopes instead of the derivative.
+    Returns ``(estimates, valid)``, one array of each per leaf (``valid`` all True without ``pattern``).
     """
     flat, unravel = ravel_pytree(params)
     sizes = [x.size for x in jax.tree_util.tree_leaves(params)]
@@ -86,15 +98,22 @@ def finite_difference_grads(f, params, coords, h, order=2):
     def all_fd(flat, index):
         def one(i):
             e = jnp.zeros_like(flat).at[i].set(1.0)
-            return central_difference(lambda s: f(unravel(flat + s * e)), h, order)
+            at = lambda s: unravel(flat + s * e)  # noqa: E731
+            estimate = central_difference(lambda s: f(at(s)), h, order)
+            if pattern is None:
+                return estimate, jnp.bool_(True)
+            centre = pattern(at(0.0))
+            return estimate, jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
         return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
 
-    values = np.asarray(all_fd(flat, index))
-    return np.split(values, np.cumsum([len(c) for c in coords])[:-1])
+    values, valid = (np.asarray(a) for a in all_fd(flat, index))
+    cuts = np.cumsum([len(c) for c in coords])[:-1]
+    return np.split(values, cuts), np.split(valid, cuts)
 
 
-def directional_derivatives(f, grads, params, h, seed=0, order=2):
-    """For each leaf, a random unit direction v: ``(<g, v>, d/ds f(p + s v))`` by central differences.
+def directional_derivatives(f, grads, params, h, seed=0, order=2, pattern=None):
+    """For each leaf, a random unit direction v: ``(<g, v>, d/ds f(p + s v), valid)`` by central
+    differences, ``valid`` False where the stencil straddles a kink (see ``finite_difference_grads``).
 
     One random direction per leaf checks every coordinate at once, like
     ``jax.test_util.check_grads``, in two evaluations of ``f``.
@@ -103,16 +122,18 @@ def directional_derivatives(f, grads, params, h, seed=0, order=2):
     g_leaves = jax.tree_util.tree_leaves(grads)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     f = jax.jit(f)
+    same = jax.jit(lambda a, b: _same(pattern(a), pattern(b))) if pattern is not None else None
     out = []
     for i, (leaf, g, k) in enumerate(zip(leaves, g_leaves, keys)):
         v = jax.random.normal(k, leaf.shape, leaf.dtype)
         v = v / jnp.linalg.norm(v)
 
-        def shifted(s):
+        def at(s):
             new = list(leaves)
             new[i] = leaf + s * v
-            return f(jax.tree_util.tree_unflatten(treedef, new))
-        out.append((float(jnp.sum(g * v)), float(central_difference(shifted, h, order))))
+            return jax.tree_util.tree_unflatten(treedef, new)
+        valid = same is None or all(bool(same(at(k * h), params)) for k in STENCIL_POINTS[order])
+        out.append((float(jnp.sum(g * v)), float(central_difference(lambda s: f(at(s)), h, order)), valid))
     return out
 
 
@@ -132,7 +153,7 @@ def cast(tree, dtype):
 
 
 def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, eps=None, order=4,
-                    max_per_leaf=None, directional=True, seed=0) -> dict:
+                    max_per_leaf=None, directional=True, seed=0, pattern_fn=None) -> dict:
     """Check ``grad_fn(params, *args)`` against finite differences and ``jax.grad(loss_fn)``.
 
     Floating params and args are cast to ``dtype``; float64 runs inside
@@ -143,7 +164,9 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     2-point stencil at h = 1e-5 leaves rounding errors near 1e-11, i.e. a relative
     error above 1e-6 on gradient components of 1e-6; the 4-point one at h = 1e-4 does not. ``max_per_leaf`` samples that many coordinates per
     leaf for the finite differences (all when None); ``directional`` adds one
-    random-direction check per leaf. Returns a report with per-leaf errors and
+    random-direction check per leaf. ``pattern_fn(params, *args)``, if given, returns the forward
+    pass's discrete choices (``model_kinks``): finite differences whose stencil changes them are
+    left out of the maxima and counted (``fd_kinked``). Returns a report with per-leaf errors and
     ``fd_max``, ``autodiff_max``, ``directional_max``.
     """
     is64 = jnp.dtype(dtype) == jnp.float64
@@ -153,21 +176,24 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
         params, args = cast(params, dtype), cast(args, dtype)
         f = lambda p: loss_fn(p, *args)  # noqa: E731
         grads = jax.jit(lambda p: grad_fn(p, *args))(params)
+        pattern = None if pattern_fn is None else (lambda p: pattern_fn(p, *args))
         coords = sample_coordinates(params, max_per_leaf, seed)
-        fd = finite_difference_grads(f, params, coords, h, order)
+        fd, valid = finite_difference_grads(f, params, coords, h, order, pattern)
         auto = compare_to_autodiff(grads, f, params, eps)
-        dirs = directional_derivatives(f, grads, params, h, seed, order) if directional else None
+        dirs = directional_derivatives(f, grads, params, h, seed, order, pattern) if directional else None
         leaves = []
-        for i, (name, g, c, n) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads), coords, fd)):
-            e = np.asarray(rel_error(np.asarray(g).reshape(-1)[c], n, eps))
-            leaf = {"name": name, "size": int(g.size), "fd_checked": len(c),
-                    "fd_max": float(e.max()), "fd_mean": float(e.mean()),
+        for i, (name, g, c, n, ok) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads), coords,
+                                                     fd, valid)):
+            e = np.asarray(rel_error(np.asarray(g).reshape(-1)[c], n, eps))[ok]
+            leaf = {"name": name, "size": int(g.size), "fd_checked": int(ok.sum()), "fd_kinked": int((~ok).sum()),
+                    "fd_max": float(e.max()) if e.size else 0.0, "fd_mean": float(e.mean()) if e.size else 0.0,
                     "autodiff_max": auto[i]["max"], "autodiff_mean": auto[i]["mean"]}
             if dirs:
-                leaf["directional"] = {"analytic": dirs[i][0], "numeric": dirs[i][1],
-                                       "rel": float(rel_error(*dirs[i], eps))}
+                leaf["directional"] = {"analytic": dirs[i][0], "numeric": dirs[i][1], "straddles_kink": not dirs[i][2],
+                                       "rel": float(rel_error(*dirs[i][:2], eps)) if dirs[i][2] else 0.0}
             leaves.append(leaf)
     report = {"dtype": jnp.dtype(dtype).name, "h": h, "order": order, "eps": eps, "leaves": leaves,
+              "fd_kinked": sum(l["fd_kinked"] for l in leaves),
               "fd_max": max(l["fd_max"] for l in leaves),
               "autodiff_max": max(l["autodiff_max"] for l in leaves)}
     if directional:
@@ -190,3 +216,15 @@ def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
         _, _, res = layer.forward(px[0], state, px[1], train=train, key=key)
         return layer.backward(px[0], res, c.astype(px[1].dtype))
     return loss_fn, grad_fn, (state, c)
+
+
+def model_kinks(model, key=None):
+    """``pattern_fn(params, x, y, state)`` for ``check_gradients`` of a ``models.Model`` in training
+    mode: the sign of every ReLU output and the winner of every max-pool window."""
+    from jaxgd import layers as L
+
+    def pattern(params, x, y, state):
+        _, _, res = model.forward(params, state, x, True, key)
+        return [r > 0 if isinstance(l, L.Activation) else r for l, r in zip(model.layers, res)
+                if isinstance(l, L.MaxPool) or (isinstance(l, L.Activation) and l.name == "relu")]
+    return pattern

@@ -14,7 +14,7 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--epochs", type=int, default=cifar2.DEFAULTS["epochs"])
 p.add_argument("--batch-size", type=int, default=cifar2.DEFAULTS["batch_size"])
 p.add_argument("--seed", type=int, default=0)
-p.add_argument("--quick", action="store_true", help="4 configs instead of the full grid of 19")
+p.add_argument("--quick", action="store_true", help="4 configs instead of the full grid of 18")
 p.add_argument("--force", action="store_true", help="retrain finished configs")
 p.add_argument("--data-dir", default=None)
 p.add_argument("--results", default=None, help="results root (default: ./results)")

@@ -93,6 +93,22 @@ def test_gradcheck_detects_a_wrong_gradient():
     assert not gradcheck.passed(rep) and rep["fd_max"] > 1e-3
 
 
+def test_kinked_stencils_are_left_out_and_only_they():
+    """|x| has a kink at 0: a stencil around x = 1e-5 (h = 1e-4) reads the mean slope 0.1 instead of 1.
+    With the sign pattern given, that coordinate is excluded; the others are still judged."""
+    with jax.enable_x64(True):
+        p = {"x": jnp.array([1e-5, 0.7, -1.3])}
+        f = lambda p: jnp.sum(jnp.abs(p["x"]))  # noqa: E731
+        right = lambda p: {"x": jnp.sign(p["x"])}  # noqa: E731
+        plain = gradcheck.check_gradients(f, right, p)
+        assert plain["fd_max"] > 0.5 and plain["fd_kinked"] == 0
+        signs = lambda p: [p["x"] > 0]  # noqa: E731
+        rep = gradcheck.check_gradients(f, right, p, pattern_fn=signs, directional=False)
+        assert rep["fd_kinked"] == 1 and rep["leaves"][0]["fd_checked"] == 2 and gradcheck.passed(rep)
+        wrong = lambda p: {"x": 1.01 * jnp.sign(p["x"])}  # noqa: E731
+        assert not gradcheck.passed(gradcheck.check_gradients(f, wrong, p, pattern_fn=signs, directional=False))
+
+
 def test_rel_error_formula():
     np.testing.assert_allclose(gradcheck.rel_error(1.0, 0.5), 0.5 / 1.5)
     assert float(gradcheck.rel_error(0.0, 0.0)) == 0.0
