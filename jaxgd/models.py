@@ -123,16 +123,6 @@ class Model:
         out, new_state, res = self.forward(params, state, x, True, key)
         return loss_fn(out, y), out, self.backward(params, res, loss_grad(out, y)), new_state
 
-    def autodiff_grad(self, params, state, x, y, key=None, *, hand_vjp=False):
-        """``model.grad``'s result by ``jax.value_and_grad`` (through the hand layers with ``hand_vjp``)."""
-        loss_fn = losses.get_loss(self.loss)[0]
-
-        def objective(p):
-            out, new_state = self.apply(p, state, x, True, key, hand_vjp=hand_vjp)
-            return loss_fn(out, y), (out, new_state)
-        (value, (out, new_state)), g = jax.value_and_grad(objective, has_aux=True)(params)
-        return value, out, g, new_state
-
     def macs(self) -> list[int]:
         """Forward multiply-adds per example, per layer (dense and conv; the rest count 0)."""
         return [layer.macs(s) for layer, s in zip(self.layers, self.shapes())]

@@ -39,7 +39,8 @@ from jaxgd.experiments.common import outdir, provenance, save_json
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 DEFAULTS = {"repeats": 5, "batch_sizes": (64, 256), "n_mlp": 9000, "n_cnn": 6000, "cnn_batch": 128,
-            "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "cnn_variants": True, "torch": True,
+            "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "cnn_variants": True, "n_lax_conv": 1536,
+            "torch": True,
             "sections": ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")}
 # ratio -> the project's target for it ("<= x": lower is better)
 TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad MLP": "<= 1.0",
@@ -310,26 +311,27 @@ def _cnn_epoch(model, params, x, y, batch_size, repeats, grads="hand"):
 
 def bench_cnn_epoch(cfg, have_torch) -> dict:
     """jaxgd's default (hand gradients, im2col forward) first; with ``cnn_variants`` also the
-    lax.conv forward and ``jax.grad`` through both."""
-    bs, n = cfg["cnn_batch"], cfg["n_cnn"]
+    lax.conv forward and ``jax.grad`` through each, the slow ``jax.grad`` of lax.conv on
+    ``n_lax_conv`` samples beside the default on the same samples."""
+    bs, n, m = cfg["cnn_batch"], cfg["n_cnn"], cfg["n_lax_conv"]
     x, y = _cnn_data(n)
-    variants = [("im2col", "hand")] + ([("lax", "hand"), ("im2col", "autodiff"), ("lax", "autodiff")]
-                                       if cfg["cnn_variants"] else [])
-    flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
+    variants = [("im2col", "hand", n)] + ([("lax", "hand", n), ("im2col", "autodiff", n), ("im2col", "hand", m),
+                                           ("lax", "autodiff", m)] if cfg["cnn_variants"] else [])
     rows = []
-    for impl, grads in variants:
+    for impl, grads, k in variants:
         model = models.mnist_zoo("cnn", conv_impl=impl)
         params, _ = model.init(jax.random.PRNGKey(0))
         how = "hand backprop" if grads == "hand" else "jax.grad"
-        r = {"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {n} samples bs {bs}",
-             **_cnn_epoch(model, params, x, y, bs, cfg["repeats"], grads)}
-        rows.append({**r, "gflops": flops / r["median_s"] / 1e9})
+        r = {"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
+             **_cnn_epoch(model, params, x[:k], y[:k], bs, cfg["repeats"], grads)}
+        rows.append({**r, "gflops": model.train_flops((k // bs) * bs) / r["median_s"] / 1e9})
     ratios = {}
     if cfg["cnn_variants"]:
         ratios["hand/jax.grad CNN epoch"] = rows[0]["median_s"] / rows[2]["median_s"]
         ratios["lax.conv/im2col forward, hand CNN epoch"] = rows[1]["median_s"] / rows[0]["median_s"]
-        ratios["jax.grad of lax.conv / hand, CNN epoch"] = rows[3]["median_s"] / rows[0]["median_s"]
+        ratios["jax.grad of lax.conv / hand, CNN epoch"] = rows[4]["median_s"] / rows[3]["median_s"]
     if have_torch:
+        flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
         tr = _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, cfg["repeats"], flops)
         rows += tr
         ratios["jaxgd/torch CNN"] = rows[0]["median_s"] / min(r["median_s"] for r in tr)
