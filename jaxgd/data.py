@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -123,9 +124,16 @@ def _raw_split(tfds_name, split, root, cache, download):
     x, y = _decode(source)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, y=y, key=np.array(key))
-        os.replace(tmp, path)
+        # a name of its own per writer: two processes filling a cold cache must not share a temp file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, x=x, y=y, key=np.array(key))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return x, y, version
 
 
@@ -148,8 +156,10 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     if val_size is None and not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     for what, v in (("val_size", val_size), ("train_size", train_size)):
-        if v is not None and (int(v) != v or v < (0 if what == "val_size" else 1)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or v < (0 if what == "val_size" else 1)):
             raise ValueError(f"{what} must be a whole number >= {0 if what == 'val_size' else 1}, got {v}")
+    val_size = None if val_size is None else int(val_size)
+    train_size = None if train_size is None else int(train_size)
     root = resolve_data_dir(data_dir)
     cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
     raw = {s: _raw_split(tfds_name, s, root, cdir, download) for s in ("train", "test")}

@@ -1,23 +1,26 @@
 """Matplotlib figures for the experiments. Each takes results (plain dicts/arrays) and a path."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _subplots(nrows=1, ncols=1, figsize=None, **kw):
+    """``plt.subplots`` without pyplot: a bare Figure renders to a file with no GUI backend, and
+    importing this module leaves the user's matplotlib backend as it was."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def matrix_chain(res, path):
     runs = res["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3), squeeze=False)
+    fig, axes = _subplots(1, len(runs), figsize=(3.2 * len(runs), 3), squeeze=False)
     for ax, r in zip(axes[0], runs):
         ax.semilogy(np.asarray(r["loss_hand"], float), lw=3, alpha=0.5, label="by hand")
         ax.semilogy(np.asarray(r["loss_autodiff"], float), "k--", lw=1, label="jax.grad")
@@ -38,7 +41,7 @@ def _image(x):
 def samples_per_class(x, y, classes, path, per_class=8, seed=0):
     """A grid: one row per class, ``per_class`` random training images (NHWC)."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
+    fig, axes = _subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
     axes = np.atleast_2d(axes)
     for c, name in enumerate(classes):
         idx = rng.choice(np.flatnonzero(y == c), per_class, replace=False)
@@ -55,7 +58,7 @@ def _floats(v):
 
 def grid_curves(configs: dict, path):
     """Train/val loss and accuracy per epoch, one line per config (label -> history dict)."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig, axes = _subplots(2, 2, figsize=(12, 8), sharex=True)
     for i, (name, h) in enumerate(configs.items()):
         style = "-" if i < 10 else "--"
         for ax, key in zip(axes.flat, ("train_loss", "val_loss", "train_acc", "val_acc")):
@@ -73,7 +76,7 @@ def grid_curves(configs: dict, path):
 
 def overlay(h_a, h_b, title, path, labels=("hand backprop + hand SGD", "jax.grad + optax")):
     """Two histories' loss and accuracy curves on top of each other."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = _subplots(1, 2, figsize=(10, 3.6))
     for h, lab, st in ((h_a, labels[0], dict(lw=4, alpha=0.4)), (h_b, labels[1], dict(lw=1, ls="--", color="k"))):
         for ax, kind in zip(axes, ("loss", "acc")):
             for split, mark in (("train", ""), ("val", "")):
@@ -90,7 +93,7 @@ def overlay(h_a, h_b, title, path, labels=("hand backprop + hand SGD", "jax.grad
 
 def confusion(cm, classes, path):
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    fig, ax = _subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -105,7 +108,7 @@ def confusion(cm, classes, path):
 def misclassified(images, y_true, y_pred, classes, path, cols=8):
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t, p in zip(axes.flat, images, y_true, y_pred):
@@ -116,7 +119,7 @@ def misclassified(images, y_true, y_pred, classes, path, cols=8):
 
 def templates(W_images, classes, title, path):
     """Rows of W as class-template images, min-max scaled per class."""
-    fig, axes = plt.subplots(1, len(classes), figsize=(1.3 * len(classes), 1.7))
+    fig, axes = _subplots(1, len(classes), figsize=(1.3 * len(classes), 1.7))
     for ax, img, name in zip(axes, W_images, classes):
         ax.imshow(_image(img))
         ax.set_title(name, fontsize=8)
@@ -128,7 +131,7 @@ def templates(W_images, classes, title, path):
 def curves(h, title, path):
     """Each metric pair train_*/val_* of a history in its own panel."""
     kinds = sorted({k.split("_", 1)[1] for k in h})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.2), squeeze=False)
+    fig, axes = _subplots(1, len(kinds), figsize=(4 * len(kinds), 3.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for split in ("train", "val"):
             if f"{split}_{kind}" in h:
@@ -144,7 +147,7 @@ def curves(h, title, path):
 
 def accuracy_curves(curves: dict, title, path):
     """Accuracy vs epoch, one line per named curve (e.g. train and test)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = _subplots(figsize=(4.5, 3.2))
     for name, y in curves.items():
         y = _floats(y)
         ax.plot(np.arange(1, len(y) + 1), y, label=name)
@@ -158,7 +161,7 @@ def accuracy_curves(curves: dict, title, path):
 
 def compare_curves(runs: dict, title, path):
     """Test accuracy (solid) and train accuracy (dashed) of several runs, and their test loss."""
-    fig, (ax, axl) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax, axl) = _subplots(1, 2, figsize=(9, 3.4))
     for i, (name, r) in enumerate(runs.items()):
         c = f"C{i}"
         ep = np.arange(1, len(r["test_acc"]) + 1)
@@ -180,7 +183,7 @@ def step_loss_pairs(pairs: dict, title, path):
     n = len(pairs)
     cols = min(3, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, p) in zip(axes.flat, pairs.items()):
@@ -198,7 +201,7 @@ def step_loss_pairs(pairs: dict, title, path):
 def bench(res, path):
     """Median time of every benchmark row (min-max as error bars), one colour per section."""
     rows = [(sec, r) for sec, s in res["sections"].items() for r in s["rows"]]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    fig, ax = _subplots(figsize=(9, 0.32 * len(rows) + 1.2))
     secs = list(res["sections"])
     for i, (sec, r) in enumerate(rows):
         m = r["median_s"]

@@ -54,6 +54,8 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
             return value, out, g, new_state
     else:
         raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
+    if not (np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be finite and >= 0, got {l2}")
     if not l2:
         return core
 
@@ -156,6 +158,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
         if not _is_int(v) or v < 1:
             raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
     epochs, batch_size = int(epochs), int(batch_size)
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too
     _check_labels(model, train[1], "train")
     if val is not None:
@@ -174,6 +178,11 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size)
     eval_fn = make_eval(model, l2)
     init_fn = opt.init
+    if batch_configs not in ("auto", "vmap", "map"):
+        raise ValueError(f"batch_configs must be 'auto', 'vmap' or 'map', got {batch_configs!r}")
+    if n_cfg is None and batch_configs != "auto":
+        raise ValueError(f"batch_configs={batch_configs!r} needs several configs: give the hyperparameters as "
+                         "1-D arrays (one entry per config) and params stacked with stack_params")
     if n_cfg is not None:
         if batch_configs == "auto":
             batch_configs = "map" if jax.default_backend() == "cpu" else "vmap"

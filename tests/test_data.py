@@ -42,6 +42,11 @@ def test_mock_cifar2_relabels(mock_cifar, tmp_path):
     assert two.info["classes"] == ["airplane", "bird"]
 
 
+def test_whole_float_sizes_are_accepted(mock_cifar, tmp_path):
+    d = data.load("cifar10", val_size=10.0, train_size=20.0, cache=tmp_path)
+    assert d.info["sizes"]["train"] == 20 and d.info["sizes"]["val"] == 10
+
+
 def test_cache_hit_and_corruption(mock_cifar, tmp_path):
     data.load("mnist", cache=tmp_path)
     files = sorted(tmp_path.glob("mnist-*.npz"))

@@ -115,3 +115,16 @@ def test_bench_rows_and_ratios(tmp_path):
     assert (tmp_path / "bench" / f"{res['device_name']}.png").stat().st_size > 0
     with pytest.raises(ValueError, match="unknown sections"):
         bench.run({"sections": ("gpu_magic",)}, out=False)
+
+
+def test_results_are_written_whole_readable_and_with_paths(tmp_path):
+    import json
+    import os
+    from pathlib import Path
+
+    from jaxgd.experiments.common import save_json
+    p = save_json(tmp_path / "r.json", {"data_dir": Path("/some/where")})
+    assert json.loads(p.read_text()) == {"data_dir": "/some/where"} and os.stat(p).st_mode & 0o777 == 0o644
+    with pytest.raises(TypeError):
+        save_json(tmp_path / "bad.json", {"x": object()})
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["r.json"]  # no stray temp file, no half a file

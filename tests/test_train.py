@@ -134,6 +134,8 @@ def test_bad_hyperparameters(hp, match):
 
 @pytest.mark.parametrize("kw,match", [({"batch_size": 0}, "batch size"), ({"epochs": 0}, "epochs"),
                                       ({"epochs": True}, "epochs"), ({"epochs": 1.0}, "epochs"),
+                                      ({"seed": 1.5}, "seed"), ({"l2": -0.1}, "l2"),
+                                      ({"batch_configs": "vmap"}, "several configs"),
                                       ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
                                       ({"batch_size": 10_000}, "batch size"), ({"optimizer": "adam"}, "unknown optimizer"),
                                       ({"grads": "numeric"}, "grads")])

@@ -57,6 +57,8 @@ def _plain(x):
         return x if np.isfinite(x) else str(x)  # JSON has no NaN/inf: "nan", "inf"
     if isinstance(x, np.integer):
         return int(x)
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
     return x
 
 
@@ -65,9 +67,14 @@ def save_json(path, obj) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_plain(obj), f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_plain(obj), f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a result is for everyone to read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a value JSON cannot hold fails the write, and leaves no stray file
     return path
 
 
