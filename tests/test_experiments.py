@@ -43,7 +43,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     require_real_data("cifar10")
     from jaxgd.experiments import reproduce
     small = {
-        "gradcheck": {"quick": True}, "matrix_chain": {"Ks": [2, 4], "iters": 20},
+        "gradcheck": {"quick": True, "only": ["mlp-relu-ce", "layer-maxpool2"]},
+        "matrix_chain": {"Ks": [2, 4], "iters": 20},
         "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},

@@ -123,10 +123,16 @@ def cases(quick=False):
 
 
 def run(config=None, out=None) -> dict:
-    cfg = {"quick": False, **(config or {})}
+    cfg = {"quick": False, "only": None, **(config or {})}
+    todo = cases(cfg["quick"])
+    if cfg["only"] is not None:
+        unknown = set(cfg["only"]) - {c["name"] for c in todo}
+        if unknown:
+            raise ValueError(f"unknown checks {sorted(unknown)}; choose from {[c['name'] for c in todo]}")
+        todo = [c for c in todo if c["name"] in cfg["only"]]
     t0 = time.time()
     rows = []
-    for c in cases(cfg["quick"]):
+    for c in todo:
         for dtype in (jnp.float64, jnp.float32):
             is64 = dtype == jnp.float64
             rep = gradcheck.check_gradients(c["loss_fn"], c["grad_fn"], c["params"], *c["args"], dtype=dtype,
