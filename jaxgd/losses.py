@@ -56,12 +56,19 @@ def targets(logits, labels):
             f"nor one-hot targets {logits.shape} for logits of shape {logits.shape}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"integer class labels expected, got dtype {labels.dtype}")
-    if _is_concrete(labels) and labels.size:
-        host = np.asarray(labels)  # numpy, so the check is never staged into a jit
-        lo, hi = int(host.min()), int(host.max())
-        if lo < 0 or hi >= k:
-            raise ValueError(f"labels must lie in [0, {k}) for {k} classes; got min {lo}, max {hi}")
+    if _is_concrete(labels):
+        check_labels(np.asarray(labels), k)  # numpy, so the check is never staged into a jit
     return jax.nn.one_hot(labels.reshape(-1), k, dtype=logits.dtype)
+
+
+def check_labels(labels: np.ndarray, k, what="labels"):
+    """Integer class labels (on the host) must lie in ``[0, k)``; ``k=None`` checks only ``>= 0``."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: integer class labels expected, got dtype {labels.dtype}")
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or (k is not None and hi >= k):
+            raise ValueError(f"{what} must lie in [0, {k}) for {k} classes; got min {lo}, max {hi}")
 
 
 def softmax_cross_entropy(logits, labels):

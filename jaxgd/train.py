@@ -134,8 +134,8 @@ def _as_device(split):
 
 
 def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
-        batch_size: int, seed: int = 0, optimizer="hand", grads="hand", l2=0.0, model_state=None, eval_train=False, batch_configs="auto", callback=None,
-        verbose=False, log=print):
+        batch_size: int, seed: int = 0, optimizer="hand", grads="hand", l2=0.0, model_state=None,
+        eval_train=False, batch_configs="auto", callback=None, verbose=False, log=print):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
@@ -191,8 +191,6 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
             eval_fn = jax.vmap(eval_fn, in_axes=(0, 0, None, None))
         elif batch_configs == "map":
             epoch_fn, eval_fn = _map_configs(epoch_fn, eval_fn)
-        else:
-            raise ValueError(f"batch_configs must be 'auto', 'vmap' or 'map', got {batch_configs!r}")
         init_fn = jax.vmap(init_fn)
     carry = (params, init_fn(params), model_state)
     base = jax.random.PRNGKey(seed)
@@ -240,15 +238,10 @@ def _check_labels(model, y, split):
     """Integer class labels must lie in [0, classes) (one-hot targets pass as they are): out of
     range, a row would silently drop out of the cross-entropy inside the compiled epoch."""
     y = np.asarray(y)
-    if getattr(model, "loss", None) != "cross_entropy" or y.ndim != 1 or not y.size:
+    if getattr(model, "loss", None) != "cross_entropy" or y.ndim != 1:
         return
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{split} labels must be integer class indices, got dtype {y.dtype}")
     shapes = getattr(model, "shapes", None)
-    k = shapes()[-1][-1] if shapes else None
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or (k is not None and hi >= k):
-        raise ValueError(f"{split} labels must lie in [0, {k}) for a model with {k} outputs; got min {lo}, max {hi}")
+    losses.check_labels(y, shapes()[-1][-1] if shapes else None, f"{split} labels")
 
 
 def _map_configs(epoch_fn, eval_fn):

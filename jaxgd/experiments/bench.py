@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxgd import models, optim, train
 from jaxgd.experiments.cifar2 import MODEL as MLP
+from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import outdir, provenance, save_json
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
@@ -148,9 +149,8 @@ def _mlp_jax_loops(x, y, batch_size, repeats):
 def _torch_mlp():
     import torch
     torch.manual_seed(0)
-    layers, sizes = [], [s[0] for s in MLP.shapes() if len(s) == 1]
-    sizes = list(dict.fromkeys(sizes))  # 3072, 512, 128, 32, 2
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    layers = []
+    for a, b in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     return torch.nn.Sequential(*layers[:-1])
 
