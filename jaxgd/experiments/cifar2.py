@@ -56,9 +56,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
         optim.sgd_hyperparams(*g)  # validates before any training
     t0 = time.time()
     d = data.load("cifar2", seed=cfg["seed"], data_dir=cfg["data_dir"], train_size=cfg["train_size"])
-    if cfg["init"] != "torch":
-        raise ValueError(f"init must be 'torch' (PyTorch's nn.Linear default, as in the INF265 reports), got {cfg['init']!r}")
-    params, _ = MODEL.init(jax.random.PRNGKey(cfg["seed"]))
+    # the init scheme only draws the initial weights; MODEL (init "torch") trains and predicts
+    params, _ = models.mlp(SIZES, "relu", cfg["init"]).init(jax.random.PRNGKey(cfg["seed"]))
     assert models.count_params(params) == N_PARAMS, models.count_params(params)
 
     d_out = outdir("cifar2", out) if out is not False else None
