@@ -16,12 +16,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
+import socket
+import threading
+import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxgd._files import atomic_write
 
 DATASETS = {
     # name: (tfds name, class names or None = from TFDS, labels kept (None = all))
@@ -57,22 +62,51 @@ def resolve_cache_dir(explicit=None) -> Path:
     return Path(explicit or os.environ.get("JAXGD_CACHE_DIR") or Path.home() / ".cache" / "jaxgd").expanduser()
 
 
+# Where TFDS's builders download each dataset from: probed before a download, so that an
+# offline machine fails in seconds instead of retrying for minutes.
+DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.edu"}
+
+
 def _how_to_prepare(tfds_name):
     return (f"Prepare it once on a machine with internet access: pip install 'jaxgd[prepare]' "
-            f"(TensorFlow is needed only for this step), then "
-            f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
-            f"file_format='array_record').download_and_prepare()\" -- or point TFDS_DATA_DIR / "
+            f"(TensorFlow is needed only for this step) and load it once (jaxgd.data.load or any "
+            f"experiment), or run python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
+            f"file_format='array_record').download_and_prepare()\"; or point TFDS_DATA_DIR / "
             f"--data-dir at a folder that already holds {tfds_name}/<version>/.")
+
+
+def what_is_there(tfds_name, root) -> str:
+    """What ``root`` holds of ``tfds_name``, in words: for the message when it cannot be read."""
+    root = Path(root)
+    if not root.is_dir():
+        return f"the folder {root} does not exist"
+    ds = root / tfds_name
+    if not ds.is_dir():
+        held = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:8]
+        return f"{root} holds no {tfds_name}/ folder ({'it holds: ' + ', '.join(held) if held else 'it is empty'})"
+    versions = sorted(p for p in ds.iterdir() if p.is_dir())
+    if not versions:
+        return f"{ds} holds no version folder"
+    v = versions[-1]
+    if not (v / "dataset_info.json").exists():
+        return f"{v} has no dataset_info.json (an unfinished preparation?)"
+    names = [p.name for p in v.iterdir()]
+    if not any(".array_record" in n for n in names):
+        other = sorted({n.split(".")[1].split("-")[0] for n in names if n.count(".") and "-" in n and not n.endswith(".json")})
+        return (f"{v} holds no ArrayRecord files" + (f" (it holds {', '.join(other).upper()} files, which "
+                "jaxgd cannot read without TensorFlow: prepare it again with file_format='array_record')" if other else ""))
+    return f"{v} holds ArrayRecord files, but TFDS could not open them"
 
 
 def find_prepared(name, data_dir=None) -> Path:
     """The folder ``<data_dir>/<tfds name>/<version>`` of a prepared dataset; raises DataNotFoundError."""
     tfds_name = _spec(name)[0]
     root = resolve_data_dir(data_dir)
-    found = sorted(root.glob(f"{tfds_name}/*/dataset_info.json"))
+    found = sorted(p for p in root.glob(f"{tfds_name}/*/dataset_info.json")
+                   if any(".array_record" in q.name for q in p.parent.iterdir()))
     if not found:
-        raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}. "
-                                + _how_to_prepare(tfds_name))
+        raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}: "
+                                f"{what_is_there(tfds_name, root)}. " + _how_to_prepare(tfds_name))
     return found[-1].parent
 
 
@@ -82,6 +116,49 @@ def _spec(name):
     return DATASETS[name]
 
 
+def reachable(host, port=443, timeout=3.0) -> bool:
+    """Whether a TCP connection to ``host`` (or the HTTPS proxy) opens within ``timeout`` seconds,
+    name lookup included."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy:
+        u = urllib.parse.urlparse(proxy)
+        host, port = u.hostname or host, u.port or 8080
+    ok = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=connect, daemon=True)  # a stuck name lookup must not hold us
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def can_download(tfds_name) -> str | None:
+    """``None`` if TFDS can download and prepare ``tfds_name`` here, else why not."""
+    if importlib.util.find_spec("tensorflow") is None:
+        return "TensorFlow is not installed, and TFDS needs it to prepare a download"
+    if os.environ.get("JAXGD_OFFLINE"):
+        return "JAXGD_OFFLINE is set, so nothing is downloaded"
+    host = DOWNLOAD_HOSTS.get(tfds_name)
+    if host and not reachable(host):
+        return f"{host} cannot be reached (no network?), so TFDS cannot download it"
+    return None
+
+
+def check_available(name, data_dir=None, download=True):
+    """Raise ``DataNotFoundError`` at once when ``name`` is neither prepared nor downloadable here."""
+    try:
+        find_prepared(name, data_dir)
+    except DataNotFoundError as e:
+        why = can_download(_spec(name)[0]) if download else "downloading is off"
+        if why is not None:
+            raise DataNotFoundError(f"{e} ({why}.)") from None
+
+
 def _open(tfds_name, split, root, download):
     """``tfds.data_source`` that fails fast with one clear message when the data is missing."""
     import tensorflow_datasets as tfds
@@ -89,12 +166,15 @@ def _open(tfds_name, split, root, download):
         return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=False)
     except Exception as e:  # TFDS raises several types for "not prepared"
         missing = e
-    if download and importlib.util.find_spec("tensorflow") is not None:
+    why = can_download(tfds_name) if download else "downloading is off"
+    if why is None:
         return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=True,
                                 builder_kwargs={"file_format": "array_record"})
-    raise DataNotFoundError(
-        f"dataset {tfds_name!r} split {split!r} could not be read from {root} "
-        f"({type(missing).__name__}: {str(missing).splitlines()[0][:200]}). " + _how_to_prepare(tfds_name))
+    found = what_is_there(tfds_name, root)
+    cause = (f" TFDS said: {type(missing).__name__}: {str(missing).splitlines()[0][:200]}."
+             if found.endswith("could not open them") else "")
+    raise DataNotFoundError(f"dataset {tfds_name!r} split {split!r} could not be read from {root}: {found} "
+                            f"({why}).{cause} " + _how_to_prepare(tfds_name))
 
 
 def _decode(source):
@@ -122,18 +202,8 @@ def _raw_split(tfds_name, split, root, cache, download):
             except Exception as e:  # truncated / corrupt zip, missing arrays
                 warnings.warn(f"corrupt cache {path} ({type(e).__name__}); rebuilding it")
     x, y = _decode(source)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a name of its own per writer: two processes filling a cold cache must not share a temp file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, x=x, y=y, key=np.array(key))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    if path is not None:  # a temp file of its own per writer: two processes may fill a cold cache
+        atomic_write(path, lambda f: np.savez(f, x=x, y=y, key=np.array(key)))
     return x, y, version
 
 

@@ -197,7 +197,7 @@ class Conv2D(Layer):
 
     Residual: ``x``. Inside a compiled epoch on XLA:CPU, ``jax.grad`` of ``lax.conv`` ran an
     order of magnitude slower than these three (one forward convolution and two matmuls), and
-    the im2col forward a little faster than ``lax.conv``'s: scripts/bench.py's ``cnn_epoch``
+    the im2col forward a little faster than ``lax.conv``'s: ``jaxgd bench``'s ``cnn_epoch``
     section measures all four combinations.
     """
     features: int

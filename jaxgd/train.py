@@ -146,9 +146,10 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     set after each epoch (eval mode) instead of reporting the epoch's running
     means. ``batch_configs`` says how N configs share the program: ``"vmap"``
     (batched matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after
-    another inside the program: on XLA:CPU 8 vmapped CIFAR-2 configs ran 1.5x slower
-    per config than 8 sequential fits and lax.map as fast; scripts/bench.py measures
-    it), or ``"auto"`` (vmap on accelerators, map on CPU).
+    another inside the program: on XLA:CPU vmapped configs ran slower per config than
+    sequential fits, and lax.map as fast; see the bench's ``configs`` ratios
+    ``vmap/sequential`` and ``fit default/sequential``), or ``"auto"`` (vmap on
+    accelerators, map on CPU).
     ``callback(epoch, params, model_state)``, if given, runs after each epoch and
     its return values are kept in ``History.extra``.
     A config whose training loss stops being finite is marked diverged

@@ -24,6 +24,7 @@ Sections:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import statistics
@@ -36,13 +37,30 @@ import numpy as np
 from jaxgd import models, optim, train
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
-from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.config import Config, at_least, option
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-DEFAULTS = {"repeats": 5, "batch_sizes": (64, 256), "n_mlp": 9000, "n_cnn": 6000, "cnn_batch": 128,
-            "n_configs": 8, "matmul_sizes": (1024, 2048, 4096), "cnn_variants": True, "n_lax_conv": 1536,
-            "torch": True,
-            "sections": ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")}
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig(Config):
+    NAME = "bench"
+    repeats: int = option(5, "timed runs per row (median, min, max), after one untimed warm-up", check=at_least(1))
+    sections: tuple[str, ...] = option(SECTIONS, "sections to run", choices=SECTIONS)
+    batch_sizes: tuple[int, ...] = option((64, 256), "MLP epoch batch sizes", check=at_least(1))
+    n_mlp: int = option(9000, "MLP epoch samples (CIFAR-2's training set)", check=at_least(1))
+    n_cnn: int = option(6000, "CNN epoch samples", check=at_least(1))
+    cnn_batch: int = option(128, "CNN batch size", check=at_least(1))
+    n_configs: int = option(8, "SGD configs in the configs section", check=at_least(1))
+    matmul_sizes: tuple[int, ...] = option((1024, 2048, 4096), "square matmul sizes for the peak", check=at_least(1))
+    cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
+    n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
+    torch: bool = option(True, "time the PyTorch loops too (needs pip install 'jaxgd[torch]')")
+
+
+CONFIG = BenchConfig
 # ratio -> the project's target for it ("<= x": lower is better)
 TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad MLP": "<= 1.0",
            "hand/jax.grad CNN": "<= 1.0", "hand/jax.grad CNN epoch": "<= 1.0", "jaxgd/torch CNN": "<= 0.7", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
@@ -217,16 +235,16 @@ def _torch_device():
 
 
 def bench_mlp_epoch(cfg, have_torch) -> dict:
-    x, y = _mlp_data(cfg["n_mlp"])
+    x, y = _mlp_data(cfg.n_mlp)
     rows, ratios = [], {}
-    for bs in cfg["batch_sizes"]:
-        jr = _mlp_jax_loops(x, y, bs, cfg["repeats"])
+    for bs in cfg.batch_sizes:
+        jr = _mlp_jax_loops(x, y, bs, cfg.repeats)
         rows += jr
         ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
         if have_torch:
-            tr = _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, cfg["repeats"],
-                             MLP.train_flops((cfg["n_mlp"] // bs) * bs))
+            tr = _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, cfg.repeats,
+                             MLP.train_flops((cfg.n_mlp // bs) * bs))
             rows += tr
             ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in tr)
     return {"rows": rows, "ratios": ratios}
@@ -242,13 +260,13 @@ def _cnn_data(n, seed=0):
 
 def bench_grad(cfg) -> dict:
     rows, ratios = [], {}
-    for what, model, (x, y) in (("MLP", MLP, _mlp_data(64)), ("CNN", models.mnist_zoo("cnn"), _cnn_data(cfg["cnn_batch"]))):
+    for what, model, (x, y) in (("MLP", MLP, _mlp_data(64)), ("CNN", models.mnist_zoo("cnn"), _cnn_data(cfg.cnn_batch))):
         params, state = model.init(jax.random.PRNGKey(0))
         pair = []
         for how in ("hand", "autodiff"):
             g = jax.jit(train.make_grad_fn(model, grads=how))
             n = 50 if what == "MLP" else 10  # gradients per timed run, so dispatch overhead is not what we time
-            r = timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg["repeats"])
+            r = timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg.repeats)
             r = {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
             pair.append({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
                                  f"bs {x.shape[0]}", **r})
@@ -261,12 +279,12 @@ def bench_grad(cfg) -> dict:
 # 3. many configs at once vs one after another
 
 def bench_configs(cfg) -> dict:
-    x, y = _mlp_data(cfg["n_mlp"])
+    x, y = _mlp_data(cfg.n_mlp)
     xs, ys = np.asarray(x), np.asarray(y)
-    k = cfg["n_configs"]
+    k = cfg.n_configs
     lrs = np.geomspace(0.002, 0.02, k)
     params, _ = MLP.init(jax.random.PRNGKey(0))
-    epochs = cfg["repeats"] + 1  # the first epoch is the warm-up
+    epochs = cfg.repeats + 1  # the first epoch is the warm-up
     common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
 
     def per_config_epoch(h, n):
@@ -313,26 +331,26 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     """jaxgd's default (hand gradients, im2col forward) first; with ``cnn_variants`` also the
     lax.conv forward and ``jax.grad`` through each, the slow ``jax.grad`` of lax.conv on
     ``n_lax_conv`` samples beside the default on the same samples."""
-    bs, n, m = cfg["cnn_batch"], cfg["n_cnn"], cfg["n_lax_conv"]
+    bs, n, m = cfg.cnn_batch, cfg.n_cnn, cfg.n_lax_conv
     x, y = _cnn_data(n)
     variants = [("im2col", "hand", n)] + ([("lax", "hand", n), ("im2col", "autodiff", n), ("im2col", "hand", m),
-                                           ("lax", "autodiff", m)] if cfg["cnn_variants"] else [])
+                                           ("lax", "autodiff", m)] if cfg.cnn_variants else [])
     rows = []
     for impl, grads, k in variants:
         model = models.mnist_zoo("cnn", conv_impl=impl)
         params, _ = model.init(jax.random.PRNGKey(0))
         how = "hand backprop" if grads == "hand" else "jax.grad"
         r = {"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
-             **_cnn_epoch(model, params, x[:k], y[:k], bs, cfg["repeats"], grads)}
+             **_cnn_epoch(model, params, x[:k], y[:k], bs, cfg.repeats, grads)}
         rows.append({**r, "gflops": model.train_flops((k // bs) * bs) / r["median_s"] / 1e9})
     ratios = {}
-    if cfg["cnn_variants"]:
+    if cfg.cnn_variants:
         ratios["hand/jax.grad CNN epoch"] = rows[0]["median_s"] / rows[2]["median_s"]
         ratios["lax.conv/im2col forward, hand CNN epoch"] = rows[1]["median_s"] / rows[0]["median_s"]
         ratios["jax.grad of lax.conv / hand, CNN epoch"] = rows[4]["median_s"] / rows[3]["median_s"]
     if have_torch:
         flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
-        tr = _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, cfg["repeats"], flops)
+        tr = _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, cfg.repeats, flops)
         rows += tr
         ratios["jaxgd/torch CNN"] = rows[0]["median_s"] / min(r["median_s"] for r in tr)
     return {"rows": rows, "ratios": ratios}
@@ -378,24 +396,19 @@ def _torch_available(want):
 
 
 def run(config=None, out=None, verbose=True, log=print) -> dict:
-    cfg = {**DEFAULTS, **(config or {})}
-    if int(cfg["repeats"]) < 1:
-        raise ValueError(f"repeats must be >= 1, got {cfg['repeats']}")
-    unknown = set(cfg["sections"]) - set(DEFAULTS["sections"])
-    if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {DEFAULTS['sections']}")
-    torch = _torch_available(cfg["torch"])
-    if verbose and cfg["torch"] and torch is None:
+    cfg = BenchConfig.make(config)
+    torch = _torch_available(cfg.torch)
+    if verbose and cfg.torch and torch is None:
         log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[torch]')")
     t0 = time.time()
     sections = {}
-    for name in DEFAULTS["sections"]:
-        if name not in cfg["sections"]:
+    for name in SECTIONS:
+        if name not in cfg.sections:
             continue
         if verbose:
             log(f"[bench] {name} ...")
         if name == "matmul":
-            sections[name] = {"rows": [matmul_peak(tuple(cfg["matmul_sizes"]), cfg["repeats"])], "ratios": {}}
+            sections[name] = {"rows": [matmul_peak(tuple(cfg.matmul_sizes), cfg.repeats)], "ratios": {}}
         elif name == "mlp_epoch":
             sections[name] = bench_mlp_epoch(cfg, torch is not None)
         elif name == "grad":
@@ -417,15 +430,15 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             sections["matmul"]["ratios"]["best training loop / matmul peak"] = max(r["fraction_of_peak"] for r in jaxgd)
         if "cnn_epoch" in sections:  # the default CNN epoch (hand gradients, im2col forward)
             sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = sections["cnn_epoch"]["rows"][0]["fraction_of_peak"]
-    res = {"experiment": "bench", "device_name": device_name(), "config": cfg, "sections": sections,
+    res = {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
            "targets": TARGETS, "torch": None if torch is None else
            {"version": torch.__version__, "threads": torch.get_num_threads()},
            "wall_time_s": time.time() - t0, "provenance": provenance()}
     if out is not False:
-        d = outdir("bench", out)
-        save_json(d / f"{res['device_name']}.json", res)
         from jaxgd import plots
-        plots.bench(res, d / f"{res['device_name']}.png")
+        with staged(outdir("bench", out)) as st:
+            save_json(st / f"{res['device_name']}.json", res)
+            plots.bench(res, st / f"{res['device_name']}.png")
     return res
 
 

@@ -10,6 +10,7 @@ training, 10,000 validation (both from the TFDS train split, seeded) and the
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -17,14 +18,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import backprop, data, gradcheck, models, optim, train
-from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.config import Config, at_least, option
 
 # name: (lambda, eta). A-D as in the report; the assignment's original eta = 0.001 settings.
 SETTINGS = {"A": (0.0, 0.1), "B": (0.0, 0.01), "C": (0.1, 0.01), "D": (1.0, 0.01),
             "E": (0.0, 0.001), "F": (0.1, 0.001), "G": (1.0, 0.001)}
 REPORT_TEST_ACC = {"A": 28.33, "B": 34.73, "C": 31.88, "D": 26.76}
-DEFAULTS = {"epochs": 40, "n_batch": 100, "seed": 0, "settings": list(SETTINGS), "data_dir": None,
-            "n_train": 10_000, "n_val": 10_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cifar10SoftmaxConfig(Config):
+    NAME = "cifar10_softmax"
+    epochs: int = option(40, "training epochs per setting", check=at_least(1))
+    n_batch: int = option(100, "minibatch size (images)", check=at_least(1))
+    seed: int = option(0, "PRNG seed of the split, the initial weights and the batch order")
+    settings: tuple[str, ...] = option(tuple(SETTINGS), "settings (lambda, eta) to train: A-D as in DD2424's "
+                                                        "report, E-G the assignment's eta = 0.001", choices=tuple(SETTINGS))
+    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    n_train: int = option(10_000, "training images (from the TFDS train split)", check=at_least(1))
+    n_val: int = option(10_000, "validation images (from the TFDS train split)", check=at_least(1))
+
+
+CONFIG = Cifar10SoftmaxConfig
 
 
 def check_hparams(lam, eta, n_batch):
@@ -42,12 +58,14 @@ def init(key, d=3072, k=10, std=0.01):
 
 
 def train_one(d, lam, eta, cfg, key):
-    """Minibatch GD on J; returns params and the per-epoch history (cost, loss, accuracy)."""
-    check_hparams(lam, eta, cfg["n_batch"])
+    """Minibatch GD on J; returns params and the per-epoch history (cost, loss, accuracy).
+    ``cfg``: a ``Cifar10SoftmaxConfig`` or a dict of its fields."""
+    cfg = Cifar10SoftmaxConfig.make(cfg)
+    check_hparams(lam, eta, cfg.n_batch)
     params = init(key, d.train.x.shape[1])
     penalty = lambda p: float(lam * jnp.sum(p[0]["W"] ** 2))  # noqa: E731
     params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
-                             epochs=cfg["epochs"], batch_size=cfg["n_batch"], seed=cfg["seed"], grads="hand",
+                             epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, grads="hand",
                              l2=lam, eval_train=True, callback=lambda e, p, s: penalty(p))
     hd = h.as_dict()
     hd["train_cost"], hd["val_cost"] = hd.pop("train_loss"), hd.pop("val_loss")
@@ -72,36 +90,34 @@ def gradient_check(d, lam=0.1, n=20, dims=20):
 
 
 def run(config=None, out=None, verbose=False, log=print) -> dict:
-    cfg = {**DEFAULTS, **(config or {})}
-    for s in cfg["settings"]:
-        if s not in SETTINGS:
-            raise ValueError(f"unknown setting {s!r}; choose from {sorted(SETTINGS)}")
-        check_hparams(*SETTINGS[s], cfg["n_batch"])
-    t0 = time.time()
-    d = data.load("cifar10", val_size=cfg["n_val"], train_size=cfg["n_train"], seed=cfg["seed"],
-                  data_dir=cfg["data_dir"])
-    runs = {}
-    d_out = outdir("cifar10_softmax", out) if out is not False else None
-    for s in cfg["settings"]:
+    cfg = Cifar10SoftmaxConfig.make(config)
+    for s in cfg.settings:
+        check_hparams(*SETTINGS[s], cfg.n_batch)
+    t0, prov = time.time(), provenance()
+    d = data.load("cifar10", val_size=cfg.n_val, train_size=cfg.n_train, seed=cfg.seed, data_dir=cfg.data_dir)
+    runs, weights = {}, {}
+    for s in cfg.settings:
         lam, eta = SETTINGS[s]
-        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg["seed"]))
+        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed))
         _, test_acc = train.make_eval(models.linear_softmax(d.test.x.shape[1]))(params, None, jnp.asarray(d.test.x),
                                                                                  jnp.asarray(d.test.y))
+        weights[s] = np.asarray(params[0]["W"])
         runs[s] = {"lambda": lam, "eta": eta, "history": h, "test_acc": float(test_acc),
                    "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],
                    "report_test_acc_percent": REPORT_TEST_ACC.get(s)}
         if verbose:
             log(f"{s} lambda={lam:g} eta={eta:g}: test acc {float(test_acc):.4f}")
-        if d_out is not None:
-            from jaxgd import plots
-            plots.templates(np.asarray(params[0]["W"]).T.reshape(10, 32, 32, 3), d.info["classes"],
-                            f"{s}: lambda={lam:g}, eta={eta:g}", d_out / f"templates_{s}.png")
-            plots.curves({k: h[k] for k in ("train_cost", "val_cost", "train_loss", "val_loss", "train_acc", "val_acc")},
-                         f"{s}: lambda={lam:g}, eta={eta:g}", d_out / f"curves_{s}.png")
-    res = {"experiment": "cifar10_softmax", "config": cfg, "data": d.info, "runs": runs,
-           "gradient_check": gradient_check(d), "wall_time_s": time.time() - t0, "provenance": provenance()}
-    if d_out is not None:
-        save_json(d_out / "results.json", res)
+    res = {"experiment": "cifar10_softmax", "config": cfg.to_dict(), "data": d.info, "runs": runs,
+           "gradient_check": gradient_check(d), "wall_time_s": time.time() - t0, "provenance": prov}
+    if out is not False:
+        from jaxgd import plots
+        with staged(outdir("cifar10_softmax", out)) as st:
+            save_json(st / "results.json", res)
+            for s, r in runs.items():
+                title = f"{s}: lambda={r['lambda']:g}, eta={r['eta']:g}"
+                plots.templates(weights[s].T.reshape(10, 32, 32, 3), d.info["classes"], title, st / f"templates_{s}.png")
+                plots.curves({k: r["history"][k] for k in ("train_cost", "val_cost", "train_loss", "val_loss",
+                                                            "train_acc", "val_acc")}, title, st / f"curves_{s}.png")
     return res
 
 

@@ -9,14 +9,16 @@ Finished configs are written after every chunk, so an interrupted grid resumes.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, models, optim, train
-from jaxgd.experiments.common import checkpoint, outdir, provenance, resume, save_json
+from jaxgd import data, layers, models, optim, train
+from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
+from jaxgd.experiments.config import Config, ConfigError, at_least, option
 
 SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
@@ -28,8 +30,32 @@ GRID = ([(.01, 0, 0), (.01, 0, .01), (.01, .9, 0), (.01, .9, .01), (.01, .9, .00
         + [(.005, .9, .001), (.02, .8, .005), (.01, .7, .002), (.015, .85, .01), (.008, .95, .003)])
 QUICK_GRID = [(.01, .9, .001), (.01, 0, 0), (.02, .8, .005), (.01, .99, 0)]
 
-DEFAULTS = {"epochs": 30, "batch_size": 64, "seed": 0, "init": "torch", "grid": GRID,
-            "chunk": 8, "data_dir": None, "train_size": None}
+
+@dataclasses.dataclass(frozen=True)
+class Cifar2Config(Config):
+    NAME = "cifar2"
+    epochs: int = option(30, "training epochs per config", check=at_least(1))
+    batch_size: int = option(64, "minibatch size (images)", check=at_least(1))
+    seed: int = option(0, "PRNG seed of the split, the initial weights and the batch order")
+    init: str = option("torch", "initial-weight scheme", choices=layers.INITS)
+    grid: tuple[tuple[float, float, float], ...] = option(
+        tuple(GRID), "SGD configs as lr,momentum,weight_decay triples (a repeated one trains once)",
+        metavar="LR,MOMENTUM,WD", shown="the INF265 reports' 18 configs")
+    chunk: int = option(8, "configs trained together as one program (and saved after each chunk)",
+                        check=at_least(1))
+    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
+
+    def validate(self):
+        if not self.grid:
+            raise ConfigError("cifar2 config 'grid' is empty: give at least one lr,momentum,weight_decay triple")
+        # (.01, 0, 0) is both a seed config and a corner of the 2x2x2 grid: train it once
+        object.__setattr__(self, "grid", tuple(dict.fromkeys(self.grid)))
+        for g in self.grid:
+            optim.sgd_hyperparams(*g)  # validates before any training
+
+
+CONFIG = Cifar2Config
 
 
 def label(cfg) -> str:
@@ -44,42 +70,37 @@ def _fit(d, params, grid, cfg, **kw):
     else:
         hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
         params = train.stack_params([params] * len(grid))
-    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg["epochs"],
-                     batch_size=cfg["batch_size"], seed=cfg["seed"], **kw)
+    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, seed=cfg.seed, **kw)
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
-    cfg = {**DEFAULTS, **(config or {})}
-    # (.01, 0, 0) is both a seed config and a corner of the 2x2x2 grid: train it once
-    cfg["grid"] = list(dict.fromkeys(tuple(float(v) for v in g) for g in cfg["grid"]))
-    for g in cfg["grid"]:
-        optim.sgd_hyperparams(*g)  # validates before any training
-    t0 = time.time()
-    d = data.load("cifar2", seed=cfg["seed"], data_dir=cfg["data_dir"], train_size=cfg["train_size"])
+    cfg = Cifar2Config.make(config)
+    t0, prov = time.time(), provenance()  # the code as it was when training started
+    d = data.load("cifar2", seed=cfg.seed, data_dir=cfg.data_dir, train_size=cfg.train_size)
     # the init scheme only draws the initial weights; MODEL (init "torch") trains and predicts
-    params, _ = models.mlp(SIZES, "relu", cfg["init"]).init(jax.random.PRNGKey(cfg["seed"]))
+    params, _ = models.mlp(SIZES, "relu", cfg.init).init(jax.random.PRNGKey(cfg.seed))
     assert models.count_params(params) == N_PARAMS, models.count_params(params)
 
     d_out = outdir("cifar2", out) if out is not False else None
-    partial = d_out / "grid_partial.json" if d_out else None
-    same = {k: cfg[k] for k in ("epochs", "batch_size", "seed", "init", "train_size")}
-    done = resume(partial, same, "configs", force, log if verbose else None)
-    todo = [g for g in cfg["grid"] if label(g) not in done]
-    for i in range(0, len(todo), cfg["chunk"]):
-        chunk = todo[i:i + cfg["chunk"]]
+    same = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "seed", "init", "train_size")}
+    part = PartialRun(d_out / "grid_partial.json" if d_out else None, same, "configs", prov, force,
+                      log if verbose else None)
+    todo = [g for g in cfg.grid if label(g) not in part]
+    for i in range(0, len(todo), cfg.chunk):
+        chunk = todo[i:i + cfg.chunk]
         if verbose:
-            log(f"training configs {len(done) + 1}..{len(done) + len(chunk)} of {len(cfg['grid'])}: "
+            log(f"training configs {len(part.done) + 1}..{len(part.done) + len(chunk)} of {len(cfg.grid)}: "
                 + "; ".join(label(g) for g in chunk))
         _, _, h = _fit(d, params, chunk, cfg, optimizer="hand", grads="hand", verbose=verbose, log=log)
         hd = h.as_dict()
         for j, g in enumerate(chunk):
             per = {k: [row[j] for row in hd[k]] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
-            done[label(g)] = {"lr": g[0], "momentum": g[1], "weight_decay": g[2], **per,
-                              "diverged_at_epoch": hd["diverged_at"][j],
-                              "final_val_acc": per["val_acc"][-1], "epoch_time_s": float(np.mean(hd["epoch_time"][1:] or hd["epoch_time"]))}
-        checkpoint(partial, same, "configs", done)
-
-    ok = {k: v for k, v in done.items() if v["diverged_at_epoch"] is None and k in map(label, cfg["grid"])}
+            part.add(label(g), {"lr": g[0], "momentum": g[1], "weight_decay": g[2], **per,
+                                "diverged_at_epoch": hd["diverged_at"][j], "final_val_acc": per["val_acc"][-1],
+                                "epoch_time_s": float(np.mean(hd["epoch_time"][1:] or hd["epoch_time"]))})
+    done = {label(g): part.done[label(g)] for g in cfg.grid}
+    ok = {k: v for k, v in done.items() if v["diverged_at_epoch"] is None}
     if not ok:
         raise RuntimeError("every config diverged; nothing to select")
     best_label = max(ok, key=lambda k: ok[k]["final_val_acc"])
@@ -97,22 +118,23 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     hh, ho = h_hand.as_dict(), h_optax.as_dict()
     curve_diff = max(float(np.nanmax(np.abs(np.subtract(hh[k], ho[k])))) for k in ("train_loss", "val_loss"))
 
-    res = {"experiment": "cifar2", "config": cfg, "n_params": N_PARAMS, "data": d.info,
+    res = {"experiment": "cifar2", "config": cfg.to_dict(), "n_params": N_PARAMS, "data": d.info,
            "grid": done, "best": {"label": best_label, "lr": best[0], "momentum": best[1], "weight_decay": best[2],
                                   "train_acc": hh["train_acc"][-1], "val_acc": hh["val_acc"][-1], "test_acc": test_acc,
                                   "confusion_matrix": cm.tolist(),
                                   "reproduces_grid_run": hh["val_acc"][-1] == ok[best_label]["final_val_acc"]},
            "hand_vs_optax": {"history_hand": hh, "history_optax": ho, "max_abs_loss_curve_diff": curve_diff},
-           "wall_time_s": time.time() - t0, "provenance": provenance()}
+           "reused": part.reused(map(label, cfg.grid)), "wall_time_s": time.time() - t0, "provenance": prov}
     if d_out is not None:
         from jaxgd import plots
-        plots.grid_curves(done, d_out / "curves.png")
-        plots.overlay(hh, ho, f"CIFAR-2 {best_label}", d_out / "hand_vs_optax.png")
-        plots.confusion(cm, d.info["classes"], d_out / "confusion_test.png")
-        wrong = np.flatnonzero(pred != d.test.y)[:24]
-        imgs = d.test.x[wrong].reshape(-1, 32, 32, 3) * np.asarray(d.info["std"]) + np.asarray(d.info["mean"])
-        plots.misclassified(imgs, d.test.y[wrong], pred[wrong], d.info["classes"], d_out / "misclassified_test.png")
-        save_json(d_out / "results.json", res)
+        with staged(d_out) as st:
+            save_json(st / "results.json", res)
+            plots.grid_curves(done, st / "curves.png")
+            plots.overlay(hh, ho, f"CIFAR-2 {best_label}", st / "hand_vs_optax.png")
+            plots.confusion(cm, d.info["classes"], st / "confusion_test.png")
+            wrong = np.flatnonzero(pred != d.test.y)[:24]
+            imgs = d.test.x[wrong].reshape(-1, 32, 32, 3) * np.asarray(d.info["std"]) + np.asarray(d.info["mean"])
+            plots.misclassified(imgs, d.test.y[wrong], pred[wrong], d.info["classes"], st / "misclassified_test.png")
     return res
 
 

@@ -1,10 +1,15 @@
-"""What every experiment shares: provenance, atomic JSON writes, results folders."""
+"""What every experiment shares: provenance, the code fingerprint, atomic and all-or-nothing
+writes, corrupt-file handling, resumable partial runs, the results folder."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
+import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,7 +17,40 @@ from pathlib import Path
 import jax
 import numpy as np
 
-RESULTS = Path(os.environ.get("JAXGD_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+from jaxgd._files import atomic_write
+
+
+class CorruptFileError(ValueError):
+    """A results or partial file that cannot be read as JSON (truncated, overwritten, ...)."""
+
+
+def results_root(explicit=None) -> Path:
+    """Where results go: ``explicit`` (``--results``), else ``$JAXGD_RESULTS``, else ``./results``
+    of the working directory (never the installed package's folder)."""
+    return Path(explicit or os.environ.get("JAXGD_RESULTS") or Path.cwd() / "results")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the jaxgd source files that computed a result: part of every resume key, so
+    work saved by other code is never reused."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parents[1]
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for results measured on it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance() -> dict:
@@ -38,7 +76,9 @@ def provenance() -> dict:
         "uncommitted_changes": dirty,
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
+        "code_fingerprint": code_fingerprint(),
         "versions": {"jax": jax.__version__, "optax": optax.__version__, "chex": chex.__version__,
                      "numpy": np.__version__, "tensorflow_datasets": tfds.__version__,
                      "matplotlib": matplotlib.__version__},
@@ -63,45 +103,105 @@ def _plain(x):
 
 
 def save_json(path, obj) -> Path:
-    """Write JSON atomically (temp file + rename): an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_plain(obj), f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a result is for everyone to read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)  # a value JSON cannot hold fails the write, and leaves no stray file
-    return path
+    """Write JSON atomically: an interrupted run never leaves half a file, and a value JSON
+    cannot hold fails before anything is written."""
+    return atomic_write(path, json.dumps(_plain(obj), indent=1))
 
 
 def load_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """Read a JSON file; a truncated or corrupt one raises ``CorruptFileError`` naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path} is not valid JSON (truncated or corrupt: {e})") from None
+
+
+def set_aside(path, log=None) -> Path:
+    """Rename a corrupt file to ``<name>.corrupt-<UTC time>`` (kept for a look, out of the way)."""
+    path = Path(path)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    new = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, new)
+    if log is not None:
+        log(f"{path} is corrupt (not valid JSON); set aside as {new.name}")
+    return new
+
+
+def read_result(path, log=None):
+    """A finished result file's contents, or ``None`` if it is missing or corrupt (then set aside)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load_json(path)
+    except CorruptFileError:
+        set_aside(path, log)
+        return None
 
 
 def outdir(name, root=None) -> Path:
-    d = Path(root or RESULTS) / name
+    d = results_root(root) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def resume(partial, settings: dict, what: str, force=False, log=None) -> dict:
-    """The finished entries (``what``: "configs", "models") that ``checkpoint`` saved in ``partial``
-    by a run with the same ``settings``; ``{}`` when there are none, they differ, or ``force``."""
-    if partial is None or force or not Path(partial).exists():
-        return {}
-    prev = load_json(partial)
-    done = prev.get(what, {}) if prev.get("settings") == settings else {}
-    if done and log is not None:
-        log(f"resuming: {len(done)} finished {what} kept from {partial}")
-    return done
+@contextlib.contextmanager
+def staged(d_out):
+    """Write an experiment's outputs together: the body writes them into a staging folder, and only
+    when it finishes are they moved into ``d_out``, the results JSON last; if it fails, nothing
+    of this run is left in ``d_out`` and the previous results stay whole."""
+    d_out = Path(d_out)
+    d_out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=d_out, prefix=".staging-"))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
+            os.replace(f, d_out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def checkpoint(partial, settings: dict, what: str, done: dict):
-    """Save the finished entries so far (atomically), for ``resume``."""
-    if partial is not None:
-        save_json(partial, {"settings": settings, what: done})
+def _resume_key(settings: dict) -> dict:
+    dev = jax.devices()[0]
+    return {"settings": _plain(settings), "code_fingerprint": code_fingerprint(),
+            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "jax": jax.__version__}
+
+
+class PartialRun:
+    """The finished entries (``what``: "configs", "models") of a long run, saved after each one in
+    ``path`` with the provenance of the run that computed it, so that a stopped run resumes.
+
+    Entries are taken back only from a run with the same ``settings``, code (``code_fingerprint``),
+    device and JAX version, and never with ``force``; a corrupt file is set aside. ``reused(names)``
+    says which entries came from an earlier run, with that run's provenance."""
+
+    def __init__(self, path, settings: dict, what: str, provenance: dict, force=False, log=None):
+        self.path, self.what, self.provenance = path, what, provenance
+        self.key = _resume_key(settings)
+        self.done, self.made_by = {}, {}
+        log = log or (lambda s: None)
+        prev = None if path is None or force else read_result(path, log)
+        if prev is not None:
+            changed = [k for k in self.key if prev.get("key", {}).get(k) != self.key[k]]
+            if changed:
+                log(f"not resuming from {path}: the {' and '.join(changed)} changed since it was written")
+            else:
+                self.done, self.made_by = dict(prev.get(what, {})), dict(prev.get("provenance", {}))
+                if self.done:
+                    log(f"resuming: {len(self.done)} finished {what} kept from {path} "
+                        "(each keeps the provenance of the run that computed it)")
+        self._earlier = set(self.done)
+
+    def __contains__(self, name):
+        return name in self.done
+
+    def add(self, name, entry):
+        self.done[name], self.made_by[name] = entry, self.provenance
+        self._earlier.discard(name)
+        if self.path is not None:
+            save_json(self.path, {"key": self.key, self.what: self.done, "provenance": self.made_by})
+
+    def reused(self, names) -> dict:
+        """Entry -> provenance of the earlier run that computed it, for the ``names`` taken back."""
+        return {n: self.made_by.get(n) for n in names if n in self._earlier}

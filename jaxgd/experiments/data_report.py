@@ -1,16 +1,38 @@
-"""Sanity report of a dataset: split sizes, class counts, pixel statistics, sample images."""
+"""Sanity report of the datasets: split sizes, class counts, pixel statistics, sample images."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from jaxgd import data
-from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.config import Config, option
 
 
-def run(name="cifar2", config=None, out=None) -> dict:
-    cfg = {"seed": 0, "val_fraction": 0.1, **(config or {})}
-    raw = data.load(name, seed=cfg["seed"], val_fraction=cfg["val_fraction"], normalize=False, layout="nhwc",
-                    data_dir=cfg.get("data_dir"))
+@dataclasses.dataclass(frozen=True)
+class DataReportConfig(Config):
+    NAME = "data_report"
+    datasets: tuple[str, ...] = option(("cifar2", "mnist", "cifar10"), "datasets to report",
+                                       choices=tuple(data.DATASETS))
+    seed: int = option(0, "PRNG seed of the train/validation split")
+    val_fraction: float = option(0.1, "fraction of the TFDS train split held out for validation",
+                                 check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+
+
+CONFIG = DataReportConfig
+
+
+def run(config=None, out=None) -> dict:
+    """One report per dataset of ``config.datasets``: ``{name: report}``; writes data/<name>.json."""
+    cfg = DataReportConfig.make(config)
+    return {name: report(name, cfg, out) for name in cfg.datasets}
+
+
+def report(name, cfg: DataReportConfig, out=None) -> dict:
+    raw = data.load(name, seed=cfg.seed, val_fraction=cfg.val_fraction, normalize=False, layout="nhwc",
+                    data_dir=cfg.data_dir)
     k = len(raw.info["classes"])
     splits = {}
     for s in ("train", "val", "test"):
@@ -19,15 +41,16 @@ def run(name="cifar2", config=None, out=None) -> dict:
                      "pixel_mean": x.mean(axis=(0, 1, 2), dtype=np.float64).tolist(),
                      "pixel_std": x.std(axis=(0, 1, 2), dtype=np.float64).tolist(),
                      "min": float(x.min()), "max": float(x.max())}
-    res = {"experiment": "data_report", "dataset": name, "config": cfg, "splits": splits,
+    res = {"experiment": "data_report", "dataset": name,
+           "config": {k_: v for k_, v in cfg.to_dict().items() if k_ != "datasets"}, "splits": splits,
            "info": {k_: v for k_, v in raw.info.items() if k_ not in ("mean", "std")},
            "normalization_from_train": {"mean": raw.info["mean"], "std": raw.info["std"]},
            "provenance": provenance()}
     if out is not False:
         from jaxgd import plots
-        d = outdir("data", out)
-        plots.samples_per_class(raw.train.x, raw.train.y, raw.info["classes"], d / f"{name}_samples.png")
-        save_json(d / f"{name}.json", res)
+        with staged(outdir("data", out)) as d:
+            save_json(d / f"{name}.json", res)
+            plots.samples_per_class(raw.train.x, raw.train.y, raw.info["classes"], d / f"{name}_samples.png")
     return res
 
 

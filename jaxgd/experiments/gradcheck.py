@@ -6,6 +6,7 @@ models and of the 1.6M-parameter CIFAR-2 MLP (``models``), and the derivations o
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -14,6 +15,18 @@ import jax.numpy as jnp
 from jaxgd import backprop, gradcheck, losses, models
 from jaxgd import layers as L
 from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.config import Config, ConfigError, option
+
+
+@dataclasses.dataclass(frozen=True)
+class GradcheckConfig(Config):
+    NAME = "gradcheck"
+    quick: bool = option(False, "three layers and one MNIST model instead of all of them, and no "
+                                "1.6M-parameter CIFAR-2 MLP")
+    only: tuple[str, ...] | None = option(None, "run only the checks of these names (see the results' 'name')")
+
+
+CONFIG = GradcheckConfig
 
 
 def _mlp_case(name, sizes, acts, loss, batch=8, seed=0, max_per_leaf=None):
@@ -123,13 +136,13 @@ def cases(quick=False):
 
 
 def run(config=None, out=None) -> dict:
-    cfg = {"quick": False, "only": None, **(config or {})}
-    todo = cases(cfg["quick"])
-    if cfg["only"] is not None:
-        unknown = set(cfg["only"]) - {c["name"] for c in todo}
+    cfg = GradcheckConfig.make(config)
+    todo = cases(cfg.quick)
+    if cfg.only is not None:
+        unknown = set(cfg.only) - {c["name"] for c in todo}
         if unknown:
-            raise ValueError(f"unknown checks {sorted(unknown)}; choose from {[c['name'] for c in todo]}")
-        todo = [c for c in todo if c["name"] in cfg["only"]]
+            raise ConfigError(f"unknown checks {sorted(unknown)}; choose from {[c['name'] for c in todo]}")
+        todo = [c for c in todo if c["name"] in cfg.only]
     t0 = time.time()
     rows = []
     for c in todo:
@@ -140,7 +153,7 @@ def run(config=None, out=None) -> dict:
                                             eps=c.get("eps64" if is64 else "eps32"), pattern_fn=c.get("pattern_fn"))
             rows.append({"name": c["name"], "model": c["model"], "loss": c["loss"],
                          "passed": gradcheck.passed(rep), **rep})
-    res = {"experiment": "gradcheck", "config": cfg, "tolerances": gradcheck.TOLERANCES, "checks": rows,
+    res = {"experiment": "gradcheck", "config": cfg.to_dict(), "tolerances": gradcheck.TOLERANCES, "checks": rows,
            "all_passed": all(r["passed"] for r in rows), "wall_time_s": time.time() - t0,
            "provenance": provenance()}
     if out is not False:

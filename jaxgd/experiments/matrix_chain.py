@@ -1,16 +1,28 @@
 """Experiment 2: gradient descent on the matrix chain, hand gradients vs ``jax.grad``."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 
 from jaxgd import backprop
-from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.config import POSITIVE, Config, at_least, option
 
-# The step is lr / K: the curvature grows with ||x||^2 ~ K, and one lr for all K diverges at K = 32.
-DEFAULTS = {"Ks": [2, 4, 8, 16, 32], "iters": 300, "lr": 0.1, "seed": 0}
+
+@dataclasses.dataclass(frozen=True)
+class MatrixChainConfig(Config):
+    NAME = "matrix_chain"
+    Ks: tuple[int, ...] = option((2, 4, 8, 16, 32), "chain lengths K", check=at_least(1))
+    iters: int = option(300, "gradient-descent steps per K", check=at_least(1))
+    # The step is lr / K: the curvature grows with ||x||^2 ~ K, and one lr for all K diverges at K = 32.
+    lr: float = option(0.1, "learning rate; each K steps with lr / K", check=POSITIVE)
+    seed: int = option(0, "PRNG seed of the initial matrices and x")
+
+
+CONFIG = MatrixChainConfig
 
 
 def descend(grad_fn, params, x, lr, iters):
@@ -24,19 +36,17 @@ def descend(grad_fn, params, x, lr, iters):
 
 
 def run(config=None, out=None) -> dict:
-    cfg = {**DEFAULTS, **(config or {})}
-    if cfg["lr"] <= 0 or cfg["iters"] < 1 or min(cfg["Ks"]) < 1:
-        raise ValueError(f"need lr > 0, iters >= 1 and every K >= 1; got {cfg}")
+    cfg = MatrixChainConfig.make(config)
     t0 = time.time()
     runs = []
-    key = jax.random.PRNGKey(cfg["seed"])
-    for K in cfg["Ks"]:
+    key = jax.random.PRNGKey(cfg.seed)
+    for K in cfg.Ks:
         key, kp, kx = jax.random.split(key, 3)
         params = backprop.init_matrix_chain(kp, K)
         x = jax.random.normal(kx, (K,))
         go = jax.jit(descend, static_argnums=(0, 4))
-        hand, p_hand = go(backprop.matrix_chain_grads, params, x, cfg["lr"] / K, cfg["iters"])
-        auto, p_auto = go(jax.grad(backprop.matrix_chain_loss), params, x, cfg["lr"] / K, cfg["iters"])
+        hand, p_hand = go(backprop.matrix_chain_grads, params, x, cfg.lr / K, cfg.iters)
+        auto, p_auto = go(jax.grad(backprop.matrix_chain_loss), params, x, cfg.lr / K, cfg.iters)
         runs.append({
             "K": K, "loss_hand": hand, "loss_autodiff": auto,
             "max_abs_loss_diff": float(jnp.max(jnp.abs(hand - auto))),
@@ -45,14 +55,14 @@ def run(config=None, out=None) -> dict:
             "final_A_hand": p_hand["A"] if K <= 4 else None,
             "final_A_autodiff": p_auto["A"] if K <= 4 else None,
         })
-    res = {"experiment": "matrix_chain", "config": cfg, "runs": runs,
+    res = {"experiment": "matrix_chain", "config": cfg.to_dict(), "runs": runs,
            "max_abs_loss_diff": max(r["max_abs_loss_diff"] for r in runs),
            "wall_time_s": time.time() - t0, "provenance": provenance()}
     if out is not False:
-        d = outdir("matrix_chain", out)
         from jaxgd import plots
-        plots.matrix_chain(res, d / "loss_curves.png")
-        save_json(d / "results.json", res)
+        with staged(outdir("matrix_chain", out)) as d:
+            save_json(d / "results.json", res)
+            plots.matrix_chain(res, d / "loss_curves.png")
     return res
 
 

@@ -13,33 +13,56 @@ used to choose anything. Each finished model is saved at once, so a stopped run 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, models, optim, train
-from jaxgd.experiments.common import checkpoint, outdir, provenance, resume, save_json
+from jaxgd import data, layers, models, optim, train
+from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
+from jaxgd.experiments.config import Config, at_least, option
 
-MODELS = [f"{f}/{v}" for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS]
+MODELS = tuple(f"{f}/{v}" for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS)
 TARGETS = {"softmax": 0.92, "mlp": 0.98, "cnn": 0.992}  # test accuracy after 30 epochs: CSI 5340 homework 2's targets
-DEFAULTS = {"epochs": 30, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
-            "seed": 0, "grads": "hand", "conv_impl": "im2col", "models": MODELS, "train_size": None, "data_dir": None,
-            "compare_epoch": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistZooConfig(Config):
+    NAME = "mnist_zoo"
+    epochs: int = option(30, "training epochs per model", check=at_least(1))
+    batch_size: int = option(128, "minibatch size (images)", check=at_least(1))
+    lr: float = option(0.01, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay (L2 coefficient, PyTorch's coupled rule)")
+    seed: int = option(0, "PRNG seed of the initial weights, batch order and dropout masks")
+    grads: str = option("hand", "gradient: the hand-derived reverse pass, jax.grad, or jax.grad through the "
+                                "hand layers' custom_vjp", choices=train.GRADS)
+    conv_impl: str = option("im2col", "conv2d forward", choices=layers.CONV_IMPLS)
+    models: tuple[str, ...] = option(MODELS, "models to train, family/variant", choices=MODELS)
+    train_size: int | None = option(None, "train on the first N of the 60,000 training images", check=at_least(1))
+    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    compare_epoch: bool = option(True, "first run one epoch with hand gradients and with jax.grad and compare")
+
+    def validate(self):
+        optim.sgd_hyperparams(self.lr, self.momentum, self.weight_decay)
+
+
+CONFIG = MnistZooConfig
 
 
 def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     family, variant = name.split("/")
-    model = models.mnist_zoo(family, variant, cfg["conv_impl"])
-    params, state = model.init(jax.random.PRNGKey(cfg["seed"]))
-    hp = optim.sgd_hyperparams(cfg["lr"], cfg["momentum"], cfg["weight_decay"])
-    compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg["compare_epoch"] else None
-    _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg["epochs"], grads=cfg["grads"],
-                        batch_size=cfg["batch_size"], seed=cfg["seed"], model_state=state, eval_train=True,
+    model = models.mnist_zoo(family, variant, cfg.conv_impl)
+    params, state = model.init(jax.random.PRNGKey(cfg.seed))
+    hp = optim.sgd_hyperparams(cfg.lr, cfg.momentum, cfg.weight_decay)
+    compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg.compare_epoch else None
+    _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, grads=cfg.grads,
+                        batch_size=cfg.batch_size, seed=cfg.seed, model_state=state, eval_train=True,
                         verbose=verbose, log=lambda s: log(f"  {name}: {s}"))
     h = h.as_dict()
-    return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg["grads"],
+    return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg.grads,
             "hand_vs_autodiff_epoch": compare,
             "n_params": models.count_params(params), "train_loss": h["train_loss"], "train_acc": h["train_acc"],
             "test_loss": h["val_loss"], "test_acc": h["val_acc"], "epoch_time_s": h["epoch_time"],
@@ -51,10 +74,10 @@ def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) -> dict:
     """One training epoch twice, from the same init and on the same minibatches (and dropout
     masks): hand gradients and ``jax.grad``. Returns both per-step loss curves and their gap."""
     x, y = jnp.asarray(d.train.x), jnp.asarray(d.train.y)
-    key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 0)  # fit's first epoch key
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)  # fit's first epoch key
     curves = {}
     for how in ("hand", "autodiff"):
-        epoch = train.make_epoch(train.make_grad_fn(model, grads=how), optim.HAND_SGD, cfg["batch_size"],
+        epoch = train.make_epoch(train.make_grad_fn(model, grads=how), optim.HAND_SGD, cfg.batch_size,
                                  per_step=True)
         carry = (params, optim.sgd_init(params), state)
         _, (losses, _) = jax.jit(epoch)(carry, x, y, hp, key)
@@ -65,36 +88,30 @@ def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) -> dict:
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
-    cfg = {**DEFAULTS, **(config or {})}
-    for m in cfg["models"]:
-        if m not in MODELS:
-            raise ValueError(f"unknown model {m!r}; choose from {MODELS}")
-    if cfg["grads"] not in train.GRADS:
-        raise ValueError(f"grads must be one of {train.GRADS}, got {cfg['grads']!r}")
-    optim.sgd_hyperparams(cfg["lr"], cfg["momentum"], cfg["weight_decay"])  # validate before loading data
+    cfg = MnistZooConfig.make(config)
     t0, prov = time.time(), provenance()  # the code as it was when training started
-    d = data.load("mnist", val_size=0, train_size=cfg["train_size"], seed=cfg["seed"], layout="nhwc",
-                  data_dir=cfg["data_dir"])
+    d = data.load("mnist", val_size=0, train_size=cfg.train_size, seed=cfg.seed, layout="nhwc",
+                  data_dir=cfg.data_dir)
     d_out = outdir("mnist", out) if out is not False else None
-    partial = d_out / "models_partial.json" if d_out else None
-    same = {k: v for k, v in cfg.items() if k not in ("models", "data_dir")}
-    done = resume(partial, same, "models", force, log if verbose else None)
-    for name in cfg["models"]:
-        if name in done:
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
+    part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
+                      log if verbose else None)
+    for name in cfg.models:
+        if name in part:
             continue
         if verbose:
-            log(f"training {name} ({cfg['epochs']} epochs)")
-        done[name] = train_one(name, d, cfg, verbose, log)
-        checkpoint(partial, same, "models", done)
+            log(f"training {name} ({cfg.epochs} epochs)")
+        part.add(name, train_one(name, d, cfg, verbose, log))
 
-    res = {"experiment": "mnist_zoo", "config": cfg, "data": d.info,
-           "models": {m: done[m] for m in cfg["models"]},
+    res = {"experiment": "mnist_zoo", "config": cfg.to_dict(), "data": d.info,
+           "models": {m: part.done[m] for m in cfg.models},
            "note": "train metrics: the whole training set in eval mode after each epoch; test curves are "
                    "reported only, never used for a choice",
-           "wall_time_s": time.time() - t0, "provenance": prov}
+           "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}
     if d_out is not None:
-        figures(res, d_out)
-        save_json(d_out / "results.json", res)
+        with staged(d_out) as st:
+            save_json(st / "results.json", res)
+            figures(res, st)
     return res
 
 

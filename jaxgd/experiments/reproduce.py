@@ -1,4 +1,4 @@
-"""Run every experiment and write results/REPORT.md (the engine behind scripts/reproduce.py).
+"""Run every experiment and write results/REPORT.md (the engine behind ``jaxgd reproduce``).
 
 Profiles: ``full`` (the course reports' protocols; results/) and ``quick`` (fewer epochs and
 configs, a few minutes on a 2-core CPU; results/quick/, labelled quick).
@@ -9,6 +9,8 @@ import time
 import traceback
 from pathlib import Path
 
+from jaxgd import data
+from jaxgd._files import atomic_write
 from jaxgd.experiments import (bench, cifar2, cifar10_softmax, common, data_report, gradcheck, matrix_chain,
                                mnist_zoo)
 from jaxgd.report import markdown_table
@@ -17,7 +19,8 @@ from jaxgd.report import markdown_table
 EXPERIMENTS = {
     "gradcheck": (gradcheck, "gradcheck/results.json", {"quick": True}, {}, []),
     "matrix_chain": (matrix_chain, "matrix_chain/results.json", {"iters": 200}, {}, ["matrix_chain/loss_curves.png"]),
-    "data_report": (data_report, "data/cifar2.json", {}, {}, ["data/cifar2_samples.png", "data/mnist_samples.png"]),
+    "data_report": (data_report, "data/cifar2.json", {"datasets": ("cifar2", "mnist")}, {},
+                    ["data/cifar2_samples.png", "data/mnist_samples.png"]),
     "cifar2": (cifar2, "cifar2/results.json", {"grid": cifar2.QUICK_GRID, "epochs": 5}, {},
                ["cifar2/curves.png", "cifar2/hand_vs_optax.png", "cifar2/confusion_test.png",
                 "cifar2/misclassified_test.png"]),
@@ -31,6 +34,10 @@ EXPERIMENTS = {
                "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False}, {},
               ["bench/{device}.png"]),
 }
+RESUMABLE = ("cifar2", "mnist_zoo")  # these keep finished configs/models in a partial file
+# the datasets an experiment reads (checked before anything runs)
+NEEDS = {"data_report": ("cifar2", "mnist"), "cifar2": ("cifar2",), "mnist_zoo": ("mnist",),
+         "cifar10_softmax": ("cifar10",)}
 SEEDS_SAY = {
     "gradcheck": "INF265 project 1: relative error < 1e-6 against finite differences",
     "cifar2": "the INF265 project 1 reports: best test accuracy 0.855 / 0.8405 / 0.848",
@@ -47,11 +54,23 @@ def _files(name):
 
 
 def root(profile, base=None) -> Path:
-    base = Path(base or common.RESULTS)
+    base = common.results_root(base)
     return base / "quick" if profile == "quick" else base
 
 
+def config(name, profile, data_dir=None):
+    """The typed config an experiment runs with in ``profile``."""
+    mod, _, quick, full, _ = EXPERIMENTS[name]
+    extra = {"data_dir": data_dir} if data_dir and name in NEEDS else {}
+    return mod.CONFIG.make(quick if profile == "quick" else full, **extra)
+
+
 def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, log=print) -> dict:
+    """Run the experiments (all, or ``only``) of ``profile`` into ``root(profile, base)`` and write
+    its REPORT.md (and, for the full profile in the default place, the README's results block).
+    A finished experiment (a readable results file) is skipped unless ``force``; a corrupt one is
+    set aside and rerun. Every config is built, and every dataset found (or found downloadable),
+    before anything runs: a bad config or missing data fails in seconds, not after an hour."""
     if profile not in ("quick", "full"):
         raise ValueError(f"profile must be 'quick' or 'full', got {profile!r}")
     names = list(EXPERIMENTS) if not only else list(only)
@@ -59,77 +78,92 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
         if n not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")
     out = root(profile, base)
+    todo = {}
     status = {}
     for n in names:
-        mod, _, quick, full, _ = EXPERIMENTS[n]
-        rfile = _files(n)[0]
-        if (out / rfile).exists() and not force:
-            log(f"[{n}] done already ({out / rfile}); --force reruns it")
+        rfile = out / _files(n)[0]
+        if not force and common.read_result(rfile, log) is not None:
+            log(f"[{n}] done already ({rfile}); --force reruns it")
             status[n] = "skipped (done)"
-            continue
-        cfg = dict(quick if profile == "quick" else full)
-        if data_dir and n in ("cifar2", "cifar10_softmax", "data_report", "mnist_zoo"):
-            cfg["data_dir"] = data_dir
+        else:
+            todo[n] = config(n, profile, data_dir)
+    for ds in dict.fromkeys(d for n, cfg in todo.items() for d in NEEDS.get(n, ())
+                            if n != "data_report" or d in cfg.datasets):
+        data.check_available(ds, data_dir)
+    for n, cfg in todo.items():
+        mod = EXPERIMENTS[n][0]
         log(f"[{n}] running ({profile})")
         t = time.time()
         try:
-            if n == "data_report":
-                for ds in ("cifar2", "mnist") if profile == "quick" else ("cifar2", "mnist", "cifar10"):
-                    mod.run(ds, cfg, out=out)
-            elif n in ("cifar2", "mnist_zoo"):
-                mod.run(cfg, out=out, force=force, log=log)
-            else:
-                mod.run(cfg, out=out)
+            mod.run(cfg, out=out, **({"force": force, "log": log} if n in RESUMABLE else {}))
             status[n] = f"ok ({time.time() - t:.0f} s)"
         except Exception as e:  # one failing experiment must not stop the others
             traceback.print_exc()
             status[n] = f"FAILED: {type(e).__name__}: {e}"
         log(f"[{n}] {status[n]}")
     write_report(profile, base)
-    if profile == "full" and base is None:
-        update_readme(Path(__file__).resolve().parents[2] / "README.md")
+    readme = out.parent / "README.md"
+    if profile == "full" and readme.exists() and "<!-- results:start -->" in readme.read_text():
+        update_readme(readme, base)
     return status
 
 
 def write_report(profile="full", base=None) -> Path:
+    """``REPORT.md`` of ``profile`` from the JSON files beside it (written atomically); a file that
+    cannot be read is named in its section instead of stopping the report."""
     out = root(profile, base)
     lines = [f"# jaxgd results{' (QUICK profile: fewer epochs and configs)' if profile == 'quick' else ''}", "",
-             "Generated by `scripts/reproduce.py` from the JSON files beside this report.", ""]
-    for n, (mod, _, _, _, _) in EXPERIMENTS.items():
-        rfile, figs = _files(n)
-        path = out / rfile
+             "Generated by `jaxgd reproduce` from the JSON files beside this report.", ""]
+    for n in EXPERIMENTS:
+        path = out / _files(n)[0]
         lines += [f"## {n}", ""]
         if not path.exists():
             lines += ["(not run yet)", ""]
             continue
-        res = common.load_json(path)
-        if n == "data_report":
-            rows = [r for ds in ("cifar2", "mnist", "cifar10") if (out / f"data/{ds}.json").exists()
-                    for r in mod.summary(common.load_json(out / f"data/{ds}.json"))]
-        else:
-            rows = mod.summary(res)
-        lines += [markdown_table(rows), ""]
-        if n in SEEDS_SAY:
-            lines += [f"For comparison, {SEEDS_SAY[n]}.", ""]
-        if n == "bench":
-            lines += [f"Device `{res['device_name']}`; ratios (lower is faster unless the target says >=):", "",
-                      markdown_table(mod.ratio_rows(res)), ""]
-        if n == "mnist_zoo":
-            lines += [f"Note: {res['note']}.", ""]
-        if n == "cifar2":
-            b = res["best"]
-            lines += [f"Best by validation accuracy: **{b['label']}**: train {b['train_acc']:.4f}, "
-                      f"val {b['val_acc']:.4f}, **test {b['test_acc']:.4f}**; hand vs optax loss curves differ "
-                      f"by at most {res['hand_vs_optax']['max_abs_loss_curve_diff']:.1e}.", ""]
-        lines += [f"![{f}]({f})" for f in figs if (out / f).exists()] + [""]
-        p = res.get("provenance", {})
-        lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
-                  f"{p.get('date')}, wall time {res.get('wall_time_s', 0):.0f} s, config "
-                  f"`{ {k: v for k, v in res.get('config', {}).items() if k != 'grid'} }`</sub>", ""]
-    report = out / "REPORT.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    return report
+        try:
+            lines += _report_section(n, out, common.load_json(path))
+        except Exception as e:  # a corrupt or hand-edited file: say which, and go on
+            lines += [f"(could not read {path}: {type(e).__name__}: {e}; rerun with --only {n} --force)", ""]
+    return atomic_write(out / "REPORT.md", "\n".join(lines))
+
+
+def _report_section(n, out, res) -> list[str]:
+    mod = EXPERIMENTS[n][0]
+    figs = _files(n)[1]
+    if n == "data_report":
+        rows = [r for ds in ("cifar2", "mnist", "cifar10") if (out / f"data/{ds}.json").exists()
+                for r in mod.summary(common.load_json(out / f"data/{ds}.json"))]
+    else:
+        rows = mod.summary(res)
+    lines = [markdown_table(rows), ""]
+    if n in SEEDS_SAY:
+        lines += [f"For comparison, {SEEDS_SAY[n]}.", ""]
+    if n == "bench":
+        lines += [f"Device `{res['device_name']}`; ratios (lower is faster unless the target says >=):", "",
+                  markdown_table(mod.ratio_rows(res)), ""]
+    if n == "mnist_zoo":
+        lines += [f"Note: {res['note']}.", ""]
+    if n == "cifar2":
+        b = res["best"]
+        lines += [f"Best by validation accuracy: **{b['label']}**: train {b['train_acc']:.4f}, "
+                  f"val {b['val_acc']:.4f}, **test {b['test_acc']:.4f}**; hand vs optax loss curves differ "
+                  f"by at most {res['hand_vs_optax']['max_abs_loss_curve_diff']:.1e}.", ""]
+    if res.get("reused"):
+        lines += [_reused_line(res["reused"]), ""]
+    lines += [f"![{f}]({f})" for f in figs if (out / f).exists()] + [""]
+    p = res.get("provenance", {})
+    lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
+              f"{p.get('date')}, wall time {res.get('wall_time_s', 0):.0f} s, config "
+              f"`{ {k: v for k, v in res.get('config', {}).items() if k != 'grid'} }`</sub>", ""]
+    return lines
+
+
+def _reused_line(reused: dict) -> str:
+    runs = {}
+    for name, p in reused.items():
+        runs.setdefault((p or {}).get("commit"), []).append((name, (p or {}).get("date")))
+    return ("Reused from earlier runs (not recomputed by the run dated below): " + "; ".join(
+        f"{', '.join(n for n, _ in items)} (commit {c}, {min(str(d) for _, d in items)})" for c, items in runs.items()) + ".")
 
 
 def readme_results(base=None) -> str:
@@ -192,7 +226,7 @@ def readme_results(base=None) -> str:
     for f in benches:
         r = common.load_json(f)
         parts.append(f"**Speed** on `{r['device_name']}` ({r['provenance']['device']}; ratios measured side by side "
-                     f"in one run of `scripts/bench.py`, median of {r['config']['repeats']}; lower is faster "
+                     f"in one run of `jaxgd bench`, median of {r['config']['repeats']}; lower is faster "
                      "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r))
                      + f"\n\n![bench](results/bench/{f.stem}.png)")
     return "\n\n".join(parts)
@@ -221,5 +255,5 @@ def update_readme(readme="README.md", base=None) -> bool:
     i, j = text.index(start) + len(start), text.index(end)
     new = text[:i] + "\n" + readme_results(base) + "\n" + text[j:]
     if new != text:
-        path.write_text(new)
+        atomic_write(path, new)
     return new != text

@@ -1,0 +1,6 @@
+"""``python -m jaxgd``: the ``jaxgd`` command."""
+import sys
+
+from jaxgd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""The ``jaxgd`` command: one subcommand per experiment, plus ``reproduce`` and ``data report``.
+
+    jaxgd reproduce --quick                  # every experiment, quick profile -> results/quick/REPORT.md
+    jaxgd reproduce --full --only cifar2 --force
+    jaxgd gradcheck --quick
+    jaxgd cifar2 --epochs 5 --grid 0.01,0.9,0.001 0.02,0.8,0.005
+    jaxgd mnist-zoo --models cnn/plain --epochs 3
+    jaxgd bench --sections matmul cnn_epoch
+    jaxgd data report --datasets mnist
+
+An experiment's flags are generated from its typed config (``jaxgd.experiments.<name>.CONFIG``),
+so ``--help`` shows every field with its default. Results go to ``./results`` (or ``--results``).
+Bad flags or values print one line and exit with 2; missing data prints how to get it and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxgd.data import DataNotFoundError
+from jaxgd.experiments import config as C
+from jaxgd.experiments.common import CorruptFileError
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, allow_abbrev=False, **kw)  # --iter must not run --iters
+
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _experiments():
+    from jaxgd.experiments import (bench, cifar2, cifar10_softmax, data_report, gradcheck, matrix_chain,
+                                   mnist_zoo)
+    # command -> (module, one-line description, run keywords it takes)
+    return {
+        "gradcheck": (gradcheck, "every hand-derived gradient against finite differences and jax.grad", ()),
+        "matrix-chain": (matrix_chain, "gradient descent on the matrix chain, hand gradients vs jax.grad", ()),
+        "cifar2": (cifar2, "INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report",
+                   ("force", "verbose", "log")),
+        "mnist-zoo": (mnist_zoo, "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm",
+                      ("force", "verbose", "log")),
+        "cifar10-softmax": (cifar10_softmax, "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G",
+                            ("verbose", "log")),
+        "bench": (bench, "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak",
+                  ("verbose", "log")),
+    }
+
+
+def _common(p, resumable=False):
+    p.add_argument("--results", default=None, metavar="DIR", help="results root (default: ./results)")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    if resumable:
+        p.add_argument("--force", action="store_true", help="start over instead of resuming a stopped run")
+
+
+def parser() -> argparse.ArgumentParser:
+    from jaxgd.experiments import data_report, reproduce
+    top = _Parser(prog="jaxgd", description="Backpropagation and SGD by hand in JAX: run, check and time it.",
+                  epilog="Each command's --help lists its flags and their defaults.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("reproduce", help="run every experiment and write REPORT.md",
+                       description=reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_const", dest="profile", const="quick",
+                   help="fewer epochs and configs, a few minutes on a 2-core CPU -> results/quick/ (default)")
+    g.add_argument("--full", action="store_const", dest="profile", const="full",
+                   help="the course reports' protocols -> results/ (over an hour on a 2-core CPU)")
+    p.add_argument("--only", nargs="+", choices=list(reproduce.EXPERIMENTS), metavar="EXPERIMENT",
+                   help=f"run only these: {', '.join(reproduce.EXPERIMENTS)}")
+    p.add_argument("--force", action="store_true", help="rerun finished experiments")
+    p.add_argument("--data-dir", default=None, help="TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    _common(p)
+
+    for name, (mod, what, kws) in _experiments().items():
+        p = sub.add_parser(name, aliases=[name.replace("-", "_")] if "-" in name else [], help=what,
+                           description=f"{what}. {mod.__doc__.splitlines()[0]}")
+        C.add_flags(p, mod.CONFIG)
+        if name == "cifar2":
+            p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
+        _common(p, resumable="force" in kws)
+
+    d = sub.add_parser("data", help="dataset reports").add_subparsers(dest="data_command", required=True,
+                                                                      metavar="report", parser_class=_Parser)
+    p = d.add_parser("report", help="split sizes, class counts, pixel statistics, sample images",
+                     description=data_report.__doc__)
+    C.add_flags(p, data_report.CONFIG)
+    _common(p)
+    return top
+
+
+def main(argv=None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    prog = f"jaxgd {a.command.replace('_', '-')}"
+    log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        return _run(a, log)
+    except C.ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (DataNotFoundError, CorruptFileError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(a, log) -> int:
+    from jaxgd.report import print_table
+    if a.command == "reproduce":
+        from jaxgd.experiments import reproduce
+        profile = a.profile or "quick"
+        status = reproduce.run_all(profile, a.only, a.force, a.results, a.data_dir, log=log)
+        for name, s in status.items():
+            print(f"{name:16s} {s}")
+        print(f"report: {reproduce.root(profile, a.results) / 'REPORT.md'}")
+        return 0 if all(not s.startswith("FAILED") for s in status.values()) else 1
+    if a.command == "data":
+        from jaxgd.experiments import data_report
+        for res in data_report.run(C.from_flags(data_report.CONFIG, a), out=a.results).values():
+            print_table(data_report.summary(res))
+        return 0
+    mod, _, kws = _experiments()[a.command.replace("_", "-")]
+    extra = {"grid": mod.QUICK_GRID} if getattr(a, "quick", False) and a.command == "cifar2" else {}
+    cfg = C.from_flags(mod.CONFIG, a, **extra)
+    kw = {k: v for k, v in {"force": getattr(a, "force", False), "verbose": not a.quiet, "log": log}.items()
+          if k in kws}
+    res = mod.run(cfg, out=a.results, **kw)
+    print_table(mod.summary(res))
+    if a.command == "gradcheck":
+        print("all passed" if res["all_passed"] else "SOME CHECKS FAILED")
+        return 0 if res["all_passed"] else 1
+    if a.command == "cifar2":
+        b = res["best"]
+        print(f"best {b['label']}: train {b['train_acc']:.4f}  val {b['val_acc']:.4f}  test {b['test_acc']:.4f}")
+    if a.command == "cifar10-softmax":
+        print("gradient check (float64):", {k: f"{v['fd_max']:.2e}" for k, v in res["gradient_check"].items()})
+    if a.command == "bench":
+        print()
+        print_table(mod.ratio_rows(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Faults injected on purpose: interrupted runs, corrupt files, racing processes, bad configs,
+no data and no network. Each must end in one clear error or a correct resumed run, never in lost
+or mislabelled results. (Bad arguments to ``fit`` and ``sgd_hyperparams``: tests/test_train.py.)"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require_real_data
+from jaxgd import data
+from jaxgd.experiments import common, reproduce
+from jaxgd.experiments.config import ConfigError
+
+ZOO = ["--models", "softmax/plain", "mlp/plain", "mlp/dropout", "--epochs", "2", "--train-size", "1024",
+       "--batch-size", "128", "--no-compare-epoch"]
+
+
+def _jaxgd(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "jaxgd", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for_models(partial, n, proc, timeout=300):
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"finished before it could be interrupted: {proc.communicate()}")
+        try:
+            if len(json.loads(partial.read_text())["models"]) >= n:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no model finished in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tmp_path, sig):
+    require_real_data("mnist")
+    partial = tmp_path / "mnist" / "models_partial.json"
+    proc = _jaxgd("mnist-zoo", *ZOO, "--results", str(tmp_path))
+    _wait_for_models(partial, 1, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    first = json.loads(partial.read_text())  # whole: written atomically
+    kept = set(first["models"])
+    assert kept and not (tmp_path / "mnist" / "results.json").exists()
+    if sig == signal.SIGINT:  # a clean stop leaves no temp or staging files behind
+        assert not [p.name for p in (tmp_path / "mnist").iterdir() if p.name.startswith(".")]
+
+    again = _jaxgd("mnist-zoo", *ZOO, "--results", str(tmp_path))
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert f"resuming: {len(kept)} finished models kept" in err
+    res = json.loads((tmp_path / "mnist" / "results.json").read_text())
+    assert set(res["reused"]) == kept  # says what it reused ...
+    for name in kept:  # ... with the provenance of the run that computed it
+        assert res["reused"][name] == first["provenance"][name]
+        assert res["reused"][name]["date"] <= res["provenance"]["date"]
+    # and the resumed results are those of one uninterrupted run
+    from jaxgd.experiments import mnist_zoo
+    cfg = {"models": ZOO[1:4], "epochs": 2, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
+    whole = mnist_zoo.run(cfg, out=False, verbose=False)
+    for name in cfg["models"]:
+        assert res["models"][name]["test_acc"] == pytest.approx(whole["models"][name]["test_acc"], abs=1e-6), name
+
+
+def test_resume_key_holds_the_code_fingerprint(tmp_path):
+    settings = {"epochs": 2}
+    part = common.PartialRun(tmp_path / "p.json", settings, "models", {"date": "then"})
+    part.add("a", {"acc": 0.5})
+    logs = []
+    again = common.PartialRun(tmp_path / "p.json", settings, "models", {"date": "now"}, log=logs.append)
+    assert again.reused(["a", "b"]) == {"a": {"date": "then"}}
+    stored = json.loads((tmp_path / "p.json").read_text())
+    stored["key"]["code_fingerprint"] = "0" * 16  # as if written by other code
+    (tmp_path / "p.json").write_text(json.dumps(stored))
+    logs.clear()
+    changed = common.PartialRun(tmp_path / "p.json", settings, "models", {"date": "now"}, log=logs.append)
+    assert changed.done == {} and "code_fingerprint" in logs[0]
+    assert common.PartialRun(tmp_path / "p.json", {"epochs": 3}, "models", {}).done == {}
+    assert common.PartialRun(tmp_path / "p.json", settings, "models", {}, force=True).done == {}
+
+
+@pytest.mark.parametrize("content", ["", '{"key": {"settings": ', "\x00\xff garbage"])
+def test_truncated_partial_is_named_and_set_aside(tmp_path, content):
+    p = tmp_path / "grid_partial.json"
+    p.write_text(content, errors="surrogateescape")
+    logs = []
+    part = common.PartialRun(p, {"epochs": 1}, "configs", {}, log=logs.append)
+    assert part.done == {} and not p.exists()
+    aside = list(tmp_path.glob("grid_partial.json.corrupt-*"))
+    assert len(aside) == 1 and str(p) in logs[0] and aside[0].name in logs[0]
+
+
+def test_truncated_result_is_rerun_by_reproduce_and_named_in_the_report(tmp_path, monkeypatch):
+    mod, rfile, _, full, figs = reproduce.EXPERIMENTS["matrix_chain"]
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "matrix_chain", (mod, rfile, {"Ks": [2], "iters": 5}, full, figs))
+    quiet = {"log": lambda s: None}
+    assert reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, **quiet)["matrix_chain"].startswith("ok")
+    result = tmp_path / "quick" / rfile
+    result.write_text(result.read_text()[:100])  # truncated
+    logs = []
+    status = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=logs.append)
+    assert status["matrix_chain"].startswith("ok")  # rerun, not "done already"
+    assert any("is corrupt" in line for line in logs) and json.loads(result.read_text())["runs"]
+    assert list(result.parent.glob("results.json.corrupt-*"))
+    # a report over a corrupt file names it instead of crashing
+    result.write_text("{")
+    report = reproduce.write_report("quick", tmp_path).read_text()
+    assert f"could not read {result}" in report and "## cifar2" in report
+
+
+def test_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
+    from jaxgd import plots
+    from jaxgd.experiments import matrix_chain
+    matrix_chain.run({"Ks": [2], "iters": 5}, out=tmp_path)
+    d = tmp_path / "matrix_chain"
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(plots, "matrix_chain", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        matrix_chain.run({"Ks": [2, 4], "iters": 5}, out=tmp_path)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # the old result, whole; no staging left
+
+
+@pytest.mark.slow
+def test_concurrent_cold_cache_loads(tmp_path):
+    require_real_data("mnist")
+    code = "from jaxgd import data; d = data.load('mnist'); print(len(d.train.y))"
+    env = {"JAXGD_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o.strip() for o, _ in outs] == ["54000", "54000"]
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and all(f.endswith(".npz") and not f.startswith(".") for f in files), files
+
+
+def test_a_path_in_a_config_is_kept_as_text(tmp_path):
+    require_real_data("mnist")
+    from jaxgd.experiments import data_report
+    res = data_report.run({"datasets": ["mnist"], "data_dir": data.resolve_data_dir()}, out=tmp_path)
+    assert res["mnist"]["config"]["data_dir"] == str(data.resolve_data_dir())
+    assert json.loads((tmp_path / "data" / "mnist.json").read_text())["config"]["data_dir"] == str(data.resolve_data_dir())
+
+
+@pytest.mark.parametrize("name", list(reproduce.EXPERIMENTS))
+def test_unknown_and_bad_config_keys_are_refused(name):
+    mod = reproduce.EXPERIMENTS[name][0]
+    with pytest.raises(ConfigError, match="unknown .* config key 'iter'"):
+        mod.run({"iter": 5}, out=False)
+    first = next(iter(mod.CONFIG.__dataclass_fields__))
+    with pytest.raises(ConfigError, match=repr(first)):
+        mod.CONFIG.make({first: object()})
+
+
+def test_cli_bad_flags_and_values_give_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
+    from jaxgd import cli
+    monkeypatch.chdir(tmp_path)  # were one to run, its results land here
+    for argv in (["cifar2", "--epochs", "0"], ["cifar2", "--epochs", "x"], ["mnist-zoo", "--models", "cnn/resnet"],
+                 ["matrix-chain", "--iter", "5"], ["cifar2", "--grid", "0.1,2,0"], ["nonsense"]):
+        with pytest.raises(SystemExit) as e:
+            sys.exit(cli.main(argv))
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err, (argv, err)
+
+
+def test_first_command_without_data_or_network_fails_within_10_s(tmp_path):
+    """The README's first command on a machine with no prepared data and no network."""
+    t = time.time()
+    p = _jaxgd("reproduce", "--quick", "--results", str(tmp_path / "results"),
+               env={"TFDS_DATA_DIR": str(tmp_path / "empty"), "JAXGD_OFFLINE": "1"})
+    out, err = p.communicate(timeout=60)
+    assert time.time() - t < 10, err
+    assert p.returncode == 1
+    assert "not prepared" in err and "does not exist" in err and "jaxgd[prepare]" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "results" / "quick" / "gradcheck").exists()  # nothing ran before the check
+
+
+def test_no_network_is_found_in_seconds_when_tensorflow_could_download(tmp_path, monkeypatch):
+    """As with TensorFlow installed but offline: the download host cannot be reached."""
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: object())  # "TensorFlow is installed"
+    monkeypatch.setitem(data.DOWNLOAD_HOSTS, "mnist", "no-such-host.invalid")
+    t = time.time()
+    with pytest.raises(data.DataNotFoundError, match="cannot be reached"):
+        data.load("mnist", data_dir=tmp_path, cache=False)
+    assert time.time() - t < 10
+
+
+def test_offline_with_real_tensorflow_fails_in_seconds(tmp_path, monkeypatch):
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed here (pip install 'jaxgd[prepare]'); the offline check "
+                    "without it is test_first_command_without_data_or_network_fails_within_10_s")
+    monkeypatch.setitem(data.DOWNLOAD_HOSTS, "mnist", "no-such-host.invalid")
+    t = time.time()
+    with pytest.raises(data.DataNotFoundError, match="cannot be reached"):
+        data.load("mnist", data_dir=tmp_path, cache=False)
+    assert time.time() - t < 10
+
+
+def test_missing_data_message_says_what_was_found(tmp_path):
+    (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
+    (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    (tmp_path / "mnist" / "3.0.1" / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"")
+    with pytest.raises(data.DataNotFoundError, match="TFRECORD files"):
+        data.find_prepared("mnist", tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(data.DataNotFoundError, match="holds no version folder"):
+        data.find_prepared("cifar10", tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="does not exist"):
+        data.find_prepared("cifar10", tmp_path / "nowhere")
+
+
+def test_results_go_to_the_working_directory_or_the_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JAXGD_RESULTS", raising=False)
+    assert common.results_root() == tmp_path / "results"
+    assert reproduce.root("quick") == tmp_path / "results" / "quick"
+    assert common.results_root("elsewhere") == Path("elsewhere")
