@@ -30,27 +30,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _experiments():
-    from jaxgd.experiments import (bench, cifar2, cifar10_softmax, data_report, gradcheck, matrix_chain,
-                                   mnist_zoo)
-    # command -> (module, one-line description, run keywords it takes)
-    return {
-        "gradcheck": (gradcheck, "every hand-derived gradient against finite differences and jax.grad", ()),
-        "matrix-chain": (matrix_chain, "gradient descent on the matrix chain, hand gradients vs jax.grad", ()),
-        "cifar2": (cifar2, "INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report",
-                   ("force", "verbose", "log")),
-        "mnist-zoo": (mnist_zoo, "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm",
-                      ("force", "verbose", "log")),
-        "cifar10-softmax": (cifar10_softmax, "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G",
-                            ("verbose", "log")),
-        "bench": (bench, "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak",
-                  ("verbose", "log")),
-    }
+# command -> (experiment, one-line description)
+COMMANDS = {
+    "gradcheck": ("gradcheck", "every hand-derived gradient against finite differences and jax.grad"),
+    "matrix-chain": ("matrix_chain", "gradient descent on the matrix chain, hand gradients vs jax.grad"),
+    "cifar2": ("cifar2", "INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report"),
+    "mnist-zoo": ("mnist_zoo", "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm"),
+    "cifar10-softmax": ("cifar10_softmax", "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G"),
+    "bench": ("bench", "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak"),
+}
 
 
 def _common(p, resumable=False):
     p.add_argument("--results", default=None, metavar="DIR", help="results root (default: ./results)")
-    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or log lines, only the final table (bars show only on a terminal)")
     if resumable:
         p.add_argument("--force", action="store_true", help="start over instead of resuming a stopped run")
 
@@ -74,13 +68,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     _common(p)
 
-    for name, (mod, what, kws) in _experiments().items():
-        p = sub.add_parser(name, aliases=[name.replace("-", "_")] if "-" in name else [], help=what,
+    for name, (exp, what) in COMMANDS.items():
+        mod = reproduce.EXPERIMENTS[exp][0]
+        p = sub.add_parser(name, aliases=[exp] if exp != name else [], help=what,
                            description=f"{what}. {mod.__doc__.splitlines()[0]}")
         C.add_flags(p, mod.CONFIG)
         if name == "cifar2":
             p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
-        _common(p, resumable="force" in kws)
+        _common(p, resumable=exp in reproduce.RESUMABLE)
 
     d = sub.add_parser("data", help="dataset reports").add_subparsers(dest="data_command", required=True,
                                                                       metavar="report", parser_class=_Parser)
@@ -107,11 +102,11 @@ def main(argv=None) -> int:
 
 
 def _run(a, log) -> int:
+    from jaxgd.experiments import reproduce
     from jaxgd.report import print_table
     if a.command == "reproduce":
-        from jaxgd.experiments import reproduce
         profile = a.profile or "quick"
-        status = reproduce.run_all(profile, a.only, a.force, a.results, a.data_dir, log=log)
+        status = reproduce.run_all(profile, a.only, a.force, a.results, a.data_dir, log=log, quiet=a.quiet)
         for name, s in status.items():
             print(f"{name:16s} {s}")
         print(f"report: {reproduce.root(profile, a.results) / 'REPORT.md'}")
@@ -121,22 +116,21 @@ def _run(a, log) -> int:
         for res in data_report.run(C.from_flags(data_report.CONFIG, a), out=a.results).values():
             print_table(data_report.summary(res))
         return 0
-    mod, _, kws = _experiments()[a.command.replace("_", "-")]
-    extra = {"grid": mod.QUICK_GRID} if getattr(a, "quick", False) and a.command == "cifar2" else {}
+    exp = COMMANDS.get(a.command, (a.command,))[0]  # a command or its alias
+    mod = reproduce.EXPERIMENTS[exp][0]
+    extra = {"grid": mod.QUICK_GRID} if exp == "cifar2" and a.quick else {}
     cfg = C.from_flags(mod.CONFIG, a, **extra)
-    kw = {k: v for k, v in {"force": getattr(a, "force", False), "verbose": not a.quiet, "log": log}.items()
-          if k in kws}
-    res = mod.run(cfg, out=a.results, **kw)
+    res = mod.run(cfg, out=a.results, **reproduce.KEYWORDS[exp](getattr(a, "force", False), not a.quiet, log))
     print_table(mod.summary(res))
-    if a.command == "gradcheck":
+    if exp == "gradcheck":
         print("all passed" if res["all_passed"] else "SOME CHECKS FAILED")
         return 0 if res["all_passed"] else 1
-    if a.command == "cifar2":
+    if exp == "cifar2":
         b = res["best"]
         print(f"best {b['label']}: train {b['train_acc']:.4f}  val {b['val_acc']:.4f}  test {b['test_acc']:.4f}")
-    if a.command == "cifar10-softmax":
+    if exp == "cifar10_softmax":
         print("gradient check (float64):", {k: f"{v['fd_max']:.2e}" for k, v in res["gradient_check"].items()})
-    if a.command == "bench":
+    if exp == "bench":
         print()
         print_table(mod.ratio_rows(res))
     return 0

@@ -213,3 +213,42 @@ def bench(res, path):
     ax.set_title(f"jaxgd benchmarks on {res['device_name']}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def how_it_works(path, layers=("conv2d", "relu", "max_pool", "flatten", "dense")):
+    """The README's diagram: each layer's forward keeps residuals that its own backward reads;
+    one SGD step; an epoch as one ``lax.scan``; a grid of configs as one program."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    fig = Figure(figsize=(10, 4.2))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 4.2)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color, size=9):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+
+    def arrow(a, b, color="0.2", style="-|>", ls="-"):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=color, ls=ls, lw=1.2))
+
+    n = len(layers) + 1
+    xs = [0.3 + i * 1.45 for i in range(n)]
+    for i, name in enumerate(list(layers) + ["loss"]):
+        box(xs[i], 2.75, 1.05, 0.5, f"{name}\nforward", "#dbe9f6" if name != "loss" else "#f6e3db")
+        box(xs[i], 1.35, 1.05, 0.5, f"{name}\nbackward", "#e3f0da" if name != "loss" else "#f6e3db")
+        arrow((xs[i] + 0.52, 2.72), (xs[i] + 0.52, 1.9), "#888", ls="--")  # residuals
+        if i + 1 < n:
+            arrow((xs[i] + 1.09, 3.0), (xs[i + 1] - 0.04, 3.0))
+            arrow((xs[i + 1] - 0.04, 1.6), (xs[i] + 1.09, 1.6), "#2a7a2a")
+    ax.text(xs[0] - 0.2, 3.0, "x", ha="right", va="center", fontsize=11)
+    ax.text(0.3, 3.55, "forward(params, state, x) -> y, new_state, residuals", fontsize=9, color="0.2")
+    ax.text(xs[-1] + 1.2, 2.3, "residuals:\nkept input,\nmask, argmax,\nbatch statistics", fontsize=8,
+            color="#666", va="center")
+    ax.text(0.3, 1.0, "backward(params, residuals, dy) -> dparams, dx     (the loss starts it with dL/dout)",
+            fontsize=9, color="#2a7a2a")
+    box(0.3, 0.15, 4.3, 0.55, "hand SGD: g += wd·p;  b = μ·b + g;  p -= lr·b", "#f3f3f3")
+    box(4.9, 0.15, 4.8, 0.55, "one step per minibatch in one lax.scan = an epoch;\n"
+                               "N configs: lax.map (CPU) / vmap (GPU) = one program", "#f3f3f3", 8.5)
+    fig.savefig(path, dpi=110)
+    return path

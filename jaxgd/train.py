@@ -17,7 +17,6 @@ axis), on the same minibatches.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from typing import Any, NamedTuple
 
@@ -135,7 +134,7 @@ def _as_device(split):
 
 def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
         batch_size: int, seed: int = 0, optimizer="hand", grads="hand", l2=0.0, model_state=None,
-        eval_train=False, batch_configs="auto", callback=None, verbose=False, log=print):
+        eval_train=False, batch_configs="auto", callback=None, progress=None):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
@@ -151,7 +150,10 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     ``vmap/sequential`` and ``fit default/sequential``), or ``"auto"`` (vmap on
     accelerators, map on CPU).
     ``callback(epoch, params, model_state)``, if given, runs after each epoch and
-    its return values are kept in ``History.extra``.
+    its return values are kept in ``History.extra``. ``progress(metrics)``, if given, gets
+    a dict after each epoch (``epoch`` (1-based), ``epochs``, ``train_loss``, ``train_acc``,
+    ``val_loss``, ``val_acc``, ``epoch_time``) to show: ``jaxgd.progress.epoch_logger``
+    draws a bar or prints a line; fit itself prints nothing.
     A config whose training loss stops being finite is marked diverged
     (its later numbers are NaN); training stops early once every config has.
     """
@@ -221,9 +223,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
         hist["epoch_time"].append(time.perf_counter() - t)
         if callback is not None:
             extra.append(callback(e, carry[0], carry[2]))
-        if verbose:
-            log(f"epoch {e + 1:3d}/{epochs}  train loss {_show(tl)}  acc {_show(ta)}  "
-                f"val loss {_show(vl)}  acc {_show(va)}  {hist['epoch_time'][-1]:.2f}s")
+        if progress is not None:
+            progress({"epoch": e + 1, "epochs": epochs, "train_loss": tl, "train_acc": ta, "val_loss": vl,
+                      "val_acc": va, "epoch_time": hist["epoch_time"][-1]})
         if np.all(diverged):
             break
     div = [int(d) if d else None for d in np.atleast_1d(diverged_at)]
@@ -253,11 +255,6 @@ def _map_configs(epoch_fn, eval_fn):
     def evaluate(params, state, x, y):
         return jax.lax.map(lambda ps: eval_fn(ps[0], ps[1], x, y), (params, state))
     return epoch, evaluate
-
-
-def _show(v):
-    v = np.atleast_1d(v)
-    return " ".join("nan" if not math.isfinite(float(a)) else f"{float(a):.4f}" for a in v[:4]) + (" ..." if v.size > 4 else "")
 
 
 def stack_params(trees):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import backprop, data, gradcheck, models, optim, train
+from jaxgd import backprop, data, gradcheck, models, optim, progress, train
 from jaxgd.experiments.common import outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, at_least, option
 
@@ -57,7 +57,7 @@ def init(key, d=3072, k=10, std=0.01):
     return [{"W": std * jax.random.normal(kw, (d, k)), "b": std * jax.random.normal(kb, (k,))}]
 
 
-def train_one(d, lam, eta, cfg, key):
+def train_one(d, lam, eta, cfg, key, show=None):
     """Minibatch GD on J; returns params and the per-epoch history (cost, loss, accuracy).
     ``cfg``: a ``Cifar10SoftmaxConfig`` or a dict of its fields."""
     cfg = Cifar10SoftmaxConfig.make(cfg)
@@ -66,7 +66,7 @@ def train_one(d, lam, eta, cfg, key):
     penalty = lambda p: float(lam * jnp.sum(p[0]["W"] ** 2))  # noqa: E731
     params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
                              epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, grads="hand",
-                             l2=lam, eval_train=True, callback=lambda e, p, s: penalty(p))
+                             l2=lam, eval_train=True, callback=lambda e, p, s: penalty(p), progress=show)
     hd = h.as_dict()
     hd["train_cost"], hd["val_cost"] = hd.pop("train_loss"), hd.pop("val_loss")
     hd["train_loss"] = [c - r for c, r in zip(hd["train_cost"], h.extra)]
@@ -96,9 +96,11 @@ def run(config=None, out=None, verbose=False, log=print) -> dict:
     t0, prov = time.time(), provenance()
     d = data.load("cifar10", val_size=cfg.n_val, train_size=cfg.n_train, seed=cfg.seed, data_dir=cfg.data_dir)
     runs, weights = {}, {}
-    for s in cfg.settings:
+    for s in progress.bar(cfg.settings, "DD2424 settings", quiet=not verbose):
         lam, eta = SETTINGS[s]
-        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed))
+        show = progress.epoch_logger(f"setting {s}", cfg.epochs, quiet=not verbose)
+        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed), show)
+        show.close()
         _, test_acc = train.make_eval(models.linear_softmax(d.test.x.shape[1]))(params, None, jnp.asarray(d.test.x),
                                                                                  jnp.asarray(d.test.y))
         weights[s] = np.asarray(params[0]["W"])

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers, models, optim, train
+from jaxgd import data, layers, models, optim, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, ConfigError, at_least, option
 
@@ -87,18 +87,24 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     part = PartialRun(d_out / "grid_partial.json" if d_out else None, same, "configs", prov, force,
                       log if verbose else None)
     todo = [g for g in cfg.grid if label(g) not in part]
+    bar = progress.bar(len(cfg.grid), "CIFAR-2 grid", quiet=not verbose, unit="config")
+    bar.update(len(cfg.grid) - len(todo))
     for i in range(0, len(todo), cfg.chunk):
         chunk = todo[i:i + cfg.chunk]
-        if verbose:
-            log(f"training configs {len(part.done) + 1}..{len(part.done) + len(chunk)} of {len(cfg.grid)}: "
-                + "; ".join(label(g) for g in chunk))
-        _, _, h = _fit(d, params, chunk, cfg, optimizer="hand", grads="hand", verbose=verbose, log=log)
+        what = f"configs {len(part.done) + 1}..{len(part.done) + len(chunk)} of {len(cfg.grid)}"
+        if verbose and bar.disable:
+            log(f"training {what}: " + "; ".join(label(g) for g in chunk))
+        show = progress.epoch_logger(what, cfg.epochs, quiet=not verbose, log=log)
+        _, _, h = _fit(d, params, chunk, cfg, optimizer="hand", grads="hand", progress=show)
+        show.close()
+        bar.update(len(chunk))
         hd = h.as_dict()
         for j, g in enumerate(chunk):
             per = {k: [row[j] for row in hd[k]] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             part.add(label(g), {"lr": g[0], "momentum": g[1], "weight_decay": g[2], **per,
                                 "diverged_at_epoch": hd["diverged_at"][j], "final_val_acc": per["val_acc"][-1],
                                 "epoch_time_s": float(np.mean(hd["epoch_time"][1:] or hd["epoch_time"]))})
+    bar.close()
     done = {label(g): part.done[label(g)] for g in cfg.grid}
     ok = {k: v for k, v in done.items() if v["diverged_at_epoch"] is None}
     if not ok:

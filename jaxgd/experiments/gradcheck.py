@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxgd import backprop, gradcheck, losses, models
+from jaxgd import backprop, gradcheck, losses, models, progress
 from jaxgd import layers as L
 from jaxgd.experiments.common import outdir, provenance, save_json
 from jaxgd.experiments.config import Config, ConfigError, option
@@ -135,7 +135,7 @@ def cases(quick=False):
     return out
 
 
-def run(config=None, out=None) -> dict:
+def run(config=None, out=None, verbose=True) -> dict:
     cfg = GradcheckConfig.make(config)
     todo = cases(cfg.quick)
     if cfg.only is not None:
@@ -145,7 +145,7 @@ def run(config=None, out=None) -> dict:
         todo = [c for c in todo if c["name"] in cfg.only]
     t0 = time.time()
     rows = []
-    for c in todo:
+    for c in progress.bar(todo, "gradient checks", quiet=not verbose, unit="model"):
         for dtype in (jnp.float64, jnp.float32):
             is64 = dtype == jnp.float64
             rep = gradcheck.check_gradients(c["loss_fn"], c["grad_fn"], c["params"], *c["args"], dtype=dtype,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers, models, optim, train
+from jaxgd import data, layers, models, optim, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, at_least, option
 
@@ -53,14 +53,17 @@ CONFIG = MnistZooConfig
 
 
 def train_one(name, d, cfg, verbose=False, log=print) -> dict:
+    """Train one zoo model; with ``verbose``, a bar over its epochs (or a line per epoch)."""
     family, variant = name.split("/")
     model = models.mnist_zoo(family, variant, cfg.conv_impl)
     params, state = model.init(jax.random.PRNGKey(cfg.seed))
     hp = optim.sgd_hyperparams(cfg.lr, cfg.momentum, cfg.weight_decay)
     compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg.compare_epoch else None
+    show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"))
     _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, grads=cfg.grads,
                         batch_size=cfg.batch_size, seed=cfg.seed, model_state=state, eval_train=True,
-                        verbose=verbose, log=lambda s: log(f"  {name}: {s}"))
+                        progress=show)
+    show.close()
     h = h.as_dict()
     return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg.grads,
             "hand_vs_autodiff_epoch": compare,
@@ -96,12 +99,14 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
     part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
                       log if verbose else None)
-    for name in cfg.models:
-        if name in part:
-            continue
-        if verbose:
-            log(f"training {name} ({cfg.epochs} epochs)")
-        part.add(name, train_one(name, d, cfg, verbose, log))
+    with progress.bar(len(cfg.models), "MNIST zoo", quiet=not verbose, unit="model") as bar:
+        for name in cfg.models:
+            if name not in part:
+                if verbose and bar.disable:
+                    log(f"training {name} ({cfg.epochs} epochs)")
+                bar.set_postfix_str(name)
+                part.add(name, train_one(name, d, cfg, verbose, log))
+            bar.update(1)
 
     res = {"experiment": "mnist_zoo", "config": cfg.to_dict(), "data": d.info,
            "models": {m: part.done[m] for m in cfg.models},

@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from jaxgd import data
+from jaxgd import data, progress
 from jaxgd._files import atomic_write
 from jaxgd.experiments import (bench, cifar2, cifar10_softmax, common, data_report, gradcheck, matrix_chain,
                                mnist_zoo)
@@ -35,6 +35,16 @@ EXPERIMENTS = {
               ["bench/{device}.png"]),
 }
 RESUMABLE = ("cifar2", "mnist_zoo")  # these keep finished configs/models in a partial file
+# the keywords each experiment's run() takes besides config and out
+KEYWORDS = {
+    "gradcheck": lambda force, verbose, log: {"verbose": verbose},
+    "matrix_chain": lambda force, verbose, log: {},
+    "data_report": lambda force, verbose, log: {},
+    "cifar2": lambda force, verbose, log: {"force": force, "verbose": verbose, "log": log},
+    "mnist_zoo": lambda force, verbose, log: {"force": force, "verbose": verbose, "log": log},
+    "cifar10_softmax": lambda force, verbose, log: {"verbose": verbose, "log": log},
+    "bench": lambda force, verbose, log: {"verbose": verbose, "log": log},
+}
 # the datasets an experiment reads (checked before anything runs)
 NEEDS = {"data_report": ("cifar2", "mnist"), "cifar2": ("cifar2",), "mnist_zoo": ("mnist",),
          "cifar10_softmax": ("cifar10",)}
@@ -65,11 +75,11 @@ def config(name, profile, data_dir=None):
     return mod.CONFIG.make(quick if profile == "quick" else full, **extra)
 
 
-def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, log=print) -> dict:
+def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, log=print, quiet=False) -> dict:
     """Run the experiments (all, or ``only``) of ``profile`` into ``root(profile, base)`` and write
     its REPORT.md (and, for the full profile in the default place, the README's results block).
     A finished experiment (a readable results file) is skipped unless ``force``; a corrupt one is
-    set aside and rerun. Every config is built, and every dataset found (or found downloadable),
+    set aside and rerun. Progress bars show unless ``quiet`` (see ``jaxgd.progress``). Every config is built, and every dataset found (or found downloadable),
     before anything runs: a bad config or missing data fails in seconds, not after an hour."""
     if profile not in ("quick", "full"):
         raise ValueError(f"profile must be 'quick' or 'full', got {profile!r}")
@@ -90,12 +100,12 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     for ds in dict.fromkeys(d for n, cfg in todo.items() for d in NEEDS.get(n, ())
                             if n != "data_report" or d in cfg.datasets):
         data.check_available(ds, data_dir)
-    for n, cfg in todo.items():
+    for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
         mod = EXPERIMENTS[n][0]
         log(f"[{n}] running ({profile})")
         t = time.time()
         try:
-            mod.run(cfg, out=out, **({"force": force, "log": log} if n in RESUMABLE else {}))
+            mod.run(cfg, out=out, **KEYWORDS[n](force=force, verbose=not quiet, log=log))
             status[n] = f"ok ({time.time() - t:.0f} s)"
         except Exception as e:  # one failing experiment must not stop the others
             traceback.print_exc()

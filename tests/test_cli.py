@@ -1,0 +1,110 @@
+"""The user surface: the ``jaxgd`` command, progress bars, and the README's Python examples."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import require_real_data
+from jaxgd import cli, progress
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_jaxgd_is_on_path_and_python_m_works():
+    exe = shutil.which("jaxgd")
+    assert exe is not None, "pip install -e . must put the jaxgd command on PATH"
+    for cmd in ([exe, "--help"], [sys.executable, "-m", "jaxgd", "--help"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "reproduce" in r.stdout and "mnist-zoo" in r.stdout, r
+
+
+@pytest.mark.parametrize("argv", [["reproduce"], ["data", "report"]] + [[c] for c in cli.COMMANDS])
+def test_every_subcommand_has_help_with_defaults(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv + ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--results" in out and "--quiet" in out
+    if argv[0] not in ("reproduce",):
+        assert "(default: " in out  # generated from the experiment's typed config
+
+
+def test_flags_come_from_the_config():
+    from jaxgd.experiments import cifar2, config
+    p = cli.parser()
+    a = p.parse_args(["cifar2", "--epochs", "3", "--grid", "0.01,0.9,0", "0.02,0,0.001", "--train-size", "100"])
+    cfg = config.from_flags(cifar2.CONFIG, a)
+    assert cfg == cifar2.CONFIG.make({"epochs": 3, "grid": [(0.01, 0.9, 0.0), (0.02, 0.0, 0.001)], "train_size": 100})
+    assert config.from_flags(cifar2.CONFIG, p.parse_args(["cifar2"])) == cifar2.CONFIG()  # the defaults
+
+
+def test_progress_is_off_when_not_a_terminal(monkeypatch):
+    monkeypatch.delenv("JAXGD_PROGRESS", raising=False)
+    assert not sys.stderr.isatty() or pytest.skip("stderr is a terminal here")
+    assert not progress.enabled() and progress.bar(3, "x").disable
+    monkeypatch.setenv("JAXGD_PROGRESS", "1")
+    assert progress.enabled() and not progress.enabled(quiet=True)
+
+
+def test_a_non_interactive_run_draws_no_bar(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAXGD_PROGRESS"}
+    r = subprocess.run([sys.executable, "-m", "jaxgd", "matrix-chain", "--Ks", "2", "--iters", "5",
+                        "--results", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "%|" not in r.stderr and "max |hand - autodiff|" in r.stdout
+
+
+def test_results_are_identical_with_and_without_progress_bars(tmp_path, monkeypatch):
+    require_real_data("mnist")
+    from jaxgd.experiments import mnist_zoo
+    cfg = {"models": ["softmax/dropout", "mlp/batchnorm"], "epochs": 2, "train_size": 512, "batch_size": 64,
+           "compare_epoch": False}
+    runs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("JAXGD_PROGRESS", mode)
+        runs[mode] = mnist_zoo.run(cfg, out=tmp_path / mode, verbose=True, log=lambda s: None)
+    drop = ("epoch_time_s", "compile_time_s")
+    for name in cfg["models"]:
+        a, b = ({k: v for k, v in runs[m]["models"][name].items() if k not in drop} for m in ("1", "0"))
+        assert a == b, name
+    assert ((tmp_path / "1" / "mnist" / "results.json").exists() and (tmp_path / "0" / "mnist" / "results.json").exists())
+
+
+def test_fit_reports_progress_and_prints_nothing(capsys):
+    from jaxgd import models, optim, train
+    model = models.mlp((4, 8, 3))
+    params, _ = model.init(jax.random.PRNGKey(0))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 4)))
+    y = np.arange(64) % 3
+    seen = []
+    train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=3, batch_size=16,
+              progress=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3] and all(m["epochs"] == 3 for m in seen)
+    assert set(seen[0]) == {"epoch", "epochs", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time"}
+    assert capsys.readouterr() == ("", "")
+
+
+def readme_python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_examples_run(monkeypatch):
+    """Every Python block of the README, in order, in one namespace, as pasted; on real data cut to
+    a tiny slice and one epoch, so that the README cannot drift from the code."""
+    require_real_data("cifar2")
+    require_real_data("mnist")
+    from jaxgd import data, train
+    load, fit = data.load, train.fit
+    monkeypatch.setattr(data, "load", lambda *a, **k: load(*a, **{**k, "train_size": 256}))
+    monkeypatch.setattr(train, "fit", lambda *a, **k: fit(*a, **{**k, "epochs": 1}))
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 3
+    ns = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md python block {i + 1}", "exec"), ns)
