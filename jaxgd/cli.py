@@ -52,7 +52,15 @@ def _common(p, resumable=False):
 def parser() -> argparse.ArgumentParser:
     from jaxgd.experiments import data_report, reproduce
     top = _Parser(prog="jaxgd", description="Backpropagation and SGD by hand in JAX: run, check and time it.",
-                  epilog="Each command's --help lists its flags and their defaults.")
+                  epilog="Each command's --help lists its flags and their defaults. A multi-host run starts the "
+                         "same command on every host with --coordinator, --num-processes and --process-id "
+                         "(or --distributed where the cluster's environment says them); process 0 writes the results.")
+    g = top.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-host run described by the environment (SLURM, TPU pods, ...)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("reproduce", help="run every experiment and write REPORT.md",
@@ -90,6 +98,11 @@ def main(argv=None) -> int:
     p = parser()
     a = p.parse_args(argv)
     prog = f"jaxgd {a.command.replace('_', '-')}"
+    if a.distributed or any(v is not None for v in (a.coordinator, a.num_processes, a.process_id)):
+        from jaxgd import parallel
+        parallel.initialize(a.coordinator, a.num_processes, a.process_id)  # before any computation
+        if not parallel.is_writer():
+            a.quiet = True  # process 0 reports
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
         return _run(a, log)
@@ -121,6 +134,9 @@ def _run(a, log) -> int:
     extra = {"grid": mod.QUICK_GRID} if exp == "cifar2" and a.quick else {}
     cfg = C.from_flags(mod.CONFIG, a, **extra)
     res = mod.run(cfg, out=a.results, **reproduce.KEYWORDS[exp](getattr(a, "force", False), not a.quiet, log))
+    from jaxgd import parallel
+    if not parallel.is_writer():
+        return 0
     print_table(mod.summary(res))
     if exp == "gradcheck":
         print("all passed" if res["all_passed"] else "SOME CHECKS FAILED")

@@ -23,8 +23,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxgd import losses, optim
+from jaxgd import losses, optim, parallel
 
 # How a training step gets its gradient: the model's hand-derived ``grad``; ``jax.grad`` of its
 # forward; or ``jax.grad`` through the hand backwards wrapped as custom_vjps (models.Model only).
@@ -65,12 +67,13 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
     return with_penalty
 
 
-def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int, per_step=False):
+def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int, per_step=False, batch_sharding=None):
     """``epoch(carry, x, y, hparams, key) -> (carry, (mean loss, mean accuracy))`` over one shuffled pass.
 
     ``carry = (params, opt_state, model_state)``; loss and accuracy are the
     running means over the epoch's minibatches (in training mode), or with ``per_step``
-    one value per minibatch.
+    one value per minibatch. ``batch_sharding`` (a ``NamedSharding``) spreads each minibatch
+    over devices (data parallelism; see ``jaxgd.parallel``).
     """
     def epoch(carry, x, y, hparams, key):
         n_batches = x.shape[0] // batch_size
@@ -80,7 +83,10 @@ def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int, per_step=Fa
         def step(carry, inp):
             params, opt_state, mstate = carry
             i, k = inp
-            value, logits, g, mstate = grad_fn(params, mstate, x[i], y[i], k)
+            xb, yb = x[i], y[i]
+            if batch_sharding is not None:
+                xb, yb = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (xb, yb))
+            value, logits, g, mstate = grad_fn(params, mstate, xb, yb, k)
             params, opt_state = optimizer.update(g, opt_state, params, hparams)
             return (params, opt_state, mstate), (value, losses.accuracy(logits, y[i]))
 
@@ -134,7 +140,7 @@ def _as_device(split):
 
 def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
         batch_size: int, seed: int = 0, optimizer="hand", grads="hand", l2=0.0, model_state=None,
-        eval_train=False, batch_configs="auto", callback=None, progress=None):
+        eval_train=False, batch_configs="auto", callback=None, progress=None, mesh=None):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
@@ -156,6 +162,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     draws a bar or prints a line; fit itself prints nothing.
     A config whose training loss stops being finite is marked diverged
     (its later numbers are NaN); training stops early once every config has.
+    ``mesh`` (``jaxgd.parallel.make_mesh``) spreads the configs (its ``"cfg"`` axis, padded to
+    a multiple of it) and each minibatch (its ``"data"`` axis) over devices and hosts; the
+    results equal one device's up to float reassociation.
     """
     for what, v in (("epochs", epochs), ("batch size", batch_size)):
         if not _is_int(v) or v < 1:
@@ -177,8 +186,17 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
         raise ValueError(f"batch size {batch_size} > {x.shape[0]} training examples")
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
     opt = optim.get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+    n_dev_cfg, n_dev_data = parallel.axis_size(mesh, "cfg"), parallel.axis_size(mesh, "data")
+    if batch_size % n_dev_data:
+        raise ValueError(f"batch size {batch_size} must be a multiple of the mesh's data axis ({n_dev_data} devices)")
+    if n_dev_cfg > 1 and n_cfg is None:
+        raise ValueError(f"the mesh's cfg axis spreads configs over {n_dev_cfg} devices, but there is one config: "
+                         "give the hyperparameters as 1-D arrays, or use a mesh with cfg=1")
 
-    epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size)
+    batch_sharding = NamedSharding(mesh, P("data")) if n_dev_data > 1 else None
+    epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size, batch_sharding=batch_sharding)
     eval_fn = make_eval(model, l2)
     init_fn = opt.init
     if batch_configs not in ("auto", "vmap", "map"):
@@ -186,48 +204,64 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     if n_cfg is None and batch_configs != "auto":
         raise ValueError(f"batch_configs={batch_configs!r} needs several configs: give the hyperparameters as "
                          "1-D arrays (one entry per config) and params stacked with stack_params")
+    n_run = n_cfg  # configs run, padding included
     if n_cfg is not None:
         if batch_configs == "auto":
-            batch_configs = "map" if jax.default_backend() == "cpu" else "vmap"
+            batch_configs = "map" if jax.default_backend() == "cpu" and n_dev_cfg == 1 else "vmap"
+        if n_dev_cfg > 1 and batch_configs != "vmap":
+            raise ValueError("configs sharded over devices run as one vmapped program: batch_configs must be "
+                             "'vmap' or 'auto' with a mesh whose cfg axis is > 1")
         if batch_configs == "vmap":
-            epoch_fn = jax.vmap(epoch_fn, in_axes=(0, None, None, 0, None))
-            eval_fn = jax.vmap(eval_fn, in_axes=(0, 0, None, None))
+            spmd = "cfg" if n_dev_cfg > 1 else None  # the vmapped axis is the sharded one
+            epoch_fn = jax.vmap(epoch_fn, in_axes=(0, None, None, 0, None), spmd_axis_name=spmd)
+            eval_fn = jax.vmap(eval_fn, in_axes=(0, 0, None, None), spmd_axis_name=spmd)
         elif batch_configs == "map":
             epoch_fn, eval_fn = _map_configs(epoch_fn, eval_fn)
         init_fn = jax.vmap(init_fn)
-    carry = (params, init_fn(params), model_state)
+        n_run = n_cfg + (-n_cfg % n_dev_cfg)
     base = jax.random.PRNGKey(seed)
+    if mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
+        spec = P("cfg") if n_dev_cfg > 1 else P()
+        params, model_state, hparams = parallel.pad_configs((params, model_state, hparams), n_cfg or 1,
+                                                            n_dev_cfg if n_cfg else 1)
+        params, model_state, hparams = parallel.put((params, model_state, hparams), mesh, spec)
+        x, y, base = parallel.put((x, y, base), mesh, P())
+        val = None if val is None else parallel.put(val, mesh, P())
+    carry = (params, init_fn(params), model_state)
     t0 = time.perf_counter()
     epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, base).compile()
     compile_time = time.perf_counter() - t0
     eval_fn = jax.jit(eval_fn)
     hist = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")}
-    shape = () if n_cfg is None else (n_cfg,)
+    shape = () if n_cfg is None else (n_run,)
+    real = (lambda a: a) if n_cfg is None else (lambda a: a[:n_cfg])  # padding dropped from the results
     diverged = np.zeros(shape, bool)
     diverged_at = np.zeros(shape, int)
     extra = []
     for e in range(epochs):
         t = time.perf_counter()
         carry, (tl, ta) = epoch_fn(carry, x, y, hparams, jax.random.fold_in(base, e))
-        tl = np.asarray(tl)  # waits for the epoch
+        tl, ta = parallel.fetch((tl, ta))  # waits for the epoch
         if eval_train:
-            tl, ta = (np.asarray(v) for v in eval_fn(carry[0], carry[2], x, y))
+            tl, ta = parallel.fetch(eval_fn(carry[0], carry[2], x, y))
         vl = va = np.full(shape, np.nan)
         if val is not None:
-            vl, va = (np.asarray(v) for v in eval_fn(carry[0], carry[2], *val))
+            vl, va = parallel.fetch(eval_fn(carry[0], carry[2], *val))
         new = ~np.isfinite(tl) & ~diverged
         diverged_at = np.where(new, e + 1, diverged_at)
         diverged |= new
         for k, v in zip(("train_loss", "train_acc", "val_loss", "val_acc"), (tl, ta, vl, va)):
-            hist[k].append(np.where(diverged, np.nan, v))
+            hist[k].append(real(np.where(diverged, np.nan, v)))
         hist["epoch_time"].append(time.perf_counter() - t)
         if callback is not None:
             extra.append(callback(e, carry[0], carry[2]))
         if progress is not None:
-            progress({"epoch": e + 1, "epochs": epochs, "train_loss": tl, "train_acc": ta, "val_loss": vl,
-                      "val_acc": va, "epoch_time": hist["epoch_time"][-1]})
+            progress({"epoch": e + 1, "epochs": epochs, **{k: hist[k][-1] for k in hist}})
         if np.all(diverged):
             break
+    diverged_at = real(diverged_at)
+    if mesh is not None and (n_run != n_cfg or not all(a.is_fully_addressable for a in jax.tree_util.tree_leaves(carry))):
+        carry = jax.tree_util.tree_map(real, parallel.fetch(carry))
     div = [int(d) if d else None for d in np.atleast_1d(diverged_at)]
     history = History(**hist, compile_time=compile_time, diverged_at=div if n_cfg else div[0], extra=extra)
     return carry[0], carry[2], history

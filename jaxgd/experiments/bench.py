@@ -21,27 +21,33 @@ Sections:
                    as a fraction of it (FLOPs: ``models.Model.train_flops``, the dense and conv
                    multiply-adds of the forward, dW and dx, without the first layer's dx,
                    which nobody computes).
+6. ``scaling``     configs/s of the 8-config grid with its configs sharded over 1/2/4/8 devices,
+                   and samples/s of the CNN with each minibatch sharded over them
+                   (``jaxgd.parallel``); forced CPU devices on a CPU (they share its cores).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import models, optim, train
+from jaxgd import models, optim, parallel, train
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, at_least, option
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch")
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "scaling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,8 @@ class BenchConfig(Config):
     cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
     n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
     torch: bool = option(True, "time the PyTorch loops too (needs pip install 'jaxgd[torch]')")
+    scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
+                                                            "devices on a CPU, real ones elsewhere)", check=at_least(1))
 
 
 CONFIG = BenchConfig
@@ -286,11 +294,6 @@ def bench_configs(cfg) -> dict:
     params, _ = MLP.init(jax.random.PRNGKey(0))
     epochs = cfg.repeats + 1  # the first epoch is the warm-up
     common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
-
-    def per_config_epoch(h, n):
-        ts = [t / n for t in h.epoch_time[1:]]
-        return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts,
-                "compile_s": h.compile_time}
     rows = []
     stacked = train.stack_params([params] * k)
     hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
@@ -298,11 +301,11 @@ def bench_configs(cfg) -> dict:
         _, _, h = train.fit(MLP, stacked, (xs, ys), hparams=hp, batch_configs=mode, **common)
         resolved = mode if mode != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
         rows.append({"name": f"{k} configs in one program ({mode}{' = ' + resolved if mode == 'auto' else ''}), "
-                             "per config-epoch", **per_config_epoch(h, k)})
+                             "per config-epoch", **_epoch_times(h, k)})
     seq = []
     for lr in lrs:
         _, _, h = train.fit(MLP, params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), **common)
-        seq.append(per_config_epoch(h, 1))
+        seq.append(_epoch_times(h, 1))
     ts = [statistics.median(s["times_s"]) for s in seq]
     rows.append({"name": f"{k} sequential fits, per config-epoch", "median_s": statistics.median(ts),
                  "min_s": min(ts), "max_s": max(ts), "times_s": ts,
@@ -311,6 +314,69 @@ def bench_configs(cfg) -> dict:
     return {"rows": rows, "ratios": {"fit default/sequential": rows[0]["median_s"] / seq_t,
                                      "vmap/sequential": rows[1]["median_s"] / seq_t,
                                      "map/sequential": rows[2]["median_s"] / seq_t}}
+
+
+def _epoch_times(h, per=1) -> dict:
+    ts = [t / per for t in h.epoch_time[1:]]  # the first epoch is the warm-up
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts,
+            "compile_s": h.compile_time}
+
+
+# ------------------------------------------------------------------------------------------
+# 6. scaling over devices
+
+def scaling_point(devices, cfg) -> list[dict]:
+    """With ``devices`` devices: the grid of ``n_configs`` CIFAR-2 MLP configs with its configs
+    sharded over them (vmapped at every count, so only the device count changes), and one MNIST
+    CNN with each minibatch sharded over them (data parallelism)."""
+    devs = jax.devices()[:devices]
+    x, y = (np.asarray(a) for a in _mlp_data(cfg.n_mlp))
+    k, epochs = cfg.n_configs, cfg.repeats + 1
+    params, _ = MLP.init(jax.random.PRNGKey(0))
+    hp = optim.sgd_hyperparams(np.geomspace(0.002, 0.02, k), HP[1], HP[2])
+    _, _, h = train.fit(MLP, train.stack_params([params] * k), (x, y), hparams=hp, epochs=epochs, batch_size=64,
+                        batch_configs="vmap", mesh=parallel.make_mesh(configs=devices, devices=devs))
+    grid = {"name": f"{devices} device(s): {k}-config grid epoch, configs sharded", "devices": devices, **_epoch_times(h),
+            "configs_per_s": k / statistics.median(h.epoch_time[1:])}
+    cnn = models.mnist_zoo("cnn")
+    xc, yc = (np.asarray(a) for a in _cnn_data(cfg.n_cnn))
+    params, state = cnn.init(jax.random.PRNGKey(0))
+    _, _, h = train.fit(cnn, params, (xc, yc), hparams=optim.sgd_hyperparams(*HP), epochs=epochs,
+                        batch_size=cfg.cnn_batch, model_state=state,
+                        mesh=parallel.make_mesh(configs=1, data=devices, devices=devs))
+    n = cfg.n_cnn // cfg.cnn_batch * cfg.cnn_batch
+    data = {"name": f"{devices} device(s): CNN epoch, minibatches sharded", "devices": devices, **_epoch_times(h),
+            "samples_per_s": n / statistics.median(h.epoch_time[1:])}
+    return [grid, data]
+
+
+def bench_scaling(cfg) -> dict:
+    """configs/s and samples/s against the device count. On a CPU each count runs in a process of
+    its own with that many forced host devices, which share the machine's cores: this measures
+    the sharding's overhead, not a speed-up. On accelerators the real devices are used."""
+    rows, forced = [], jax.default_backend() == "cpu"
+    for d in cfg.scaling_devices:
+        if forced:
+            env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                                              f"--xla_force_host_platform_device_count={d}".strip()}
+            r = subprocess.run([sys.executable, "-m", "jaxgd.experiments.bench", "--scaling-point", str(d),
+                                json.dumps(cfg.to_dict())], capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"the scaling run with {d} devices failed: {r.stderr[-2000:]}")
+            rows += json.loads(r.stdout.splitlines()[-1])
+        elif d <= jax.device_count():
+            rows += scaling_point(d, cfg)
+    grid = [r for r in rows if "configs_per_s" in r]
+    data = [r for r in rows if "samples_per_s" in r]
+    ratios = {}
+    if len(grid) > 1:
+        ratios[f"grid configs/s, {grid[-1]['devices']} devices / {grid[0]['devices']}"] = (
+            grid[-1]["configs_per_s"] / grid[0]["configs_per_s"])
+        ratios[f"CNN samples/s, {data[-1]['devices']} devices / {data[0]['devices']}"] = (
+            data[-1]["samples_per_s"] / data[0]["samples_per_s"])
+    return {"rows": rows, "ratios": ratios, "forced_cpu_devices": forced,
+            "note": ("forced CPU devices share the machine's cores: these rows measure the cost of sharding, "
+                     "not a speed-up" if forced else "real devices")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -417,6 +483,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             sections[name] = bench_configs(cfg)
         elif name == "cnn_epoch":
             sections[name] = bench_cnn_epoch(cfg, torch is not None)
+        elif name == "scaling":
+            sections[name] = bench_scaling(cfg)
         if verbose:
             from jaxgd.report import print_table
             print_table(table({name: sections[name]}))
@@ -459,3 +527,7 @@ def ratio_rows(res) -> list[dict]:
 
 def summary(res) -> list[dict]:
     return table(res["sections"])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--scaling-point"]:  # bench_scaling's child process
+    print(json.dumps(scaling_point(int(sys.argv[2]), BenchConfig.make(json.loads(sys.argv[3])))))

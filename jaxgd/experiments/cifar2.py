@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers, models, optim, progress, train
+from jaxgd import data, layers, models, optim, parallel, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, ConfigError, at_least, option
 
@@ -45,6 +45,8 @@ class Cifar2Config(Config):
                         check=at_least(1))
     data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
+    shard_configs: bool = option(False, "spread each chunk's configs over all devices (of all processes in a "
+                                        "multi-host run; jaxgd.parallel); results as on one device")
 
     def validate(self):
         if not self.grid:
@@ -70,6 +72,8 @@ def _fit(d, params, grid, cfg, **kw):
     else:
         hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
         params = train.stack_params([params] * len(grid))
+        if cfg.shard_configs and jax.device_count() > 1:
+            kw["mesh"] = parallel.make_mesh(configs=jax.device_count())
     return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, seed=cfg.seed, **kw)
 
@@ -83,7 +87,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     assert models.count_params(params) == N_PARAMS, models.count_params(params)
 
     d_out = outdir("cifar2", out) if out is not False else None
-    same = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "seed", "init", "train_size")}
+    same = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "seed", "init", "train_size")}  # not shard_configs:
+    # a config sharded or not gives the same result up to float reassociation
     part = PartialRun(d_out / "grid_partial.json" if d_out else None, same, "configs", prov, force,
                       log if verbose else None)
     todo = [g for g in cfg.grid if label(g) not in part]

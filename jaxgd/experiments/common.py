@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxgd import parallel
 from jaxgd._files import atomic_write
 
 
@@ -75,6 +76,8 @@ def provenance() -> dict:
         "commit": commit,
         "uncommitted_changes": dirty,
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
@@ -156,8 +159,8 @@ def staged(d_out):
     stage = Path(tempfile.mkdtemp(dir=d_out, prefix=".staging-"))
     try:
         yield stage
-        for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
-            os.replace(f, d_out / f.name)
+        for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json") if parallel.is_writer() else ():
+            os.replace(f, d_out / f.name)  # in a multi-host run, process 0 alone writes
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -181,7 +184,8 @@ class PartialRun:
         self.key = _resume_key(settings)
         self.done, self.made_by = {}, {}
         log = log or (lambda s: None)
-        prev = None if path is None or force else read_result(path, log)
+        prev = None if path is None or force or not parallel.is_writer() else read_result(path, log)
+        prev = parallel.broadcast_json(prev)  # every process of a multi-host run skips the same entries
         if prev is not None:
             changed = [k for k in self.key if prev.get("key", {}).get(k) != self.key[k]]
             if changed:
@@ -199,7 +203,7 @@ class PartialRun:
     def add(self, name, entry):
         self.done[name], self.made_by[name] = entry, self.provenance
         self._earlier.discard(name)
-        if self.path is not None:
+        if self.path is not None and parallel.is_writer():
             save_json(self.path, {"key": self.key, self.what: self.done, "provenance": self.made_by})
 
     def reused(self, names) -> dict:

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers, models, optim, progress, train
+from jaxgd import data, layers, models, optim, parallel, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
-from jaxgd.experiments.config import Config, at_least, option
+from jaxgd.experiments.config import Config, ConfigError, at_least, option
 
 MODELS = tuple(f"{f}/{v}" for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS)
 TARGETS = {"softmax": 0.92, "mlp": 0.98, "cnn": 0.992}  # test accuracy after 30 epochs: CSI 5340 homework 2's targets
@@ -44,9 +44,14 @@ class MnistZooConfig(Config):
     train_size: int | None = option(None, "train on the first N of the 60,000 training images", check=at_least(1))
     data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     compare_epoch: bool = option(True, "first run one epoch with hand gradients and with jax.grad and compare")
+    data_parallel: bool = option(False, "spread each minibatch over all devices (of all processes in a multi-host "
+                                        "run; jaxgd.parallel); batch norm uses the global batch's statistics")
 
     def validate(self):
         optim.sgd_hyperparams(self.lr, self.momentum, self.weight_decay)
+        if self.data_parallel and self.batch_size % jax.device_count():
+            raise ConfigError(f"mnist_zoo config: data_parallel splits each batch of {self.batch_size} over "
+                              f"{jax.device_count()} devices: the batch size must be a multiple of that")
 
 
 CONFIG = MnistZooConfig
@@ -62,6 +67,7 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"))
     _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, grads=cfg.grads,
                         batch_size=cfg.batch_size, seed=cfg.seed, model_state=state, eval_train=True,
+                        mesh=parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None,
                         progress=show)
     show.close()
     h = h.as_dict()

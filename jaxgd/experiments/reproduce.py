@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from jaxgd import data, progress
+from jaxgd import data, parallel, progress
 from jaxgd._files import atomic_write
 from jaxgd.experiments import (bench, cifar2, cifar10_softmax, common, data_report, gradcheck, matrix_chain,
                                mnist_zoo)
@@ -90,10 +90,12 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     out = root(profile, base)
     todo = {}
     status = {}
+    finished = [n for n in names if not force and parallel.is_writer()
+                and common.read_result(out / _files(n)[0], log) is not None]
+    finished = parallel.broadcast_json(finished)  # every process of a multi-host run decides alike
     for n in names:
-        rfile = out / _files(n)[0]
-        if not force and common.read_result(rfile, log) is not None:
-            log(f"[{n}] done already ({rfile}); --force reruns it")
+        if n in finished:
+            log(f"[{n}] done already ({out / _files(n)[0]}); --force reruns it")
             status[n] = "skipped (done)"
         else:
             todo[n] = config(n, profile, data_dir)
@@ -111,10 +113,11 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
             traceback.print_exc()
             status[n] = f"FAILED: {type(e).__name__}: {e}"
         log(f"[{n}] {status[n]}")
-    write_report(profile, base)
-    readme = out.parent / "README.md"
-    if profile == "full" and readme.exists() and "<!-- results:start -->" in readme.read_text():
-        update_readme(readme, base)
+    if parallel.is_writer():
+        write_report(profile, base)
+        readme = out.parent / "README.md"
+        if profile == "full" and readme.exists() and "<!-- results:start -->" in readme.read_text():
+            update_readme(readme, base)
     return status
 
 
