@@ -19,91 +19,179 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgd import schedules
+
 
 class SGDHyperparams(NamedTuple):
     lr: Any
     momentum: Any = 0.0
     weight_decay: Any = 0.0
+    dampening: Any = 0.0
+    schedule: Any = None  # a schedules.Schedule, or None: constant lr
 
 
-def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0) -> SGDHyperparams:
-    """Validated hyperparameters (scalars or equal-length 1-D sequences) as float64 numpy arrays."""
-    vals = [np.asarray(v, np.float64) for v in (lr, momentum, weight_decay)]
-    shapes = {v.shape for v in vals if v.ndim}
-    if any(v.ndim > 1 for v in vals) or len(shapes) > 1:
+def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0, dampening=0.0, schedule=None) -> SGDHyperparams:
+    """Validated hyperparameters (scalars or equal-length 1-D sequences, one entry per config) as
+    float64 numpy arrays; a ``schedule``'s numeric arguments are broadcast to the configs too."""
+    vals = [np.asarray(v, np.float64) for v in (lr, momentum, weight_decay, dampening)]
+    if schedule is not None and not isinstance(schedule, schedules.Schedule):
+        raise ValueError(f"schedule must be a jaxgd.schedules.Schedule (e.g. schedules.cosine(1000)), got {schedule!r}")
+    sched_vals = list(schedule.args.values()) if schedule is not None else []
+    shapes = {v.shape for v in vals + sched_vals if v.ndim}
+    if any(v.ndim > 1 for v in vals + sched_vals) or len(shapes) > 1:
         raise ValueError(f"hyperparameters must be scalars or 1-D of one length; got shapes "
-                         f"{[v.shape for v in vals]}")
-    lr_, mom, wd = vals
+                         f"{[v.shape for v in vals + sched_vals]}")
+    lr_, mom, wd, damp = vals
     if not (np.all(np.isfinite(lr_)) and np.all(lr_ > 0)):
         raise ValueError(f"learning rate must be finite and > 0, got {lr}")
     if not (np.all(np.isfinite(mom)) and np.all(mom >= 0) and np.all(mom < 1)):
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if not (np.all(np.isfinite(wd)) and np.all(wd >= 0)):
         raise ValueError(f"weight decay must be finite and >= 0, got {weight_decay}")
+    if not (np.all(np.isfinite(damp)) and np.all(damp >= 0) and np.all(damp <= 1)):
+        raise ValueError(f"dampening must be in [0, 1], got {dampening}")
     n = shapes.pop()[0] if shapes else None
     if n == 0:
         raise ValueError("hyperparameters given as sequences must have at least one entry; got empty ones")
-    return SGDHyperparams(*(np.broadcast_to(v, (n,)).copy() if n else v for v in vals))
+    full = (lambda v: np.broadcast_to(v, (n,)).copy()) if n else (lambda v: v)
+    if schedule is not None:
+        schedule = schedules.Schedule(schedule.kind, {k: full(v) for k, v in schedule.args.items()})
+    return SGDHyperparams(*(full(v) for v in vals), schedule)
 
 
 class SGDState(NamedTuple):
     momentum: Any  # the buffer b, same structure as params
+    count: Any  # updates made so far (int32): the first-step rule and the schedule read it
 
 
 def sgd_init(params) -> SGDState:
-    """``b = 0``. With dampening 0 the first step then gives ``b = g``: PyTorch's first-step rule."""
-    return SGDState(jax.tree_util.tree_map(jnp.zeros_like, params))
+    """``b = 0`` and no step made yet."""
+    return SGDState(jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+
+def weights_only(path, leaf) -> bool:
+    """A weight-decay mask: decay the leaves named ``"W"`` (dense and conv kernels) and leave biases
+    and batch-norm scales and shifts alone."""
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) == "W"
+
+
+def _mask_tree(mask, params):
+    """``mask``: None (every leaf), a pytree of bools like ``params``, or a predicate ``(path, leaf)``."""
+    if mask is None:
+        return jax.tree_util.tree_map(lambda _: True, params)
+    if callable(mask):
+        return jax.tree_util.tree_map_with_path(lambda p, x: bool(mask(p, x)), params)
+    return mask
+
+
+def sgd(nesterov=False, wd_mask=None):
+    """The hand SGD as an ``Optimizer``, with ``torch.optim.SGD``'s rules (``nesterov`` and the
+    weight-decay mask are part of the program; every number is in ``hparams``):
+
+        g <- g + wd * p                        (on the leaves ``wd_mask`` selects; all by default, as PyTorch)
+        b <- g                    at the first step (PyTorch's rule: no dampening there)
+        b <- mu * b + (1 - dampening) * g      afterwards
+        d <- g + mu * b  if nesterov, else b   (with mu = 0 PyTorch keeps no buffer: d = g)
+        p <- p - lr * schedule(step) * d
+    """
+    def check(hparams: SGDHyperparams):
+        if nesterov and (np.any(np.asarray(hparams.momentum) <= 0) or np.any(np.asarray(hparams.dampening) != 0)):
+            raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0 (as in torch.optim.SGD)")
+
+    def update(grads, state: SGDState, params, hparams: SGDHyperparams):
+        at = lambda h, p: jnp.asarray(h, p.dtype)  # noqa: E731  (each hyperparameter in the leaf's dtype)
+        mu, wd, first = hparams.momentum, hparams.weight_decay, state.count == 0
+        mask = _mask_tree(wd_mask, params)
+        g = jax.tree_util.tree_map(lambda g, p, m: g + at(wd, p) * p if m else g, grads, params, mask)
+        damp = jnp.where(jnp.asarray(mu) == 0, 0.0, hparams.dampening)  # no buffer without momentum
+        b = jax.tree_util.tree_map(lambda b, g: jnp.where(first, g, at(mu, b) * b + at(1 - damp, g) * g),
+                                   state.momentum, g)
+        d = jax.tree_util.tree_map(lambda g, b: g + at(mu, b) * b, g, b) if nesterov else b
+        lr = hparams.lr if hparams.schedule is None else hparams.lr * hparams.schedule.factor(state.count)
+        new = jax.tree_util.tree_map(lambda p, d: p - at(lr, p) * d, params, d)
+        return new, SGDState(b, state.count + 1)
+
+    return Optimizer(sgd_init, update, check)
 
 
 def sgd_update(grads, state: SGDState, params, hparams: SGDHyperparams):
-    """One step, in ``torch.optim.SGD``'s order (dampening 0, no Nesterov):
-
-        g <- g + wd * p          (weight decay on every leaf, biases too, as PyTorch)
-        b <- momentum * b + g    (b = g at the first step, since b starts at 0)
-        p <- p - lr * b
-    """
-    lr, mu, wd = hparams
-    at = lambda h, p: jnp.asarray(h, p.dtype)  # noqa: E731  (each hyperparameter in the leaf's dtype)
-    g = jax.tree_util.tree_map(lambda g, p: g + at(wd, p) * p, grads, params)
-    b = jax.tree_util.tree_map(lambda b, g: at(mu, b) * b + g, state.momentum, g)
-    new = jax.tree_util.tree_map(lambda p, b: p - at(lr, p) * b, params, b)
-    return new, SGDState(b)
+    """One step of the default hand SGD (no Nesterov, decay on every leaf): see ``sgd``."""
+    return HAND_SGD.update(grads, state, params, hparams)
 
 
 class Optimizer(NamedTuple):
     init: Callable
     update: Callable
+    check: Callable = lambda hparams: None  # raises on hyperparameters this optimizer cannot take
 
 
-def _optax_chain(learning_rate, momentum, weight_decay):
+def _optax_chain(learning_rate, momentum, weight_decay, nesterov=False, wd_mask=None):
     # add_decayed_weights must come before sgd's trace: decay enters the momentum buffer, as in PyTorch.
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=momentum))
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=wd_mask),
+                       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
-def optax_sgd() -> Optimizer:
-    """The library twin: ``optax.chain(add_decayed_weights(wd), sgd(lr, momentum))``.
+OPTAX_SCHEDULES = {
+    # the optax function of each schedule kind, as a multiplier of 1 (the twin's lr = lr * it)
+    "constant": lambda: optax.constant_schedule(1.0),
+    "step_decay": lambda step_size, gamma: optax.exponential_decay(1.0, step_size, gamma, staircase=True),
+    "cosine": lambda total_steps, final_fraction: optax.cosine_decay_schedule(1.0, total_steps, final_fraction),
+    "warmup_cosine": lambda warmup_steps, total_steps, final_fraction: optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, warmup_steps, total_steps, final_fraction),
+}
+
+
+def optax_sgd(nesterov=False, wd_mask=None, schedule=None) -> Optimizer:
+    """The library twin: ``optax.chain(add_decayed_weights(wd, mask), sgd(lr, momentum, nesterov))``,
+    with each step's learning rate ``lr * f(step)`` from optax's own function ``f`` of ``schedule``
+    (one schedule for every config: optax checks its arguments in Python).
 
     Wrapped in ``optax.inject_hyperparams`` so the hyperparameters live in the state
-    (the way to ``vmap`` over them) and set from ``hparams`` at every step.
+    (the way to ``vmap`` over them) and set from ``hparams`` at every step. optax's trace has
+    no dampening, and optax no one-cycle shape of PyTorch's: those are checked against PyTorch only.
     """
-    tx = optax.inject_hyperparams(_optax_chain)(learning_rate=0.0, momentum=0.0, weight_decay=0.0)
+    if schedule is not None:
+        if schedule.kind not in OPTAX_SCHEDULES:
+            raise ValueError(f"optax has no twin of the {schedule.kind!r} schedule here; use the hand SGD")
+        args = {k: np.asarray(v) for k, v in schedule.args.items()}
+        if any(v.ndim for v in args.values()):
+            args = {k: v.reshape(-1) for k, v in args.items()}
+            if any(np.any(v != v[0]) for v in args.values()):
+                raise ValueError("the optax twin takes one schedule for all configs; these differ")
+            args = {k: v[0] for k, v in args.items()}
+        factor = OPTAX_SCHEDULES[schedule.kind](**{k: float(v) for k, v in args.items()})
+
+    def chain(learning_rate, momentum, weight_decay):
+        mask = None if wd_mask is None else (lambda p: _mask_tree(wd_mask, p))
+        return _optax_chain(learning_rate, momentum, weight_decay, nesterov, mask)
+    tx = optax.inject_hyperparams(chain)(learning_rate=0.0, momentum=0.0, weight_decay=0.0)
+
+    def check(hparams: SGDHyperparams):
+        if np.any(np.asarray(hparams.dampening) != 0):
+            raise ValueError("the optax twin has no dampening (optax.trace); use the hand SGD")
+        if (hparams.schedule is None) != (schedule is None) or (
+                schedule is not None and hparams.schedule.kind != schedule.kind):
+            raise ValueError("build the optax twin with the hyperparameters' schedule: optax_sgd(schedule=...)")
 
     def update(grads, state, params, hparams: SGDHyperparams):
-        hp = {"learning_rate": hparams.lr, "momentum": hparams.momentum, "weight_decay": hparams.weight_decay}
+        lr = hparams.lr if schedule is None else hparams.lr * factor(state.count)
+        hp = {"learning_rate": lr, "momentum": hparams.momentum, "weight_decay": hparams.weight_decay}
         state = state._replace(hyperparams={k: jnp.asarray(v, jnp.result_type(state.hyperparams[k]))
                                             for k, v in hp.items()})
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    return Optimizer(tx.init, update)
+    return Optimizer(tx.init, update, check)
 
 
-HAND_SGD = Optimizer(sgd_init, sgd_update)
-OPTIMIZERS = {"hand": lambda: HAND_SGD, "optax": optax_sgd}
+HAND_SGD = sgd()
+OPTIMIZERS = {"hand": lambda nesterov, wd_mask, schedule: sgd(nesterov, wd_mask), "optax": optax_sgd}
 
 
-def get_optimizer(name: str) -> Optimizer:
+def get_optimizer(name: str, nesterov=False, wd_mask=None, schedule=None) -> Optimizer:
+    """``"hand"`` (``sgd``, which reads the schedule from the hyperparameters) or ``"optax"``
+    (``optax_sgd``, built with ``schedule``), with the given Nesterov flag and weight-decay mask."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name]()
+    return OPTIMIZERS[name](nesterov, wd_mask, schedule)

@@ -185,7 +185,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     if batch_size > x.shape[0]:
         raise ValueError(f"batch size {batch_size} > {x.shape[0]} training examples")
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
-    opt = optim.get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    opt = optim.get_optimizer(optimizer, schedule=hparams.schedule) if isinstance(optimizer, str) else optimizer
+    opt.check(hparams)
     if mesh is not None:
         parallel.check_mesh(mesh)
     n_dev_cfg, n_dev_data = parallel.axis_size(mesh, "cfg"), parallel.axis_size(mesh, "data")

@@ -1,0 +1,121 @@
+"""Learning-rate schedules: pure functions of the step, evaluated inside the compiled epoch.
+
+A ``Schedule`` is a kind (static: it picks the formula, so it is part of the compiled program)
+and numeric arguments (dynamic: arrays that ``fit`` maps or vmaps over configs like the learning
+rate). ``factor(step)`` multiplies the base learning rate at 0-based step ``step``:
+
+- ``constant()``: 1.
+- ``step_decay(step_size, gamma)``: ``gamma ** floor(step / step_size)`` (``torch.optim.lr_scheduler.StepLR``,
+  ``optax.exponential_decay(staircase=True)``).
+- ``cosine(total_steps, final_fraction=0)``: from 1 down to ``final_fraction`` along half a cosine over
+  ``total_steps``, then flat (``CosineAnnealingLR(T_max, eta_min=final_fraction * lr)``,
+  ``optax.cosine_decay_schedule(alpha=final_fraction)``).
+- ``warmup_cosine(warmup_steps, total_steps, final_fraction=0)``: linear from 0 to 1 over
+  ``warmup_steps``, then cosine down to ``final_fraction`` at ``total_steps``
+  (``optax.warmup_cosine_decay_schedule``).
+- ``one_cycle(total_steps, pct_start=0.3, div_factor=25, final_div_factor=1e4)``: the triangular
+  one-cycle shape: linear from ``1/div_factor`` up to 1 at step ``pct_start * total_steps - 1``, then
+  linear down to ``1/(div_factor * final_div_factor)`` at ``total_steps - 1``
+  (``OneCycleLR(anneal_strategy="linear", three_phase=False)``).
+
+The step counts from the first update of a fit; with ``epochs`` epochs of ``b`` batches,
+``total_steps = epochs * b`` (``train.steps_per_epoch``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("constant", "step_decay", "cosine", "warmup_cosine", "one_cycle")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    kind: str = dataclasses.field(metadata={"static": True})
+    args: dict = dataclasses.field(default_factory=dict)  # name -> float64 scalar or 1-D array
+
+    def factor(self, step):
+        """The learning-rate multiplier at 0-based ``step`` (a traced integer is fine)."""
+        return _FORMULAS[self.kind](jnp.asarray(step), **{k: jnp.asarray(v) for k, v in self.args.items()})
+
+
+def _cos(t, total, final):
+    frac = jnp.clip(t / total, 0.0, 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
+
+
+def _one_cycle(t, total_steps, pct_start, div_factor, final_div_factor):
+    up_end = pct_start * total_steps - 1.0
+    down_end = total_steps - 1.0
+    start, low = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor)
+    up = start + (t / up_end) * (1.0 - start)
+    down = 1.0 + ((t - up_end) / (down_end - up_end)) * (low - 1.0)
+    return jnp.where(t <= up_end, up, down)
+
+
+_FORMULAS = {
+    "constant": lambda t: jnp.ones_like(t, jnp.result_type(float)),
+    "step_decay": lambda t, step_size, gamma: gamma ** jnp.floor(t / step_size),
+    "cosine": lambda t, total_steps, final_fraction: _cos(t, total_steps, final_fraction),
+    "warmup_cosine": lambda t, warmup_steps, total_steps, final_fraction: jnp.where(
+        t < warmup_steps, t / jnp.maximum(warmup_steps, 1.0),
+        _cos(t - warmup_steps, jnp.maximum(total_steps - warmup_steps, 1.0), final_fraction)),
+    "one_cycle": _one_cycle,
+}
+
+
+def _make(kind, checks, **args):
+    vals = {k: np.asarray(v, np.float64) for k, v in args.items()}
+    for name, (ok, what) in checks.items():
+        if not (np.all(np.isfinite(vals[name])) and np.all(ok(vals[name]))):
+            raise ValueError(f"{kind} schedule: {name} must be {what}, got {args[name]}")
+    return Schedule(kind, vals)
+
+
+def constant() -> Schedule:
+    return Schedule("constant", {})
+
+
+def step_decay(step_size, gamma=0.1) -> Schedule:
+    return _make("step_decay", {"step_size": (lambda v: v >= 1, ">= 1"), "gamma": (lambda v: v > 0, "> 0")},
+                 step_size=step_size, gamma=gamma)
+
+
+def cosine(total_steps, final_fraction=0.0) -> Schedule:
+    return _make("cosine", {"total_steps": (lambda v: v >= 1, ">= 1"),
+                            "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
+                 total_steps=total_steps, final_fraction=final_fraction)
+
+
+def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
+    s = _make("warmup_cosine", {"warmup_steps": (lambda v: v >= 0, ">= 0"), "total_steps": (lambda v: v >= 1, ">= 1"),
+                                "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
+              warmup_steps=warmup_steps, total_steps=total_steps, final_fraction=final_fraction)
+    if np.any(s.args["warmup_steps"] >= s.args["total_steps"]):
+        raise ValueError(f"warmup_cosine schedule: warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
+    return s
+
+
+def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> Schedule:
+    s = _make("one_cycle", {"total_steps": (lambda v: v >= 2, ">= 2"), "pct_start": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
+                            "div_factor": (lambda v: v > 0, "> 0"), "final_div_factor": (lambda v: v > 0, "> 0")},
+              total_steps=total_steps, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    up_end = s.args["pct_start"] * s.args["total_steps"] - 1
+    if np.any(up_end <= 0) or np.any(up_end >= s.args["total_steps"] - 1):
+        raise ValueError(f"one_cycle schedule: pct_start * total_steps - 1 must lie in (0, total_steps - 1); "
+                         f"got pct_start {pct_start}, total_steps {total_steps}")
+    return s
+
+
+def by_name(kind, **args) -> Schedule:
+    """``by_name("cosine", total_steps=100)``: a schedule from its kind's name (for configs)."""
+    makers = {"constant": constant, "step_decay": step_decay, "cosine": cosine, "warmup_cosine": warmup_cosine,
+              "one_cycle": one_cycle}
+    if kind not in makers:
+        raise ValueError(f"unknown schedule {kind!r}; choose from {KINDS}")
+    return makers[kind](**args)
