@@ -35,6 +35,8 @@ COMMANDS = {
     "gradcheck": ("gradcheck", "every hand-derived gradient against finite differences and jax.grad"),
     "matrix-chain": ("matrix_chain", "gradient descent on the matrix chain, hand gradients vs jax.grad"),
     "cifar2": ("cifar2", "INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report"),
+    "cifar2-improved": ("cifar2_improved", "the CIFAR-2 MLP with augmentation, Nesterov, warm-up + cosine, best "
+                                           "epoch by validation, over seeds"),
     "mnist-zoo": ("mnist_zoo", "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm"),
     "cifar10-softmax": ("cifar10_softmax", "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G"),
     "bench": ("bench", "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak"),

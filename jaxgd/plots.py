@@ -215,6 +215,30 @@ def bench(res, path):
     return _save(fig, path)
 
 
+def seed_curves(res, path):
+    """CIFAR-2 improved protocol: validation accuracy per learning rate (the choice, seed 0) and
+    per seed for the chosen one, best epochs marked."""
+    fig, (a, b) = _subplots(1, 2, figsize=(10, 3.6))
+    ch = res["choice"]
+    va = np.asarray(ch["val_acc"], float)
+    for i, lr in enumerate(ch["lrs"]):
+        a.plot(np.arange(1, len(va) + 1), va[:, i], label=f"lr {lr:g}" + (" (chosen)" if lr == ch["chosen_lr"] else ""))
+    a.set_title("choosing lr on validation (seed 0)", fontsize=9)
+    for r in res["runs"]:
+        v = np.asarray(r["val_curve"], float)
+        line, = b.plot(np.arange(1, len(v) + 1), v, label=f"seed {r['seed']}: test {r['test_acc']:.4f}")
+        b.plot([r["best_epoch"]], [r["val_acc"]], "o", color=line.get_color())
+    b.set_title(f"lr {ch['chosen_lr']:g} over seeds: test {res['test_acc_mean']:.4f} +- {res['test_acc_std']:.4f}",
+                fontsize=9)
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy")
+        ax.set_ylim(0.75, 0.95)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def how_it_works(path, layers=("conv2d", "relu", "max_pool", "flatten", "dense")):
     """The README's diagram: each layer's forward keeps residuals that its own backward reads;
     one SGD step; an epoch as one ``lax.scan``; a grid of configs as one program."""
