@@ -2,7 +2,6 @@
 optax where optax has one, torch.optim.SGD + torch.optim.lr_scheduler where torch is installed
 (float64, a few hundred steps: parameters within 1e-12 relative)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import backprop, models, optim, train
+from jaxgd import models, optim, train
 
 
 def _problem(n=256, d=20, k=3, seed=0):

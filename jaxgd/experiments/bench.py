@@ -43,7 +43,7 @@ import numpy as np
 from jaxgd import models, optim, parallel, train
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
-from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.common import provenance, write
 from jaxgd.experiments.config import Config, at_least, option
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
@@ -502,11 +502,9 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
            "targets": TARGETS, "torch": None if torch is None else
            {"version": torch.__version__, "threads": torch.get_num_threads()},
            "wall_time_s": time.time() - t0, "provenance": provenance()}
-    if out is not False:
-        from jaxgd import plots
-        with staged(outdir("bench", out)) as st:
-            save_json(st / f"{res['device_name']}.json", res)
-            plots.bench(res, st / f"{res['device_name']}.png")
+    from jaxgd import plots
+    write("bench", out, res, f"{res['device_name']}.json",
+          figures=[(f"{res['device_name']}.png", lambda p: plots.bench(res, p))])
     return res
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxgd import backprop, data, gradcheck, models, optim, progress, train
 from jaxgd.experiments.common import outdir, provenance, save_json, staged
-from jaxgd.experiments.config import Config, at_least, option
+from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 
 # name: (lambda, eta). A-D as in the report; the assignment's original eta = 0.001 settings.
 SETTINGS = {"A": (0.0, 0.1), "B": (0.0, 0.01), "C": (0.1, 0.01), "D": (1.0, 0.01),
@@ -35,7 +35,7 @@ class Cifar10SoftmaxConfig(Config):
     seed: int = option(0, "PRNG seed of the split, the initial weights and the batch order")
     settings: tuple[str, ...] = option(tuple(SETTINGS), "settings (lambda, eta) to train: A-D as in DD2424's "
                                                         "report, E-G the assignment's eta = 0.001", choices=tuple(SETTINGS))
-    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    data_dir: str | None = data_dir_option()
     n_train: int = option(10_000, "training images (from the TFDS train split)", check=at_least(1))
     n_val: int = option(10_000, "validation images (from the TFDS train split)", check=at_least(1))
 

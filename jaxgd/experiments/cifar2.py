@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
-from jaxgd.experiments.config import Config, ConfigError, at_least, option
+from jaxgd.experiments.config import Config, ConfigError, at_least, data_dir_option, option
 
 SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
@@ -43,7 +43,7 @@ class Cifar2Config(Config):
         metavar="LR,MOMENTUM,WD", shown="the INF265 reports' 18 configs")
     chunk: int = option(8, "configs trained together as one program (and saved after each chunk)",
                         check=at_least(1))
-    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    data_dir: str | None = data_dir_option()
     train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
     shard_configs: bool = option(False, "spread each chunk's configs over all devices (of all processes in a "
                                         "multi-host run; jaxgd.parallel); results as on one device")

@@ -25,8 +25,8 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, schedules, train
 from jaxgd.experiments.cifar2 import SIZES
-from jaxgd.experiments.common import outdir, provenance, save_json, staged
-from jaxgd.experiments.config import POSITIVE, Config, at_least, option
+from jaxgd.experiments.common import provenance, write
+from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 
 TARGET = 0.89  # mean test accuracy over >= 3 seeds
 REPORTS = "0.855 / 0.8405 / 0.848"  # the INF265 reports' best test accuracies
@@ -45,7 +45,7 @@ class Cifar2ImprovedConfig(Config):
                            check=((lambda v: 0 <= v < 1), "in [0, 1)"))
     pad: int = option(4, "zero padding of the random crop (pixels)", check=at_least(0))
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the final runs (split, init, batch order, augmentation)")
-    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    data_dir: str | None = data_dir_option()
     train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
 
     def validate(self):
@@ -107,11 +107,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
            "runs": runs, "test_acc_mean": float(tests.mean()),
            "test_acc_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0, "target": TARGET,
            "reports_test_acc": REPORTS, "wall_time_s": time.time() - t0, "provenance": prov}
-    if out is not False:
-        from jaxgd import plots
-        with staged(outdir("cifar2_improved", out)) as st:
-            save_json(st / "results.json", res)
-            plots.seed_curves(res, st / "seed_curves.png")
+    from jaxgd import plots
+    write("cifar2_improved", out, res, figures=[("seed_curves.png", lambda p: plots.seed_curves(res, p))])
     return res
 
 

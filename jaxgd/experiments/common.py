@@ -165,6 +165,17 @@ def staged(d_out):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def write(name, out, res, json_name="results.json", figures=()) -> None:
+    """Write ``res`` as ``<out>/<name>/<json_name>`` with its ``figures`` (pairs ``(file name,
+    draw(path))``), all together (``staged``); nothing when ``out`` is False."""
+    if out is False:
+        return
+    with staged(outdir(name, out)) as st:
+        save_json(st / json_name, res)
+        for fname, draw in figures:
+            draw(st / fname)
+
+
 def _resume_key(settings: dict) -> dict:
     dev = jax.devices()[0]
     return {"settings": _plain(settings), "code_fingerprint": code_fingerprint(),

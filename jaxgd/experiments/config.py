@@ -40,6 +40,11 @@ POSITIVE = ((lambda v: v > 0), "> 0")
 NON_NEGATIVE = at_least(0)
 
 
+def data_dir_option():
+    """The ``data_dir`` field every data experiment has."""
+    return option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+
+
 def _unwrap_optional(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

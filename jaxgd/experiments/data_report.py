@@ -7,7 +7,7 @@ import numpy as np
 
 from jaxgd import data
 from jaxgd.experiments.common import outdir, provenance, save_json, staged
-from jaxgd.experiments.config import Config, option
+from jaxgd.experiments.config import Config, data_dir_option, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,7 @@ class DataReportConfig(Config):
     seed: int = option(0, "PRNG seed of the train/validation split")
     val_fraction: float = option(0.1, "fraction of the TFDS train split held out for validation",
                                  check=((lambda v: 0 <= v < 1), "in [0, 1)"))
-    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    data_dir: str | None = data_dir_option()
 
 
 CONFIG = DataReportConfig

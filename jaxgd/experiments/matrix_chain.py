@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgd import backprop
-from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.common import provenance, write
 from jaxgd.experiments.config import POSITIVE, Config, at_least, option
 
 
@@ -58,11 +58,8 @@ def run(config=None, out=None) -> dict:
     res = {"experiment": "matrix_chain", "config": cfg.to_dict(), "runs": runs,
            "max_abs_loss_diff": max(r["max_abs_loss_diff"] for r in runs),
            "wall_time_s": time.time() - t0, "provenance": provenance()}
-    if out is not False:
-        from jaxgd import plots
-        with staged(outdir("matrix_chain", out)) as d:
-            save_json(d / "results.json", res)
-            plots.matrix_chain(res, d / "loss_curves.png")
+    from jaxgd import plots
+    write("matrix_chain", out, res, figures=[("loss_curves.png", lambda p: plots.matrix_chain(res, p))])
     return res
 
 

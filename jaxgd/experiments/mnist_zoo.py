@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
-from jaxgd.experiments.config import Config, ConfigError, at_least, option
+from jaxgd.experiments.config import Config, ConfigError, at_least, data_dir_option, option
 
 MODELS = tuple(f"{f}/{v}" for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS)
 TARGETS = {"softmax": 0.92, "mlp": 0.98, "cnn": 0.992}  # test accuracy after 30 epochs: CSI 5340 homework 2's targets
@@ -42,7 +42,7 @@ class MnistZooConfig(Config):
     conv_impl: str = option("im2col", "conv2d forward", choices=layers.CONV_IMPLS)
     models: tuple[str, ...] = option(MODELS, "models to train, family/variant", choices=MODELS)
     train_size: int | None = option(None, "train on the first N of the 60,000 training images", check=at_least(1))
-    data_dir: str | None = option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    data_dir: str | None = data_dir_option()
     compare_epoch: bool = option(True, "first run one epoch with hand gradients and with jax.grad and compare")
     data_parallel: bool = option(False, "spread each minibatch over all devices (of all processes in a multi-host "
                                         "run; jaxgd.parallel); batch norm uses the global batch's statistics")
