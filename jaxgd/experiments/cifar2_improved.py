@@ -35,9 +35,11 @@ REPORTS = "0.855 / 0.8405 / 0.848"  # the INF265 reports' best test accuracies
 @dataclasses.dataclass(frozen=True)
 class Cifar2ImprovedConfig(Config):
     NAME = "cifar2_improved"
-    epochs: int = option(100, "training epochs", check=at_least(1))
+    # 200 epochs and lrs up to 0.04: in a first run (100 epochs, lrs 0.005-0.02) the validation accuracy
+    # still rose at the last epochs and was best at the largest lr (its test mean: 0.8828 +- 0.0055)
+    epochs: int = option(200, "training epochs", check=at_least(1))
     batch_size: int = option(64, "minibatch size (images)", check=at_least(1))
-    lrs: tuple[float, ...] = option((0.005, 0.01, 0.02), "peak learning rates to choose from (on validation, seed 0)",
+    lrs: tuple[float, ...] = option((0.02, 0.04), "peak learning rates to choose from (on validation, seed 0)",
                                     check=POSITIVE)
     momentum: float = option(0.9, "Nesterov momentum")
     weight_decay: float = option(5e-4, "weight decay, on the weights (not biases)")
