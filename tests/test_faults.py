@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import require_real_data
-from jaxgd import data
+from jaxgd import data, models, optim, train
 from jaxgd.experiments import common, reproduce
 from jaxgd.experiments.config import ConfigError
 
@@ -237,3 +239,35 @@ def test_results_go_to_the_working_directory_or_the_flag(tmp_path, monkeypatch):
     assert common.results_root() == tmp_path / "results"
     assert reproduce.root("quick") == tmp_path / "results" / "quick"
     assert common.results_root("elsewhere") == Path("elsewhere")
+
+
+def _tiny_fit(**kw):
+    model = kw.pop("model", models.mlp((4, 3)))
+    params = kw.pop("params", None) or model.init(jax.random.PRNGKey(0))[0]
+    x = np.ones((8, 4), np.float32)
+    y = kw.pop("y", np.zeros(8, np.int32))
+    args = {"hparams": optim.sgd_hyperparams(0.1), "epochs": 1, "batch_size": 4, **kw}
+    return train.fit(model, params, (x, y), **args)
+
+
+@pytest.mark.parametrize("kw,match", [  # the items 6 and 8, each one clear error
+    ({"y": np.full(8, 7, np.int32)}, r"\[0, 3\)"),
+    ({"l2": -0.1}, "l2"), ({"seed": 1.5}, "seed"), ({"epochs": True}, "epochs"),
+    ({"batch_configs": "vmap"}, "several configs"),
+    ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
+])
+def test_bad_fit_inputs_give_one_clear_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny_fit(**kw)
+
+
+def test_formerly_refused_valid_inputs_and_missing_model_state():
+    _tiny_fit(epochs=np.int64(1), batch_size=np.int64(4))  # numpy integers are integers
+    with pytest.raises(ValueError, match="at least one entry"):
+        optim.sgd_hyperparams([])
+    bn = models.Model((models.L.dense(3), models.L.batch_norm()), (4,))
+    params, state = bn.init(jax.random.PRNGKey(0))
+    _tiny_fit(model=bn, params=params, model_state=state)
+    for wrong in (None, ()):  # no state, or a wrong one: say how to make the right one
+        with pytest.raises(ValueError, match="model.init"):
+            _tiny_fit(model=bn, params=params, model_state=wrong)
