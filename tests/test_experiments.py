@@ -47,6 +47,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "matrix_chain": {"Ks": [2, 4], "iters": 20},
         "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
+        "cifar2_improved": {"epochs": 1, "lrs": (0.01,), "seeds": (0, 1), "train_size": 300, "batch_size": 50},
+        "cifar10_improved": {"epochs": 1, "lrs": (0.003,), "weight_decays": (1e-4, 1e-3)},
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
                   "matmul_sizes": (64, 128), "torch": False},
@@ -58,6 +60,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert all(s.startswith("ok") for s in status.values()), status
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
+    assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
     assert f"bench/{reproduce.bench.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
