@@ -210,9 +210,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
                          f"select={select!r}")
     if select is not None and select.startswith("val") and (val is None or not len(val[1])):
         raise ValueError(f"select={select!r} needs a validation set")
-    _check_labels(model, np.asarray(train[1]).reshape(-1), "train")
+    _check_labels(model, train[1], "train", per_config_data)
     if val is not None:
-        _check_labels(model, np.asarray(val[1]).reshape(-1), "val")
+        _check_labels(model, val[1], "val", per_config_data)
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
     x, y = _as_device(train)
@@ -374,10 +374,13 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _check_labels(model, y, split):
+def _check_labels(model, y, split, per_config=False):
     """Integer class labels must lie in [0, classes) (one-hot targets pass as they are): out of
-    range, a row would silently drop out of the cross-entropy inside the compiled epoch."""
+    range, a row would silently drop out of the cross-entropy inside the compiled epoch.
+    ``per_config``: ``y`` has a leading configs axis (``fit(per_config_data=True)``)."""
     y = np.asarray(y)
+    if per_config:
+        y = y.reshape((-1,) + y.shape[2:])
     if getattr(model, "loss", None) != "cross_entropy" or y.ndim != 1:
         return
     shapes = getattr(model, "shapes", None)

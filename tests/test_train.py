@@ -153,3 +153,12 @@ def test_numpy_integers_are_accepted_and_bad_labels_refused():
     for bad, match in ((np.where(y == 0, 7, y), r"\[0, 3\)"), (y.astype(np.float32), "integer")):
         with pytest.raises(ValueError, match=match):
             train.fit(MODEL, params, (x, bad), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)
+
+
+def test_one_hot_targets_train_like_integer_labels():
+    (x, y), params = _problem()
+    hp = optim.sgd_hyperparams(0.1, 0.9)
+    _, _, h_int = train.fit(MODEL, params, (x, y), hparams=hp, epochs=2, batch_size=32)
+    _, _, h_hot = train.fit(MODEL, params, (x, np.eye(3, dtype=np.float32)[y]), hparams=hp, epochs=2, batch_size=32)
+    np.testing.assert_allclose(h_hot.train_loss, h_int.train_loss, rtol=1e-6)
+
