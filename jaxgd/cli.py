@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         C.add_flags(p, mod.CONFIG)
         if name == "cifar2":
             p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
-        _common(p, resumable=exp in reproduce.RESUMABLE)
+        _common(p, resumable=reproduce.resumable(exp))
 
     d = sub.add_parser("data", help="dataset reports").add_subparsers(dest="data_command", required=True,
                                                                       metavar="report", parser_class=_Parser)
@@ -137,7 +137,7 @@ def _run(a, log) -> int:
     mod = reproduce.EXPERIMENTS[exp][0]
     extra = {"grid": mod.QUICK_GRID} if exp == "cifar2" and a.quick else {}
     cfg = C.from_flags(mod.CONFIG, a, **extra)
-    res = mod.run(cfg, out=a.results, **reproduce.KEYWORDS[exp](getattr(a, "force", False), not a.quiet, log))
+    res = reproduce.run_one(exp, cfg, a.results, getattr(a, "force", False), not a.quiet, log)
     from jaxgd import parallel
     if not parallel.is_writer():
         return 0

@@ -5,6 +5,7 @@ configs, a few minutes on a 2-core CPU; results/quick/, labelled quick).
 """
 from __future__ import annotations
 
+import inspect
 import time
 import traceback
 from pathlib import Path
@@ -38,19 +39,8 @@ EXPERIMENTS = {
                "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False}, {},
               ["bench/{device}.png"]),
 }
-RESUMABLE = ("cifar2", "mnist_zoo")  # these keep finished configs/models in a partial file
-# the keywords each experiment's run() takes besides config and out
-KEYWORDS = {
-    "gradcheck": lambda force, verbose, log: {"verbose": verbose},
-    "matrix_chain": lambda force, verbose, log: {},
-    "data_report": lambda force, verbose, log: {},
-    "cifar2": lambda force, verbose, log: {"force": force, "verbose": verbose, "log": log},
-    "cifar2_improved": lambda force, verbose, log: {"verbose": verbose, "log": log},
-    "mnist_zoo": lambda force, verbose, log: {"force": force, "verbose": verbose, "log": log},
-    "cifar10_softmax": lambda force, verbose, log: {"verbose": verbose, "log": log},
-    "cifar10_improved": lambda force, verbose, log: {"verbose": verbose, "log": log},
-    "bench": lambda force, verbose, log: {"verbose": verbose, "log": log},
-}
+
+
 # the datasets an experiment reads (checked before anything runs)
 NEEDS = {"data_report": ("cifar2", "mnist"), "cifar2": ("cifar2",), "cifar2_improved": ("cifar2",), "mnist_zoo": ("mnist",),
          "cifar10_softmax": ("cifar10",), "cifar10_improved": ("cifar10",)}
@@ -64,6 +54,19 @@ SEEDS_SAY = {
                         "target: 0.42",
     "mnist_zoo": "the CSI 5340 homework 2 targets: softmax >= 92%, MLP >= 98%, CNN >= 99.2% test accuracy after 30 epochs",
 }
+
+
+def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
+    """Run experiment ``name`` with its typed ``cfg``, passing ``force``, ``verbose`` and ``log``
+    to its ``run`` where it takes them (only the resumable ones take ``force``)."""
+    run = EXPERIMENTS[name][0].run
+    takes = inspect.signature(run).parameters
+    return run(cfg, out=out, **{k: v for k, v in (("force", force), ("verbose", verbose), ("log", log)) if k in takes})
+
+
+def resumable(name) -> bool:
+    """Whether the experiment keeps finished configs/models in a partial file (its run takes ``force``)."""
+    return "force" in inspect.signature(EXPERIMENTS[name][0].run).parameters
 
 
 def _files(name):
@@ -113,11 +116,10 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
                             if n != "data_report" or d in cfg.datasets):
         data.check_available(ds, data_dir)
     for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
-        mod = EXPERIMENTS[n][0]
         log(f"[{n}] running ({profile})")
         t = time.time()
         try:
-            mod.run(cfg, out=out, **KEYWORDS[n](force=force, verbose=not quiet, log=log))
+            run_one(n, cfg, out, force, not quiet, log)
             status[n] = f"ok ({time.time() - t:.0f} s)"
         except Exception as e:  # one failing experiment must not stop the others
             traceback.print_exc()
