@@ -54,6 +54,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_label() -> str:
+    """``platform:kind`` of the first device (``cpu:cpu``, ``gpu:NVIDIA H100 ...``)."""
+    dev = jax.devices()[0]
+    return f"{dev.platform}:{getattr(dev, 'device_kind', '')}"
+
+
 def provenance() -> dict:
     """Versions, device, commit and date: stored beside every result."""
     import chex
@@ -70,12 +76,11 @@ def provenance() -> dict:
                                     text=True, cwd=here, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit = dirty = None
-    dev = jax.devices()[0]
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
         "uncommitted_changes": dirty,
-        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "device": device_label(),
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
         "cpu_count": os.cpu_count(),
@@ -177,9 +182,8 @@ def write(name, out, res, json_name="results.json", figures=()) -> None:
 
 
 def _resume_key(settings: dict) -> dict:
-    dev = jax.devices()[0]
-    return {"settings": _plain(settings), "code_fingerprint": code_fingerprint(),
-            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "jax": jax.__version__}
+    return {"settings": _plain(settings), "code_fingerprint": code_fingerprint(), "device": device_label(),
+            "jax": jax.__version__}
 
 
 class PartialRun:

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from jaxgd import data
-from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.common import provenance, write
 from jaxgd.experiments.config import Config, data_dir_option, option
 
 
@@ -46,11 +46,9 @@ def report(name, cfg: DataReportConfig, out=None) -> dict:
            "info": {k_: v for k_, v in raw.info.items() if k_ not in ("mean", "std")},
            "normalization_from_train": {"mean": raw.info["mean"], "std": raw.info["std"]},
            "provenance": provenance()}
-    if out is not False:
-        from jaxgd import plots
-        with staged(outdir("data", out)) as d:
-            save_json(d / f"{name}.json", res)
-            plots.samples_per_class(raw.train.x, raw.train.y, raw.info["classes"], d / f"{name}_samples.png")
+    from jaxgd import plots
+    write("data", out, res, f"{name}.json", figures=[(f"{name}_samples.png", lambda path: plots.samples_per_class(
+        raw.train.x, raw.train.y, raw.info["classes"], path))])
     return res
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxgd import backprop, gradcheck, losses, models, progress
 from jaxgd import layers as L
-from jaxgd.experiments.common import outdir, provenance, save_json
+from jaxgd.experiments.common import provenance, write
 from jaxgd.experiments.config import Config, ConfigError, option
 
 
@@ -156,8 +156,7 @@ def run(config=None, out=None, verbose=True) -> dict:
     res = {"experiment": "gradcheck", "config": cfg.to_dict(), "tolerances": gradcheck.TOLERANCES, "checks": rows,
            "all_passed": all(r["passed"] for r in rows), "wall_time_s": time.time() - t0,
            "provenance": provenance()}
-    if out is not False:
-        save_json(outdir("gradcheck", out) / "results.json", res)
+    write("gradcheck", out, res)
     return res
 
 
