@@ -286,12 +286,16 @@ def bench_grad(cfg) -> dict:
 # ------------------------------------------------------------------------------------------
 # 3. many configs at once vs one after another
 
-def bench_configs(cfg) -> dict:
-    x, y = _mlp_data(cfg.n_mlp)
-    xs, ys = np.asarray(x), np.asarray(y)
-    k = cfg.n_configs
-    lrs = np.geomspace(0.002, 0.02, k)
+def _grid(cfg):
+    """The grid of the configs and scaling sections: ``n_configs`` CIFAR-2 MLP configs (lr from
+    0.002 to 0.02) from one init, on ``n_mlp`` random samples."""
     params, _ = MLP.init(jax.random.PRNGKey(0))
+    return tuple(np.asarray(a) for a in _mlp_data(cfg.n_mlp)), params, np.geomspace(0.002, 0.02, cfg.n_configs)
+
+
+def bench_configs(cfg) -> dict:
+    (xs, ys), params, lrs = _grid(cfg)
+    k = cfg.n_configs
     epochs = cfg.repeats + 1  # the first epoch is the warm-up
     common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
     rows = []
@@ -330,11 +334,10 @@ def scaling_point(devices, cfg) -> list[dict]:
     sharded over them (vmapped at every count, so only the device count changes), and one MNIST
     CNN with each minibatch sharded over them (data parallelism)."""
     devs = jax.devices()[:devices]
-    x, y = (np.asarray(a) for a in _mlp_data(cfg.n_mlp))
+    data, params, lrs = _grid(cfg)
     k, epochs = cfg.n_configs, cfg.repeats + 1
-    params, _ = MLP.init(jax.random.PRNGKey(0))
-    hp = optim.sgd_hyperparams(np.geomspace(0.002, 0.02, k), HP[1], HP[2])
-    _, _, h = train.fit(MLP, train.stack_params([params] * k), (x, y), hparams=hp, epochs=epochs, batch_size=64,
+    hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
+    _, _, h = train.fit(MLP, train.stack_params([params] * k), data, hparams=hp, epochs=epochs, batch_size=64,
                         batch_configs="vmap", mesh=parallel.make_mesh(configs=devices, devices=devs))
     grid = {"name": f"{devices} device(s): {k}-config grid epoch, configs sharded", "devices": devices, **_epoch_times(h),
             "configs_per_s": k / statistics.median(h.epoch_time[1:])}
