@@ -137,8 +137,11 @@ def reachable(host, port=443, timeout=3.0) -> bool:
     return bool(ok)
 
 
-def can_download(tfds_name) -> str | None:
-    """``None`` if TFDS can download and prepare ``tfds_name`` here, else why not."""
+def can_download(tfds_name, download=True) -> str | None:
+    """``None`` if TFDS can download and prepare ``tfds_name`` here (and ``download`` allows it),
+    else why not."""
+    if not download:
+        return "downloading is off"
     if importlib.util.find_spec("tensorflow") is None:
         return "TensorFlow is not installed, and TFDS needs it to prepare a download"
     if os.environ.get("JAXGD_OFFLINE"):
@@ -154,7 +157,7 @@ def check_available(name, data_dir=None, download=True):
     try:
         find_prepared(name, data_dir)
     except DataNotFoundError as e:
-        why = can_download(_spec(name)[0]) if download else "downloading is off"
+        why = can_download(_spec(name)[0], download)
         if why is not None:
             raise DataNotFoundError(f"{e} ({why}.)") from None
 
@@ -166,7 +169,7 @@ def _open(tfds_name, split, root, download):
         return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=False)
     except Exception as e:  # TFDS raises several types for "not prepared"
         missing = e
-    why = can_download(tfds_name) if download else "downloading is off"
+    why = can_download(tfds_name, download)
     if why is None:
         return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=True,
                                 builder_kwargs={"file_format": "array_record"})
