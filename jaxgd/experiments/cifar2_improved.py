@@ -96,10 +96,9 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     p, _, hs = _fit(cfg, inits, stack("train"), stack("val"), [lr] * len(cfg.seeds), cfg.seeds, True, show)
     show.close()
     evaluate = jax.jit(train.make_eval(MODEL))
-    x_test, y_test = jnp.asarray(splits[0].test.x), jnp.asarray(splits[0].test.y)  # the same test set for all
     runs = []
-    for i, s in enumerate(cfg.seeds):
-        _, acc = evaluate(train.unstack_params(p, i), None, x_test, y_test)
+    for i, s in enumerate(cfg.seeds):  # the same test images, normalised with each seed's training statistics
+        _, acc = evaluate(train.unstack_params(p, i), None, jnp.asarray(splits[i].test.x), jnp.asarray(splits[i].test.y))
         e = hs.best_epoch[i]
         runs.append({"seed": s, "best_epoch": e, "val_acc": float(np.asarray(hs.val_acc)[e - 1, i]),
                      "test_acc": float(acc), "val_curve": np.asarray(hs.val_acc)[:, i].tolist(),
