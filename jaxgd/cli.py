@@ -38,6 +38,8 @@ COMMANDS = {
     "cifar2-improved": ("cifar2_improved", "the CIFAR-2 MLP with augmentation, Nesterov, warm-up + cosine, best "
                                            "epoch by validation, over seeds"),
     "mnist-zoo": ("mnist_zoo", "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm"),
+    "mnist-improved": ("mnist_improved", "the nine MNIST models with shifts, Nesterov, warm-up + cosine, best "
+                                         "epoch by validation, over seeds"),
     "cifar10-softmax": ("cifar10_softmax", "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G"),
     "cifar10-improved": ("cifar10_improved", "the best linear softmax of CIFAR-10 pixels here: 45k images, flips, "
                                              "Nesterov, warm-up + cosine, best epoch by validation"),

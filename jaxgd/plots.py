@@ -239,6 +239,32 @@ def seed_curves(res, path):
     return _save(fig, path)
 
 
+def zoo_seeds(res, path):
+    """MNIST improved protocol: each model's test accuracy per seed (dots) and their mean (bar),
+    one panel per family, with the family's target (dashed)."""
+    groups = {}
+    for name, r in res["models"].items():
+        groups.setdefault(r["family"], []).append(r)
+    fig, axes = _subplots(1, len(groups), figsize=(3.4 * len(groups), 3.4), squeeze=False)
+    for ax, (family, rs) in zip(axes[0], groups.items()):
+        for i, r in enumerate(rs):
+            accs = [x["test_acc"] for x in r["runs"]]
+            ax.bar(i, r["test_acc_mean"], width=0.6, color="C0", alpha=0.35)
+            ax.plot([i] * len(accs), accs, "o", color="C0", ms=4)
+            ax.text(i, r["test_acc_mean"], f"{r['test_acc_mean']:.4f}", ha="center", va="bottom", fontsize=8)
+        lo = min(x["test_acc"] for r in rs for x in r["runs"])
+        if rs[0]["target"] is not None:
+            ax.axhline(rs[0]["target"], color="C3", ls="--", lw=1, label=f"target {rs[0]['target']}")
+            lo = min(lo, rs[0]["target"])
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(lo - 0.004, 1.0 if family != "softmax" else lo + 0.02)
+        ax.set_xticks(range(len(rs)), [r["variant"] for r in rs])
+        ax.set_title(f"{family} ({rs[0]['epochs']} epochs, {len(rs[0]['runs'])} seeds)", fontsize=9)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def how_it_works(path, layers=("conv2d", "relu", "max_pool", "flatten", "dense")):
     """The README's diagram: each layer's forward keeps residuals that its own backward reads;
     one SGD step; an epoch as one ``lax.scan``; a grid of configs as one program."""

@@ -50,6 +50,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "cifar2_improved": {"epochs": 1, "lrs": (0.01,), "seeds": (0, 1), "train_size": 300, "batch_size": 50},
         "cifar10_improved": {"epochs": 1, "lrs": (0.003,), "weight_decays": (1e-4, 1e-3)},
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
+        "mnist_improved": {"softmax_epochs": 2, "cnn_epochs": 1, "train_size": 256, "batch_size": 64,
+                           "seeds": (0, 1), "models": ["softmax/dropout", "cnn/batchnorm"]},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
                   "matmul_sizes": (64, 128), "torch": False},
     }
@@ -61,6 +63,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
+    assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
     assert f"bench/{reproduce.bench.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
@@ -132,3 +135,34 @@ def test_results_are_written_whole_readable_and_with_paths(tmp_path):
     with pytest.raises(TypeError):
         save_json(tmp_path / "bad.json", {"x": object()})
     assert sorted(f.name for f in tmp_path.iterdir()) == ["r.json"]  # no stray temp file, no half a file
+
+
+def test_mnist_improved_seeds_in_one_program_equal_each_seed_alone(tmp_path):
+    """Each seed of the one-program run (its own split, init, batch order, shifts) gives the same
+    best epoch and test accuracy as that seed trained alone; the best epoch is the validation max."""
+    require_real_data("mnist")
+    from jaxgd.experiments import mnist_improved
+    cfg = {"softmax_epochs": 3, "train_size": 512, "batch_size": 64, "val_size": 500, "seeds": (0, 3),
+           "models": ["softmax/batchnorm"]}
+    both = mnist_improved.run(cfg, out=tmp_path, verbose=False)["models"]["softmax/batchnorm"]
+    alone = mnist_improved.run({**cfg, "seeds": (3,)}, out=False, verbose=False)["models"]["softmax/batchnorm"]
+    r, a = both["runs"][1], alone["runs"][0]
+    assert r["seed"] == a["seed"] == 3 and r["best_epoch"] == a["best_epoch"]
+    assert abs(r["test_acc"] - a["test_acc"]) < 1e-6 and r["val_curve"] == pytest.approx(a["val_curve"], abs=1e-6)
+    for run in both["runs"]:
+        assert run["val_acc"] == max(run["val_curve"]) and run["val_acc"] == run["val_curve"][run["best_epoch"] - 1]
+    assert both["runs"][0]["val_curve"] != r["val_curve"]  # the seeds differ
+    assert (tmp_path / "mnist_improved" / "test_acc.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="seeds must differ"):
+        mnist_improved.run({"seeds": (1, 1)}, out=False)
+
+
+def test_cifar2_improved_seed_reads_its_own_normalisation_of_the_test_set():
+    """A seed's test accuracy does not depend on the other seeds run beside it (each seed's split
+    has its own normalisation statistics, so its test images are normalised with them)."""
+    require_real_data("cifar2")
+    from jaxgd.experiments import cifar2_improved
+    cfg = {"epochs": 2, "lrs": (0.01,), "seeds": (0, 3), "train_size": 300, "batch_size": 50}
+    both = cifar2_improved.run(cfg, out=False, verbose=False)["runs"][1]
+    alone = cifar2_improved.run({**cfg, "seeds": (3,)}, out=False, verbose=False)["runs"][0]
+    assert both["seed"] == alone["seed"] == 3 and abs(both["test_acc"] - alone["test_acc"]) < 1e-6
