@@ -40,16 +40,18 @@ def _short(v):
     return f"{np.nanmin(v):.4g}..{np.nanmax(v):.4g}" if np.isfinite(v).any() else "nan"
 
 
-def epoch_logger(desc="epochs", epochs=None, quiet=False, log=None):
+def epoch_logger(desc="epochs", epochs=None, quiet=False, log=None, val_name="val"):
     """A ``fit(progress=...)`` callback: a bar over the epochs with the latest train/val metrics
     (for several configs, their range), or, where bars are off, one ``log`` line per epoch
-    (nothing if ``log`` is None). Call ``.close()`` when the fit is done."""
+    (nothing if ``log`` is None). ``val_name`` names the held-out set shown (e.g. ``"test"`` where
+    fit's ``val`` is the test set). Call ``.close()`` when the fit is done."""
     b = bar(epochs, desc, quiet, leave=False, unit="epoch")
 
     def progress(m):
         if b.total is None:
             b.reset(total=m["epochs"])
-        shown = {k: _short(m[k]) for k in ("train_loss", "train_acc", "val_loss", "val_acc")
+        shown = {k.replace("val_", f"{val_name}_"): _short(m[k]) for k in ("train_loss", "train_acc", "val_loss",
+                                                                          "val_acc")
                  if np.isfinite(np.asarray(m[k], float)).any()}
         if not b.disable:
             b.set_postfix(shown, refresh=False)

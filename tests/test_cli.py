@@ -52,6 +52,16 @@ def test_progress_is_off_when_not_a_terminal(monkeypatch):
     assert progress.enabled() and not progress.enabled(quiet=True)
 
 
+def test_epoch_lines_name_the_held_out_set(monkeypatch):
+    monkeypatch.setenv("JAXGD_PROGRESS", "0")
+    lines = []
+    show = progress.epoch_logger("x", 2, log=lines.append, val_name="test")
+    show({"epoch": 1, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": [0.9, 0.95],
+          "epoch_time": 1.0})
+    show.close()
+    assert lines == ["epoch   1/2  train_loss 0.5  train_acc 0.8  test_loss 0.25  test_acc 0.9..0.95  1.00s"]
+
+
 def test_a_non_interactive_run_draws_no_bar(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAXGD_PROGRESS"}
     r = subprocess.run([sys.executable, "-m", "jaxgd", "matrix-chain", "--Ks", "2", "--iters", "5",

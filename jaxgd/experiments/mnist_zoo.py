@@ -64,7 +64,8 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     params, state = model.init(jax.random.PRNGKey(cfg.seed))
     hp = optim.sgd_hyperparams(cfg.lr, cfg.momentum, cfg.weight_decay)
     compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg.compare_epoch else None
-    show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"))
+    show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"),
+                                 val_name="test")  # the zoo's protocol has no validation set: fit's val is test
     _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, grads=cfg.grads,
                         batch_size=cfg.batch_size, seed=cfg.seed, model_state=state, eval_train=True,
                         mesh=parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None,
