@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgd import parallel
+from jaxgd import parallel, progress
 from jaxgd._files import atomic_write
 
 
@@ -220,6 +220,20 @@ class PartialRun:
         self._earlier.discard(name)
         if self.path is not None and parallel.is_writer():
             save_json(self.path, {"key": self.key, self.what: self.done, "provenance": self.made_by})
+
+    def each(self, names, train, desc, quiet=False, say=None) -> dict:
+        """``train(name)`` for every name not finished yet, each saved as soon as it is done, under a
+        bar over ``names``; where no bar shows, ``say(name)`` (if given) announces each. Returns
+        name -> entry for all ``names``."""
+        with progress.bar(len(names), desc, quiet=quiet, unit=self.what.rstrip("s")) as bar:
+            for name in names:
+                if name not in self:
+                    if say is not None and bar.disable:
+                        say(name)
+                    bar.set_postfix_str(name)
+                    self.add(name, train(name))
+                bar.update(1)
+        return {n: self.done[n] for n in names}
 
     def reused(self, names) -> dict:
         """Entry -> provenance of the earlier run that computed it, for the ``names`` taken back."""

@@ -115,16 +115,11 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
     part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
                       log if verbose else None)
-    with progress.bar(len(cfg.models), "MNIST improved", quiet=not verbose, unit="model") as bar:
-        for name in cfg.models:
-            if name not in part:
-                if verbose and bar.disable:
-                    log(f"training {name} ({cfg.epochs(name.split('/')[0])} epochs x {len(cfg.seeds)} seeds)")
-                bar.set_postfix_str(name)
-                part.add(name, train_one(name, splits, cfg, verbose, log))
-            bar.update(1)
+    done = part.each(cfg.models, lambda name: train_one(name, splits, cfg, verbose, log), "MNIST improved",
+                     quiet=not verbose, say=lambda name: log(f"training {name} ({cfg.epochs(name.split('/')[0])} "
+                                                             f"epochs x {len(cfg.seeds)} seeds)"))
     res = {"experiment": "mnist_improved", "config": cfg.to_dict(), "data": splits[0].info,
-           "models": {m: part.done[m] for m in cfg.models},
+           "models": done,
            "note": "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
                    "per seed, at that epoch",
            "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}

@@ -106,17 +106,11 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
     part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
                       log if verbose else None)
-    with progress.bar(len(cfg.models), "MNIST zoo", quiet=not verbose, unit="model") as bar:
-        for name in cfg.models:
-            if name not in part:
-                if verbose and bar.disable:
-                    log(f"training {name} ({cfg.epochs} epochs)")
-                bar.set_postfix_str(name)
-                part.add(name, train_one(name, d, cfg, verbose, log))
-            bar.update(1)
+    done = part.each(cfg.models, lambda name: train_one(name, d, cfg, verbose, log), "MNIST zoo", quiet=not verbose,
+                     say=lambda name: log(f"training {name} ({cfg.epochs} epochs)"))
 
     res = {"experiment": "mnist_zoo", "config": cfg.to_dict(), "data": d.info,
-           "models": {m: part.done[m] for m in cfg.models},
+           "models": done,
            "note": "train metrics: the whole training set in eval mode after each epoch; test curves are "
                    "reported only, never used for a choice",
            "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}
