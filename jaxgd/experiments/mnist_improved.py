@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import augment, data, layers, models, optim, progress, schedules, train
-from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
+from jaxgd.experiments.common import PartialRun, outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 from jaxgd.experiments.mnist_zoo import MODELS
 
@@ -123,11 +123,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
            "note": "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
                    "per seed, at that epoch",
            "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}
-    if d_out is not None:
-        from jaxgd import plots
-        with staged(d_out) as st:
-            save_json(st / "results.json", res)
-            plots.zoo_seeds(res, st / "test_acc.png")
+    from jaxgd import plots
+    write("mnist_improved", out, res, figures=[("test_acc.png", lambda path: plots.zoo_seeds(res, path))])
     return res
 
 
