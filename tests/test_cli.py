@@ -60,6 +60,10 @@ def test_epoch_lines_name_the_held_out_set(monkeypatch):
           "epoch_time": 1.0})
     show.close()
     assert lines == ["epoch   1/2  train_loss 0.5  train_acc 0.8  test_loss 0.25  test_acc 0.9..0.95  1.00s"]
+    quiet = progress.epoch_logger("x", 2, quiet=True, log=lines.append)
+    quiet({"epoch": 2, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": 0.9,
+           "epoch_time": 1.0})
+    assert len(lines) == 1  # quiet: no bar and no line
 
 
 def test_a_non_interactive_run_draws_no_bar(tmp_path):

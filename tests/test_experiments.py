@@ -94,7 +94,9 @@ def test_mnist_zoo_resumes_per_model(tmp_path):
     require_real_data("mnist")
     from jaxgd.experiments import mnist_zoo
     cfg = {"epochs": 2, "train_size": 512, "batch_size": 64, "models": ["softmax/dropout", "mlp/batchnorm"]}
-    res = mnist_zoo.run(cfg, out=tmp_path, verbose=False)
+    said = []
+    res = mnist_zoo.run(cfg, out=tmp_path, verbose=False, log=said.append)
+    assert said == []  # verbose=False: no bar and no lines
     for name, r in res["models"].items():
         assert len(r["test_acc"]) == len(r["train_acc"]) == 2 and 0.5 < r["final_test_acc"] <= 1, name
         assert r["grads"] == "hand" and r["hand_vs_autodiff_epoch"]["max_abs_diff"] < 1e-4, name

@@ -223,12 +223,12 @@ class PartialRun:
 
     def each(self, names, train, desc, quiet=False, say=None) -> dict:
         """``train(name)`` for every name not finished yet, each saved as soon as it is done, under a
-        bar over ``names``; where no bar shows, ``say(name)`` (if given) announces each. Returns
-        name -> entry for all ``names``."""
+        bar over ``names``; where no bar shows and not ``quiet``, ``say(name)`` (if given) announces
+        each. Returns name -> entry for all ``names``."""
         with progress.bar(len(names), desc, quiet=quiet, unit=self.what.rstrip("s")) as bar:
             for name in names:
                 if name not in self:
-                    if say is not None and bar.disable:
+                    if say is not None and bar.disable and not quiet:
                         say(name)
                     bar.set_postfix_str(name)
                     self.add(name, train(name))
