@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import augment, data, models, optim, progress, schedules, train
+from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar10_softmax import REPORT_TEST_ACC, init
-from jaxgd.experiments.common import provenance, write
-from jaxgd.experiments.config import NON_NEGATIVE, POSITIVE, Config, at_least, data_dir_option, option
+from jaxgd.experiments.common import provenance, warmup_cosine, write
+from jaxgd.experiments.config import NON_NEGATIVE, POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 
 TARGET = 0.42
 
@@ -34,8 +34,7 @@ class Cifar10ImprovedConfig(Config):
     weight_decays: tuple[float, ...] = option((1e-4, 1e-3), "weight decays on W to choose from (on validation)",
                                               check=NON_NEGATIVE)
     momentum: float = option(0.9, "Nesterov momentum")
-    warmup: float = option(0.05, "fraction of the steps of linear warm-up before the cosine",
-                           check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    warmup: float = warmup_option()
     n_val: int = option(5000, "validation images (from the TFDS train split); the rest train", check=at_least(1))
     seed: int = option(0, "PRNG seed of the split, the initial weights, the batch order and the flips")
     data_dir: str | None = data_dir_option()
@@ -49,12 +48,11 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     t0, prov = time.time(), provenance()
     d = data.load("cifar10", val_size=cfg.n_val, seed=cfg.seed, data_dir=cfg.data_dir)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    steps = cfg.epochs * (len(d.train.y) // cfg.n_batch)
     hp = optim.sgd_hyperparams([g[0] for g in grid], cfg.momentum, [g[1] for g in grid],
-                               schedule=schedules.warmup_cosine(int(cfg.warmup * steps), steps, 0.0))
+                               schedule=warmup_cosine(cfg.warmup, cfg.epochs, len(d.train.y), cfg.n_batch))
     model = models.linear_softmax(d.train.x.shape[1])
     params = init(jax.random.PRNGKey(cfg.seed), d.train.x.shape[1])
-    show = progress.epoch_logger(f"{len(grid)} configs", cfg.epochs, quiet=not verbose, log=log if verbose else None)
+    show = progress.epoch_logger(f"{len(grid)} configs", cfg.epochs, quiet=not verbose, log=log)
     p, _, h = train.fit(model, train.stack_params([params] * len(grid)), d.train, d.val, hparams=hp,
                         epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed,
                         optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",

@@ -20,13 +20,12 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import augment, data, models, optim, progress, schedules, train
+from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar2 import SIZES
-from jaxgd.experiments.common import provenance, write
-from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
+from jaxgd.experiments.common import provenance, seed_runs, stack_splits, warmup_cosine, write
+from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 
 TARGET = 0.89  # mean test accuracy over >= 3 seeds
 REPORTS = "0.855 / 0.8405 / 0.848"  # the INF265 reports' best test accuracies
@@ -43,8 +42,7 @@ class Cifar2ImprovedConfig(Config):
                                     check=POSITIVE)
     momentum: float = option(0.9, "Nesterov momentum")
     weight_decay: float = option(5e-4, "weight decay, on the weights (not biases)")
-    warmup: float = option(0.05, "fraction of the steps of linear warm-up before the cosine",
-                           check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    warmup: float = warmup_option()
     pad: int = option(4, "zero padding of the random crop (pixels)", check=at_least(0))
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the final runs (split, init, batch order, augmentation)")
     data_dir: str | None = data_dir_option()
@@ -61,9 +59,8 @@ MODEL = models.mlp(SIZES, "relu")
 
 
 def _fit(cfg, params, train_xy, val_xy, lrs, seeds=None, per_config_data=False, show=None):
-    steps = cfg.epochs * ((train_xy[1].shape[-1]) // cfg.batch_size)
-    sched = schedules.warmup_cosine(int(cfg.warmup * steps), steps, 0.0)
-    hp = optim.sgd_hyperparams(list(lrs), cfg.momentum, cfg.weight_decay, schedule=sched)
+    hp = optim.sgd_hyperparams(list(lrs), cfg.momentum, cfg.weight_decay,
+                               schedule=warmup_cosine(cfg.warmup, cfg.epochs, train_xy[1].shape[-1], cfg.batch_size))
     return train.fit(MODEL, train.stack_params(params), train_xy, val_xy, hparams=hp, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only),
                      select="val_acc", augment=augment.flip_crop((32, 32, 3), cfg.pad),
@@ -78,7 +75,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     init = MODEL.init(jax.random.PRNGKey(0))[0]
 
     # 1. the learning rate, on validation accuracy at seed 0
-    show = progress.epoch_logger("choose lr", cfg.epochs, quiet=not verbose, log=log if verbose else None)
+    show = progress.epoch_logger("choose lr", cfg.epochs, quiet=not verbose, log=log)
     _, _, h = _fit(cfg, [init] * len(cfg.lrs), d0.train, d0.val, cfg.lrs, show=show)
     show.close()
     best_val = [float(np.nanmax(np.asarray(h.val_acc)[:, i])) for i in range(len(cfg.lrs))]
@@ -88,25 +85,15 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
               "val_acc": h.val_acc, "train_loss": h.train_loss}
 
     # 2. the chosen config at every seed, as one program
-    splits = [load(s) for s in cfg.seeds]
-    stack = lambda part: tuple(np.stack([getattr(d, part)[i] for d in splits]) for i in (0, 1))  # noqa: E731
+    splits = [d0 if s == 0 else load(s) for s in cfg.seeds]
     inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in cfg.seeds]
-    show = progress.epoch_logger(f"lr {lr:g} x {len(cfg.seeds)} seeds", cfg.epochs, quiet=not verbose,
-                                 log=log if verbose else None)
-    p, _, hs = _fit(cfg, inits, stack("train"), stack("val"), [lr] * len(cfg.seeds), cfg.seeds, True, show)
+    show = progress.epoch_logger(f"lr {lr:g} x {len(cfg.seeds)} seeds", cfg.epochs, quiet=not verbose, log=log)
+    p, _, hs = _fit(cfg, inits, stack_splits(splits, "train"), stack_splits(splits, "val"), [lr] * len(cfg.seeds),
+                    cfg.seeds, True, show)
     show.close()
-    evaluate = jax.jit(train.make_eval(MODEL))
-    runs = []
-    for i, s in enumerate(cfg.seeds):  # the same test images, normalised with each seed's training statistics
-        _, acc = evaluate(train.unstack_params(p, i), None, jnp.asarray(splits[i].test.x), jnp.asarray(splits[i].test.y))
-        e = hs.best_epoch[i]
-        runs.append({"seed": s, "best_epoch": e, "val_acc": float(np.asarray(hs.val_acc)[e - 1, i]),
-                     "test_acc": float(acc), "val_curve": np.asarray(hs.val_acc)[:, i].tolist(),
-                     "train_acc_curve": np.asarray(hs.train_acc)[:, i].tolist()})
-    tests = np.array([r["test_acc"] for r in runs])
+    runs, mean, std = seed_runs(MODEL, p, None, hs, splits, cfg.seeds, "train_acc")
     res = {"experiment": "cifar2_improved", "config": cfg.to_dict(), "data": d0.info, "choice": choice,
-           "runs": runs, "test_acc_mean": float(tests.mean()),
-           "test_acc_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0, "target": TARGET,
+           "runs": runs, "test_acc_mean": mean, "test_acc_std": std, "target": TARGET,
            "reports_test_acc": REPORTS, "wall_time_s": time.time() - t0, "provenance": prov}
     from jaxgd import plots
     write("cifar2_improved", out, res, figures=[("seed_curves.png", lambda p: plots.seed_curves(res, p))])

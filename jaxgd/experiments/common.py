@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgd import parallel, progress
+from jaxgd import parallel, progress, schedules, train
 from jaxgd._files import atomic_write
 
 
@@ -179,6 +179,37 @@ def write(name, out, res, json_name="results.json", figures=()) -> None:
         save_json(st / json_name, res)
         for fname, draw in figures:
             draw(st / fname)
+
+
+def warmup_cosine(fraction, epochs, n_train, batch_size):
+    """The improved protocols' schedule: a linear warm-up over ``fraction`` of the ``epochs`` epochs'
+    steps (``n_train // batch_size`` each, as ``fit`` drops the last partial batch), then a cosine to 0."""
+    steps = epochs * (n_train // batch_size)
+    return schedules.warmup_cosine(int(fraction * steps), steps, 0.0)
+
+
+def stack_splits(splits, part):
+    """``(x, y)`` of split ``part`` ("train" or "val") of each dataset in ``splits``, stacked on a
+    leading seeds axis (``fit(per_config_data=True)``)."""
+    return tuple(np.stack([getattr(d, part)[i] for d in splits]) for i in (0, 1))
+
+
+def seed_runs(model, params, state, hist, splits, seeds, train_curve):
+    """The runs of a fit that trained one config per seed (each on its own split of ``splits``):
+    per seed its best epoch, the validation accuracy there, the test accuracy (read once, on the same
+    test images normalised with that seed's training statistics), the validation curve and the
+    ``train_curve`` ("train_acc" or "train_loss") curve; with the test accuracies' mean and standard
+    deviation (ddof 1)."""
+    evaluate = jax.jit(train.make_eval(model))
+    val_acc, curve, runs = np.asarray(hist.val_acc, float), np.asarray(getattr(hist, train_curve)), []
+    for i, s in enumerate(seeds):
+        _, acc = evaluate(train.unstack_params(params, i), train.unstack_params(state, i),
+                          jax.numpy.asarray(splits[i].test.x), jax.numpy.asarray(splits[i].test.y))
+        e = hist.best_epoch[i]
+        runs.append({"seed": s, "best_epoch": e, "val_acc": float(val_acc[e - 1, i]), "test_acc": float(acc),
+                     "val_curve": val_acc[:, i].tolist(), f"{train_curve}_curve": curve[:, i].tolist()})
+    tests = np.array([r["test_acc"] for r in runs])
+    return runs, float(tests.mean()), float(tests.std(ddof=1)) if len(tests) > 1 else 0.0
 
 
 def _resume_key(settings: dict) -> dict:

@@ -45,6 +45,12 @@ def data_dir_option():
     return option(None, "TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
 
 
+def warmup_option():
+    """The ``warmup`` field of the improved protocols (``common.warmup_cosine``)."""
+    return option(0.05, "fraction of the steps of linear warm-up before the cosine",
+                  check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+
+
 def _unwrap_optional(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

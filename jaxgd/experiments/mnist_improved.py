@@ -24,12 +24,12 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import augment, data, layers, models, optim, progress, schedules, train
-from jaxgd.experiments.common import PartialRun, outdir, provenance, write
-from jaxgd.experiments.config import Config, at_least, data_dir_option, option
+from jaxgd import augment, data, layers, models, optim, progress, train
+from jaxgd.experiments.common import (PartialRun, outdir, provenance, seed_runs, stack_splits, warmup_cosine,
+                                     write)
+from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.mnist_zoo import MODELS
 
 TARGETS = {"softmax": None, "mlp": 0.985, "cnn": 0.994}  # mean test accuracy over >= 3 seeds
@@ -45,8 +45,7 @@ class MnistImprovedConfig(Config):
     lr: float = option(0.05, "peak learning rate (Nesterov SGD)")
     momentum: float = option(0.9, "Nesterov momentum")
     weight_decay: float = option(5e-4, "weight decay, on the weights (not biases or batch-norm parameters)")
-    warmup: float = option(0.05, "fraction of the steps of linear warm-up before the cosine",
-                           check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    warmup: float = warmup_option()
     shift: int = option(2, "random shifts of up to this many pixels (crop of the zero-padded image)",
                         check=at_least(0))
     val_size: int = option(5000, "validation images (from the 60,000 training images); the rest train",
@@ -71,38 +70,29 @@ class MnistImprovedConfig(Config):
 CONFIG = MnistImprovedConfig
 
 
-def train_one(name, splits, cfg, verbose=False, log=print) -> dict:
-    """Train model ``name`` at every seed as one program; the test set is read once per seed."""
+def train_one(name, splits, stacked, cfg, verbose=False, log=print) -> dict:
+    """Train model ``name`` at every seed as one program (``stacked``: the seeds' train and val
+    splits, ``common.stack_splits``); the test set is read once per seed."""
     family, variant = name.split("/")
     model = models.mnist_zoo(family, variant, cfg.conv_impl)
     inits = [model.init(jax.random.PRNGKey(s)) for s in cfg.seeds]
-    stack = lambda part: tuple(np.stack([getattr(d, part)[i] for d in splits]) for i in (0, 1))  # noqa: E731
-    train_xy, val_xy = stack("train"), stack("val")
+    train_xy, val_xy = stacked
     epochs, n = cfg.epochs(family), len(cfg.seeds)
-    steps = epochs * (train_xy[1].shape[-1] // cfg.batch_size)
     hp = optim.sgd_hyperparams([cfg.lr] * n, cfg.momentum, cfg.weight_decay,
-                               schedule=schedules.warmup_cosine(int(cfg.warmup * steps), steps, 0.0))
+                               schedule=warmup_cosine(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
     show = progress.epoch_logger(f"{name} x {n} seeds", epochs, quiet=not verbose,
-                                 log=(lambda s: log(f"  {name}: {s}")) if verbose else None)
+                                 log=lambda s: log(f"  {name}: {s}"))
     p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
                          epochs=epochs, batch_size=cfg.batch_size, seed=list(cfg.seeds), per_config_data=True,
                          model_state=train.stack_params([i[1] for i in inits]),
                          optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",
-                         augment=augment.flip_crop((28, 28, 1), cfg.shift, flip=False, crop=cfg.shift > 0)
-                         if cfg.shift else None, progress=show)
+                         augment=augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None,
+                         progress=show)
     show.close()
-    evaluate = jax.jit(train.make_eval(model))
-    val_acc, runs = np.asarray(h.val_acc, float), []
-    for i, s in enumerate(cfg.seeds):  # the same test images, normalised with each seed's training statistics
-        _, acc = evaluate(train.unstack_params(p, i), train.unstack_params(st, i), jnp.asarray(splits[i].test.x),
-                          jnp.asarray(splits[i].test.y))
-        e = h.best_epoch[i]
-        runs.append({"seed": s, "best_epoch": e, "val_acc": float(val_acc[e - 1, i]), "test_acc": float(acc),
-                     "val_curve": val_acc[:, i].tolist(), "train_loss_curve": np.asarray(h.train_loss)[:, i].tolist()})
-    tests = np.array([r["test_acc"] for r in runs])
+    runs, mean, std = seed_runs(model, p, st, h, splits, cfg.seeds, "train_loss")
     return {"family": family, "variant": variant, "layers": model.describe(), "epochs": epochs,
-            "n_params": models.count_params(inits[0][0]), "runs": runs, "test_acc_mean": float(tests.mean()),
-            "test_acc_std": float(tests.std(ddof=1)) if n > 1 else 0.0, "target": TARGETS[family],
+            "n_params": models.count_params(inits[0][0]), "runs": runs, "test_acc_mean": mean,
+            "test_acc_std": std, "target": TARGETS[family],
             "epoch_time_s": h.epoch_time, "compile_time_s": h.compile_time, "diverged_at_epoch": h.diverged_at}
 
 
@@ -115,7 +105,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
     part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
                       log if verbose else None)
-    done = part.each(cfg.models, lambda name: train_one(name, splits, cfg, verbose, log), "MNIST improved",
+    stacked = stack_splits(splits, "train"), stack_splits(splits, "val")  # once, for all nine models
+    done = part.each(cfg.models, lambda name: train_one(name, splits, stacked, cfg, verbose, log), "MNIST improved",
                      quiet=not verbose, say=lambda name: log(f"training {name} ({cfg.epochs(name.split('/')[0])} "
                                                              f"epochs x {len(cfg.seeds)} seeds)"))
     res = {"experiment": "mnist_improved", "config": cfg.to_dict(), "data": splits[0].info,
