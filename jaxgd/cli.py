@@ -7,6 +7,7 @@
     jaxgd mnist-zoo --models cnn/plain --epochs 3
     jaxgd bench --sections matmul cnn_epoch
     jaxgd data report --datasets mnist
+    jaxgd data export cifar2 mnist --to /tmp/decoded   # then --data-dir /tmp/decoded, no TFDS needed
 
 An experiment's flags are generated from its typed config (``jaxgd.experiments.<name>.CONFIG``),
 so ``--help`` shows every field with its default. Results go to ``./results`` (or ``--results``).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxgd import data
 from jaxgd.data import DataNotFoundError
 from jaxgd.experiments import config as C
 from jaxgd.experiments.common import CorruptFileError
@@ -91,12 +93,21 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
         _common(p, resumable=reproduce.resumable(exp))
 
-    d = sub.add_parser("data", help="dataset reports").add_subparsers(dest="data_command", required=True,
-                                                                      metavar="report", parser_class=_Parser)
+    d = sub.add_parser("data", help="dataset reports and decoded exports").add_subparsers(dest="data_command", required=True,
+                                                                      metavar="report|export", parser_class=_Parser)
     p = d.add_parser("report", help="split sizes, class counts, pixel statistics, sample images",
                      description=data_report.__doc__)
     C.add_flags(p, data_report.CONFIG)
     _common(p)
+    p = d.add_parser("export", help="write decoded datasets to one .npz each, readable without TFDS",
+                     description=data.export.__doc__)
+    p.add_argument("datasets", nargs="+", choices=sorted(data.DATASETS), metavar="DATASET",
+                   help=f"any of {', '.join(sorted(data.DATASETS))}")
+    p.add_argument("--to", required=True, metavar="DIR", help="folder to write jaxgd-decoded-<name>.npz into; "
+                   "then pass it as --data-dir (or TFDS_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, help="TFDS data folder to read (default: $TFDS_DATA_DIR, else "
+                                                    "~/tensorflow_datasets)")
+    p.add_argument("--quiet", action="store_true", help="print only the files written")
     return top
 
 
@@ -130,6 +141,11 @@ def _run(a, log) -> int:
             print(f"{name:16s} {s}")
         print(f"report: {reproduce.root(profile, a.results) / 'REPORT.md'}")
         return 0 if all(not s.startswith("FAILED") for s in status.values()) else 1
+    if a.command == "data" and a.data_command == "export":
+        for name in dict.fromkeys(a.datasets):
+            path = data.export(name, a.to, data_dir=a.data_dir)
+            print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     if a.command == "data":
         from jaxgd.experiments import data_report
         for res in data_report.run(C.from_flags(data_report.CONFIG, a), out=a.results).values():

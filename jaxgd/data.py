@@ -2,7 +2,8 @@
 
 Reading uses ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
 Decoded uint8 splits are cached as ``.npz`` so a second load takes well under a
-second; a stale or corrupt cache file is detected and rebuilt.
+second; a stale or corrupt cache file is detected and rebuilt. ``export`` writes a dataset's
+decoded splits to one compressed file that ``load`` reads without TFDS (``jaxgd data export``).
 
 - Data directory: the ``data_dir`` argument, else ``$TFDS_DATA_DIR``, else TFDS's
   default ``~/tensorflow_datasets``.
@@ -99,15 +100,61 @@ def what_is_there(tfds_name, root) -> str:
 
 
 def find_prepared(name, data_dir=None) -> Path:
-    """The folder ``<data_dir>/<tfds name>/<version>`` of a prepared dataset; raises DataNotFoundError."""
+    """The folder ``<data_dir>/<tfds name>/<version>`` of a prepared dataset, or the decoded copy
+    ``<data_dir>/jaxgd-decoded-<name>.npz`` that ``export`` wrote; raises DataNotFoundError."""
     tfds_name = _spec(name)[0]
     root = resolve_data_dir(data_dir)
+    if exported_path(name, root).is_file():
+        return exported_path(name, root)
     found = sorted(p for p in root.glob(f"{tfds_name}/*/dataset_info.json")
                    if any(".array_record" in q.name for q in p.parent.iterdir()))
     if not found:
         raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}: "
                                 f"{what_is_there(tfds_name, root)}. " + _how_to_prepare(tfds_name))
     return found[-1].parent
+
+
+def exported_path(name, data_dir=None) -> Path:
+    """Where ``export`` puts ``name``'s decoded copy in ``data_dir``."""
+    return resolve_data_dir(data_dir) / f"jaxgd-decoded-{name}.npz"
+
+
+def export(name, folder, *, data_dir=None, cache=True) -> Path:
+    """Write ``name``'s decoded TFDS train and test splits (uint8 images, int32 labels as ``load``
+    numbers them, CIFAR-2's already relabelled 0/1) to ``<folder>/jaxgd-decoded-<name>.npz``,
+    compressed. ``load(name, data_dir=folder)`` then reads that file and needs neither TFDS nor
+    the TFDS folder: for a machine that takes only a few MB along and cannot download (a lent GPU
+    box). Splits, normalisation and seeds are then computed exactly as from TFDS. Returns the path."""
+    tfds_name, classes, keep = _spec(name)
+    root = resolve_data_dir(data_dir)
+    cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
+    raw = {s: _raw_split(tfds_name, s, root, cdir, download=False) for s in ("train", "test")}
+    arrays = {}
+    for s, (x, y, _) in raw.items():
+        arrays[f"x_{s}"], arrays[f"y_{s}"] = (x, y) if keep is None else _relabel(x, y, keep)
+    path = Path(folder).expanduser() / f"jaxgd-decoded-{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez_compressed(
+        f, **arrays, name=np.array(name), tfds_name=np.array(tfds_name), version=np.array(raw["train"][2]),
+        classes=np.array(classes)))
+    return path
+
+
+def _read_export(name, path):
+    """``(x_train, y_train), (x_test, y_test), version`` from an ``export`` file, checked."""
+    try:
+        with np.load(path) as f:
+            got = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataNotFoundError(f"{path} is not a readable jaxgd export ({type(e).__name__}: {e}); write it "
+                                f"again with jaxgd.data.export({name!r}, folder)") from None
+    need = {"x_train", "y_train", "x_test", "y_test", "name", "version", "classes"}
+    if not need <= set(got) or str(got["name"]) != name or list(got["classes"]) != _spec(name)[1] or any(
+            len(got[f"x_{s}"]) != len(got[f"y_{s}"]) for s in ("train", "test")):
+        raise DataNotFoundError(f"{path} is not a complete export of {name!r} (it holds "
+                                f"{sorted(got)}); write it again with jaxgd.data.export({name!r}, folder)")
+    return ((got["x_train"], got["y_train"].astype(np.int32)), (got["x_test"], got["y_test"].astype(np.int32)),
+            str(got["version"]))
 
 
 def _spec(name):
@@ -221,7 +268,8 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     ``layout`` is ``"flat"`` (n, h*w*c) or ``"nhwc"``. ``cache`` is True (default
     cache dir), False, or a folder. ``download`` lets TFDS prepare missing data
     when TensorFlow is installed; otherwise a missing dataset raises
-    ``DataNotFoundError`` at once.
+    ``DataNotFoundError`` at once. Where ``data_dir`` holds ``jaxgd-decoded-<name>.npz``
+    (see ``export``), that file is read instead of TFDS.
     """
     tfds_name, classes, keep = _spec(name)
     if layout not in ("flat", "nhwc"):
@@ -235,11 +283,16 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     train_size = None if train_size is None else int(train_size)
     root = resolve_data_dir(data_dir)
     cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
-    raw = {s: _raw_split(tfds_name, s, root, cdir, download) for s in ("train", "test")}
-    version = raw["train"][2]
-    (xtr, ytr), (xte, yte) = (raw["train"][:2], raw["test"][:2])
-    if keep is not None:
-        (xtr, ytr), (xte, yte) = _relabel(xtr, ytr, keep), _relabel(xte, yte, keep)
+    source = exported_path(name, root)
+    if source.is_file():  # a decoded copy written by export: no TFDS needed
+        (xtr, ytr), (xte, yte), version = _read_export(name, source)
+    else:
+        source = root
+        raw = {s: _raw_split(tfds_name, s, root, cdir, download) for s in ("train", "test")}
+        version = raw["train"][2]
+        (xtr, ytr), (xte, yte) = (raw["train"][:2], raw["test"][:2])
+        if keep is not None:
+            (xtr, ytr), (xte, yte) = _relabel(xtr, ytr, keep), _relabel(xte, yte, keep)
     counts_before = {"train": np.bincount(ytr, minlength=len(classes)).tolist(),
                      "test": np.bincount(yte, minlength=len(classes)).tolist()}
 
@@ -270,6 +323,7 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
             "normalized": normalize, "layout": layout, "seed": seed,
             "sizes": {"train": len(train_idx), "val": n_val, "test": len(yte)},
             "class_counts_before_split": counts_before, "data_dir": str(root),
+            **({"source": str(source)} if source != root else {}),
             "split": "seeded random permutation of the TFDS train split (not stratified)"}
     return Dataset(Split(prep(xtr_f), ytr[train_idx]), Split(prep(xtr[val_idx]), ytr[val_idx]),
                    Split(prep(xte), yte), info)

@@ -42,6 +42,40 @@ def test_mock_cifar2_relabels(mock_cifar, tmp_path):
     assert two.info["classes"] == ["airplane", "bird"]
 
 
+def test_export_loads_without_tfds_exactly_as_from_tfds(mock_cifar, tmp_path, monkeypatch):
+    kw = dict(val_size=7, seed=4, cache=tmp_path / "cache")
+    via_tfds = {n: data.load(n, **kw) for n in ("cifar2", "cifar10")}
+    out = tmp_path / "decoded"
+    paths = {n: data.export(n, out, cache=tmp_path / "cache") for n in ("cifar2", "cifar10")}
+    assert paths["cifar2"] == out / "jaxgd-decoded-cifar2.npz" == data.find_prepared("cifar2", out)
+
+    def no_tfds(*a, **k):
+        raise AssertionError("TFDS was opened although an export is there")
+    monkeypatch.setattr(data, "_open", no_tfds)
+    for n, want in via_tfds.items():
+        got = data.load(n, data_dir=out, **kw)
+        for a, b in zip(got[:3], want[:3]):
+            np.testing.assert_array_equal(a.x, b.x)
+            np.testing.assert_array_equal(a.y, b.y)
+        assert got.info["source"] == str(paths[n]) and "source" not in want.info
+        assert {k: v for k, v in got.info.items() if k not in ("source", "data_dir")} == {
+            k: v for k, v in want.info.items() if k != "data_dir"}
+    data.check_available("cifar2", out, download=False)
+    with pytest.raises(data.DataNotFoundError, match="not prepared"):  # mnist was not exported
+        data.check_available("mnist", out, download=False)
+
+
+def test_a_wrong_or_broken_export_is_refused(mock_cifar, tmp_path):
+    out = tmp_path / "decoded"
+    path = data.export("cifar2", out, cache=False)
+    path.rename(out / "jaxgd-decoded-cifar10.npz")  # CIFAR-2 passed off as CIFAR-10
+    with pytest.raises(data.DataNotFoundError, match="not a complete export of 'cifar10'"):
+        data.load("cifar10", data_dir=out)
+    (out / "jaxgd-decoded-cifar2.npz").write_bytes(b"not a zip")
+    with pytest.raises(data.DataNotFoundError, match="not a readable jaxgd export"):
+        data.load("cifar2", data_dir=out)
+
+
 def test_whole_float_sizes_are_accepted(mock_cifar, tmp_path):
     d = data.load("cifar10", val_size=10.0, train_size=20.0, cache=tmp_path)
     assert d.info["sizes"]["train"] == 20 and d.info["sizes"]["val"] == 10

@@ -122,8 +122,19 @@ def test_bench_rows_and_ratios(tmp_path):
     assert {"best training loop / matmul peak", "CNN epoch / matmul peak"} <= set(res["sections"]["matmul"]["ratios"])
     assert (tmp_path / "bench" / f"{res['device_name']}.json").exists()
     assert (tmp_path / "bench" / f"{res['device_name']}.png").stat().st_size > 0
+    assert not (tmp_path / "bench" / f"{res['device_name']}_partial.json").exists()  # written after each section
+    assert res["precision"]["float32_matmul_rel_error"] < 1e-2 and isinstance(res["precision"]["tf32_matmul"], bool)
     with pytest.raises(ValueError, match="is not one of"):
         bench.run({"sections": ("gpu_magic",)}, out=False)
+
+
+def test_bench_grid_section_times_the_inf265_grid_as_one_fit(tmp_path):
+    from jaxgd.experiments import bench
+    res = bench.run({"sections": ("grid",), "grid_epochs": 1, "n_mlp": 128, "torch": False}, out=False, verbose=False)
+    (row,) = res["sections"]["grid"]["rows"]
+    assert row["name"].startswith("jaxgd: 18 configs x 1 epochs") and row["compile_s"] < row["median_s"]
+    assert res["sections"]["grid"]["ratios"] == {"INF265 grid wall s, jaxgd": row["median_s"]}
+    assert "grid" not in bench.BenchConfig.make({}).sections  # minutes on a CPU: only when named
 
 
 def test_results_are_written_whole_readable_and_with_paths(tmp_path):

@@ -24,6 +24,14 @@ Sections:
 6. ``scaling``     configs/s of the 8-config grid with its configs sharded over 1/2/4/8 devices,
                    and samples/s of the CNN with each minibatch sharded over them
                    (``jaxgd.parallel``); forced CPU devices on a CPU (they share its cores).
+7. ``grid``        (only when named: minutes on a CPU) the INF265 reports' whole CIFAR-2 grid
+                   (``cifar2.GRID``, 18 configs x ``grid_epochs`` at batch 64, validation after
+                   every epoch) as one ``fit``: wall time from the call to the last epoch,
+                   compilation included, vs PyTorch training the same configs one after another
+                   (``grid_torch_configs`` of them timed, their mean scaled to the 18).
+
+On a GPU, JAX may run float32 matmuls and convolutions in TF32; the ``matmul`` section measures
+which (``float32_matmul_rel_error``) and the PyTorch loops are set to the same precision.
 """
 from __future__ import annotations
 
@@ -43,18 +51,19 @@ import numpy as np
 from jaxgd import models, optim, parallel, train
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
-from jaxgd.experiments.common import provenance, write
+from jaxgd.experiments.common import outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "scaling")
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "scaling", "grid")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the grid section only when named
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig(Config):
     NAME = "bench"
     repeats: int = option(5, "timed runs per row (median, min, max), after one untimed warm-up", check=at_least(1))
-    sections: tuple[str, ...] = option(SECTIONS, "sections to run", choices=SECTIONS)
+    sections: tuple[str, ...] = option(DEFAULT_SECTIONS, "sections to run ('grid' only when named)", choices=SECTIONS)
     batch_sizes: tuple[int, ...] = option((64, 256), "MLP epoch batch sizes", check=at_least(1))
     n_mlp: int = option(9000, "MLP epoch samples (CIFAR-2's training set)", check=at_least(1))
     n_cnn: int = option(6000, "CNN epoch samples", check=at_least(1))
@@ -64,6 +73,9 @@ class BenchConfig(Config):
     cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
     n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
     torch: bool = option(True, "time the PyTorch loops too (needs pip install 'jaxgd[torch]')")
+    grid_epochs: int = option(30, "epochs per config of the grid section (the INF265 reports' 30)", check=at_least(1))
+    grid_torch_configs: int = option(3, "grid configs PyTorch trains (timed; their mean is scaled to the whole grid)",
+                                     check=at_least(1))
     scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
                                                             "devices on a CPU, real ones elsewhere)", check=at_least(1))
 
@@ -72,6 +84,7 @@ CONFIG = BenchConfig
 # ratio -> the project's target for it ("<= x": lower is better)
 TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad MLP": "<= 1.0",
            "hand/jax.grad CNN": "<= 1.0", "hand/jax.grad CNN epoch": "<= 1.0", "jaxgd/torch CNN": "<= 0.7", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
+           "INF265 grid wall s, jaxgd": "<= 10 on GPU",
            "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
 
 
@@ -128,6 +141,35 @@ def matmul_peak(sizes=(1024, 2048, 4096), repeats=5) -> dict:
         if best is None or r["gflops"] > best["gflops"]:
             best = {"name": f"matmul {n}^3 float32 (jit), the fastest of sizes {list(sizes)}", **r}
     return best
+
+
+def precision_probe() -> dict:
+    """Whether this backend runs float32 matmuls and convolutions at full float32 precision or in
+    TF32 (as XLA may on NVIDIA GPUs): the relative error of one of each against float64 numpy
+    (float32 gives about 1e-7, TF32 about 1e-4 to 1e-3)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((256, 2048)), rng.standard_normal((2048, 256))
+    got = np.asarray(jax.jit(jnp.matmul)(a.astype(np.float32), b.astype(np.float32)), np.float64)
+    dot = float(np.linalg.norm(got - a @ b) / np.linalg.norm(a @ b))
+    x, w = rng.standard_normal((8, 16, 16, 64)), rng.standard_normal((3, 3, 64, 64))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = np.asarray(jax.jit(conv)(x.astype(np.float32), w.astype(np.float32)), np.float64)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + 16, j:j + 16], w[i, j]) for i in range(3) for j in range(3))
+    cv = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    return {"float32_matmul_rel_error": dot, "float32_conv_rel_error": cv,
+            "tf32_matmul": dot > 1e-5, "tf32_conv": cv > 1e-5}
+
+
+def _torch_precision_like(torch, probe):
+    """PyTorch on CUDA set to the float32 precision JAX used (TF32 or not) for matmuls and cuDNN
+    convolutions, so that the loops compare at the same precision; returns what was set."""
+    if _torch_device() != "cuda":
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = probe["tf32_matmul"]
+    torch.backends.cudnn.allow_tf32 = probe["tf32_conv"]
+    return {"matmul.allow_tf32": probe["tf32_matmul"], "cudnn.allow_tf32": probe["tf32_conv"]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,6 +230,8 @@ def _torch_rows(what, make_model, xt, yt, batch_size, repeats, flops) -> list[di
     1.9 s with the threshold fixed at 128 KiB and 0.7 s at 1 GiB: the ratio uses the faster row."""
     rows = []
     for label, threshold in (("malloc as found", None), ("malloc mmap threshold 1 GiB", 1 << 30)):
+        if threshold and _torch_device() == "cuda":
+            break  # host malloc does not touch a CUDA loop's tensors
         with _mmap_threshold(threshold) as ok:
             if threshold and not ok:
                 break
@@ -383,6 +427,69 @@ def bench_scaling(cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
+# 7. the INF265 grid as one program vs PyTorch one config after another
+
+def bench_grid(cfg, have_torch) -> dict:
+    from jaxgd.experiments.cifar2 import GRID
+    x, y = (np.asarray(a) for a in _mlp_data(cfg.n_mlp))
+    xv, yv = (np.asarray(a) for a in _mlp_data(1000, seed=1))
+    params, _ = MLP.init(jax.random.PRNGKey(0))
+    grid = list(dict.fromkeys(GRID))  # 18: one config is listed twice, and cifar2 trains it once
+    hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
+    k, e, bs = len(grid), cfg.grid_epochs, 64
+    t = time.perf_counter()
+    _, _, h = train.fit(MLP, train.stack_params([params] * k), (x, y), (xv, yv), hparams=hp, epochs=e, batch_size=bs)
+    _block(h.val_acc[-1])
+    wall = time.perf_counter() - t
+    rows = [{"name": f"jaxgd: {k} configs x {e} epochs, bs {bs}, one fit, wall incl. compile", "median_s": wall,
+             "min_s": wall, "max_s": wall, "times_s": [wall], "compile_s": h.compile_time,
+             "gflops": MLP.train_flops(k * e * (cfg.n_mlp // bs) * bs) / wall / 1e9}]
+    ratios = {"INF265 grid wall s, jaxgd": wall}
+    if have_torch:
+        m = min(cfg.grid_torch_configs, k)
+        ts = [_torch_fit(grid[i], _tensor(x), _long(y), _tensor(xv), _long(yv), bs, e) for i in range(m)]
+        total = statistics.mean(ts) * k
+        rows.append({"name": f"PyTorch: {k} configs one after another, {e} epochs each ({m} timed, mean x {k})",
+                     "median_s": total, "min_s": min(ts) * k, "max_s": max(ts) * k, "times_s": ts,
+                     "torch_device": _torch_device(),
+                     "gflops": MLP.train_flops(k * e * (cfg.n_mlp // bs) * bs) / total / 1e9})
+        ratios["INF265 grid wall s, PyTorch sequential"] = total
+        ratios["INF265 grid jaxgd/torch"] = wall / total
+    return {"rows": rows, "ratios": ratios}
+
+
+def _torch_fit(hp, xt, yt, xv, yv, batch_size, epochs) -> float:
+    """Seconds for one config: ``epochs`` of the usual loop, the running loss and accuracy kept on
+    the device, and the validation loss and accuracy after every epoch, as ``fit`` reports them."""
+    import torch
+    dev = _torch_device()
+    model = _torch_mlp().to(dev)
+    xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=hp[0], momentum=hp[1], weight_decay=hp[2])
+    n_b = xt.shape[0] // batch_size
+    t = time.perf_counter()
+    hist = []
+    for _ in range(epochs):
+        perm = torch.randperm(xt.shape[0], device=dev)[: n_b * batch_size].view(n_b, batch_size)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        for i in perm:
+            opt.zero_grad(set_to_none=True)
+            out = model(xt[i])
+            loss = torch.nn.functional.cross_entropy(out, yt[i])
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            correct += (out.argmax(1) == yt[i]).sum()
+        with torch.no_grad():
+            out = model(xv)
+            hist.append(torch.stack([loss_sum / n_b, correct / (n_b * batch_size),
+                                     torch.nn.functional.cross_entropy(out, yv), (out.argmax(1) == yv).float().mean()]))
+    torch.stack(hist).cpu()  # waits for the device
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------------
 # 4. the MNIST CNN
 
 def _cnn_epoch(model, params, x, y, batch_size, repeats, grads="hand"):
@@ -465,12 +572,27 @@ def _torch_available(want):
 
 
 def run(config=None, out=None, verbose=True, log=print) -> dict:
+    """Run the sections of ``config`` in order. After each one, what is finished so far is written
+    to ``bench/<device>_partial.json`` (a run cut short keeps its sections); at the end,
+    ``bench/<device>.json`` and its figure, and the partial file is removed."""
     cfg = BenchConfig.make(config)
     torch = _torch_available(cfg.torch)
     if verbose and cfg.torch and torch is None:
         log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[torch]')")
     t0 = time.time()
+    probe = precision_probe()
+    torch_precision = None if torch is None else _torch_precision_like(torch, probe)
+    prov = provenance()
     sections = {}
+
+    def result():
+        res = {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
+               "targets": TARGETS, "torch": None if torch is None else
+               {"version": torch.__version__, "threads": torch.get_num_threads(), "device": _torch_device(),
+                "precision": torch_precision}, "precision": probe,
+               "wall_time_s": time.time() - t0, "provenance": prov}
+        return res
+
     for name in SECTIONS:
         if name not in cfg.sections:
             continue
@@ -488,9 +610,12 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             sections[name] = bench_cnn_epoch(cfg, torch is not None)
         elif name == "scaling":
             sections[name] = bench_scaling(cfg)
+        elif name == "grid":
+            sections[name] = bench_grid(cfg, torch is not None)
         if verbose:
             from jaxgd.report import print_table
             print_table(table({name: sections[name]}))
+        write("bench", out, result(), f"{device_name()}_partial.json")
     peak = sections.get("matmul", {"rows": [{}]})["rows"][0].get("gflops")
     if peak:
         loops = [r for n, s in sections.items() if n != "matmul" for r in s["rows"] if "gflops" in r]
@@ -501,13 +626,12 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             sections["matmul"]["ratios"]["best training loop / matmul peak"] = max(r["fraction_of_peak"] for r in jaxgd)
         if "cnn_epoch" in sections:  # the default CNN epoch (hand gradients, im2col forward)
             sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = sections["cnn_epoch"]["rows"][0]["fraction_of_peak"]
-    res = {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
-           "targets": TARGETS, "torch": None if torch is None else
-           {"version": torch.__version__, "threads": torch.get_num_threads()},
-           "wall_time_s": time.time() - t0, "provenance": provenance()}
+    res = result()
     from jaxgd import plots
     write("bench", out, res, f"{res['device_name']}.json",
           figures=[(f"{res['device_name']}.png", lambda p: plots.bench(res, p))])
+    if out is not False:
+        (outdir("bench", out) / f"{res['device_name']}_partial.json").unlink(missing_ok=True)
     return res
 
 

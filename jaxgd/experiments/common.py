@@ -65,7 +65,11 @@ def provenance() -> dict:
     import chex
     import matplotlib
     import optax
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+        tfds_version = tfds.__version__
+    except Exception as e:  # data can come from a jaxgd export without TFDS
+        tfds_version = f"not importable ({type(e).__name__})"
 
     here = Path(__file__).parent
     try:
@@ -76,9 +80,15 @@ def provenance() -> dict:
                                     text=True, cwd=here, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit = dirty = None
+    told = {}
+    if commit is None and os.environ.get("JAXGD_SOURCE_COMMIT"):
+        # a copy of the tree without git (e.g. sent to a lent GPU machine): the commit it was copied
+        # from, as told; code_fingerprint below says whether the code is that commit's
+        commit, told = os.environ["JAXGD_SOURCE_COMMIT"], {"commit_from": "JAXGD_SOURCE_COMMIT (no git here)"}
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
+        **told,
         "uncommitted_changes": dirty,
         "device": device_label(),
         "device_count": jax.device_count(),
@@ -88,7 +98,7 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "code_fingerprint": code_fingerprint(),
         "versions": {"jax": jax.__version__, "optax": optax.__version__, "chex": chex.__version__,
-                     "numpy": np.__version__, "tensorflow_datasets": tfds.__version__,
+                     "numpy": np.__version__, "tensorflow_datasets": tfds_version,
                      "matplotlib": matplotlib.__version__},
     }
 
