@@ -9,9 +9,10 @@
 # Phases, each logged to OUT/<phase>.log and timed in OUT/phases.txt:
 #   env    nvidia-smi and the versions of JAX, PyTorch, optax
 #   bench  jaxgd bench with PyTorch on CUDA beside it, the INF265 grid section included
+#   tests  the test suite (pytest-xdist, 8 workers), one line per test
 #   quick  jaxgd reproduce --quick on the exported CIFAR-2 and MNIST (CIFAR-10's two experiments need
 #          the whole CIFAR-10, which does not travel)
-#   tests  the test suite (pytest-xdist, 8 workers), one line per test
+# Each phase's limit is an environment variable (BENCH_S, TESTS_S, QUICK_S; 0 leaves the phase out).
 # The results of bench and quick are packed into OUT/results.tgz.
 set -u
 OUT=${1:-${OUT:-/tmp/jaxgd-gpu}}
@@ -24,11 +25,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# the jaxgd command itself (tests/test_cli.py looks for it on PATH); offline, no dependencies
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "no jaxgd command"
 export TFDS_DATA_DIR="$PWD/.gpudata" JAXGD_CACHE_DIR=/tmp/jaxgd-cache
-# a copy without .git: provenance takes the commit from here (its code_fingerprint checks it)
-if [ -f .gpudata/commit ] && ! git rev-parse HEAD >/dev/null 2>&1; then
-    export JAXGD_SOURCE_COMMIT="$(cat .gpudata/commit)"
-fi
+# the copy's git history may be missing or another one: provenance takes the commit from here
+# (and keeps what git says there; its code_fingerprint checks the code)
+[ -f .gpudata/commit ] && export JAXGD_SOURCE_COMMIT="$(cat .gpudata/commit)"
 
 phase() {  # phase NAME SECONDS COMMAND...
     local name=$1 limit=$2 start rc
@@ -44,11 +46,13 @@ import sys, jax, optax, chex, numpy, torch
 print(sys.version); print(\"jax\", jax.__version__, jax.devices()); print(\"optax\", optax.__version__, \"chex\", chex.__version__, \"numpy\", numpy.__version__)
 print(\"torch\", torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))
 import jaxgd, tensorflow_datasets; print(\"jaxgd\", jaxgd.__file__, \"tfds\", tensorflow_datasets.__version__)"'
-phase bench "${BENCH_S:-210}" python3 -m jaxgd bench --sections matmul mlp_epoch grad configs cnn_epoch grid \
+[ "${BENCH_S:-210}" -gt 0 ] && phase bench "${BENCH_S:-210}" python3 -m jaxgd bench --sections matmul mlp_epoch grad configs cnn_epoch grid \
     --repeats 3 --results "$RES" --quiet
-phase quick "${QUICK_S:-130}" python3 -m jaxgd reproduce --quick --results "$RES" --quiet --only gradcheck matrix_chain \
-    data_report cifar2 cifar2_improved mnist_zoo mnist_improved
+# QUICK: the experiments of the quick profile to run; TESTS: pytest's arguments (default: the whole suite)
+[ "${TESTS_S:-230}" -gt 0 ] && phase tests "${TESTS_S:-230}" python3 -m pytest -v -n 8 -p no:cacheprovider \
+    --timeout 150 --durations 25 --tb=short -rfE --continue-on-collection-errors ${TESTS:-}
+[ "${QUICK_S:-130}" -gt 0 ] && phase quick "${QUICK_S:-130}" python3 -m jaxgd reproduce --quick --results "$RES" \
+    --only ${QUICK:-gradcheck matrix_chain data_report cifar2 cifar2_improved mnist_zoo mnist_improved}
 tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null
-phase tests "${TESTS_S:-230}" python3 -m pytest -v -n 8 -p no:cacheprovider --timeout 150 --durations 25 --continue-on-collection-errors
-tail -n 3 "$OUT/tests.log"
+grep -E "passed|failed" "$OUT/tests.log" | tail -n 1
 cat "$OUT/phases.txt"

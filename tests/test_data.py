@@ -8,7 +8,9 @@ from jaxgd import data
 
 
 @pytest.fixture
-def mock_cifar():
+def mock_cifar(tmp_path, monkeypatch):
+    # the default data folder must not hold a jaxgd export, which load would read instead of the mock
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
         yield
 

@@ -1,4 +1,5 @@
 """Experiments end to end on small slices of the real data."""
+import jax
 import pytest
 
 from conftest import require_real_data
@@ -12,8 +13,13 @@ def test_cifar2_grid_resumes_and_marks_divergence(tmp_path):
     logs = []
     res = cifar2.run(cfg, out=tmp_path, log=logs.append)
     assert res["grid"]["lr=50 momentum=0.9 wd=0"]["diverged_at_epoch"] is not None
-    assert res["best"]["label"] == "lr=0.01 momentum=0.9 wd=0.001" and res["best"]["reproduces_grid_run"]
-    assert res["hand_vs_optax"]["max_abs_loss_curve_diff"] < 1e-4
+    assert res["best"]["label"] == "lr=0.01 momentum=0.9 wd=0.001", res["best"]
+    grid_acc, retrain_acc = res["best"]["grid_vs_retrain_val_acc"]
+    if jax.default_backend() == "cpu":  # lax.map: each config computes exactly as alone
+        assert res["best"]["reproduces_grid_run"] and grid_acc == retrain_acc
+    else:  # vmapped configs round differently from one alone: at most a few validation images flip
+        assert abs(grid_acc - retrain_acc) <= 3 / res["data"]["sizes"]["val"], (grid_acc, retrain_acc)
+    assert res["hand_vs_optax"]["max_abs_loss_curve_diff"] < 1e-4, res["hand_vs_optax"]["max_abs_loss_curve_diff"]
     assert 0.5 < res["best"]["test_acc"] <= 1 and sum(map(sum, res["best"]["confusion_matrix"])) == 2000
     for f in ("results.json", "curves.png", "hand_vs_optax.png", "confusion_test.png", "misclassified_test.png"):
         assert (tmp_path / "cifar2" / f).stat().st_size > 0

@@ -143,7 +143,7 @@ def test_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_concurrent_cold_cache_loads(tmp_path):
-    require_real_data("mnist")
+    require_real_data("mnist", tfds=True)  # the cache holds what TFDS decodes
     code = "from jaxgd import data; d = data.load('mnist'); print(len(d.train.y))"
     env = {"JAXGD_CACHE_DIR": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,

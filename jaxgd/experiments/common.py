@@ -81,10 +81,13 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = dirty = None
     told = {}
-    if commit is None and os.environ.get("JAXGD_SOURCE_COMMIT"):
-        # a copy of the tree without git (e.g. sent to a lent GPU machine): the commit it was copied
-        # from, as told; code_fingerprint below says whether the code is that commit's
-        commit, told = os.environ["JAXGD_SOURCE_COMMIT"], {"commit_from": "JAXGD_SOURCE_COMMIT (no git here)"}
+    source = os.environ.get("JAXGD_SOURCE_COMMIT")
+    if source and source != commit:
+        # a copy of the tree sent elsewhere (a lent GPU machine) without its git history, or with
+        # another one: the commit it was copied from, as told, and what git says there;
+        # code_fingerprint below says whether the code is that commit's
+        told = {"commit_from": "JAXGD_SOURCE_COMMIT", "git_here": {"commit": commit, "uncommitted_changes": dirty}}
+        commit, dirty = source, None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
