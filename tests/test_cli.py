@@ -35,6 +35,20 @@ def test_every_subcommand_has_help_with_defaults(argv, capsys):
         assert "(default: " in out  # generated from the experiment's typed config
 
 
+def test_data_export_writes_what_load_reads_without_tfds(tmp_path, capsys):
+    require_real_data("mnist", tfds=True)
+    from jaxgd import data
+    assert cli.main(["data", "export", "mnist", "--to", str(tmp_path)]) == 0
+    assert "jaxgd-decoded-mnist.npz" in capsys.readouterr().out
+    got, want = data.load("mnist", data_dir=tmp_path, val_size=5000), data.load("mnist", val_size=5000)
+    assert got.info["source"] == str(tmp_path / "jaxgd-decoded-mnist.npz")
+    np.testing.assert_array_equal(got.val.x, want.val.x)
+    np.testing.assert_array_equal(got.test.y, want.test.y)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["data", "export", "svhn", "--to", str(tmp_path)])
+    assert e.value.code == 2
+
+
 def test_flags_come_from_the_config():
     from jaxgd.experiments import cifar2, config
     p = cli.parser()

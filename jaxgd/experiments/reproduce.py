@@ -316,9 +316,22 @@ def readme_results(base=None) -> str:
         r = common.load_json(f)
         parts.append(f"**Speed** on `{r['device_name']}` ({r['provenance']['device']}; ratios measured side by side "
                      f"in one run of `jaxgd bench`, median of {r['config']['repeats']}; lower is faster "
-                     "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r))
+                     "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r)) + _bench_provenance(r)
                      + f"\n\n![bench](results/bench/{f.stem}.png)")
     return "\n\n".join(parts)
+
+
+def _bench_provenance(r) -> str:
+    """Where a bench ran: the code (commit, fingerprint), the versions and the float32 precision."""
+    p, prec, t = r["provenance"], r.get("precision"), r.get("torch") or {}
+    code = (f"commit {p['commit']}" + (" with uncommitted changes" if p.get("uncommitted_changes") else "")
+            + f", code fingerprint `{p.get('code_fingerprint')}`")
+    line = (f"\n\n<sub>{code}; jax {p['versions']['jax']}"
+            + (f", PyTorch {t['version']} on {t.get('device', 'cpu')}" if t else "") + f", {p['date']}")
+    if prec and (prec["tf32_matmul"] or prec["tf32_conv"]):
+        line += (f"; float32 matmuls and convolutions ran in TF32, XLA's default on this GPU (relative error "
+                 f"{prec['float32_matmul_rel_error']:.0e} against float64), and PyTorch was set to TF32 alike")
+    return line + ".</sub>"
 
 
 def _first_run(path) -> str:
