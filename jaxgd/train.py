@@ -275,7 +275,7 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
         else:
             x, y = parallel.put((x, y), mesh, P())
             val = None if val is None else parallel.put(val, mesh, P())
-    carry = (params, init_fn(params), model_state)
+    carry = (params, jax.jit(init_fn)(params), model_state)  # one program, not one per leaf and op
     epoch_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
     t0 = time.perf_counter()
     epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, epoch_key(base, 0)).compile()
