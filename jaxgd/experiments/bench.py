@@ -586,12 +586,11 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     sections = {}
 
     def result():
-        res = {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
-               "targets": TARGETS, "torch": None if torch is None else
-               {"version": torch.__version__, "threads": torch.get_num_threads(), "device": _torch_device(),
-                "precision": torch_precision}, "precision": probe,
-               "wall_time_s": time.time() - t0, "provenance": prov}
-        return res
+        return {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
+                "targets": TARGETS, "torch": None if torch is None else
+                {"version": torch.__version__, "threads": torch.get_num_threads(), "device": _torch_device(),
+                 "precision": torch_precision}, "precision": probe,
+                "wall_time_s": time.time() - t0, "provenance": prov}
 
     for name in SECTIONS:
         if name not in cfg.sections:
