@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -239,7 +240,6 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size, batch_sharding=batch_sharding,
                           augment=augment)
     eval_fn = make_eval(model, l2)
-    init_fn = opt.init
     if batch_configs not in ("auto", "vmap", "map"):
         raise ValueError(f"batch_configs must be 'auto', 'vmap' or 'map', got {batch_configs!r}")
     if n_cfg is None and batch_configs != "auto":
@@ -260,7 +260,6 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
             eval_fn = jax.vmap(eval_fn, in_axes=(0, 0, dax, dax), spmd_axis_name=spmd)
         else:
             epoch_fn, eval_fn = _map_configs(epoch_fn, eval_fn, dax is not None, kax is not None)
-        init_fn = jax.vmap(init_fn)
         n_run = n_cfg + (-n_cfg % n_dev_cfg)
     if mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
         spec = P("cfg") if n_dev_cfg > 1 else P()
@@ -275,7 +274,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
         else:
             x, y = parallel.put((x, y), mesh, P())
             val = None if val is None else parallel.put(val, mesh, P())
-    carry = (params, jax.jit(init_fn)(params), model_state)  # one program, not one per leaf and op
+    compiled_init = _cached_init if isinstance(opt.init, Hashable) else _compiled_init
+    carry = (params, compiled_init(opt.init, n_cfg is not None)(params), model_state)
     epoch_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
     t0 = time.perf_counter()
     epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, epoch_key(base, 0)).compile()
@@ -321,6 +321,16 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
                       best_epoch=per_config(track.best_epoch) if select else None,
                       stopped_at=per_config(track.stopped_at) if patience else None)
     return params_out, state_out, history
+
+
+def _compiled_init(init, stacked):
+    """An optimizer's ``init`` (vmapped over stacked configs) as one jitted function: run eagerly,
+    it compiled one small program per leaf and op."""
+    return jax.jit(jax.vmap(init) if stacked else init)
+
+
+# made once per (hashable) init, so that the next fit finds it compiled: a new jit of the vmap compiles again
+_cached_init = functools.lru_cache(maxsize=64)(_compiled_init)
 
 
 class _Tracker:
