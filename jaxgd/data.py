@@ -63,6 +63,11 @@ def resolve_cache_dir(explicit=None) -> Path:
     return Path(explicit or os.environ.get("JAXGD_CACHE_DIR") or Path.home() / ".cache" / "jaxgd").expanduser()
 
 
+def _cache_dir(cache):
+    """``load``'s ``cache`` argument (True: the default folder, False: none, or a folder) as a folder or None."""
+    return None if cache is False else resolve_cache_dir(None if cache is True else cache)
+
+
 # Where TFDS's builders download each dataset from: probed before a download, so that an
 # offline machine fails in seconds instead of retrying for minutes.
 DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.edu"}
@@ -104,8 +109,9 @@ def find_prepared(name, data_dir=None) -> Path:
     ``<data_dir>/jaxgd-decoded-<name>.npz`` that ``export`` wrote; raises DataNotFoundError."""
     tfds_name = _spec(name)[0]
     root = resolve_data_dir(data_dir)
-    if exported_path(name, root).is_file():
-        return exported_path(name, root)
+    exported = exported_path(name, root)
+    if exported.is_file():
+        return exported
     found = sorted(p for p in root.glob(f"{tfds_name}/*/dataset_info.json")
                    if any(".array_record" in q.name for q in p.parent.iterdir()))
     if not found:
@@ -127,7 +133,7 @@ def export(name, folder, *, data_dir=None, cache=True) -> Path:
     box). Splits, normalisation and seeds are then computed exactly as from TFDS. Returns the path."""
     tfds_name, classes, keep = _spec(name)
     root = resolve_data_dir(data_dir)
-    cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
+    cdir = _cache_dir(cache)
     raw = {s: _raw_split(tfds_name, s, root, cdir, download=False) for s in ("train", "test")}
     arrays = {}
     for s, (x, y, _) in raw.items():
@@ -282,7 +288,7 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     val_size = None if val_size is None else int(val_size)
     train_size = None if train_size is None else int(train_size)
     root = resolve_data_dir(data_dir)
-    cdir = None if cache is False else resolve_cache_dir(None if cache is True else cache)
+    cdir = _cache_dir(cache)
     source = exported_path(name, root)
     if source.is_file():  # a decoded copy written by export: no TFDS needed
         (xtr, ytr), (xte, yte), version = _read_export(name, source)

@@ -431,9 +431,8 @@ def bench_scaling(cfg) -> dict:
 
 def bench_grid(cfg, have_torch) -> dict:
     from jaxgd.experiments.cifar2 import GRID
-    x, y = (np.asarray(a) for a in _mlp_data(cfg.n_mlp))
+    (x, y), params, _ = _grid(cfg)  # the configs section's data and init
     xv, yv = (np.asarray(a) for a in _mlp_data(1000, seed=1))
-    params, _ = MLP.init(jax.random.PRNGKey(0))
     grid = list(dict.fromkeys(GRID))  # 18: one config is listed twice, and cifar2 trains it once
     hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
     k, e, bs = len(grid), cfg.grid_epochs, 64
