@@ -177,6 +177,18 @@ def _conv(x, W):
     return jax.lax.conv_general_dilated(x, W, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def conv_weight_grad(x, dy, w_shape):
+    """``dW = im2col(x)^T dy`` of a stride-1 "same" convolution, reshaped to ``w_shape`` (HWIO)."""
+    kh, kw, c_in, c_out = w_shape
+    return (im2col(x, kh, kw).reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
+
+
+def conv_input_grad(dy, W):
+    """``dx = conv(dy, W')`` of a stride-1 "same" convolution, ``W'`` the kernel flipped in space
+    with its channel axes swapped."""
+    return _conv(dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class Conv2D(Layer):
     """Stride-1 "same" convolution, NHWC input, HWIO kernel of odd size, plus a bias per channel.
@@ -235,11 +247,7 @@ class Conv2D(Layer):
 
     def backward(self, params, x, dy):
         W = params["W"]
-        kh, kw, c_in, c_out = W.shape
-        cols = im2col(x, kh, kw).reshape(-1, kh * kw * c_in)
-        dW = (cols.T @ dy.reshape(-1, c_out)).reshape(W.shape)
-        dx = _conv(dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2))
-        return {"W": dW, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
+        return {"W": conv_weight_grad(x, dy, W.shape), "b": jnp.sum(dy, axis=(0, 1, 2))}, conv_input_grad(dy, W)
 
     def macs(self, in_shape):
         h, w, c_in = in_shape

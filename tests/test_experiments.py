@@ -119,13 +119,17 @@ def test_mnist_zoo_resumes_per_model(tmp_path):
 
 def test_bench_rows_and_ratios(tmp_path):
     from jaxgd.experiments import bench
-    res = bench.run({"repeats": 2, "sections": ("matmul", "grad", "cnn_epoch"), "n_cnn": 128, "cnn_batch": 64,
+    res = bench.run({"repeats": 2, "sections": ("matmul", "grad", "cnn_epoch", "conv_parts"), "n_cnn": 128, "cnn_batch": 64,
                      "matmul_sizes": (64, 128), "torch": False, "cnn_variants": False}, out=tmp_path, verbose=False)
     for s in res["sections"].values():
         for r in s["rows"]:
             assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 2, r
     assert set(res["sections"]["grad"]["ratios"]) == {"hand/jax.grad MLP", "hand/jax.grad CNN"}
     assert {"best training loop / matmul peak", "CNN epoch / matmul peak"} <= set(res["sections"]["matmul"]["ratios"])
+    parts = res["sections"]["conv_parts"]["rows"]  # jaxgd's four conv2 parts (no PyTorch here), each against the peak
+    assert [r["name"].split(",")[0] for r in parts] == ["conv2 forward", "conv2 forward", "conv2 weight gradient",
+                                                        "conv2 input gradient"]
+    assert all(r["fraction_of_peak"] > 0 for r in parts)
     assert (tmp_path / "bench" / f"{res['device_name']}.json").exists()
     assert (tmp_path / "bench" / f"{res['device_name']}.png").stat().st_size > 0
     assert not (tmp_path / "bench" / f"{res['device_name']}_partial.json").exists()  # written after each section

@@ -214,3 +214,21 @@ def test_batch_norm_matches_torch_forward_backward_and_running_stats():
 def test_bad_layers_give_clear_errors(make, shape, match):
     with pytest.raises(ValueError, match=match):
         make().init(jax.random.PRNGKey(0), shape)
+
+
+def test_bench_conv_parts_time_what_pytorch_computes():
+    """The bench's ``conv_parts`` rows compare jaxgd's conv forward, weight gradient and input
+    gradient with PyTorch's on the same tensors: the three give the same numbers."""
+    torch = pytest.importorskip("torch")
+    from jaxgd.experiments.bench import _torch_conv_parts
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+    xs, dys = jax.random.normal(k1, (2, 4, 6, 6, 3)), jax.random.normal(k2, (2, 4, 6, 6, 5))
+    W = jax.random.normal(k3, (3, 3, 3, 5))
+    ops = _torch_conv_parts(xs, dys, W)
+    nhwc = lambda t: np.asarray(t.permute(0, 2, 3, 1))  # noqa: E731
+    with torch.no_grad():
+        np.testing.assert_allclose(nhwc(ops["forward"](1)), L.conv2d(5).forward({"W": W, "b": jnp.zeros(5)}, {}, xs[1])[0],
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(ops["weight gradient"](1).permute(2, 3, 1, 0)),
+                                   L.conv_weight_grad(xs[1], dys[1], W.shape), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(nhwc(ops["input gradient"](1)), L.conv_input_grad(dys[1], W), rtol=1e-4, atol=1e-4)

@@ -16,6 +16,9 @@ Sections:
 4. ``cnn_epoch``   the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
                    jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv
                    and im2col) and with ``jax.grad``, vs PyTorch.
+   ``conv_parts``  where that epoch's time goes: the CNN's second convolution (85% of its
+                   training FLOPs) part by part, forward, weight gradient and input gradient,
+                   vs PyTorch's (oneDNN) kernels for each, on the same tensors.
 5. ``matmul``      the fastest of 1024^3, 2048^3, 4096^3 float32 matmuls (jitted): the machine's
                    reference GFLOP/s; every training loop above reports its achieved GFLOP/s
                    as a fraction of it (FLOPs: ``models.Model.train_flops``, the dense and conv
@@ -55,7 +58,7 @@ from jaxgd.experiments.common import outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "scaling", "grid")
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "grid")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # the grid section only when named
 
 
@@ -318,8 +321,7 @@ def bench_grad(cfg) -> dict:
         for how in ("hand", "autodiff"):
             g = jax.jit(train.make_grad_fn(model, grads=how))
             n = 50 if what == "MLP" else 10  # gradients per timed run, so dispatch overhead is not what we time
-            r = timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg.repeats)
-            r = {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
+            r = _per(timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg.repeats), n)
             pair.append({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
                                  f"bs {x.shape[0]}", **r})
         rows += pair
@@ -531,6 +533,77 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     return {"rows": rows, "ratios": ratios}
 
 
+CONV_STEPS = 10  # minibatches per timed run of a conv part (different ones, so nothing is hoisted)
+
+
+def bench_conv_parts(cfg, have_torch) -> dict:
+    """The MNIST CNN's conv2 (3x3, 32 -> 64 channels on 14x14 maps, batch ``cnn_batch``), each part
+    compiled over ``CONV_STEPS`` minibatches in one scan, time per minibatch: the forward (im2col,
+    jaxgd's default, and lax.conv), the weight gradient (``layers.conv_weight_grad``, one matmul of
+    the im2col columns) and the input gradient (``layers.conv_input_grad``, a lax.conv); then
+    PyTorch's forward, weight gradient and input gradient (``aten.convolution_backward``) of the
+    same tensors. The ``conv2 ... jaxgd/torch`` ratios say which part the CNN epoch loses in."""
+    from jaxgd import layers as L
+    bs, (h, w, c_in), c_out = cfg.cnn_batch, (14, 14, 32), 64
+    kx, kd, kw = jax.random.split(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(kx, (CONV_STEPS, bs, h, w, c_in))
+    dys = jax.random.normal(kd, (CONV_STEPS, bs, h, w, c_out))
+    W = jax.random.normal(kw, (3, 3, c_in, c_out)) * 0.05
+    b = jnp.zeros((c_out,))
+    flops = 2.0 * L.conv2d(c_out).macs((h, w, c_in)) * bs
+
+    def scanned(part):
+        @jax.jit
+        def run(xs, dys, W):
+            def step(acc, xd):
+                return acc + jnp.sum(part(xd[0], xd[1], W)), None
+            return jax.lax.scan(step, jnp.zeros(()), (xs, dys))[0]
+        return run
+
+    parts = [("conv2 forward, im2col matmul (jaxgd default)",
+              lambda x, dy, W: L.conv2d(c_out, 3, "im2col").forward({"W": W, "b": b}, {}, x)[0]),
+             ("conv2 forward, lax.conv", lambda x, dy, W: L.conv2d(c_out, 3, "lax").forward({"W": W, "b": b}, {}, x)[0]),
+             ("conv2 weight gradient, im2col matmul", lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape)),
+             ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W))]
+    rows = []
+    for name, part in parts:
+        f = scanned(part)
+        r = timeit(lambda: _block(f(xs, dys, W)), cfg.repeats)
+        rows.append({"name": f"{name}, bs {bs}", **_per(r, CONV_STEPS), "gflops": flops / r["median_s"] * CONV_STEPS / 1e9})
+    ratios = {}
+    if have_torch:
+        import torch
+        for name, op in _torch_conv_parts(xs, dys, W).items():
+            with torch.no_grad():
+                r = timeit(lambda: [op(i) for i in range(CONV_STEPS)], cfg.repeats)
+            rows.append({"name": f"conv2 {name}, PyTorch {torch.__version__}, bs {bs}", **_per(r, CONV_STEPS),
+                         "gflops": flops / r["median_s"] * CONV_STEPS / 1e9})
+        med = {r["name"].split(",")[0]: r["median_s"] for r in rows if "PyTorch" in r["name"]}
+        ratios["conv2 forward jaxgd/torch"] = rows[0]["median_s"] / med["conv2 forward"]
+        ratios["conv2 weight gradient jaxgd/torch"] = rows[2]["median_s"] / med["conv2 weight gradient"]
+        ratios["conv2 input gradient jaxgd/torch"] = rows[3]["median_s"] / med["conv2 input gradient"]
+    return {"rows": rows, "ratios": ratios}
+
+
+def _torch_conv_parts(xs, dys, W) -> dict:
+    """PyTorch's conv2 forward, weight gradient and input gradient of minibatch ``i`` of the NHWC
+    stacks ``xs``/``dys`` and the HWIO kernel ``W``, in PyTorch's own layouts (NCHW, OIHW)."""
+    import torch
+    tx, tdy = (_nchw(a.reshape((-1,) + a.shape[2:])).view(a.shape[0], a.shape[1], a.shape[4], *a.shape[2:4])
+               for a in (xs, dys))
+    tW = torch.tensor(np.asarray(W)).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
+    pad = [W.shape[0] // 2, W.shape[1] // 2]
+    back = lambda mask, k: lambda i: torch.ops.aten.convolution_backward(  # noqa: E731
+        tdy[i], tx[i], tW, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask)[k]
+    return {"forward": lambda i: torch.nn.functional.conv2d(tx[i], tW, padding=pad),
+            "weight gradient": back([False, True, False], 1), "input gradient": back([True, False, False], 0)}
+
+
+def _per(r, n) -> dict:
+    """A ``timeit`` result of ``n`` repetitions of something, per repetition."""
+    return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
+
+
 def _torch_cnn():
     import torch
     torch.manual_seed(0)
@@ -606,6 +679,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             sections[name] = bench_configs(cfg)
         elif name == "cnn_epoch":
             sections[name] = bench_cnn_epoch(cfg, torch is not None)
+        elif name == "conv_parts":
+            sections[name] = bench_conv_parts(cfg, torch is not None)
         elif name == "scaling":
             sections[name] = bench_scaling(cfg)
         elif name == "grid":
