@@ -210,7 +210,8 @@ class Conv2D(Layer):
     Residual: ``x``. Inside a compiled epoch on XLA:CPU, ``jax.grad`` of ``lax.conv`` ran an
     order of magnitude slower than these three (one forward convolution and two matmuls), and
     the im2col forward a little faster than ``lax.conv``'s: ``jaxgd bench``'s ``cnn_epoch``
-    section measures all four combinations.
+    section measures all four combinations, and its ``conv_parts`` section times each part
+    (``conv_weight_grad``, ``conv_input_grad``, both forwards) beside PyTorch's kernel for it.
     """
     features: int
     size: int = 3

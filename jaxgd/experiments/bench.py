@@ -1,16 +1,19 @@
 """Benchmarks, side by side in one run: eager vs jit vs a compiled epoch vs PyTorch, and more.
 
 Every figure is the median (with min and max) of ``repeats`` timed runs after one untimed
-warm-up; compile time is measured apart (ahead-of-time ``lower().compile()``). The data are
-random arrays of the real shapes, so no dataset is needed. Speed is compared only within one
-run: the ratios are what to quote, the absolute times drift from run to run.
+warm-up; compile time is measured apart (ahead-of-time ``lower().compile()``). The rows that a
+ratio compares are timed in interleaved rounds (``interleaved``: one run of each, then again),
+so that a machine slowing down for a while slows them alike. The data are random arrays of the
+real shapes, so no dataset is needed. Speed is compared only within one run: the ratios are what
+to quote, the absolute times drift from run to run.
 
 Sections:
 1. ``mlp_epoch``   CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
                    JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch (hand
                    backprop + hand SGD), and a PyTorch eager loop of the same model and SGD.
 2. ``grad``        one gradient (hand backprop vs ``jax.grad``) of that MLP at batch 64 and of
-                   the MNIST CNN at batch 128.
+                   the MNIST CNN at batch 128. For the MLP, XLA compiles the two to the same
+                   matrix products (a test checks it), so ``hand/jax.grad MLP`` reads 1 up to noise.
 3. ``configs``     8 SGD configs: ``fit``'s default (lax.map on CPU, vmap on accelerators),
                    explicit vmap, and 8 sequential fits; time per config-epoch.
 4. ``cnn_epoch``   the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
@@ -93,14 +96,46 @@ TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/ja
 
 def timeit(fn, repeats=5, warmup=1) -> dict:
     """Run ``fn`` (which must block until its work is done) ``warmup`` + ``repeats`` times."""
-    for _ in range(warmup):
-        fn()
-    ts = []
+    return interleaved({"": fn}, repeats, warmup)[""]
+
+
+def interleaved(fns: dict, repeats=5, warmup=1) -> dict:
+    """Time the callables ``{name: fn}`` round-robin: ``warmup`` untimed runs of each, then
+    ``repeats`` rounds of one timed run of each; ``{name: timeit-style result}``. A machine that
+    slows down for a while (a shared VM does) then slows every row of a comparison alike. Timed
+    one row after another instead, two runs of this bench on one idle 2-core VM gave the PyTorch
+    CNN loop 2.36 s and 1.69 s (jaxgd's epoch 2.43 s and 2.15 s)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
+            for name, ts in times.items()}
+
+
+def _rows(specs, repeats, per=1) -> list[dict]:
+    """Time ``[(row, fn), ...]`` interleaved, ``fn`` doing ``per`` repetitions of what the row
+    names; each ``row`` dict (its name and extras, e.g. ``compile_s``) gets its times per
+    repetition, and ``gflops`` where it says how many ``flops`` one repetition does."""
+    timed = interleaved({row["name"]: fn for row, fn in specs}, repeats)
+    out = []
+    for row, _ in specs:
+        r = {**row, **_per(timed[row["name"]], per)}
+        flops = r.pop("flops", None)
+        if flops:
+            r["gflops"] = flops / r["median_s"] / 1e9
+        out.append(r)
+    return out
+
+
+def _per(r, n) -> dict:
+    """A ``timeit`` result of ``n`` repetitions of something, per repetition."""
+    return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
 
 
 def device_name() -> str:
@@ -178,7 +213,8 @@ def _torch_precision_like(torch, probe):
 # ------------------------------------------------------------------------------------------
 # 1. the CIFAR-2 MLP epoch, four ways
 
-def _mlp_jax_loops(x, y, batch_size, repeats):
+def _mlp_jax_loops(x, y, batch_size):
+    """``[(row, fn), ...]``: JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch."""
     params, state = MLP.init(jax.random.PRNGKey(0))
     hp = optim.sgd_hyperparams(*HP)
     grad_fn = train.make_grad_fn(MLP, grads="hand")
@@ -198,23 +234,20 @@ def _mlp_jax_loops(x, y, batch_size, repeats):
             _block(v)
         return run
 
-    rows = []
-    eager = timeit(loop(step), repeats)
-    rows.append({"name": f"JAX eager, bs {batch_size}", **eager})
+    flops = MLP.train_flops(n_b * batch_size)
+    specs = [({"name": f"JAX eager, bs {batch_size}", "flops": flops}, loop(step))]
     t = time.perf_counter()
     jstep = jax.jit(step).lower(params, opt.init(params), x[idx[0]], y[idx[0]]).compile()
-    rows.append({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
-                 **timeit(loop(jstep), repeats)})
+    specs.append(({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
+                   "flops": flops}, loop(jstep)))
     epoch = train.make_epoch(grad_fn, opt, batch_size)
     carry = (params, opt.init(params), state)
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
-    rows.append({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
-                 **timeit(_training(compiled, carry, x, y, hp, key), repeats)})
-    for r in rows:
-        r["gflops"] = MLP.train_flops(n_b * batch_size) / r["median_s"] / 1e9
-    return rows
+    specs.append(({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
+                   "flops": flops}, _training(compiled, carry, x, y, hp, key)))
+    return specs
 
 
 def _torch_mlp():
@@ -226,21 +259,27 @@ def _torch_mlp():
     return torch.nn.Sequential(*layers[:-1])
 
 
-def _torch_rows(what, make_model, xt, yt, batch_size, repeats, flops) -> list[dict]:
-    """The PyTorch loop twice: with glibc's malloc as this process found it, then with its mmap
-    threshold raised to 1 GiB, so freed blocks are reused instead of mmapped afresh (with page
-    faults) every step, as jemalloc/tcmalloc would. The CNN loop took 1.2 s in a fresh process,
-    1.9 s with the threshold fixed at 128 KiB and 0.7 s at 1 GiB: the ratio uses the faster row."""
-    rows = []
-    for label, threshold in (("malloc as found", None), ("malloc mmap threshold 1 GiB", 1 << 30)):
-        if threshold and _torch_device() == "cuda":
-            break  # host malloc does not touch a CUDA loop's tensors
-        with _mmap_threshold(threshold) as ok:
-            if threshold and not ok:
-                break
-            r = _torch_loop(make_model(), xt, yt, batch_size, repeats)
-        rows.append({"name": f"PyTorch eager loop ({label}), {what}", **r, "gflops": flops / r["median_s"] / 1e9})
-    return rows
+def _torch_rows(what, make_model, xt, yt, batch_size, flops) -> list[tuple]:
+    """``[(row, fn), ...]``: the PyTorch loop under glibc malloc's mmap threshold fixed at its
+    initial 128 KiB, and raised to 1 GiB, so that freed blocks are reused instead of mmapped afresh
+    (with page faults) every step, as jemalloc/tcmalloc would. The CNN loop took 1.2 s in a fresh
+    process (glibc raises its threshold as it goes), 1.9 s at 128 KiB and 0.7 s at 1 GiB: the
+    ratios use the faster row. Each run sets its threshold, so the two can be interleaved. On CUDA
+    (host malloc does not touch the loop's tensors) or without glibc: one row, malloc as found."""
+    if _torch_device() == "cuda" or _mmap_threshold(1).libc is None:
+        return [({"name": f"PyTorch eager loop, {what}", "torch_device": _torch_device(), "flops": flops},
+                 _torch_loop(make_model(), xt, yt, batch_size))]
+    return [({"name": f"PyTorch eager loop (malloc mmap threshold {label}), {what}", "torch_device": "cpu",
+              "flops": flops}, _under(_mmap_threshold(nbytes), _torch_loop(make_model(), xt, yt, batch_size)))
+            for label, nbytes in (("128 KiB", 128 * 1024), ("1 GiB", 1 << 30))]
+
+
+def _under(context, fn):
+    """``fn`` run inside ``context``, entered anew at every call."""
+    def run():
+        with context:
+            fn()
+    return run
 
 
 class _mmap_threshold:
@@ -263,8 +302,9 @@ class _mmap_threshold:
             self.libc.mallopt(-3, 128 * 1024)
 
 
-def _torch_loop(model, xt, yt, batch_size, repeats):
-    """PyTorch's usual loop: shuffle, zero_grad, forward, cross_entropy, backward, SGD step."""
+def _torch_loop(model, xt, yt, batch_size):
+    """A callable running one epoch of PyTorch's usual loop: shuffle, zero_grad, forward,
+    cross_entropy, backward, SGD step."""
     import torch
     dev = _torch_device()
     model, xt, yt = model.to(dev), xt.to(dev), yt.to(dev)
@@ -280,7 +320,7 @@ def _torch_loop(model, xt, yt, batch_size, repeats):
             opt.step()
         if dev == "cuda":
             torch.cuda.synchronize()
-    return {"torch_device": dev, **timeit(run, repeats)}
+    return run
 
 
 def _torch_device():
@@ -293,15 +333,15 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
     x, y = _mlp_data(cfg.n_mlp)
     rows, ratios = [], {}
     for bs in cfg.batch_sizes:
-        jr = _mlp_jax_loops(x, y, bs, cfg.repeats)
+        specs = _mlp_jax_loops(x, y, bs)
+        if have_torch:
+            specs += _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, MLP.train_flops((cfg.n_mlp // bs) * bs))
+        jr = _rows(specs, cfg.repeats)
         rows += jr
         ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
         if have_torch:
-            tr = _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, cfg.repeats,
-                             MLP.train_flops((cfg.n_mlp // bs) * bs))
-            rows += tr
-            ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in tr)
+            ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in jr[3:])
     return {"rows": rows, "ratios": ratios}
 
 
@@ -317,13 +357,15 @@ def bench_grad(cfg) -> dict:
     rows, ratios = [], {}
     for what, model, (x, y) in (("MLP", MLP, _mlp_data(64)), ("CNN", models.mnist_zoo("cnn"), _cnn_data(cfg.cnn_batch))):
         params, state = model.init(jax.random.PRNGKey(0))
-        pair = []
+        n = 50 if what == "MLP" else 10  # gradients per timed run, so dispatch overhead is not what we time
+        specs = []
         for how in ("hand", "autodiff"):
             g = jax.jit(train.make_grad_fn(model, grads=how))
-            n = 50 if what == "MLP" else 10  # gradients per timed run, so dispatch overhead is not what we time
-            r = _per(timeit(lambda: [_block(g(params, state, x, y, None)[2]) for _ in range(n)], cfg.repeats), n)
-            pair.append({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
-                                 f"bs {x.shape[0]}", **r})
+            specs.append(({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
+                                   f"bs {x.shape[0]}"},
+                          lambda g=g, params=params, state=state, x=x, y=y:
+                          [_block(g(params, state, x, y, None)[2]) for _ in range(n)]))
+        pair = _rows(specs, cfg.repeats, per=n)
         rows += pair
         ratios[f"hand/jax.grad {what}"] = pair[0]["median_s"] / pair[1]["median_s"]
     return {"rows": rows, "ratios": ratios}
@@ -493,15 +535,15 @@ def _torch_fit(hp, xt, yt, xv, yv, batch_size, epochs) -> float:
 # ------------------------------------------------------------------------------------------
 # 4. the MNIST CNN
 
-def _cnn_epoch(model, params, x, y, batch_size, repeats, grads="hand"):
+def _cnn_epoch(model, params, x, y, batch_size, grads="hand"):
+    """``(compile_s, fn)``, ``fn`` running one more compiled CNN epoch per call."""
     hp = optim.sgd_hyperparams(*HP)
     epoch = train.make_epoch(train.make_grad_fn(model, grads=grads), optim.HAND_SGD, batch_size)
     carry = (params, optim.sgd_init(params), model.empty_state())
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
-    compile_s = time.perf_counter() - t
-    return {"compile_s": compile_s, **timeit(_training(compiled, carry, x, y, hp, key), repeats)}
+    return time.perf_counter() - t, _training(compiled, carry, x, y, hp, key)
 
 
 def bench_cnn_epoch(cfg, have_torch) -> dict:
@@ -512,24 +554,28 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     x, y = _cnn_data(n)
     variants = [("im2col", "hand", n)] + ([("lax", "hand", n), ("im2col", "autodiff", n), ("im2col", "hand", m),
                                            ("lax", "autodiff", m)] if cfg.cnn_variants else [])
-    rows = []
+    specs = {}  # (impl, grads, samples) -> (row, fn)
     for impl, grads, k in variants:
         model = models.mnist_zoo("cnn", conv_impl=impl)
         params, _ = model.init(jax.random.PRNGKey(0))
         how = "hand backprop" if grads == "hand" else "jax.grad"
-        r = {"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
-             **_cnn_epoch(model, params, x[:k], y[:k], bs, cfg.repeats, grads)}
-        rows.append({**r, "gflops": model.train_flops((k // bs) * bs) / r["median_s"] / 1e9})
-    ratios = {}
-    if cfg.cnn_variants:
-        ratios["hand/jax.grad CNN epoch"] = rows[0]["median_s"] / rows[2]["median_s"]
-        ratios["lax.conv/im2col forward, hand CNN epoch"] = rows[1]["median_s"] / rows[0]["median_s"]
-        ratios["jax.grad of lax.conv / hand, CNN epoch"] = rows[4]["median_s"] / rows[3]["median_s"]
+        compile_s, fn = _cnn_epoch(model, params, x[:k], y[:k], bs, grads)
+        specs[impl, grads, k] = ({"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
+                                  "compile_s": compile_s, "flops": model.train_flops((k // bs) * bs)}, fn)
+    full = [sp for (_, _, k), sp in specs.items() if k == n]  # timed interleaved with PyTorch's loops
     if have_torch:
         flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
-        tr = _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, cfg.repeats, flops)
-        rows += tr
-        ratios["jaxgd/torch CNN"] = rows[0]["median_s"] / min(r["median_s"] for r in tr)
+        full += _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, flops)
+    small = [sp for (_, _, k), sp in specs.items() if k != n]  # the slow jax.grad of lax.conv, on m samples
+    rows = _rows(full, cfg.repeats) + (_rows(small, cfg.repeats) if small else [])
+    t = {key: next(r["median_s"] for r in rows if r["name"] == row["name"]) for key, (row, _) in specs.items()}
+    ratios = {}
+    if cfg.cnn_variants:
+        ratios["hand/jax.grad CNN epoch"] = t["im2col", "hand", n] / t["im2col", "autodiff", n]
+        ratios["lax.conv/im2col forward, hand CNN epoch"] = t["lax", "hand", n] / t["im2col", "hand", n]
+        ratios["jax.grad of lax.conv / hand, CNN epoch"] = t["lax", "autodiff", m] / t["im2col", "hand", m]
+    if have_torch:
+        ratios["jaxgd/torch CNN"] = t["im2col", "hand", n] / min(r["median_s"] for r in rows if "PyTorch" in r["name"])
     return {"rows": rows, "ratios": ratios}
 
 
@@ -565,19 +611,15 @@ def bench_conv_parts(cfg, have_torch) -> dict:
              ("conv2 forward, lax.conv", lambda x, dy, W: L.conv2d(c_out, 3, "lax").forward({"W": W, "b": b}, {}, x)[0]),
              ("conv2 weight gradient, im2col matmul", lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape)),
              ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W))]
-    rows = []
-    for name, part in parts:
-        f = scanned(part)
-        r = timeit(lambda: _block(f(xs, dys, W)), cfg.repeats)
-        rows.append({"name": f"{name}, bs {bs}", **_per(r, CONV_STEPS), "gflops": flops / r["median_s"] * CONV_STEPS / 1e9})
-    ratios = {}
+    specs = [({"name": f"{name}, bs {bs}", "flops": flops}, lambda f=scanned(part): _block(f(xs, dys, W)))
+             for name, part in parts]
     if have_torch:
         import torch
-        for name, op in _torch_conv_parts(xs, dys, W).items():
-            with torch.no_grad():
-                r = timeit(lambda: [op(i) for i in range(CONV_STEPS)], cfg.repeats)
-            rows.append({"name": f"conv2 {name}, PyTorch {torch.__version__}, bs {bs}", **_per(r, CONV_STEPS),
-                         "gflops": flops / r["median_s"] * CONV_STEPS / 1e9})
+        specs += [({"name": f"conv2 {name}, PyTorch {torch.__version__}, bs {bs}", "flops": flops},
+                   _under(torch.no_grad(), lambda op=op: [op(i) for i in range(CONV_STEPS)]))
+                  for name, op in _torch_conv_parts(xs, dys, W).items()]
+    rows, ratios = _rows(specs, cfg.repeats, per=CONV_STEPS), {}
+    if have_torch:
         med = {r["name"].split(",")[0]: r["median_s"] for r in rows if "PyTorch" in r["name"]}
         ratios["conv2 forward jaxgd/torch"] = rows[0]["median_s"] / med["conv2 forward"]
         ratios["conv2 weight gradient jaxgd/torch"] = rows[2]["median_s"] / med["conv2 weight gradient"]
@@ -597,11 +639,6 @@ def _torch_conv_parts(xs, dys, W) -> dict:
         tdy[i], tx[i], tW, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask)[k]
     return {"forward": lambda i: torch.nn.functional.conv2d(tx[i], tW, padding=pad),
             "weight gradient": back([False, True, False], 1), "input gradient": back([True, False, False], 0)}
-
-
-def _per(r, n) -> dict:
-    """A ``timeit`` result of ``n`` repetitions of something, per repetition."""
-    return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
 
 
 def _torch_cnn():
@@ -659,6 +696,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
 
     def result():
         return {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
+                "timing": "interleaved",  # how the rows were timed (older results lack the field: one row after another)
                 "targets": TARGETS, "torch": None if torch is None else
                 {"version": torch.__version__, "threads": torch.get_num_threads(), "device": _torch_device(),
                  "precision": torch_precision}, "precision": probe,

@@ -314,8 +314,10 @@ def readme_results(base=None) -> str:
     benches = sorted((out / "bench").glob("*.json")) if (out / "bench").exists() else []
     for f in benches:
         r = common.load_json(f)
+        timing = ("the rows of each ratio timed in interleaved rounds" if r.get("timing") == "interleaved"
+                  else "each row's runs timed one after another")
         parts.append(f"**Speed** on `{r['device_name']}` ({r['provenance']['device']}; ratios measured side by side "
-                     f"in one run of `jaxgd bench`, median of {r['config']['repeats']}; lower is faster "
+                     f"in one run of `jaxgd bench`, {timing}, median of {r['config']['repeats']}; lower is faster "
                      "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r)) + _bench_provenance(r)
                      + f"\n\n![bench](results/bench/{f.stem}.png)")
     return "\n\n".join(parts)
