@@ -296,11 +296,10 @@ class MaxPool(Layer):
 
     def backward(self, params, idx, dy):
         s = self.size
-        zero = jnp.zeros((), dy.dtype)
-        rows = [jnp.stack([jnp.where(idx == i * s + j, dy, zero) for j in range(s)], axis=3) for i in range(s)]
-        dx = jnp.stack(rows, axis=2)  # (n, h/s, s, w/s, s, c)
-        n, hs, _, ws, _, c = dx.shape
-        return {}, dx.reshape(n, hs * s, ws * s, c)
+        n, hs, ws, c = dy.shape
+        where = jnp.arange(s * s, dtype=idx.dtype).reshape(1, 1, s, 1, s, 1)  # each element's index in its window
+        dx = jnp.where(idx[:, :, None, :, None, :] == where, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
+        return {}, dx.reshape(n, hs * s, ws * s, c)  # (n, h/s, s, w/s, s, c) -> (n, h, w, c)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -330,6 +330,10 @@ def _bench_provenance(r) -> str:
             + f", code fingerprint `{p.get('code_fingerprint')}`")
     line = (f"\n\n<sub>{code}; jax {p['versions']['jax']}"
             + (f", PyTorch {t['version']} on {t.get('device', 'cpu')}" if t else "") + f", {p['date']}")
+    peak = r["sections"].get("matmul", {"rows": [{}]})["rows"][0].get("gflops")
+    if peak:
+        where = f"{p.get('cpu_model')}, {p.get('cpu_count')} cores" if r["device_name"].startswith("cpu") else p["device"]
+        line += "; matmul peak " + (f"{peak / 1e3:.0f} TFLOP/s" if peak >= 1e4 else f"{peak:.0f} GFLOP/s") + f" ({where})"
     if prec and (prec["tf32_matmul"] or prec["tf32_conv"]):
         line += (f"; float32 matmuls and convolutions ran in TF32, XLA's default on this GPU (relative error "
                  f"{prec['float32_matmul_rel_error']:.0e} against float64), and PyTorch was set to TF32 alike")
