@@ -14,7 +14,7 @@ def _subplots(nrows=1, ncols=1, figsize=None, **kw):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long tick labels (the bench rows) stay whole
     return path
 
 
