@@ -102,9 +102,9 @@ def timeit(fn, repeats=5, warmup=1) -> dict:
 def interleaved(fns: dict, repeats=5, warmup=1) -> dict:
     """Time the callables ``{name: fn}`` round-robin: ``warmup`` untimed runs of each, then
     ``repeats`` rounds of one timed run of each; ``{name: timeit-style result}``. A machine that
-    slows down for a while (a shared VM does) then slows every row of a comparison alike. Timed
-    one row after another instead, two runs of this bench on one idle 2-core VM gave the PyTorch
-    CNN loop 2.36 s and 1.69 s (jaxgd's epoch 2.43 s and 2.15 s)."""
+    slows down for a while (a shared VM does) then slows every row of a comparison alike. (Timed
+    one row after another, two runs of this bench on one idle 2-core VM read ``jaxgd/torch CNN``
+    as 1.03 and 1.28.)"""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -262,10 +262,10 @@ def _torch_mlp():
 def _torch_rows(what, make_model, xt, yt, batch_size, flops) -> list[tuple]:
     """``[(row, fn), ...]``: the PyTorch loop under glibc malloc's mmap threshold fixed at its
     initial 128 KiB, and raised to 1 GiB, so that freed blocks are reused instead of mmapped afresh
-    (with page faults) every step, as jemalloc/tcmalloc would. The CNN loop took 1.2 s in a fresh
-    process (glibc raises its threshold as it goes), 1.9 s at 128 KiB and 0.7 s at 1 GiB: the
-    ratios use the faster row. Each run sets its threshold, so the two can be interleaved. On CUDA
-    (host malloc does not touch the loop's tensors) or without glibc: one row, malloc as found."""
+    (with page faults) every step, as jemalloc/tcmalloc would. How much that matters differs from
+    machine to machine (the two rows show it here); the ratios use the faster row. Each run sets
+    its threshold, so the two can be interleaved. On CUDA (host malloc does not touch the loop's
+    tensors) or without glibc: one row, malloc as found."""
     if _torch_device() == "cuda" or _mmap_threshold(1).libc is None:
         return [({"name": f"PyTorch eager loop, {what}", "torch_device": _torch_device(), "flops": flops},
                  _torch_loop(make_model(), xt, yt, batch_size))]
