@@ -131,19 +131,25 @@ def export(name, folder, *, data_dir=None, cache=True) -> Path:
     compressed. ``load(name, data_dir=folder)`` then reads that file and needs neither TFDS nor
     the TFDS folder: for a machine that takes only a few MB along and cannot download (a lent GPU
     box). Splits, normalisation and seeds are then computed exactly as from TFDS. Returns the path."""
-    tfds_name, classes, keep = _spec(name)
-    root = resolve_data_dir(data_dir)
-    cdir = _cache_dir(cache)
-    raw = {s: _raw_split(tfds_name, s, root, cdir, download=False) for s in ("train", "test")}
-    arrays = {}
-    for s, (x, y, _) in raw.items():
-        arrays[f"x_{s}"], arrays[f"y_{s}"] = (x, y) if keep is None else _relabel(x, y, keep)
+    tfds_name, classes, _ = _spec(name)
+    (xtr, ytr), (xte, yte), version = _from_tfds(name, resolve_data_dir(data_dir), _cache_dir(cache), download=False)
     path = Path(folder).expanduser() / f"jaxgd-decoded-{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez_compressed(
-        f, **arrays, name=np.array(name), tfds_name=np.array(tfds_name), version=np.array(raw["train"][2]),
-        classes=np.array(classes)))
+        f, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, name=np.array(name), tfds_name=np.array(tfds_name),
+        version=np.array(version), classes=np.array(classes)))
     return path
+
+
+def _from_tfds(name, root, cache, download):
+    """``(x_train, y_train), (x_test, y_test), version`` of ``name`` decoded from the TFDS folder
+    ``root`` (through the cache), relabelled where ``name`` keeps some classes only (CIFAR-2)."""
+    tfds_name, _, keep = _spec(name)
+    raw = {s: _raw_split(tfds_name, s, root, cache, download) for s in ("train", "test")}
+    (xtr, ytr), (xte, yte) = raw["train"][:2], raw["test"][:2]
+    if keep is not None:
+        (xtr, ytr), (xte, yte) = _relabel(xtr, ytr, keep), _relabel(xte, yte, keep)
+    return (xtr, ytr), (xte, yte), raw["train"][2]
 
 
 def _read_export(name, path):
@@ -277,7 +283,7 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     ``DataNotFoundError`` at once. Where ``data_dir`` holds ``jaxgd-decoded-<name>.npz``
     (see ``export``), that file is read instead of TFDS.
     """
-    tfds_name, classes, keep = _spec(name)
+    tfds_name, classes, _ = _spec(name)
     if layout not in ("flat", "nhwc"):
         raise ValueError(f"layout must be 'flat' or 'nhwc', got {layout!r}")
     if val_size is None and not 0.0 <= val_fraction < 1.0:
@@ -288,17 +294,12 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     val_size = None if val_size is None else int(val_size)
     train_size = None if train_size is None else int(train_size)
     root = resolve_data_dir(data_dir)
-    cdir = _cache_dir(cache)
     source = exported_path(name, root)
     if source.is_file():  # a decoded copy written by export: no TFDS needed
         (xtr, ytr), (xte, yte), version = _read_export(name, source)
     else:
         source = root
-        raw = {s: _raw_split(tfds_name, s, root, cdir, download) for s in ("train", "test")}
-        version = raw["train"][2]
-        (xtr, ytr), (xte, yte) = (raw["train"][:2], raw["test"][:2])
-        if keep is not None:
-            (xtr, ytr), (xte, yte) = _relabel(xtr, ytr, keep), _relabel(xte, yte, keep)
+        (xtr, ytr), (xte, yte), version = _from_tfds(name, root, _cache_dir(cache), download)
     counts_before = {"train": np.bincount(ytr, minlength=len(classes)).tolist(),
                      "test": np.bincount(yte, minlength=len(classes)).tolist()}
 

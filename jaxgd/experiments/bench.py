@@ -567,7 +567,7 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
         flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
         full += _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, flops)
     small = [sp for (_, _, k), sp in specs.items() if k != n]  # the slow jax.grad of lax.conv, on m samples
-    rows = _rows(full, cfg.repeats) + (_rows(small, cfg.repeats) if small else [])
+    rows = _rows(full, cfg.repeats) + _rows(small, cfg.repeats)
     t = {key: next(r["median_s"] for r in rows if r["name"] == row["name"]) for key, (row, _) in specs.items()}
     ratios = {}
     if cfg.cnn_variants:
