@@ -218,13 +218,22 @@ def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
     return loss_fn, grad_fn, (state, c)
 
 
+def kinks(layers, residuals) -> list:
+    """The discrete choices of a forward pass, read from its residuals: the sign of every ReLU
+    and leaky-ReLU output and the winner of every max-pool window (branches opened)."""
+    from jaxgd import layers as L
+    out = []
+    for layer, r in L.walk(layers, residuals):
+        if isinstance(layer, L.MaxPool):
+            out.append(r)
+        elif isinstance(layer, L.LeakyReLU) or isinstance(layer, L.Activation) and layer.name == "relu":
+            out.append(r > 0)
+    return out
+
+
 def model_kinks(model, key=None):
     """``pattern_fn(params, x, y, state)`` for ``check_gradients`` of a ``models.Model`` in training
-    mode: the sign of every ReLU output and the winner of every max-pool window."""
-    from jaxgd import layers as L
-
+    mode: ``kinks`` of its forward pass."""
     def pattern(params, x, y, state):
-        _, _, res = model.forward(params, state, x, True, key)
-        return [r > 0 if isinstance(l, L.Activation) else r for l, r in zip(model.layers, res)
-                if isinstance(l, L.MaxPool) or (isinstance(l, L.Activation) and l.name == "relu")]
+        return kinks(model.layers, model.forward(params, state, x, True, key)[2])
     return pattern

@@ -160,38 +160,151 @@ def identity():
     return Activation("identity")
 
 
+@dataclasses.dataclass(frozen=True)
+class LeakyReLU(Layer):
+    """``y = x`` where ``x > 0``, else ``slope * x``. Backward ``dx = dy`` where ``y > 0``, else
+    ``slope * dy`` (for ``slope > 0``, ``y`` has the sign of ``x``; the kink at 0 gets ``slope``,
+    as PyTorch's ``LeakyReLU``). Residual: ``y``."""
+    slope: float = 0.01
+
+    def __post_init__(self):
+        if not 0 < self.slope < 1:
+            raise ValueError(f"leaky_relu slope must be in (0, 1), got {self.slope}")
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        y = jnp.where(x > 0, x, self.slope * x)
+        return y, state, y
+
+    def backward(self, params, y, dy):
+        return {}, jnp.where(y > 0, dy, self.slope * dy)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+@dataclasses.dataclass(frozen=True)
+class GELU(Layer):
+    """``y = x Phi(x)``, ``Phi`` the standard normal CDF (``approximate=False``, exact), or the tanh
+    form ``y = x/2 (1 + tanh(u))``, ``u = sqrt(2/pi) (x + 0.044715 x^3)`` (``approximate=True``,
+    GPT-2's and ``jax.nn.gelu``'s default). Backward, from ``x``:
+
+    - exact: ``f'(x) = Phi(x) + x phi(x)``, ``phi(x) = exp(-x^2/2) / sqrt(2 pi)``
+    - tanh:  ``f'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``, ``t = tanh(u)``
+
+    Residual: ``x``."""
+    approximate: bool = False
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return jax.nn.gelu(x, approximate=self.approximate), state, x
+
+    def backward(self, params, x, dy):
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x ** 3))
+            d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
+        else:
+            d = 0.5 * (1 + jax.lax.erf(x / math.sqrt(2.0))) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return {}, dy * d
+
+    def __str__(self):
+        return f"gelu({'tanh' if self.approximate else 'exact'})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Softmax(Layer):
+    """``y = softmax(x)`` over the last axis. Backward (the Jacobian ``diag(y) - y y^T`` applied
+    to ``dy``): ``dx = y * (dy - sum(dy * y))``, the sum over the last axis. Residual: ``y``."""
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        y = jax.nn.softmax(x, axis=-1)
+        return y, state, y
+
+    def backward(self, params, y, dy):
+        return {}, y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))
+
+    def __str__(self):
+        return "softmax"
+
+
+def leaky_relu(slope: float = 0.01) -> LeakyReLU:
+    """PyTorch's default negative slope, 0.01."""
+    return LeakyReLU(slope)
+
+
+def gelu(approximate: bool = False) -> GELU:
+    """Exact by default, as PyTorch's ``nn.GELU()``; ``approximate=True`` is the tanh form."""
+    return GELU(approximate)
+
+
+def softmax() -> Softmax:
+    return Softmax()
+
+
 # ------------------------------------------------------------------------------ conv
 
 CONV_IMPLS = ("lax", "im2col")
+PADDINGS = ("same", "valid")
 
 
-def im2col(x, kh: int, kw: int):
-    """The ``kh*kw`` shifted views of the zero-padded NHWC ``x``, concatenated on the channel
-    axis: ``(n, h, w, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
+def conv_out_size(n: int, k: int, stride: int = 1, pad: int | None = None) -> int:
+    """Output length of a convolution over ``n`` positions: ``floor((n + 2 pad - k) / stride) + 1``
+    (``pad`` defaults to ``k // 2``, "same")."""
+    pad = k // 2 if pad is None else pad
+    return (n + 2 * pad - k) // stride + 1
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
+    """The ``kh*kw`` shifted views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``,
+    "same") on each side, taken every ``stride`` pixels, concatenated on the channel axis:
+    ``(n, h_out, w_out, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
     h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    return jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    ph, pw = (kh // 2, kw // 2) if pad is None else (pad, pad)
+    ho, wo = conv_out_size(h, kh, stride, ph), conv_out_size(w, kw, stride, pw)
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    return jnp.concatenate([xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+                            for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def _conv(x, W):
-    return jax.lax.conv_general_dilated(x, W, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv(x, W, stride=1, pad=None):
+    padding = "SAME" if pad is None else [(pad, pad), (pad, pad)]
+    return jax.lax.conv_general_dilated(x, W, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_weight_grad(x, dy, w_shape):
-    """``dW = im2col(x)^T dy`` of a stride-1 "same" convolution, reshaped to ``w_shape`` (HWIO)."""
+def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None):
+    """``dW = im2col(x)^T dy`` of a convolution (the same strided, padded views the forward
+    multiplies), reshaped to ``w_shape`` (HWIO)."""
     kh, kw, c_in, c_out = w_shape
-    return (im2col(x, kh, kw).reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
+    cols = im2col(x, kh, kw, stride, pad)
+    return (cols.reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
 
 
-def conv_input_grad(dy, W):
-    """``dx = conv(dy, W')`` of a stride-1 "same" convolution, ``W'`` the kernel flipped in space
-    with its channel axes swapped."""
-    return _conv(dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2))
+def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):
+    """``dx`` of a convolution: ``dy`` convolved with ``W'``, the kernel flipped in space with its
+    channel axes swapped. Stride 1 "same" (odd kernel): a plain "same" convolution. Otherwise the
+    transposed convolution written out: ``dy`` dilated by ``stride`` (``stride - 1`` zeros between
+    its pixels), padded by ``k - 1 - pad`` (plus, at the bottom/right, the ``r`` input rows the
+    forward's last window did not reach), then a stride-1 convolution, which gives back the
+    input's ``in_hw``."""
+    Wt = jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2)
+    kh, kw = W.shape[:2]
+    if stride == 1 and (pad is None or (pad == kh // 2 == kw // 2 and kh % 2 and kw % 2)):
+        return _conv(dy, Wt)
+    pads = []
+    for n_in, n_out, k in zip(in_hw, dy.shape[1:3], (kh, kw)):
+        p = k // 2 if pad is None else pad
+        r = n_in + 2 * p - k - stride * (n_out - 1)  # input rows past the last window
+        pads.append((k - 1 - p, k - 1 - p + r))
+    return jax.lax.conv_general_dilated(dy, Wt, (1, 1), pads, lhs_dilation=(stride, stride),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Conv2D(Layer):
-    """Stride-1 "same" convolution, NHWC input, HWIO kernel of odd size, plus a bias per channel.
+    """Convolution of NHWC input with an HWIO kernel, plus a bias per channel; ``stride`` and
+    ``padding``: ``"same"`` pads ``size // 2`` zeros on each side (odd sizes: with stride 1 the
+    output keeps the input's height and width, PyTorch's ``padding=size//2``), ``"valid"`` pads
+    none. Output size ``floor((n + 2 pad - size) / stride) + 1`` (``conv_out_size``).
 
     Forward, two implementations of the one layer (equal up to rounding; a test checks both
     against ``lax.conv_general_dilated``):
@@ -199,13 +312,14 @@ class Conv2D(Layer):
     - ``impl="lax"``:    ``lax.conv_general_dilated``.
     - ``impl="im2col"``: ``im2col(x) @ W.reshape(kh*kw*c_in, c_out)``, one matmul.
 
-    Backward (the same for both), with ``dy`` shaped ``(n, h, w, c_out)``:
+    Backward (the same for both), with ``dy`` shaped ``(n, h_out, w_out, c_out)``:
 
     - ``db = sum_{n,h,w} dy``
     - ``dW = im2col(x)^T dy``, reshaped to HWIO: each kernel tap sees the input shifted by it.
     - ``dx = conv(dy, W')`` with ``W'[i, j, o, c] = W[kh-1-i, kw-1-j, c, o]``: the kernel flipped
-      in space with its channel axes swapped (a "same" convolution is its own transpose, up to
-      the flip, for odd kernels and stride 1).
+      in space with its channel axes swapped (a stride-1 "same" convolution is its own transpose,
+      up to the flip, for odd kernels); with a stride, ``dy`` is first dilated by it and padded
+      so that ``dx`` has the input's shape (``conv_input_grad``).
 
     Residual: ``x``. Inside a compiled epoch on XLA:CPU, ``jax.grad`` of ``lax.conv`` ran an
     order of magnitude slower than these three (one forward convolution and two matmuls), and
@@ -217,17 +331,35 @@ class Conv2D(Layer):
     size: int = 3
     impl: str = "im2col"
     init_scheme: str = "torch"
+    stride: int = 1
+    padding: str = "same"
 
     def __post_init__(self):
-        if self.size < 1 or self.size % 2 == 0:
-            raise ValueError(f"conv2d supports odd kernel sizes only, got {self.size}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"conv2d padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.size < 1 or (self.padding == "same" and self.size % 2 == 0):
+            raise ValueError(f"conv2d with padding 'same' supports odd kernel sizes only, got {self.size} "
+                             "(use padding='valid' for an even size)")
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise ValueError(f"conv2d stride must be an integer >= 1, got {self.stride!r}")
         if self.impl not in CONV_IMPLS:
             raise ValueError(f"unknown conv impl {self.impl!r}; choose from {CONV_IMPLS}")
+
+    @property
+    def pad(self) -> int | None:
+        """Zeros on each side, or None for stride-1 "same" (the fast path of the course models)."""
+        if self.padding == "valid":
+            return 0
+        return None if self.stride == 1 else self.size // 2
 
     def out_shape(self, in_shape):
         if len(in_shape) != 3:
             raise ValueError(f"conv2d needs (height, width, channels) inputs, gets per-example shape {tuple(in_shape)}")
-        return tuple(in_shape[:2]) + (self.features,)
+        hw = [conv_out_size(n, self.size, self.stride, self.pad) for n in in_shape[:2]]
+        if min(hw) < 1:
+            raise ValueError(f"conv2d({self.features}, {self.size}, padding={self.padding!r}) needs inputs of at "
+                             f"least {self.size} x {self.size} pixels; gets {tuple(in_shape)}")
+        return tuple(hw) + (self.features,)
 
     def init(self, key, in_shape, dtype=jnp.float32):
         shape = self.out_shape(in_shape)
@@ -241,18 +373,24 @@ class Conv2D(Layer):
         if x.ndim != 4 or x.shape[-1] != c_in:
             raise ValueError(f"conv2d expects NHWC input with {c_in} channels; got shape {tuple(x.shape)}")
         if self.impl == "lax":
-            y = _conv(x, W)
+            y = _conv(x, W, self.stride, self.pad)
         else:
-            y = im2col(x, kh, kw) @ W.reshape(kh * kw * c_in, c_out)
+            y = im2col(x, kh, kw, self.stride, self.pad) @ W.reshape(kh * kw * c_in, c_out)
         return y + params["b"], state, x
 
     def backward(self, params, x, dy):
         W = params["W"]
-        return {"W": conv_weight_grad(x, dy, W.shape), "b": jnp.sum(dy, axis=(0, 1, 2))}, conv_input_grad(dy, W)
+        dW = conv_weight_grad(x, dy, W.shape, self.stride, self.pad)
+        return {"W": dW, "b": jnp.sum(dy, axis=(0, 1, 2))}, conv_input_grad(dy, W, self.stride, self.pad, x.shape[1:3])
 
     def macs(self, in_shape):
-        h, w, c_in = in_shape
-        return int(h * w * self.size * self.size * c_in * self.features)
+        h, w, _ = self.out_shape(in_shape)
+        return int(h * w * self.size * self.size * in_shape[2] * self.features)
+
+    def __str__(self):
+        extra = (f", stride={self.stride}" if self.stride != 1 else "") + (
+            f", padding={self.padding!r}" if self.padding != "same" else "")
+        return f"conv2d({self.features}, {self.size}, {self.impl!r}, {self.init_scheme!r}{extra})"
 
 
 # ------------------------------------------------------------------------------ pooling, reshaping
@@ -318,6 +456,53 @@ class Flatten(Layer):
 
     def __str__(self):
         return "flatten"
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool(Layer):
+    """Non-overlapping ``size`` x ``size`` average pooling of NHWC input (height and width
+    divisible by ``size``): ``y = mean of each window``. Backward: every element of a window gets
+    ``dy / size**2``. Residual: none."""
+    size: int = 2
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] % self.size or in_shape[1] % self.size:
+            raise ValueError(f"avg_pool({self.size}) needs (height, width, channels) inputs with height and "
+                             f"width divisible by {self.size}; gets per-example shape {tuple(in_shape)}")
+        return (in_shape[0] // self.size, in_shape[1] // self.size, in_shape[2])
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        n, h, w, c = x.shape
+        s = self.size
+        self.out_shape((h, w, c))
+        return x.reshape(n, h // s, s, w // s, s, c).mean(axis=(2, 4)), state, None
+
+    def backward(self, params, res, dy):
+        s = self.size
+        n, hs, ws, c = dy.shape
+        dx = jnp.broadcast_to((dy / (s * s))[:, :, None, :, None, :], (n, hs, s, ws, s, c))
+        return {}, dx.reshape(n, hs * s, ws * s, c)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """``(n, h, w, c) -> (n, c)``: the mean over all positions. Backward: ``dx = dy / (h w)`` at
+    every position. Residual: an empty ``(0, h, w)`` array that carries the spatial shape."""
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"global_avg_pool needs (height, width, channels) inputs; gets {tuple(in_shape)}")
+        return (in_shape[2],)
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return x.mean(axis=(1, 2)), state, jnp.zeros((0,) + x.shape[1:3], x.dtype)
+
+    def backward(self, params, hw, dy):
+        h, w = hw.shape[1:]
+        return {}, jnp.broadcast_to((dy / (h * w))[:, None, None, :], (dy.shape[0], h, w, dy.shape[1]))
+
+    def __str__(self):
+        return "global_avg_pool"
 
 
 # ------------------------------------------------------------------------------ dropout, batch norm
@@ -421,12 +606,49 @@ class BatchNorm(Layer):
         return "batch_norm"
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Layer):
+    """Layer normalisation over the last axis (features; channels of each NHWC pixel), the same
+    in training and evaluation, no running statistics. With ``d`` features:
+    ``mu = mean x``, ``var = mean (x - mu)^2``, ``x_hat = (x - mu) / sqrt(var + eps)``,
+    ``y = scale * x_hat + shift``.
+
+    Backward, with ``g = dy * scale`` and sums over the last axis (mu and var depend on x):
+    ``dx = 1 / (d sqrt(var + eps)) * (d g - sum g - x_hat * sum(g x_hat))``;
+    ``dscale = sum_{other axes} dy * x_hat``, ``dshift = sum_{other axes} dy``.
+    Residuals: ``x_hat`` and ``1 / sqrt(var + eps)``.
+    """
+    eps: float = 1e-5
+
+    def init(self, key, in_shape, dtype=jnp.float32):
+        c = in_shape[-1]
+        return {"scale": jnp.ones((c,), dtype), "shift": jnp.zeros((c,), dtype)}, {}, tuple(in_shape)
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        mean = jnp.mean(x, -1, keepdims=True)
+        inv = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + self.eps)
+        x_hat = (x - mean) * inv
+        return params["scale"] * x_hat + params["shift"], state, (x_hat, inv)
+
+    def backward(self, params, res, dy):
+        x_hat, inv = res
+        axes = tuple(range(dy.ndim - 1))
+        g = dy * params["scale"]
+        d = dy.shape[-1]
+        dx = (inv / d) * (d * g - jnp.sum(g, -1, keepdims=True) - x_hat * jnp.sum(g * x_hat, -1, keepdims=True))
+        return {"scale": jnp.sum(dy * x_hat, axes), "shift": jnp.sum(dy, axes)}, dx
+
+    def __str__(self):
+        return "layer_norm"
+
+
 def dense(features: int, init: str = "torch") -> Dense:
     return Dense(features, init)
 
 
-def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch") -> Conv2D:
-    return Conv2D(features, size, impl, init)
+def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch", *, stride: int = 1,
+           padding: str = "same") -> Conv2D:
+    return Conv2D(features, size, impl, init, stride, padding)
 
 
 def max_pool(size: int = 2) -> MaxPool:
@@ -444,6 +666,186 @@ def dropout(rate: float) -> Dropout:
 def batch_norm(momentum: float = 0.1, eps: float = 1e-5) -> BatchNorm:
     """PyTorch's ``BatchNorm`` defaults: momentum 0.1, eps 1e-5."""
     return BatchNorm(momentum, eps)
+
+
+def layer_norm(eps: float = 1e-5) -> LayerNorm:
+    """PyTorch's ``LayerNorm`` default eps, 1e-5 (over the last axis only)."""
+    return LayerNorm(eps)
+
+
+def avg_pool(size: int = 2) -> AvgPool:
+    return AvgPool(size)
+
+
+def global_avg_pool() -> GlobalAvgPool:
+    return GlobalAvgPool()
+
+
+# ------------------------------------------------------------------------------ sequences and branches
+
+def sequence_shapes(layers, in_shape) -> list[tuple]:
+    """The per-example shape entering each layer of a sequence, then the output's; a layer that
+    does not accept its input raises a ``ValueError`` that names it."""
+    out = [tuple(in_shape)]
+    for i, layer in enumerate(layers):
+        try:
+            out.append(tuple(layer.out_shape(out[-1])))
+        except ValueError as e:
+            raise ValueError(f"layer {i} ({layer}): {e}") from None
+    return out
+
+
+def sequence_init(layers, key, in_shape, dtype=jnp.float32):
+    """``(params, state, out_shape)`` of a sequence: lists with one entry per layer, layer ``i``
+    initialised from ``fold_in(key, i)``."""
+    params, state, shape = [], [], tuple(in_shape)
+    for i, layer in enumerate(layers):
+        p, s, shape = layer.init(jax.random.fold_in(key, i), shape, dtype)
+        params.append(p)
+        state.append(s)
+    return params, state, shape
+
+
+def _fold(key, i):
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def sequence_forward(layers, params, state, x, *, train=False, key=None):
+    """``(y, new_state, residuals)``: the layers in order, layer ``i`` drawing its randomness
+    (dropout's mask) from ``fold_in(key, i)``."""
+    new_state, residuals = [], []
+    for i, (layer, p, s) in enumerate(zip(layers, params, state)):
+        x, s, r = layer.forward(p, s, x, train=train, key=_fold(key, i))
+        new_state.append(s)
+        residuals.append(r)
+    return x, new_state, residuals
+
+
+def sequence_backward(layers, params, residuals, dy):
+    """The reverse pass (the delta recursion): ``delta <- dy``, then for each layer from the last,
+    ``(grads_i, delta) <- layer_i.backward(params_i, residuals_i, delta)``. Returns
+    ``(grads, dx)``, ``dx`` the input's gradient."""
+    grads = [None] * len(layers)
+    for i in reversed(range(len(layers))):
+        grads[i], dy = layers[i].backward(params[i], residuals[i], dy)
+    return grads, dy
+
+
+MERGES = ("add", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Branches(Layer):
+    """A fan-out / fan-in: every branch (a tuple of layers; ``()`` is the identity) gets the same
+    input, and their outputs merge by ``"add"`` (all the same shape) or ``"concat"`` (on the last
+    axis), as stax's ``FanOut`` + ``parallel`` + ``FanInSum`` / ``FanInConcat``. A residual block
+    ``y = f(x) + shortcut(x)`` is ``Branches((f_layers, shortcut_layers), "add")`` (``residual``).
+
+    Forward: branch ``b`` runs as a sequence with ``fold_in(key, b)``. Backward: each branch's
+    reverse pass gets ``dy`` (its slice of ``dy`` under concat), and where the paths meet again,
+    at the input, their gradients add: ``dx = sum_b dx_b``. ``params``, ``state`` and residuals
+    hold one list per branch. For concat, the residuals also keep an empty ``(0, c_b)`` array per
+    branch, which carries the width to split ``dy`` at.
+    """
+    branches: tuple
+    merge: str = "add"
+
+    def __post_init__(self):
+        object.__setattr__(self, "branches", tuple(tuple(b) for b in self.branches))
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if len(self.branches) < 2:
+            raise ValueError(f"branches needs at least 2 branches to merge, got {len(self.branches)}")
+        for b, branch in enumerate(self.branches):
+            for i, layer in enumerate(branch):
+                if not isinstance(layer, Layer):
+                    raise ValueError(f"branch {b}, layer {i} is {layer!r}, not a layer (build it with jaxgd.layers)")
+
+    def out_shape(self, in_shape):
+        outs = []
+        for b, branch in enumerate(self.branches):
+            try:
+                outs.append(sequence_shapes(branch, in_shape)[-1])
+            except ValueError as e:
+                raise ValueError(f"branch {b}: {e}") from None
+        if self.merge == "add" and len(set(outs)) > 1:
+            raise ValueError(f"add needs branch outputs of one shape; got {outs} for input {tuple(in_shape)} "
+                             "(a strided or wider body needs a shortcut that matches it, e.g. a 1x1 conv)")
+        if self.merge == "concat" and len({o[:-1] for o in outs}) > 1:
+            raise ValueError(f"concat needs branch outputs that differ in the last axis only; got {outs}")
+        return outs[0] if self.merge == "add" else outs[0][:-1] + (sum(o[-1] for o in outs),)
+
+    def init(self, key, in_shape, dtype=jnp.float32):
+        out = self.out_shape(tuple(in_shape))
+        inits = [sequence_init(br, jax.random.fold_in(key, b), in_shape, dtype) for b, br in enumerate(self.branches)]
+        return [p for p, _, _ in inits], [s for _, s, _ in inits], out
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        outs, states, res = [], [], []
+        for b, (branch, p, s) in enumerate(zip(self.branches, params, state)):
+            y, s, r = sequence_forward(branch, p, s, x, train=train, key=_fold(key, b))
+            outs.append(y)
+            states.append(s)
+            res.append(r)
+        if self.merge == "add":
+            return functools.reduce(jnp.add, outs), states, res
+        widths = [jnp.zeros((0, y.shape[-1]), y.dtype) for y in outs]
+        return jnp.concatenate(outs, axis=-1), states, (res, widths)
+
+    def backward(self, params, res, dy):
+        if self.merge == "add":
+            dys = [dy] * len(self.branches)
+        else:
+            res, widths = res
+            dys = jnp.split(dy, np.cumsum([w.shape[1] for w in widths])[:-1].tolist(), axis=-1)
+        grads, dx = [], None
+        for branch, p, r, d in zip(self.branches, params, res, dys):
+            g, d = sequence_backward(branch, p, r, d)
+            grads.append(g)
+            dx = d if dx is None else dx + d  # the paths meet at the input: their gradients add
+        return grads, dx
+
+    def macs(self, in_shape):
+        return sum(sum(l.macs(s) for l, s in zip(br, sequence_shapes(br, in_shape))) for br in self.branches)
+
+    def __str__(self):
+        inner = " | ".join(" - ".join(map(str, br)) or "identity" for br in self.branches)
+        return f"{self.merge}({inner})"
+
+
+def residual(body, shortcut=()) -> Branches:
+    """``y = body(x) + shortcut(x)``: a residual block; ``shortcut=()`` is the identity, and a
+    strided or wider body takes a projection, e.g. ``(conv2d(c, 1, stride=2),)``."""
+    return Branches((tuple(body), tuple(shortcut)), "add")
+
+
+def fan_in_sum(*branches) -> Branches:
+    """``y = sum_b branch_b(x)`` (stax's ``FanOut`` + ``parallel`` + ``FanInSum``)."""
+    return Branches(branches, "add")
+
+
+def fan_in_concat(*branches) -> Branches:
+    """``y = concat_b branch_b(x)`` on the last axis (stax's ``FanInConcat``)."""
+    return Branches(branches, "concat")
+
+
+def stateless(layers) -> list:
+    """The state of a sequence whose layers keep none: ``{}`` per layer, a list per branch."""
+    return [[stateless(b) for b in l.branches] if isinstance(l, Branches) else {} for l in layers]
+
+
+def walk(layers, residuals=None):
+    """Every layer of a sequence, branches opened (depth first), with its residuals when given:
+    yields ``layer`` or ``(layer, residual)``."""
+    for i, layer in enumerate(layers):
+        r = None if residuals is None else residuals[i]
+        if isinstance(layer, Branches):
+            if r is not None and layer.merge == "concat":
+                r = r[0]
+            for b, branch in enumerate(layer.branches):
+                yield from walk(branch, None if r is None else r[b])
+        else:
+            yield layer if residuals is None else (layer, r)
 
 
 # ------------------------------------------------------------------------------ the pair as a custom_vjp

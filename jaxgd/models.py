@@ -48,30 +48,20 @@ class Model:
 
     def shapes(self) -> list[tuple]:
         """The per-example shape entering each layer, then the output's."""
-        out = [self.in_shape]
-        for i, layer in enumerate(self.layers):
-            try:
-                out.append(tuple(layer.out_shape(out[-1])))
-            except ValueError as e:
-                raise ValueError(f"layer {i} ({layer}): {e}") from None
-        return out
+        return L.sequence_shapes(self.layers, self.in_shape)
 
     def init(self, key, dtype=jnp.float32):
         """``(params, state)``: layer ``i`` initialises from ``fold_in(key, i)``."""
-        params, state, shape = [], [], self.in_shape
-        for i, layer in enumerate(self.layers):
-            p, s, shape = layer.init(jax.random.fold_in(key, i), shape, dtype)
-            params.append(p)
-            state.append(s)
+        params, state, _ = L.sequence_init(self.layers, key, self.in_shape, dtype)
         return params, state
 
     def empty_state(self) -> list:
         """The state of a model whose layers keep none (``[{}, ...]``), so that ``state=None`` works."""
-        stateful = [str(l) for l in self.layers if isinstance(l, L.BatchNorm)]
+        stateful = [str(l) for l in L.walk(self.layers) if isinstance(l, L.BatchNorm)]
         if stateful:
             raise ValueError(f"this model has layers with state ({', '.join(stateful)}): pass the state from "
                              "params, state = model.init(key) (fit: model_state=state)")
-        return [{} for _ in self.layers]
+        return L.stateless(self.layers)
 
     def _check(self, params, state, x):
         n = len(self.layers)
@@ -87,21 +77,14 @@ class Model:
         ``fold_in(key, i)`` and batch norm uses (and updates) batch statistics."""
         state = self.empty_state() if state is None else state
         self._check(params, state, x)
-        new_state, residuals = [], []
-        for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
-            x, s, r = layer.forward(p, s, x, train=train, key=_layer_key(key, i))
-            new_state.append(s)
-            residuals.append(r)
-        return x, new_state, residuals
+        return L.sequence_forward(self.layers, params, state, x, train=train, key=key)
 
-    def backward(self, params, residuals, dout):
-        """The reverse pass: ``delta <- dL/dout``, then for each layer from the last,
-        ``(grads_i, delta) <- layer_i.backward(params_i, residuals_i, delta)``."""
-        grads = [None] * len(self.layers)
-        delta = dout
-        for i in reversed(range(len(self.layers))):
-            grads[i], delta = self.layers[i].backward(params[i], residuals[i], delta)
-        return grads
+    def backward(self, params, residuals, dout, *, with_input=False):
+        """The reverse pass (``layers.sequence_backward``): ``delta <- dL/dout``, then for each
+        layer from the last, ``(grads_i, delta) <- layer_i.backward(params_i, residuals_i, delta)``.
+        Returns the grads, or ``(grads, dx)`` with ``with_input``."""
+        grads, dx = L.sequence_backward(self.layers, params, residuals, dout)
+        return (grads, dx) if with_input else grads
 
     def apply(self, params, state, x, train=False, key=None, *, hand_vjp=False):
         """``(out, new_state)``; ``hand_vjp=True`` runs each layer as its ``layers.hand_vjp`` twin."""
@@ -112,7 +95,7 @@ class Model:
         self._check(params, state, x)
         new_state = []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, state)):
-            x, s = L.hand_vjp(layer, bool(train))(p, s, x, _layer_key(key, i))
+            x, s = L.hand_vjp(layer, bool(train))(p, s, x, None if key is None else jax.random.fold_in(key, i))
             new_state.append(s)
         return x, new_state
 
@@ -130,7 +113,8 @@ class Model:
     def train_flops(self, samples: int) -> float:
         """FLOPs of ``samples`` training examples: forward ``2 macs`` per layer, ``dW`` another
         ``2 macs`` per layer with weights, ``dx`` ``2 macs`` for every layer after the first one with
-        weights (nothing needs the input's gradient)."""
+        weights (nothing needs the input's gradient). A block of branches counts as one layer
+        (its branches' macs summed)."""
         macs = self.macs()  # > 0 exactly for the layers with weights (dense, conv)
         first = next((i for i, m in enumerate(macs) if m), len(macs))
         per = sum(4 * m + 2 * m * (i > first) for i, m in enumerate(macs))
@@ -138,10 +122,6 @@ class Model:
 
     def describe(self) -> list[str]:
         return [str(layer) for layer in self.layers]
-
-
-def _layer_key(key, i):
-    return None if key is None else jax.random.fold_in(key, i)
 
 
 def count_params(params) -> int:
