@@ -2,9 +2,11 @@
 
 Modules: ``layers`` (each layer's forward beside its hand backward), ``models`` (sequential
 models and the generic reverse pass), ``losses``, ``backprop`` (derivations done on paper),
-``gradcheck``, ``optim`` (hand SGD + optax twin), ``train`` (the training loop), ``data``.
+``gradcheck``, ``checker`` (``jaxgd.check``: one call proves a hand backward and diagnoses a
+wrong one), ``optim`` (hand SGD + optax twin), ``train`` (the training loop), ``data``.
 """
 from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, train  # noqa: F401
+from jaxgd.checker import Report, check  # noqa: F401
 
-__all__ = ["backprop", "data", "gradcheck", "layers", "losses", "models", "optim", "train"]
+__all__ = ["backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "Report", "train"]
 __version__ = "0.2.0"

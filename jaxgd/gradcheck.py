@@ -201,6 +201,20 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     return report
 
 
+def off_constant(tree, key):
+    """Leaves whose entries are all equal (ones, zeros: initial scales, shifts, running statistics)
+    moved to random values, positive ones kept positive."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    out = []
+    for i, a in enumerate(leaves):
+        a = jnp.asarray(a)
+        if jnp.issubdtype(a.dtype, jnp.floating) and a.size and bool(jnp.all(a == a.reshape(-1)[0])):
+            z = jax.random.normal(jax.random.fold_in(key, i), a.shape, a.dtype)
+            a = a * jnp.exp(0.3 * z) if float(a.reshape(-1)[0]) > 0 else a + 0.3 * z
+        out.append(a)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
     """A layer as a gradient-check problem over ``(params, x)``: the scalar
     ``L(params, x) = sum(c * layer.forward(params, state, x)[0])`` with a fixed random ``c``, and

@@ -22,19 +22,35 @@ CASES = [
     (L.dropout(0.3), (20,), 4, False), (L.dropout(0.3), (20,), 4, True),
     (L.batch_norm(), (5,), 2, False), (L.batch_norm(), (5,), 2, True), (L.batch_norm(), (5,), 128, False),
     (L.batch_norm(), (5,), 128, True), (L.batch_norm(), (3, 3, 4), 2, True),
+    # strides and 'valid' padding: odd and even sizes, so a stride leaves a last row unused
+    (L.conv2d(4, 3, stride=2), (6, 5, 2), 2, False), (L.conv2d(3, 3, "lax", stride=2), (7, 7, 2), 2, False),
+    (L.conv2d(4, 2, padding="valid"), (5, 6, 3), 2, False),
+    (L.conv2d(3, 3, stride=2, padding="valid"), (7, 6, 2), 2, False),
+    (L.conv2d(3, 3, "lax", stride=2, padding="valid"), (8, 7, 2), 2, False),
+    (L.conv2d(4, 1, stride=2), (6, 6, 3), 2, False),
+    (L.avg_pool(2), (4, 6, 3), 2, False), (L.avg_pool(3), (6, 3, 2), 2, False),
+    (L.global_avg_pool(), (4, 5, 3), 3, False),
+    (L.leaky_relu(0.1), (6,), 4, False), (L.gelu(), (6,), 4, False), (L.gelu(approximate=True), (6,), 4, False),
+    (L.softmax(), (6,), 4, False), (L.layer_norm(), (5,), 3, False), (L.layer_norm(), (3, 3, 4), 2, False),
+    # skip connections: the identity shortcut, a strided body with a 1x1 strided projection, concat
+    # (in training, a bias right before batch norm has gradient exactly 0, read as rounding noise
+    # of ~1e-15 against the floor of 1e-5: the training case is the pre-activation block)
+    (L.residual((L.batch_norm(), L.relu(), L.conv2d(4, 3))), (4, 4, 4), 3, True),
+    (L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))), (4, 4, 4), 3, False),
+    (L.residual((L.conv2d(6, 3, stride=2), L.relu(), L.conv2d(6, 3)), (L.conv2d(6, 1, stride=2),)), (6, 6, 3), 2,
+     False),
+    (L.fan_in_concat((L.dense(3),), (L.tanh(),), ()), (4,), 3, False),
 ]
 IDS = [f"{layer}-{shape}-n{n}-{'train' if t else 'eval'}" for layer, shape, n, t in CASES]
 KEY = jax.random.PRNGKey(3)  # dropout's mask: a fixed key
 
 
 def _setup(layer, shape, n, seed=0):
+    """Parameters and running statistics moved off their constant initial values (a scale of ones
+    would hide a missing factor), and a random input."""
     params, state, _ = layer.init(jax.random.PRNGKey(seed), shape)
-    if state:  # batch norm: running statistics away from their initial 0 / 1
-        c = state["mean"].shape
-        state = {"mean": jax.random.normal(jax.random.PRNGKey(5), c),
-                 "var": 0.5 + jax.random.uniform(jax.random.PRNGKey(6), c)}
-    if "scale" in params:
-        params = {"scale": 1 + 0.3 * jax.random.normal(jax.random.PRNGKey(7), c), "shift": params["shift"] + 0.1}
+    params = gradcheck.off_constant(params, jax.random.PRNGKey(7))
+    state = gradcheck.off_constant(state, jax.random.PRNGKey(5))
     x = jax.random.normal(jax.random.PRNGKey(seed + 1), (n,) + shape)
     return params, state, x
 
@@ -202,6 +218,87 @@ def test_batch_norm_matches_torch_forward_backward_and_running_stats():
         np.testing.assert_allclose(s["var"], bn_t.running_var.numpy(), rtol=1e-12)
 
 
+def test_strided_and_valid_convs_equal_lax_conv():
+    """Both forwards against lax.conv with explicit symmetric padding (PyTorch's ``padding=k//2``
+    convention for "same" with a stride, not XLA's asymmetric "SAME")."""
+    kx, kw, kb = jax.random.split(jax.random.PRNGKey(1), 3)
+    for k, stride, padding, hw in ((3, 2, "same", (7, 6)), (3, 2, "valid", (8, 7)), (2, 1, "valid", (5, 6)),
+                                   (1, 2, "same", (6, 5)), (5, 3, "same", (9, 10))):
+        x = jax.random.normal(kx, (2,) + hw + (3,))
+        p = {"W": jax.random.normal(kw, (k, k, 3, 4)), "b": jax.random.normal(kb, (4,))}
+        pad = k // 2 if padding == "same" else 0
+        ref = jax.lax.conv_general_dilated(x, p["W"], (stride, stride), [(pad, pad)] * 2,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest") + p["b"]
+        with jax.default_matmul_precision("highest"):
+            for impl in L.CONV_IMPLS:
+                layer = L.conv2d(4, k, impl, stride=stride, padding=padding)
+                y = layer.forward(p, {}, x)[0]
+                assert y.shape[1:] == layer.out_shape(x.shape[1:])
+                chex.assert_trees_all_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def _torch_nhwc(torch, a):
+    t = torch.tensor(np.asarray(a))
+    return (t.permute(0, 3, 1, 2) if t.ndim == 4 else t).requires_grad_()
+
+
+def _to_nhwc(t):
+    t = t.detach()
+    return (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).numpy()
+
+
+@pytest.mark.parametrize("layer,shape,torch_fn", [
+    (L.conv2d(4, 3, stride=2), (7, 6, 3), lambda F, x, p: F.conv2d(x, p["W"], p["b"], stride=2, padding=1)),
+    (L.conv2d(4, 3, stride=2, padding="valid"), (8, 7, 3), lambda F, x, p: F.conv2d(x, p["W"], p["b"], stride=2)),
+    (L.conv2d(4, 1, stride=2), (6, 6, 3), lambda F, x, p: F.conv2d(x, p["W"], p["b"], stride=2)),
+    (L.avg_pool(2), (4, 6, 3), lambda F, x, p: F.avg_pool2d(x, 2)),
+    (L.global_avg_pool(), (4, 5, 3), lambda F, x, p: F.adaptive_avg_pool2d(x, 1).flatten(1)),
+    (L.leaky_relu(0.1), (6,), lambda F, x, p: F.leaky_relu(x, 0.1)),
+    (L.gelu(), (6,), lambda F, x, p: F.gelu(x)),
+    (L.gelu(approximate=True), (6,), lambda F, x, p: F.gelu(x, approximate="tanh")),
+    (L.softmax(), (6,), lambda F, x, p: F.softmax(x, -1)),
+    (L.layer_norm(), (5,), lambda F, x, p: F.layer_norm(x, (5,), p["scale"], p["shift"], 1e-5)),
+], ids=lambda v: str(v) if isinstance(v, (L.Layer, tuple)) else "")
+def test_new_layers_match_torch_forward_and_backward(layer, shape, torch_fn):
+    """PyTorch (float64, NCHW) computes the same output and the same gradients."""
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    with jax.enable_x64(True):
+        params, state, x = gradcheck.cast(_setup(layer, shape, 3), jnp.float64)
+        y, _, res = layer.forward(params, state, x)
+        dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
+        grads, dx = layer.backward(params, res, dy)
+        pt = {k: torch.tensor(np.asarray(v.transpose(3, 2, 0, 1) if k == "W" else v)).requires_grad_()
+              for k, v in params.items()}
+        xt = _torch_nhwc(torch, x)
+        yt = torch_fn(torch.nn.functional, xt, pt)
+        yt.backward(_torch_nhwc(torch, dy).detach())
+        np.testing.assert_allclose(np.asarray(y), _to_nhwc(yt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(dx), _to_nhwc(xt.grad), rtol=1e-12, atol=1e-12)
+        for k, g in grads.items():
+            g_t = pt[k].grad.permute(2, 3, 1, 0) if k == "W" else pt[k].grad
+            np.testing.assert_allclose(np.asarray(g), g_t.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_residual_block_adds_gradients_where_the_paths_meet():
+    """y = x + f(x): dx is dy (the shortcut) plus f's input gradient; concat splits dy by width."""
+    body = (L.dense(4), L.tanh())
+    block = L.residual(body)
+    params, state, x = _setup(block, (4,), 3)
+    y, _, res = block.forward(params, state, x)
+    dy = jax.random.normal(jax.random.PRNGKey(0), y.shape)
+    grads, dx = block.backward(params, res, dy)
+    yb, _, rb = L.sequence_forward(body, params[0], state[0], x)
+    gb, dxb = L.sequence_backward(body, params[0], rb, dy)
+    chex.assert_trees_all_close(y, yb + x)
+    chex.assert_trees_all_close((grads[0], dx), (gb, dxb + dy))
+    cat = L.fan_in_concat(body, ())
+    y, _, res = cat.forward(params, state, x)
+    assert y.shape == (3, 8) and cat.out_shape((4,)) == (8,)
+    dy = jax.random.normal(jax.random.PRNGKey(1), y.shape)
+    _, dx = cat.backward(params, res, dy)
+    chex.assert_trees_all_close(dx, L.sequence_backward(body, params[0], rb, dy[:, :4])[1] + dy[:, 4:])
+
+
 @pytest.mark.parametrize("make,shape,match", [
     (lambda: L.dense(3), (28, 28, 1), "flatten"),
     (lambda: L.conv2d(3), (10,), "height, width, channels"),
@@ -210,6 +307,18 @@ def test_batch_norm_matches_torch_forward_backward_and_running_stats():
     (lambda: L.conv2d(3, 3, "fft"), None, "impl"),
     (lambda: L.Activation("swish"), None, "unknown activation"),
     (lambda: L.dense(3, "xavier"), (4,), "unknown init"),
+    (lambda: L.conv2d(3, 3, stride=0), None, "stride must be an integer >= 1"),
+    (lambda: L.conv2d(3, 3, padding="full"), None, "padding must be one of"),
+    (lambda: L.conv2d(3, 5, padding="valid"), (4, 4, 1), "at least 5 x 5"),
+    (lambda: L.avg_pool(2), (5, 4, 1), "divisible"),
+    (lambda: L.global_avg_pool(), (10,), "height, width, channels"),
+    (lambda: L.residual((L.conv2d(4, 3, stride=2),)), (6, 6, 4), "shortcut that matches"),
+    (lambda: L.residual((L.conv2d(8, 3),)), (6, 6, 4), "add needs branch outputs of one shape"),
+    (lambda: L.fan_in_concat((L.flatten(),), ()), (2, 2, 1), "differ in the last axis only"),
+    (lambda: L.residual((L.dense(3), "relu")), None, "not a layer"),
+    (lambda: L.Branches(((L.relu(),),)), None, "at least 2 branches"),
+    (lambda: L.Branches(((), ()), "mul"), None, "merge must be one of"),
+    (lambda: L.residual((L.dense(3),)), (2, 2, 1), "branch 0: .*flatten"),
 ])
 def test_bad_layers_give_clear_errors(make, shape, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,605 @@
+"""``check``: prove a hand-written backward in one call, and say what is wrong when it is wrong.
+
+    report = jaxgd.check(my_layer, (6,))      # a layer: any object with jaxgd's layer contract
+    report = jaxgd.check(model)               # a models.Model: its reverse pass and its loss gradient
+    print(report)                              # the verdict, a row per gradient, a cause per wrong one
+    report.passed, report.as_dict()            # a bool, and JSON
+
+For each mode (train, eval) and dtype (float64, float32), with parameters and running statistics
+moved off their constant initial values (a ``scale`` of ones hides a missing factor) and a random
+cotangent ``c`` (never all ones: batch norm's output sums to zero per feature, so an all-ones
+cotangent gives dx = 0 whatever the backward does), the hand ``backward(params, residuals, c)`` is
+compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the input):
+
+- ``exact``: equal to the last bit; ``close``: ``max |hand - vjp| / max |vjp|`` within
+  ``TOLERANCES`` (1e-10 in float64, 1e-4 in float32); ``wrong`` otherwise. The denominator is at
+  least ``ZERO_FLOOR`` (1/100) of the problem's largest gradient, so a gradient that is 0 on
+  paper (a bias right before batch norm, in training) is not judged by its rounding noise. In
+  float32 a gradient may also differ by ``F32_SLACK`` (10) times the largest float32 error
+  jax.vjp itself makes on the problem (against float64): a deep network with batch norm over a
+  small batch amplifies rounding. float64 is the strict test; float32 checks that the backward
+  works in float32 and keeps its numbers.
+- In float64, also central finite differences of ``L = sum(c * y)`` on sampled coordinates
+  (INF265's elementwise relative error <= 1e-6, with a floor of 1e-5 on the denominator, raised
+  to where the difference quotient's own rounding, ``10 eps sum|c y| / h``, stays under 1e-6 of it;
+  a stencil that crosses a ReLU or max-pool kink is left out) and ``jax.test_util.check_vjp``
+  (random directions).
+- The forward's output shape and dtype, the new state's, and each gradient's shape and dtype; in
+  eval mode, the state must come back unchanged.
+- The backward run under ``jit`` and under ``vmap`` (two problems stacked) must give what it gives
+  eagerly.
+- A model, in training: ``model.grad`` (its loss's hand derivative, then the reverse pass) against
+  ``jax.grad`` of the loss, on random labels (or targets).
+
+Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, tried against the
+true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
+or -1, all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks,
+ties, or the padded border). Findings across gradients and modes (the input gradient right but a
+parameter's wrong; right in eval but wrong in training) come after.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_vjp
+
+from jaxgd import gradcheck
+
+TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # max |hand - vjp| / max |vjp| per leaf
+# A leaf whose true gradient is zero or nearly (in training, a bias right before batch norm: exactly
+# 0 on paper, rounding noise of ~1e-15 in float64) is measured against this fraction of the
+# problem's largest gradient instead of its own largest entry, which would be the noise itself.
+ZERO_FLOOR = 1e-2
+# float32 rounding grows with depth and with batch norm over a small batch, and spreads through the
+# quantities gradients share (a bias before batch norm sums dx, 0 on paper, noise of dx's size in
+# float32): a float32 gradient may also differ from jax.vjp's by F32_SLACK times the largest float32
+# error jax.vjp itself makes on any gradient of the problem (against float64).
+F32_SLACK = 10.0
+FD_TOLERANCE, FD_EPS, FD_H, FD_PER_LEAF = 1e-6, 1e-5, 1e-4, 16
+MODES = ("train", "eval")
+DTYPES = ("float64", "float32")
+
+
+# ------------------------------------------------------------------------------ what is checked
+
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """A layer or a model behind one interface: ``init(key, dtype) -> (params, state)``,
+    ``forward(p, s, x, train, key) -> (y, s, res)``, ``backward(p, res, dy) -> (dp, dx)``."""
+    name: str
+    in_shape: tuple
+    out_shape: tuple
+    init: object
+    forward: object
+    backward: object
+    layers: tuple  # for the kinks of the finite differences
+    model: object = None
+
+
+def _subject(obj, in_shape):
+    from jaxgd import layers as L
+    from jaxgd import models
+    if isinstance(obj, models.Model):
+        return _Subject(" - ".join(obj.describe()), obj.in_shape, obj.shapes()[-1], obj.init,
+                        lambda p, s, x, train, key: obj.forward(p, s, x, train, key),
+                        lambda p, r, dy: obj.backward(p, r, dy, with_input=True), obj.layers, obj)
+    for attr in ("init", "forward", "backward"):
+        if not callable(getattr(obj, attr, None)):
+            raise TypeError(f"check needs a layer (init, forward, backward: see jaxgd.layers) or a models.Model; "
+                            f"{obj!r} has no {attr}()")
+    if in_shape is None:
+        raise ValueError(f"check({obj}) needs the per-example input shape, e.g. check(layer, (6,)) or (8, 8, 3)")
+    in_shape = tuple(int(s) for s in in_shape)
+    out_shape = tuple(obj.out_shape(in_shape)) if hasattr(obj, "out_shape") else None
+    return _Subject(str(obj), in_shape, out_shape, lambda key, dtype: obj.init(key, in_shape, dtype)[:2],
+                    lambda p, s, x, train, key: obj.forward(p, s, x, train=train, key=key), obj.backward,
+                    (obj,) if isinstance(obj, L.Layer) else ())
+
+
+def _batch_size(shapes):
+    """The smallest of 3, 5, 7, ... that is no dimension of the shapes: a gradient that kept or
+    lost the batch axis then shows in its shape."""
+    dims = {d for s in shapes if s for d in s}
+    return next(n for n in itertools.count(3, 2) if n not in dims)
+
+
+# ------------------------------------------------------------------------------ diagnoses
+
+def _close(a, b, tol=1e-6):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and np.max(np.abs(a - b), initial=0.0) <= tol * max(np.max(np.abs(b), initial=0.0),
+                                                                                  1e-300)
+
+
+def shape_mismatch(h, t, ctx):
+    """A gradient of another shape: transposed (axes permuted), the batch axis kept (not summed
+    over the batch), or reduced over the wrong axis."""
+    if h.shape == t.shape:
+        return None
+    if h.ndim == t.ndim and sorted(h.shape) == sorted(t.shape):
+        for perm in itertools.permutations(range(h.ndim)):
+            if perm != tuple(range(h.ndim)) and _close(np.transpose(h, perm), t, 1e-4):
+                return ("transposed: hand.T equals the true gradient (e.g. dy^T x where x^T dy is meant)"
+                        if h.ndim == 2 else f"axes permuted: hand.transpose{perm} equals the true gradient")
+    n = ctx["batch"]
+    if h.ndim == t.ndim + 1 and h.shape[0] == n and h.shape[1:] == t.shape:
+        if _close(h.sum(0), t, 1e-4):
+            return f"not summed over the batch: hand keeps the batch axis (shape {h.shape}); its sum over axis 0 equals the true gradient"
+        if _close(h.mean(0), t, 1e-4):
+            return f"not reduced over the batch: hand keeps the batch axis (shape {h.shape}); its mean over axis 0 equals the true gradient"
+    if n in h.shape and n not in t.shape:
+        return (f"reduced over the wrong axis: shape {h.shape} instead of {t.shape}, and {n} is the batch size "
+                "(it sums over the features and keeps the batch)")
+    return f"wrong shape: {h.shape} instead of {t.shape}"
+
+
+def wrong_dtype(h, t, ctx):
+    """Right shape, another dtype (a hard-coded float32, a NumPy float64)."""
+    if h.dtype != ctx["dtype"]:
+        values = "the values are right" if _close(h, t, 1e-4 if h.dtype == np.float32 else 1e-10) else "the values are wrong too"
+        return f"dtype {h.dtype} instead of {ctx['dtype']} ({values}): a hard-coded dtype in the backward?"
+    return None
+
+
+def all_zero(h, t, ctx):
+    if not np.any(h) and np.any(t):
+        return "zero everywhere: a term that is never computed, or a gradient that is dropped"
+    return None
+
+
+FACTORS = (("the batch size {n}", lambda n: n), ("1 / the batch size {n} (a mean where the forward sums)", lambda n: 1 / n),
+           ("-1 (the sign is flipped)", lambda n: -1.0), ("2", lambda n: 2.0), ("1/2 (a factor 2 is missing)", lambda n: 0.5))
+
+
+def constant_factor(h, t, ctx):
+    """``hand = k * true`` for one constant ``k``: named when it is the batch size, its inverse, -1, 2 or 1/2."""
+    tt = float(np.sum(t * t))
+    if tt == 0:
+        return None
+    k = float(np.sum(h * t)) / tt
+    if not _close(h, k * t, 1e-6) or abs(k - 1) < 1e-6:
+        return None
+    for text, f in FACTORS:
+        v = f(ctx["batch"])
+        if abs(k - v) <= 1e-6 * abs(v):
+            return f"off by a constant factor {text.format(n=ctx['batch'])}: hand = {k:g} * true"
+    return f"off by a constant factor: hand = {k:.6g} * true"
+
+
+def mixes_examples(h, t, ctx):
+    """For the input gradient: ``dx`` of one example depends on ``dy`` of another in the hand
+    backward but not in the true one (a sum or mean over the batch axis that belongs on another)."""
+    probe = ctx.get("coupling")
+    if probe is None or not ctx["is_input"]:
+        return None
+    hand_couples, true_couples = probe()
+    if hand_couples and not true_couples:
+        return ("mixes examples: dy of example 0 changes dx of the other examples, which the layer never "
+                "does (a sum or mean over the batch axis where the features' axis is meant)")
+    return None
+
+
+def broadcast_mistake(h, t, ctx):
+    """``hand - true`` is the same along an axis: a term broadcast (or reduced) over the wrong axis."""
+    d = h - t
+    if h.ndim < 2 or not np.any(d):
+        return None
+    scale = max(np.max(np.abs(t)), 1e-300)
+    for axis in range(h.ndim):
+        if h.shape[axis] > 1 and np.max(np.ptp(d, axis=axis)) <= 1e-6 * scale:
+            return (f"a broadcasting mistake: hand - true is the same at every index of axis {axis} (length "
+                    f"{h.shape[axis]}): a term broadcast over that axis, or reduced over the wrong one")
+    return None
+
+
+def some_coordinates(h, t, ctx):
+    """Only some coordinates wrong: named when they are where the input is exactly 0 (a ReLU
+    kink), where it has ties (a max-pool tie), or on the border of an image (the padding)."""
+    scale = max(np.max(np.abs(t)), 1e-300)
+    bad = np.abs(h - t) > ctx["tol"] * scale
+    k, size = int(bad.sum()), bad.size
+    if not k or k == size:
+        return None
+    where = np.argwhere(bad)
+    listed = ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if k > 3 else "")
+    if h.ndim == 4 and min(h.shape[1:3]) > 2:
+        hh, ww = h.shape[1:3]
+        rows, cols = where[:, 1], where[:, 2]
+        border = int(np.minimum(np.minimum(rows, hh - 1 - rows), np.minimum(cols, ww - 1 - cols)).max()) + 1
+        if 2 * border < min(hh, ww):
+            return (f"only {k} of {size} coordinates wrong ({listed}), all within {border} pixel(s) of the image's "
+                    "border: the padding is handled wrongly (e.g. an input gradient computed without it)")
+    x = ctx.get("x")
+    if ctx["is_input"] and x is not None and x.shape == h.shape:
+        xb = x[bad]
+        if np.all(xb == 0):
+            return (f"only {k} of {size} coordinates wrong ({listed}), all where the input is exactly 0: "
+                    "a kink (ReLU's at 0), where the hand backward takes another slope than jax.vjp")
+        values, counts = np.unique(x, return_counts=True)
+        if np.all(np.isin(xb, values[counts > 1])):
+            return (f"only {k} of {size} coordinates wrong ({listed}), all at tied input values: "
+                    "a tie (max-pool's), where the hand backward breaks it another way than jax.vjp")
+    if 2 * k > size:
+        return None
+    return f"only {k} of {size} coordinates wrong: {listed}"
+
+
+# Tried in this order on a wrong gradient: the first that fits is its suspected cause.
+DIAGNOSES = (shape_mismatch, wrong_dtype, all_zero, constant_factor, mixes_examples, broadcast_mistake,
+             some_coordinates)
+
+
+def diagnose(hand, true, ctx) -> str:
+    """The suspected cause of a wrong gradient (``DIAGNOSES`` in turn), or a plain statement."""
+    h, t = np.asarray(hand), np.asarray(true)
+    for d in DIAGNOSES:
+        try:
+            cause = d(h, t, ctx)
+        except Exception:  # a diagnosis that cannot read these arrays simply does not fit
+            cause = None
+        if cause:
+            return cause
+    return "wrong by no known pattern (not transposed, not a constant factor, not a broadcast, not a few coordinates)"
+
+
+# ------------------------------------------------------------------------------ the report
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What ``check`` found. ``rows``: one per gradient (parameter leaf or input) and mode, with
+    the largest absolute and relative differences against ``jax.vjp`` in each dtype and the
+    finite-difference error in float64, and a verdict (exact / close / wrong). ``findings``: a
+    line per wrong gradient (its worst index and suspected cause) and per failed check."""
+    subject: str
+    in_shape: tuple
+    batch: int
+    passed: bool
+    rows: tuple
+    findings: tuple
+    checks: tuple
+
+    def as_dict(self) -> dict:
+        return {"subject": self.subject, "in_shape": list(self.in_shape), "batch": self.batch,
+                "passed": self.passed, "rows": [dict(r) for r in self.rows],
+                "findings": list(self.findings), "checks": [dict(c) for c in self.checks]}
+
+    def causes(self) -> list[str]:
+        return [f["cause"] for f in self.findings]
+
+    def __str__(self):
+        n_wrong = sum(r["verdict"] == "wrong" for r in self.rows)
+        head = "PASSED" if self.passed else f"FAILED ({n_wrong} of {len(self.rows)} gradients wrong)" if n_wrong \
+            else "FAILED"
+        lines = [f"check {self.subject} on a batch of {self.batch} x {self.in_shape}: {head}", ""]
+        cols = ("gradient", "mode", "verdict", "float64 abs", "float64 rel", "float32 rel", "finite diff rel")
+        table = [cols] + [(r["leaf"], r["mode"], r["verdict"], _num(r.get("float64_abs")), _num(r.get("float64_rel")),
+                           _num(r.get("float32_rel")), _num(r.get("fd_rel"))) for r in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        failed = [c for c in self.checks if not c["ok"]]
+        lines.append("")
+        lines.append(f"checks: {len(self.checks) - len(failed)} of {len(self.checks)} passed"
+                     + (" (shapes and dtypes, eval-mode state, check_vjp, jit, vmap, a model's loss gradient)" if not failed else ""))
+        for f in self.findings:
+            lines.append(f"- {f['where']}: {f['cause']}")
+        return "\n".join(lines)
+
+
+def _num(v):
+    return "-" if v is None else "0" if v == 0 else f"{v:.1e}"
+
+
+# ------------------------------------------------------------------------------ the check
+
+def check(subject, in_shape=None, *, x=None, batch=None, modes=MODES, dtypes=DTYPES, seed=0,
+          fd_per_leaf=FD_PER_LEAF) -> Report:
+    """Check ``subject``'s hand backward (a layer with jaxgd's contract, or a ``models.Model``) on
+    random examples of per-example shape ``in_shape`` (a model knows its own), or on ``x``
+    (with its batch axis; e.g. inputs with exact zeros, to look at the kinks). Returns a
+    ``Report``; ``print`` it for the verdict. See the module docstring for what is compared."""
+    if x is not None:
+        if in_shape is not None and tuple(in_shape) != tuple(np.shape(x)[1:]):
+            raise ValueError(f"x has per-example shape {tuple(np.shape(x)[1:])} but in_shape is {tuple(in_shape)}: "
+                             "give one of them (x's shape after its batch axis is the input shape)")
+        in_shape = tuple(np.shape(x)[1:])
+    sub = _subject(subject, in_shape)
+    if x is not None and tuple(np.shape(x)[1:]) != sub.in_shape:
+        raise ValueError(f"x has per-example shape {np.shape(x)[1:]}, but {sub.name} takes {sub.in_shape}")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"modes must be among {MODES}, got {m!r}")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
+    n = int(np.shape(x)[0]) if x is not None else batch or _batch_size([sub.in_shape, sub.out_shape])
+    key = jax.random.PRNGKey(seed)
+    results = {}  # (mode, dtype) -> per-leaf comparisons
+    checks, findings = [], []
+    for dtype in dtypes:
+        with jax.enable_x64(dtype == "float64"):
+            for mode in modes:
+                results[mode, dtype] = _check_one(sub, n, x, mode, dtype, key, fd_per_leaf, checks)
+    rows = []
+    names = next(iter(results.values()))["names"]
+    for mode in modes:
+        for i, name in enumerate(names):
+            row = {"leaf": name, "mode": mode}
+            wrong = []
+            exact = True
+            for dtype in dtypes:
+                c = results[mode, dtype]["leaves"][i]
+                row[f"{dtype}_abs"], row[f"{dtype}_rel"] = c["abs"], c["rel"]
+                exact &= c["abs"] == 0
+                if c["cause"]:
+                    wrong.append((dtype, c))
+                if dtype == "float64":
+                    row["fd_rel"] = c.get("fd_rel")
+                    if c.get("fd_wrong") and not c["cause"]:
+                        wrong.append((dtype, {**c, "cause": f"finite differences disagree (max rel {c['fd_rel']:.1e}) "
+                                                            "although jax.vjp agrees: is the forward differentiable "
+                                                            "here (a kink inside the stencil)?"}))
+            row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
+            rows.append(row)
+            if wrong:
+                dtype, c = wrong[0]
+                findings.append({"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
+                                 "index": c.get("index"), "hand": c.get("hand_at"), "true": c.get("true_at"),
+                                 "cause": c["cause"] + (f"; worst at {c['index']}: hand {c['hand_at']:.6g}, "
+                                                        f"true {c['true_at']:.6g}" if c.get("index") is not None else "")})
+    findings += _cross_findings(rows, modes, names)
+    findings += [{"where": c["name"], "cause": c["detail"]} for c in checks if not c["ok"]]
+    passed = all(r["verdict"] != "wrong" for r in rows) and all(c["ok"] for c in checks)
+    return Report(sub.name, sub.in_shape, n, passed, tuple(rows), tuple(findings), tuple(checks))
+
+
+def _cross_findings(rows, modes, names):
+    """What the rows say together: which gradients are wrong where."""
+    out = []
+    wrong = {(r["leaf"], r["mode"]) for r in rows if r["verdict"] == "wrong"}
+    if not wrong:
+        return out
+    if "x" in names and len(names) > 1:
+        params_wrong = sorted({l for l, _ in wrong if l != "x"})
+        if params_wrong and not any(l == "x" for l, _ in wrong):
+            out.append({"where": "summary", "cause": f"the input gradient is right but {', '.join(params_wrong)} "
+                                                     "wrong: the error is in the parameters' formulas only"})
+        elif not params_wrong:
+            out.append({"where": "summary", "cause": "the parameters' gradients are right but the input gradient "
+                                                     "is wrong: the error is in dx only"})
+    if set(modes) == {"train", "eval"}:
+        in_train = {l for l, m in wrong if m == "train"}
+        in_eval = {l for l, m in wrong if m == "eval"}
+        if in_train and not in_eval:
+            out.append({"where": "summary", "cause": "right in eval mode, wrong in training mode: the backward misses "
+                                                     "what training changes (batch statistics depend on x; dropout's "
+                                                     "mask scales dy)"})
+        elif in_eval and not in_train:
+            out.append({"where": "summary", "cause": "right in training mode, wrong in eval mode: in eval, batch "
+                                                     "norm uses its running statistics (constants), dropout is off"})
+    return out
+
+
+def _leaf_names(params):
+    return [f"param {n}" if n else "param" for n in gradcheck.leaf_names(params)] + ["x"]
+
+
+def _check_one(sub, n, x_given, mode, dtype, key, fd_per_leaf, checks):
+    dt = jnp.dtype(dtype)
+    train = mode == "train"
+    k_init, k_x, k_c, k_fwd, k_p, k_v = jax.random.split(key, 6)
+    params, state = gradcheck.cast(sub.init(k_init, dt), dt)
+    params, state = gradcheck.off_constant(params, k_p), gradcheck.off_constant(state, jax.random.fold_in(k_p, 1))
+    x = (jnp.asarray(x_given, dt) if x_given is not None
+         else jax.random.normal(k_x, (n,) + sub.in_shape, dt))
+    fwd_key = k_fwd
+
+    def note(name, ok, detail=""):
+        checks.append({"name": f"{name} ({mode}, {dtype})", "ok": bool(ok), "detail": detail})
+
+    y, new_state, res = sub.forward(params, state, x, train, fwd_key)
+    want = (n,) + tuple(sub.out_shape) if sub.out_shape is not None else y.shape
+    note("output shape and dtype", y.shape == want and y.dtype == dt,
+         f"the forward returns {y.shape} {y.dtype}, expected {want} {dt}")
+    s_ok = (jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+            and all(a.shape == b.shape and a.dtype == b.dtype
+                    for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state))))
+    note("state shape and dtype", s_ok, "the new state has another structure, shape or dtype than the state")
+    if not train and s_ok:
+        same = all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(new_state),
+                                                          jax.tree_util.tree_leaves(state)))
+        note("state unchanged in eval", same, "state updated in eval mode: running statistics must move in training "
+                                              "only")
+    c = jax.random.normal(k_c, y.shape, dt)
+
+    def f(p, x):
+        return sub.forward(p, state, x, train, fwd_key)[0]
+
+    def hand(p, x, c):
+        _, _, r = sub.forward(p, state, x, train, fwd_key)
+        return sub.backward(p, r, c)
+
+    true = jax.vjp(f, params, x)[1](c)
+    got = hand(params, x, c)
+    names = _leaf_names(params)
+    leaves_t = jax.tree_util.tree_leaves(true)
+    try:
+        leaves_h = jax.tree_util.tree_leaves(got[0]) + [got[1]]
+        struct_ok = (jax.tree_util.tree_structure(got[0]) == jax.tree_util.tree_structure(params)
+                     and got[1] is not None)
+    except (TypeError, IndexError):
+        leaves_h, struct_ok = [], False
+    note("gradient structure", struct_ok, f"backward must return (dparams shaped like params, dx); it returned "
+                                          f"{jax.tree_util.tree_structure(got)}")
+    tol = TOLERANCES[dtype]
+    x_np = np.asarray(x)
+    allow = _allowances(leaves_t, tol, _float64_reference(f, params, x, c) if dtype == "float32" else None)
+    leaves = []
+    for i, (name, t) in enumerate(zip(names, leaves_t)):
+        h = np.asarray(leaves_h[i]) if struct_ok else np.zeros(0)
+        t = np.asarray(t)
+        leaf = {"abs": None, "rel": None, "cause": None}
+        if h.shape == t.shape:
+            diff = np.abs(h.astype(np.float64) - t.astype(np.float64))
+            scale = max(float(np.max(np.abs(t), initial=0.0)), allow["floor"])
+            leaf["abs"] = float(diff.max(initial=0.0))
+            leaf["rel"] = leaf["abs"] / scale if leaf["abs"] else 0.0
+            if diff.size:
+                j = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                leaf.update(index=tuple(int(v) for v in j), hand_at=float(h[j]), true_at=float(t[j]))
+        if not struct_ok:
+            leaf["cause"] = "the backward returned another structure than (dparams, dx)"
+        elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
+            ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np,
+                   "coupling": (lambda: _coupling(hand, f, params, x, c)) if name == "x" else None}
+            leaf["cause"] = diagnose(h, t, ctx)
+        leaves.append(leaf)
+    if dtype == "float64" and struct_ok:
+        _finite_differences(sub, params, state, x, c, train, fwd_key, fd_per_leaf, leaves, leaves_h)
+        try:
+            # check_vjp steps eps along a random normal direction over every coordinate, of norm
+            # ~sqrt(size): keep the step itself near the finite differences' h
+            size = sum(np.size(a) for a in jax.tree_util.tree_leaves((params, x)))
+            check_vjp(f, lambda p, x: (f(p, x), lambda ct: hand(p, x, ct)), (params, x),
+                      atol=1e-6, rtol=1e-6, eps=min(1e-5, FD_H / np.sqrt(size)))
+            note("check_vjp", True)
+        except AssertionError as e:
+            note("check_vjp", False, "jax.test_util.check_vjp: " + str(e).strip().splitlines()[0][:200])
+        except Exception as e:  # noqa: BLE001 (a broken backward may fail any way)
+            note("check_vjp", False, f"jax.test_util.check_vjp raised {type(e).__name__}: {str(e)[:200]}")
+    if struct_ok:
+        _transforms(hand, params, x, c, got, k_v, note, allow["abs"])
+    if sub.model is not None and train:
+        _loss_gradient(sub.model, params, state, x, fwd_key, jax.random.fold_in(k_c, 1), dtype, note)
+    return {"names": names, "leaves": leaves}
+
+
+def _maxabs(a) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0))
+
+
+def _float64_reference(fn, params, x, c):
+    """``jax.vjp`` of ``fn`` at the same (float32) point, computed in float64: the leaves."""
+    with jax.enable_x64(True):
+        p, x, c = gradcheck.cast((params, x, c), jnp.float64)
+        return jax.tree_util.tree_leaves(jax.vjp(fn, p, x)[1](c))
+
+
+def _allowances(true, tol, ref=None):
+    """The largest ``|hand - true|`` each leaf may show: ``tol`` times the leaf's largest entry (at
+    least ``ZERO_FLOOR`` of the problem's largest gradient), or, in float32, ``F32_SLACK`` times
+    the largest ``|true - ref|`` of any leaf, the float32 error of ``true`` itself against the
+    float64 ``ref``."""
+    floor = max(max((_maxabs(t) for t in true), default=0.0) * ZERO_FLOOR, 1e-300)
+    out = [tol * max(_maxabs(t), floor) for t in true]
+    if ref is not None:  # rounding spreads through shared intermediates: the largest error anywhere
+        noise = max((_maxabs(np.asarray(t, np.float64) - np.asarray(r)) for t, r in zip(true, ref)
+                     if np.shape(t) == np.shape(r)), default=0.0)
+        out = [max(a, F32_SLACK * noise) for a in out]
+    return {"floor": floor, "abs": out}
+
+
+def _loss_gradient(model, params, state, x, key, k_y, dtype, note):
+    """A model's whole training gradient, ``model.grad`` (the loss's hand derivative, then the
+    reverse pass), against ``jax.grad`` of the loss of the forward, on random targets."""
+    from jaxgd import losses
+    loss_fn, _ = losses.get_loss(model.loss)
+    out = model.forward(params, state, x, True, key)[0]
+    if model.loss == "cross_entropy":
+        y = jax.random.randint(k_y, out.shape[:1], 0, out.shape[-1])
+    else:
+        y = jax.random.normal(k_y, out.shape, out.dtype)
+    hand = model.grad(params, state, x, y, key)[2]
+
+    def true_grad(p, x, ct):  # ct: the loss's scale (1), so that _float64_reference applies
+        return jax.grad(lambda p: ct * loss_fn(model.forward(p, state, x, True, key)[0], y))(p)
+    true = jax.tree_util.tree_leaves(true_grad(params, x, 1.0))
+    ref = None
+    if dtype == "float32":
+        with jax.enable_x64(True):
+            p64, x64 = gradcheck.cast((params, x), jnp.float64)
+            ref = jax.tree_util.tree_leaves(true_grad(p64, x64, 1.0))
+    allow = _allowances(true, TOLERANCES[dtype], ref)["abs"]
+    bad = [name for name, h, t, lim in zip(gradcheck.leaf_names(params), jax.tree_util.tree_leaves(hand), true, allow)
+           if np.shape(h) != np.shape(t) or _maxabs(np.asarray(h, np.float64) - np.asarray(t)) > lim]
+    note("loss gradient", not bad, f"model.grad differs from jax.grad of the {model.loss} loss at {', '.join(bad)}: "
+                                   "with the reverse pass right, the loss's hand derivative (losses.LOSSES) is wrong")
+
+
+def _coupling(hand, f, params, x, c):
+    """Whether changing the cotangent of example 0 changes the input gradient of other examples,
+    by the hand backward and by ``jax.vjp``."""
+    c2 = c.at[0].add(1.0)
+    others = lambda a, b: bool(np.any(np.asarray(a)[1:] != np.asarray(b)[1:]))  # noqa: E731
+    vjp = jax.vjp(f, params, x)[1]
+    return (others(hand(params, x, c)[1], hand(params, x, c2)[1]),
+            others(vjp(c)[1], vjp(c2)[1]))
+
+
+def _finite_differences(sub, params, state, x, c, train, key, per_leaf, leaves, leaves_h):
+    from jaxgd import layers as L
+
+    def loss(px):
+        return jnp.sum(c * sub.forward(px[0], state, px[1], train, key)[0])
+
+    pattern = None
+    if sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation)) for l in L.walk(sub.layers)):
+        def pattern(px):
+            return gradcheck.kinks(sub.layers, _residuals(sub, px[0], state, px[1], train, key))
+    # the quotient's rounding: ten ulps of the terms of L, over h; below it, FD cannot tell 0 from noise
+    noise = 10 * float(np.finfo(np.float64).eps * jnp.sum(jnp.abs(c * sub.forward(params, state, x, train, key)[0]))) / FD_H
+    eps = max(FD_EPS, noise / FD_TOLERANCE)
+    coords = gradcheck.sample_coordinates((params, x), per_leaf, seed=0)
+    fd, valid = gradcheck.finite_difference_grads(loss, (params, x), coords, FD_H, 4, pattern)
+    shapes = [np.shape(a) for a in jax.tree_util.tree_leaves((params, x))]
+    for leaf, h, shape, co, est, ok in zip(leaves, leaves_h, shapes, coords, fd, valid):
+        h = np.asarray(h)
+        if h.shape != shape:  # a wrong shape is diagnosed already
+            continue
+        e = np.asarray(gradcheck.rel_error(h.reshape(-1)[co], est, eps))[ok]
+        leaf["fd_rel"] = float(e.max()) if e.size else 0.0
+        leaf["fd_wrong"] = leaf["fd_rel"] > FD_TOLERANCE
+
+
+def _residuals(sub, p, state, x, train, key):
+    res = sub.forward(p, state, x, train, key)[2]
+    return res if sub.model is not None else [res]
+
+
+def _transforms(hand, params, x, c, eager, key, note, allow):
+    """The backward under ``jit``, and under ``vmap`` over two stacked problems, against eager:
+    within the leaf's allowance against ``jax.vjp`` (``_allowances``)."""
+    def agree(a, b):
+        return all(np.shape(u) == np.shape(v) and _maxabs(np.asarray(u, np.float64) - np.asarray(v)) <= lim
+                   for u, v, lim in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), allow))
+    try:
+        ok = agree(jax.jit(hand)(params, x, c), eager)
+        note("jit", ok, "under jit the backward gives other numbers than eagerly")
+    except Exception as e:  # noqa: BLE001
+        note("jit", False, "fails under jit: " + _explain(e))
+    x2 = jnp.stack([x, jax.random.normal(key, x.shape, x.dtype)])
+    c2 = jnp.stack([c, jax.random.normal(jax.random.fold_in(key, 1), c.shape, c.dtype)])
+    try:
+        batched = jax.jit(jax.vmap(hand, in_axes=(None, 0, 0)))(params, x2, c2)
+        one = jax.tree_util.tree_map(lambda a: a[0], batched)
+        two = hand(params, x2[1], c2[1])
+        note("vmap", agree(one, eager) and agree(jax.tree_util.tree_map(lambda a: a[1], batched), two),
+             "under vmap the backward gives other numbers than one problem at a time")
+    except Exception as e:  # noqa: BLE001
+        note("vmap", False, "fails under vmap: " + _explain(e))
+
+
+def _explain(e) -> str:
+    name = type(e).__name__
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    if "TracerArrayConversion" in name:
+        return f"{name}: the backward turns a traced array into a NumPy one (np.* on a jax array): use jax.numpy"
+    if "Concretization" in name or "TracerBool" in name:
+        return f"{name}: the backward branches in Python on an array's value: use jnp.where or lax.cond"
+    return f"{name}: {first}"
+
+
+__all__ = ["check", "diagnose", "Report", "DIAGNOSES", "TOLERANCES"]

@@ -1,0 +1,191 @@
+"""A gallery of classic backprop mistakes, each a layer whose backward is wrong in one known way.
+
+For teaching and for testing ``jaxgd.check``: every entry of ``GALLERY`` names the mistake, the
+layer, the input it is checked on, and a phrase the check's diagnosis must contain. Each layer
+subclasses the right one and overrides only what the mistake changes, so the diff between a
+mistake and ``jaxgd.layers`` is the bug itself.
+
+    for m in GALLERY:
+        print(m.name, "->", jaxgd.check(m.layer, m.in_shape, x=m.x()).causes())
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgd import layers as L
+
+
+class DenseTransposed(L.Dense):
+    """``dW = dy^T x``: the product taken the wrong way round."""
+
+    def backward(self, params, x, dy):
+        g, dx = super().backward(params, x, dy)
+        return {**g, "W": dy.T @ x}, dx
+
+
+class DenseMean(L.Dense):
+    """``dW = x^T dy / n``, ``db = mean dy``: averaged over the batch although the loss sums it."""
+
+    def backward(self, params, x, dy):
+        n = x.shape[0]
+        return {"W": x.T @ dy / n, "b": jnp.mean(dy, 0)}, dy @ params["W"].T
+
+
+class DenseBiasNotSummed(L.Dense):
+    """``db = dy``: the bias gradient keeps one row per example."""
+
+    def backward(self, params, x, dy):
+        g, dx = super().backward(params, x, dy)
+        return {**g, "b": dy}, dx
+
+
+class DenseBiasWrongAxis(L.Dense):
+    """``db = sum(dy, axis=1)``: summed over the features instead of the batch."""
+
+    def backward(self, params, x, dy):
+        g, dx = super().backward(params, x, dy)
+        return {**g, "b": jnp.sum(dy, axis=1)}, dx
+
+
+class DenseBiasForgotten(L.Dense):
+    """``db = 0``: the bias gradient was never written."""
+
+    def backward(self, params, x, dy):
+        g, dx = super().backward(params, x, dy)
+        return {**g, "b": jnp.zeros_like(params["b"])}, dx
+
+
+class TanhSignFlipped(L.Activation):
+    """``dx = -dy (1 - y^2)``: the sign of the derivative lost."""
+
+    def backward(self, params, y, dy):
+        return {}, -dy * (1 - y * y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Square(L.Layer):
+    """``y = x^2`` with ``dx = dy * x``: the 2 of ``d/dx x^2 = 2x`` forgotten."""
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return x * x, state, x
+
+    def backward(self, params, x, dy):
+        return {}, dy * x
+
+
+class SoftmaxWrongAxis(L.Softmax):
+    """``dx = y (dy - sum(dy y, axis=0))``: the Jacobian's sum taken over the batch."""
+
+    def backward(self, params, y, dy):
+        return {}, y * (dy - jnp.sum(dy * y, axis=0, keepdims=True))
+
+
+class LayerNormMissingMean(L.LayerNorm):
+    """``dx`` without its ``- sum g`` term: the mean's dependence on x forgotten."""
+
+    def backward(self, params, res, dy):
+        g, _ = super().backward(params, res, dy)
+        x_hat, inv = res
+        gs = dy * params["scale"]
+        d = dy.shape[-1]
+        return g, (inv / d) * (d * gs - x_hat * jnp.sum(gs * x_hat, -1, keepdims=True))
+
+
+class BatchNormConstantStatistics(L.BatchNorm):
+    """In training, ``dx = dy * scale / sqrt(var + eps)``: the batch mean and variance treated as
+    constants (right in eval mode only)."""
+
+    def backward(self, params, res, dy):
+        g, _ = super().backward(params, res, dy)
+        return g, dy * (params["scale"] * res[1])
+
+
+class BatchNormUpdatesInEval(L.BatchNorm):
+    """The running statistics move in eval mode too."""
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        y, new_state, res = super().forward(params, state, x, train=True, key=key)
+        if train:
+            return y, new_state, res
+        y_eval, _, res_eval = super().forward(params, state, x, train=False, key=key)
+        return y_eval, new_state, res_eval
+
+
+class ConvValidInputGrad(L.Conv2D):
+    """``dx`` by a "valid" convolution of ``dy``, zero-padded back to the input's size: right
+    inside, wrong on the border, where the forward's padding took part."""
+
+    def backward(self, params, x, dy):
+        g, _ = super().backward(params, x, dy)
+        W = params["W"]
+        p = W.shape[0] // 2
+        dx = jax.lax.conv_general_dilated(dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2), (1, 1), "VALID",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return g, jnp.pad(dx, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUAtZero(L.Layer):
+    """ReLU with ``dx = dy * (x >= 0)``: slope 1 at the kink, where ``jax.nn.relu`` (and PyTorch)
+    take 0. Only inputs exactly at 0 show it."""
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return jax.nn.relu(x), state, x
+
+    def backward(self, params, x, dy):
+        return {}, dy * (x >= 0).astype(dy.dtype)
+
+
+class LeakyReLUWithNumPy(L.LeakyReLU):
+    """The backward written with NumPy: right eagerly, but it cannot be traced (jit, vmap, scan)."""
+
+    def backward(self, params, y, dy):
+        return {}, jnp.asarray(np.where(np.asarray(y) > 0, np.asarray(dy), self.slope * np.asarray(dy)))
+
+
+class DropoutFloat32(L.Dropout):
+    """``dx`` cast to a hard-coded float32: right numbers, the wrong dtype in float64."""
+
+    def backward(self, params, keep, dy):
+        return {}, super().backward(params, keep, dy)[1].astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistake:
+    """One gallery entry: the layer, its input, and a phrase its diagnosis must contain."""
+    name: str
+    layer: L.Layer
+    in_shape: tuple
+    expect: str
+    zeros: bool = False  # check on an input with exact zeros (the kinks), not a random one
+
+    def x(self, batch=3, seed=0):
+        if not self.zeros:
+            return None
+        x = np.array(jax.random.normal(jax.random.PRNGKey(seed), (batch,) + self.in_shape))
+        x.reshape(-1)[::4] = 0.0  # every fourth input exactly at the kink
+        return x
+
+
+GALLERY = (
+    Mistake("transposed weight gradient", DenseTransposed(5), (7,), "transposed"),
+    Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size"),
+    Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch"),
+    Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),
+    Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere"),
+    Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped"),
+    Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing"),
+    Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples"),
+    Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1"),
+    Mistake("batch norm's statistics taken as constants", BatchNormConstantStatistics(), (4,),
+            "right in eval mode, wrong in training mode"),
+    Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
+    Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
+    Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True),
+    Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy"),
+    Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64"),
+)

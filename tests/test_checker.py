@@ -1,0 +1,98 @@
+"""jaxgd.check: every built-in layer and model passes it, every mistake of the gallery fails it
+with the right diagnosis, and bad arguments get clear errors."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxgd
+from jaxgd import layers as L
+from jaxgd import mistakes, models
+
+LAYERS = [
+    (L.dense(5), (7,)), (L.relu(), (6,)), (L.tanh(), (6,)), (L.leaky_relu(0.1), (6,)), (L.gelu(), (6,)),
+    (L.gelu(approximate=True), (6,)), (L.softmax(), (6,)), (L.conv2d(4, 3), (6, 5, 2)),
+    (L.conv2d(3, 3, "lax", stride=2), (7, 6, 2)), (L.conv2d(4, 2, padding="valid"), (5, 6, 3)),
+    (L.max_pool(2), (4, 6, 3)), (L.avg_pool(2), (4, 6, 3)), (L.global_avg_pool(), (4, 5, 3)), (L.flatten(), (3, 2, 2)),
+    (L.dropout(0.3), (20,)), (L.batch_norm(), (3, 3, 4)), (L.layer_norm(), (5,)),
+    # a bias right before batch norm: its gradient is 0 on paper, rounding noise in practice
+    (L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))), (4, 4, 4)),
+    (L.residual((L.conv2d(4, 3, stride=2), L.relu()), (L.conv2d(4, 1, stride=2),)), (6, 6, 3)),
+    (L.fan_in_concat((L.dense(3),), (L.tanh(),), ()), (4,)),
+]
+
+
+@pytest.mark.parametrize("layer,shape", LAYERS, ids=[str(l) for l, _ in LAYERS])
+def test_every_built_in_layer_passes(layer, shape):
+    report = jaxgd.check(layer, shape)
+    assert report.passed, report
+    assert {r["mode"] for r in report.rows} == {"train", "eval"} and all(r["verdict"] != "wrong" for r in report.rows)
+    assert report.batch not in shape and report.batch % 2 == 1  # a batch axis kept shows in the shape
+
+
+def _small_resnet():
+    return models.Model((L.conv2d(4, 3, stride=2), L.batch_norm(), L.relu(),
+                         L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))),
+                         L.global_avg_pool(), L.dense(3)), (6, 6, 2))
+
+
+def test_models_pass_with_their_loss_gradient():
+    for model in (models.mlp((6, 5, 3)), _small_resnet()):
+        report = jaxgd.check(model)
+        assert report.passed, report
+        assert any(c["name"].startswith("loss gradient (train") and c["ok"] for c in report.checks)
+
+
+@pytest.mark.parametrize("m", mistakes.GALLERY, ids=[m.name for m in mistakes.GALLERY])
+def test_every_gallery_mistake_fails_with_its_diagnosis(m):
+    report = jaxgd.check(m.layer, m.in_shape, x=m.x())
+    assert not report.passed, report
+    assert any(m.expect in cause for cause in report.causes()), report
+
+
+def test_a_wrong_layer_inside_a_model_is_found_by_its_leaf():
+    model = models.Model((mistakes.DenseMean(4), L.tanh(), L.dense(2)), (5,))
+    report = jaxgd.check(model, dtypes=("float64",))
+    wrong = {r["leaf"] for r in report.rows if r["verdict"] == "wrong"}
+    assert wrong == {"param 0.W", "param 0.b"}, report
+    assert any("input gradient is right" in c for c in report.causes())
+    assert any(c["name"].startswith("loss gradient") and not c["ok"] for c in report.checks)
+
+
+def test_report_is_json_and_prints_a_table():
+    report = jaxgd.check(mistakes.DenseTransposed(3), (4,), modes=("eval",), dtypes=("float64",))
+    back = json.loads(json.dumps(report.as_dict()))
+    assert back["passed"] is False and back["subject"] == str(mistakes.DenseTransposed(3))
+    assert [r["leaf"] for r in back["rows"]] == ["param W", "param b", "x"]
+    text = str(report)
+    assert text.startswith("check ") and "FAILED (1 of 3 gradients wrong)" in text and "transposed" in text
+
+
+def test_check_on_given_inputs_with_zeros_sees_the_kink():
+    """Random inputs never land on ReLU's kink; inputs with exact zeros do."""
+    m = next(m for m in mistakes.GALLERY if m.zeros)
+    assert jaxgd.check(m.layer, m.in_shape).passed  # the mistake is invisible on random inputs
+    assert not jaxgd.check(m.layer, x=m.x()).passed
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: jaxgd.check(L.dense(3)), ValueError, "needs the per-example input shape"),
+    (lambda: jaxgd.check(object(), (3,)), TypeError, "has no init"),
+    (lambda: jaxgd.check(L.dense(3), (4,), x=np.zeros((2, 5))), ValueError, "give one of them"),
+    (lambda: jaxgd.check(L.dense(3), (4,), modes=("test",)), ValueError, "modes must be among"),
+    (lambda: jaxgd.check(L.dense(3), (4,), dtypes=("float16",)), ValueError, "dtypes must be among"),
+    (lambda: jaxgd.check(models.mlp((4, 3)), x=np.zeros((2, 5))), ValueError, "takes"),
+])
+def test_bad_arguments_give_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_off_constant_moves_initial_scales_but_keeps_signs():
+    from jaxgd import gradcheck
+    p = {"scale": jax.numpy.ones(4), "shift": jax.numpy.zeros(4), "W": jax.numpy.arange(4.0)}
+    q = gradcheck.off_constant(p, jax.random.PRNGKey(0))
+    assert np.all(np.asarray(q["scale"]) > 0) and len(set(np.asarray(q["scale"]).tolist())) == 4
+    assert len(set(np.asarray(q["shift"]).tolist())) == 4
+    np.testing.assert_array_equal(q["W"], p["W"])  # not constant: left as it is
