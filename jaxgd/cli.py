@@ -45,6 +45,8 @@ COMMANDS = {
     "cifar10-softmax": ("cifar10_softmax", "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G"),
     "cifar10-improved": ("cifar10_improved", "the best linear softmax of CIFAR-10 pixels here: 45k images, flips, "
                                              "Nesterov, warm-up + cosine, best epoch by validation"),
+    "resnet": ("resnet", "a ResNet-8 (residual blocks, batch norm, strided convs) on CIFAR-2 and CIFAR-10, every "
+                         "gradient by hand, over seeds"),
     "bench": ("bench", "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak"),
 }
 

@@ -191,3 +191,38 @@ def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "im2col") ->
         layers = (block(conv(32), 0.25, pool=True) + block(conv(64), 0.25, pool=True)
                   + [L.flatten()] + block(L.dense(128), 0.5) + [L.dense(10)])
     return Model(tuple(layers), (28, 28, 1))
+
+
+# ------------------------------------------------------------------------------ a residual network
+
+def _conv_bn(features, stride=1, size=3):
+    return (L.conv2d(features, size, stride=stride), L.batch_norm())
+
+
+def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32, 32, 3)) -> Model:
+    """A small residual network for CIFAR in the shape of He et al. (2016)'s CIFAR ResNets:
+
+        conv 3x3 (widths[0]) - bn - relu
+        per stage s (stride 1 for the first, 2 after): ``blocks`` residual blocks, each
+            add(conv 3x3 - bn - relu - conv 3x3 - bn | shortcut) - relu
+        where the shortcut is the identity, or a 1x1 stride-2 conv - bn where the block halves the
+        size and widens (the projection shortcut)
+        global average pool - dense ``classes``
+
+    Depth ``2 stages blocks + 2`` weighted layers (projections aside): ``resnet()`` is ResNet-8
+    (78,378 parameters with the batch norms', for CIFAR-10), ``blocks=3`` ResNet-20. Every gradient is the hand reverse pass: the blocks are
+    ``layers.residual``, whose backward adds the two paths' input gradients.
+    """
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1 or blocks < 1 or classes < 1:
+        raise ValueError(f"resnet needs widths >= 1, blocks >= 1 and classes >= 1; got {widths}, {blocks}, {classes}")
+    layers = [*_conv_bn(widths[0]), L.relu()]
+    c_in = widths[0]
+    for s, w in enumerate(widths):
+        for b in range(blocks):
+            stride = 2 if s > 0 and b == 0 else 1
+            shortcut = _conv_bn(w, stride, 1) if stride != 1 or w != c_in else ()
+            layers += [L.residual((*_conv_bn(w, stride), L.relu(), *_conv_bn(w)), shortcut), L.relu()]
+            c_in = w
+    layers += [L.global_avg_pool(), L.dense(classes)]
+    return Model(tuple(layers), in_shape)

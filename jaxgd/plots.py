@@ -239,6 +239,29 @@ def seed_curves(res, path):
     return _save(fig, path)
 
 
+def resnet_curves(res, path):
+    """ResNet: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one
+    panel per dataset, one line per seed with its best epoch marked."""
+    sets = res["datasets"]
+    fig, axes = _subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+    for ax, (ds, r) in zip(axes[0], sets.items()):
+        loss_ax = ax.twinx()
+        for run in r["runs"]:
+            v, tl = np.asarray(run["val_curve"], float), np.asarray(run["train_loss_curve"], float)
+            e = np.arange(1, len(v) + 1)
+            line, = ax.plot(e, v, label=f"seed {run['seed']}: test {run['test_acc']:.4f}")
+            ax.plot([run["best_epoch"]], [run["val_acc"]], "o", color=line.get_color())
+            loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
+        depth = 2 * len(res["config"]["widths"]) * res["config"]["blocks"] + 2
+        ax.set_title(f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (solid)")
+        loss_ax.set_ylabel("training loss (dashed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def zoo_seeds(res, path):
     """MNIST improved protocol: each model's test accuracy per seed (dots) and their mean (bar),
     one panel per family, with the family's target (dashed)."""

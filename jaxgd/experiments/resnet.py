@@ -1,0 +1,153 @@
+"""Experiment 6: a small residual network on CIFAR-2 and CIFAR-10, every gradient by hand.
+
+``models.resnet``: He et al. (2016)'s CIFAR ResNet shape (3x3 convs, batch norm, identity and
+1x1 stride-2 projection shortcuts, global average pooling), one block per stage (ResNet-8) so
+that a run fits a session on a 2-core CPU. Its gradient is the hand reverse pass through the
+residual blocks (``layers.residual``: the two paths' input gradients add); before training, it
+is compared with ``jax.grad`` in float64 on real images.
+
+Protocol, fixed in advance (no search, so no learning rate is chosen on any split): He et al.'s
+CIFAR recipe at a short budget, Nesterov SGD (momentum 0.9) with weight decay on the weights, a
+linear warm-up for 5% of the steps and a cosine to 0, random flips and 4-pixel crops, batch 128.
+Every seed of a dataset (split, init, batch order, augmentation) trains as one program; each
+run's parameters come from its best epoch by validation accuracy, and the test set is read once
+per seed, there. Each dataset is saved as soon as it finishes (a stopped run resumes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxgd import augment, data, losses, models, optim, progress, train
+from jaxgd.experiments.common import (PartialRun, outdir, provenance, seed_runs, stack_splits, warmup_cosine,
+                                     write)
+from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
+
+DATASETS = ("cifar2", "cifar10")
+CLASSES = {"cifar2": 2, "cifar10": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResnetConfig(Config):
+    NAME = "resnet"
+    datasets: tuple[str, ...] = option(DATASETS, "datasets to train on", choices=DATASETS)
+    cifar2_epochs: int = option(12, "training epochs on CIFAR-2", check=at_least(1))
+    cifar10_epochs: int = option(10, "training epochs on CIFAR-10", check=at_least(1))
+    cifar2_seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the CIFAR-2 runs (split, init, batch order, crops)")
+    cifar10_seeds: tuple[int, ...] = option((0,), "seeds of the CIFAR-10 runs")
+    widths: tuple[int, ...] = option((16, 32, 64), "channels per stage (each stage after the first halves height and width)", check=at_least(1))
+    blocks: int = option(1, "residual blocks per stage (1: ResNet-8, 3: ResNet-20)", check=at_least(1))
+    batch_size: int = option(128, "minibatch size (images)", check=at_least(1))
+    lr: float = option(0.1, "peak learning rate (Nesterov SGD)")
+    momentum: float = option(0.9, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "weight decay, on the weights (not biases or batch-norm parameters)")
+    warmup: float = warmup_option()
+    pad: int = option(4, "zero padding of the random crop (pixels)", check=at_least(0))
+    train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
+    data_dir: str | None = data_dir_option()
+
+    def validate(self):
+        for ds in self.datasets:
+            seeds = self.seeds(ds)
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{ds}: give at least one seed, all different; got {list(seeds)}")
+        optim.sgd_hyperparams(self.lr, self.momentum, self.weight_decay)
+
+    def seeds(self, dataset) -> tuple:
+        return getattr(self, f"{dataset}_seeds")
+
+    def epochs(self, dataset) -> int:
+        return getattr(self, f"{dataset}_epochs")
+
+
+CONFIG = ResnetConfig
+
+
+def depth(config: dict) -> int:
+    """The ResNet-n name's n: two convs per block, plus the stem and the dense layer."""
+    return 2 * len(config["widths"]) * config["blocks"] + 2
+
+
+def model_for(cfg, dataset) -> models.Model:
+    return models.resnet(cfg.widths, cfg.blocks, CLASSES[dataset])
+
+
+def hand_vs_autodiff(model, params, state, x, y) -> dict:
+    """The hand training gradient (``model.grad``) against ``jax.grad`` of the same loss, in
+    float64 on the images ``x``: per leaf ``max |hand - jax.grad| / max |jax.grad|``, the
+    denominator at least 1/100 of the largest gradient (a conv bias right before batch norm has
+    gradient 0 on paper: ``checker.ZERO_FLOOR``)."""
+    from jaxgd import gradcheck
+    with jax.enable_x64(True):
+        p, s, x = gradcheck.cast((params, state, jnp.asarray(x)), jnp.float64)
+        y = jnp.asarray(y)
+        key = jax.random.PRNGKey(0)
+        hand = model.grad(p, s, x, y, key)[2]
+        loss_fn = losses.get_loss(model.loss)[0]
+        true = jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
+        h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
+        top = max(float(jnp.max(jnp.abs(a))) for a in t)
+        rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), 1e-2 * top) for a, b in zip(h, t)]
+    return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
+
+
+def train_one(dataset, cfg, verbose=False, log=print) -> dict:
+    seeds, epochs = cfg.seeds(dataset), cfg.epochs(dataset)
+    splits = [data.load(dataset, seed=s, layout="nhwc", data_dir=cfg.data_dir, train_size=cfg.train_size)
+              for s in seeds]
+    model = model_for(cfg, dataset)
+    inits = [model.init(jax.random.PRNGKey(s)) for s in seeds]
+    check = hand_vs_autodiff(model, *inits[0], splits[0].train.x[:16], splits[0].train.y[:16])
+    train_xy, val_xy = stack_splits(splits, "train"), stack_splits(splits, "val")
+    n = len(seeds)
+    hp = optim.sgd_hyperparams([cfg.lr] * n, cfg.momentum, cfg.weight_decay,
+                               schedule=warmup_cosine(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
+    show = progress.epoch_logger(f"{dataset} x {n} seeds", epochs, quiet=not verbose,
+                                 log=lambda s: log(f"  {dataset}: {s}"))
+    t0 = time.time()
+    p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
+                         epochs=epochs, batch_size=cfg.batch_size, seed=list(seeds), per_config_data=True,
+                         model_state=train.stack_params([i[1] for i in inits]),
+                         optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",
+                         augment=augment.flip_crop((32, 32, 3), cfg.pad), progress=show)
+    show.close()
+    runs, mean, std = seed_runs(model, p, st, h, splits, seeds, "train_loss")
+    return {"dataset": dataset, "layers": model.describe(), "n_params": models.count_params(inits[0][0]),
+            "train_flops_per_image": model.train_flops(1), "epochs": epochs, "seeds": list(seeds),
+            "n_train": int(train_xy[1].shape[-1]), "hand_vs_autodiff": check, "runs": runs,
+            "test_acc_mean": mean, "test_acc_std": std, "train_time_s": time.time() - t0,
+            "epoch_time_s": h.epoch_time, "compile_time_s": h.compile_time, "diverged_at_epoch": h.diverged_at}
+
+
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
+    cfg = ResnetConfig.make(config)
+    t0, prov = time.time(), provenance()
+    d_out = outdir("resnet", out) if out is not False else None
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
+    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
+                      log if verbose else None)
+    done = part.each(list(cfg.datasets), lambda ds: train_one(ds, cfg, verbose, log), "ResNet", quiet=not verbose,
+                     say=lambda ds: log(f"training on {ds} ({cfg.epochs(ds)} epochs x {len(cfg.seeds(ds))} seeds)"))
+    res = {"experiment": "resnet", "config": cfg.to_dict(), "datasets": done,
+           "note": "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
+                   "per seed, at that epoch",
+           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
+    from jaxgd import plots
+    write("resnet", out, res, figures=[("curves.png", lambda path: plots.resnet_curves(res, path))])
+    return res
+
+
+def summary(res) -> list[dict]:
+    rows = []
+    for ds, r in res["datasets"].items():
+        rows.append({"dataset": ds, "model": f"ResNet-{depth(res['config'])}", "params": r["n_params"],
+                     "epochs": r["epochs"], "best epochs (by val)": " / ".join(str(x["best_epoch"]) for x in r["runs"]),
+                     "test acc, mean +- std": (f"{r['test_acc_mean']:.4f} +- {r['test_acc_std']:.4f}"
+                                               if len(r["runs"]) > 1 else f"{r['test_acc_mean']:.4f} (1 seed)"),
+                     "per seed": ", ".join(f"{x['test_acc']:.4f}" for x in r["runs"]),
+                     "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
+                     "train time": f"{r['train_time_s'] / 60:.0f} min"})
+    return rows
