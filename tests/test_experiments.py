@@ -58,6 +58,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
         "mnist_improved": {"softmax_epochs": 2, "cnn_epochs": 1, "train_size": 256, "batch_size": 64,
                            "seeds": (0, 1), "models": ["softmax/dropout", "cnn/batchnorm"]},
+        "resnet": {"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 256,
+                   "batch_size": 64, "widths": (4, 8)},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
                   "matmul_sizes": (64, 128), "torch": False},
     }
@@ -70,6 +72,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
     assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
+    assert "## resnet" in report and "resnet/curves.png" in report and "ResNet-6" in report
     assert f"bench/{reproduce.bench.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}

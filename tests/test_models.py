@@ -219,3 +219,62 @@ def test_hand_and_autodiff_training_agree_in_float64(variant):
             _, (steps, _) = jax.jit(epoch)((params, optim.sgd_init(params), state), x, y, hp, jax.random.PRNGKey(1))
             curves.append(np.asarray(steps))
         np.testing.assert_allclose(curves[0], curves[1], rtol=1e-12)
+
+
+def _tiny_resnet(classes=3):
+    return models.resnet((4, 6, 8), 1, classes, in_shape=(8, 8, 3))
+
+
+def test_resnet_shape_and_parameters():
+    m = models.resnet()
+    assert m.shapes()[-1] == (10,) and models.count_params(m.init(jax.random.PRNGKey(0))[0]) == 78_378
+    blocks = [l for l in m.layers if isinstance(l, L.Branches)]
+    assert len(blocks) == 3 and blocks[0].branches[1] == ()  # the first block keeps width and size: identity
+    assert all(str(b.branches[1][0]) == str(L.conv2d(w, 1, stride=2)) for b, w in zip(blocks[1:], (32, 64)))
+    assert len(models.resnet(blocks=3).layers) == len(m.layers) + 12  # ResNet-20: two more blocks per stage
+    with pytest.raises(ValueError, match="blocks >= 1"):
+        models.resnet(blocks=0)
+
+
+def test_resnet_hand_gradient_equals_autodiff_and_vjp_paths():
+    """Through the residual blocks: the hand reverse pass adds the shortcut's input gradient."""
+    model = _tiny_resnet()
+    with jax.enable_x64(True):
+        params, state = gradcheck.cast(model.init(jax.random.PRNGKey(0)), jnp.float64)
+        x, y = _batch(model, n=5)
+        x = x.astype(jnp.float64)
+        hand = train.make_grad_fn(model, grads="hand")(params, state, x, y, None)
+        for how in ("autodiff", "vjp"):
+            other = train.make_grad_fn(model, grads=how)(params, state, x, y, None)
+            np.testing.assert_allclose(other[0], hand[0], rtol=1e-12)
+            assert _normwise(hand[2], other[2]) <= 1e-12, how
+            chex.assert_trees_all_close(other[3], hand[3], rtol=1e-12)
+
+
+def test_train_flops_count_a_residual_block_as_one_layer():
+    m = _tiny_resnet()
+    macs = m.macs()
+    block = m.layers[3]
+    assert isinstance(block, L.Branches)
+    # the block's two 3x3 convs, 8 x 8 x 4 -> 4 channels each (the identity shortcut costs nothing)
+    assert macs[3] == 2 * 8 * 8 * 9 * 4 * 4
+    first = next(i for i, v in enumerate(macs) if v)
+    assert m.train_flops(2) == 2 * sum(4 * v + 2 * v * (i > first) for i, v in enumerate(macs))
+
+
+@pytest.mark.parametrize("batch_configs", ["map", "vmap"])
+def test_a_resnet_trains_through_fit_as_one_program_per_config(batch_configs):
+    """fit takes a model with branches unchanged: two learning rates as one program equal each
+    trained alone, and the training loss falls."""
+    model = _tiny_resnet()
+    x, y = _batch(model, n=64)
+    xy = (np.asarray(x), np.asarray(y))
+    params, state = model.init(jax.random.PRNGKey(0))
+    lrs = (0.05, 0.1)
+    kw = dict(epochs=2, batch_size=16, optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only))
+    ps, _, hs = train.fit(model, train.stack_params([params] * 2), xy, xy, hparams=optim.sgd_hyperparams(list(lrs), 0.9,
+                          5e-4), model_state=train.stack_params([state] * 2), batch_configs=batch_configs, **kw)
+    for i, lr in enumerate(lrs):
+        p, _, h = train.fit(model, params, xy, xy, hparams=optim.sgd_hyperparams(lr, 0.9, 5e-4), model_state=state, **kw)
+        chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
+        assert h.train_loss[-1] < h.train_loss[0]

@@ -48,7 +48,7 @@ def test_sharded_grid_equals_one_device(n_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mlp/batchnorm", "cnn/batchnorm", "cnn/dropout"])
+@pytest.mark.parametrize("model", ["mlp/batchnorm", "cnn/batchnorm", "cnn/dropout", "resnet"])
 def test_data_parallel_epoch_matches_one_device(model):
     res = run_worker("data", model)
     s, one = res["sharded"], res["single"]

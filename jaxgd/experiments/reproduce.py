@@ -197,6 +197,34 @@ def _report_section(n, out, res) -> list[str]:
     return lines
 
 
+def _readme_resnet(r, out) -> str:
+    """The ResNet's README part: its table, beside the MLP and the linear softmax on the same images."""
+    c = r["config"]
+    others = []
+    for name, what, key in (("cifar2_improved", "the INF265 CIFAR-2 MLP, improved protocol", "test_acc_mean"),):
+        if (out / f"{name}/results.json").exists():
+            o = common.load_json(out / f"{name}/results.json")
+            others.append(f"{what}: {o[key]:.4f} +- {o['test_acc_std']:.4f}")
+    if (out / "cifar10_improved/results.json").exists():
+        o = common.load_json(out / "cifar10_improved/results.json")
+        acc = o["chosen"].get("test_acc") if isinstance(o.get("chosen"), dict) else None
+        if acc is not None:
+            others.append(f"DD2424's linear softmax on CIFAR-10, improved: {acc:.4f}")
+    hours = sum(d["train_time_s"] for d in r["datasets"].values()) / 3600
+    return (f"**A residual network, every gradient by hand** (`jaxgd resnet`; `models.resnet`: ResNet-"
+            f"{resnet.depth(c)}, widths {list(c['widths'])}, {c['blocks']} block(s) per stage, 3x3 convs, batch "
+            f"norm, identity and 1x1 stride-2 projection shortcuts, global average pooling, He et al. (2016)'s CIFAR "
+            f"shape; its gradient is the hand reverse pass through `layers.residual`, compared with `jax.grad` in "
+            f"float64 on real images before training; recipe fixed in advance, no search: Nesterov SGD lr "
+            f"{c['lr']:g}, momentum {c['momentum']:g}, weight decay {c['weight_decay']:g} on the weights, warm-up "
+            f"then cosine, flips and {c['pad']}-pixel crops, batch {c['batch_size']}, each run's best epoch by "
+            f"validation accuracy, test read once per seed; {hours:.1f} h of training on the 2-core CPU. A target of "
+            f">= 0.93 on CIFAR-10 needs a longer run, on a GPU):\n\n"
+            + markdown_table(resnet.summary(r))
+            + (f"\n\nOn the same test images: {'; '.join(others)}." if others else "")
+            + "\n\n![ResNet curves](results/resnet/curves.png)")
+
+
 def _reused_line(reused: dict) -> str:
     runs = {}
     for name, p in reused.items():
@@ -317,6 +345,9 @@ def readme_results(base=None) -> str:
             "weights, the batch order, the dropout masks and the shifts; test read once per seed; targets: every "
             "CNN >= 0.994 and every MLP >= 0.985 as the mean):\n\n" + markdown_table(rows) + _missed(r) + _linear_shifted(r, zoo)
             + "\n\n![improved protocol](results/mnist_improved/test_acc.png)")
+    f = out / "resnet/results.json"
+    if f.exists():
+        parts.append(_readme_resnet(common.load_json(f), out))
     benches = sorted((out / "bench").glob("*.json")) if (out / "bench").exists() else []
     for f in benches:
         r = common.load_json(f)
