@@ -128,9 +128,11 @@ def shape_mismatch(h, t, ctx):
     n = ctx["batch"]
     if h.ndim == t.ndim + 1 and h.shape[0] == n and h.shape[1:] == t.shape:
         if _close(h.sum(0), t, 1e-4):
-            return f"not summed over the batch: hand keeps the batch axis (shape {h.shape}); its sum over axis 0 equals the true gradient"
+            return (f"not summed over the batch: hand keeps the batch axis (shape {h.shape}); its sum over axis 0 "
+                    "equals the true gradient")
         if _close(h.mean(0), t, 1e-4):
-            return f"not reduced over the batch: hand keeps the batch axis (shape {h.shape}); its mean over axis 0 equals the true gradient"
+            return (f"not reduced over the batch: hand keeps the batch axis (shape {h.shape}); its mean over axis 0 "
+                    "equals the true gradient")
     if n in h.shape and n not in t.shape:
         return (f"reduced over the wrong axis: shape {h.shape} instead of {t.shape}, and {n} is the batch size "
                 "(it sums over the features and keeps the batch)")
@@ -140,7 +142,8 @@ def shape_mismatch(h, t, ctx):
 def wrong_dtype(h, t, ctx):
     """Right shape, another dtype (a hard-coded float32, a NumPy float64)."""
     if h.dtype != ctx["dtype"]:
-        values = "the values are right" if _close(h, t, 1e-4 if h.dtype == np.float32 else 1e-10) else "the values are wrong too"
+        right = _close(h, t, 1e-4 if h.dtype == np.float32 else 1e-10)
+        values = "the values are right" if right else "the values are wrong too"
         return f"dtype {h.dtype} instead of {ctx['dtype']} ({values}): a hard-coded dtype in the backward?"
     return None
 
@@ -151,8 +154,10 @@ def all_zero(h, t, ctx):
     return None
 
 
-FACTORS = (("the batch size {n}", lambda n: n), ("1 / the batch size {n} (a mean where the forward sums)", lambda n: 1 / n),
-           ("-1 (the sign is flipped)", lambda n: -1.0), ("2", lambda n: 2.0), ("1/2 (a factor 2 is missing)", lambda n: 0.5))
+FACTORS = (("the batch size {n}", lambda n: n),
+           ("1 / the batch size {n} (a mean where the forward sums)", lambda n: 1 / n),
+           ("-1 (the sign is flipped)", lambda n: -1.0), ("2", lambda n: 2.0),
+           ("1/2 (a factor 2 is missing)", lambda n: 0.5))
 
 
 def constant_factor(h, t, ctx):
@@ -283,7 +288,8 @@ class Report:
         failed = [c for c in self.checks if not c["ok"]]
         lines.append("")
         lines.append(f"checks: {len(self.checks) - len(failed)} of {len(self.checks)} passed"
-                     + (" (shapes and dtypes, eval-mode state, check_vjp, jit, vmap, a model's loss gradient)" if not failed else ""))
+                     + ("" if failed else " (shapes and dtypes, eval-mode state, check_vjp, jit, vmap, a model's "
+                                          "loss gradient)"))
         for f in self.findings:
             lines.append(f"- {f['where']}: {f['cause']}")
         return "\n".join(lines)
@@ -346,10 +352,11 @@ def check(subject, in_shape=None, *, x=None, batch=None, modes=MODES, dtypes=DTY
             rows.append(row)
             if wrong:
                 dtype, c = wrong[0]
+                worst = (f"; worst at {c['index']}: hand {c['hand_at']:.6g}, true {c['true_at']:.6g}"
+                         if c.get("index") is not None else "")
                 findings.append({"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
                                  "index": c.get("index"), "hand": c.get("hand_at"), "true": c.get("true_at"),
-                                 "cause": c["cause"] + (f"; worst at {c['index']}: hand {c['hand_at']:.6g}, "
-                                                        f"true {c['true_at']:.6g}" if c.get("index") is not None else "")})
+                                 "cause": c["cause"] + worst})
     findings += _cross_findings(rows, modes, names)
     findings += [{"where": c["name"], "cause": c["detail"]} for c in checks if not c["ok"]]
     passed = all(r["verdict"] != "wrong" for r in rows) and all(c["ok"] for c in checks)
@@ -545,12 +552,13 @@ def _finite_differences(sub, params, state, x, c, train, key, per_leaf, leaves, 
     def loss(px):
         return jnp.sum(c * sub.forward(px[0], state, px[1], train, key)[0])
 
-    pattern = None
-    if sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation)) for l in L.walk(sub.layers)):
-        def pattern(px):
-            return gradcheck.kinks(sub.layers, _residuals(sub, px[0], state, px[1], train, key))
+    def kinks(px):
+        return gradcheck.kinks(sub.layers, _residuals(sub, px[0], state, px[1], train, key))
+    has_kinks = sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation)) for l in L.walk(sub.layers))
+    pattern = kinks if has_kinks else None
     # the quotient's rounding: ten ulps of the terms of L, over h; below it, FD cannot tell 0 from noise
-    noise = 10 * float(np.finfo(np.float64).eps * jnp.sum(jnp.abs(c * sub.forward(params, state, x, train, key)[0]))) / FD_H
+    terms = jnp.sum(jnp.abs(c * sub.forward(params, state, x, train, key)[0]))
+    noise = 10 * float(np.finfo(np.float64).eps * terms) / FD_H
     eps = max(FD_EPS, noise / FD_TOLERANCE)
     coords = gradcheck.sample_coordinates((params, x), per_leaf, seed=0)
     fd, valid = gradcheck.finite_difference_grads(loss, (params, x), coords, FD_H, 4, pattern)

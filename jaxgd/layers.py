@@ -395,6 +395,14 @@ class Conv2D(Layer):
 
 # ------------------------------------------------------------------------------ pooling, reshaping
 
+def _pooled_shape(name, size, in_shape):
+    """Non-overlapping ``size`` x ``size`` windows: height and width divide by ``size``."""
+    if len(in_shape) != 3 or in_shape[0] % size or in_shape[1] % size:
+        raise ValueError(f"{name}({size}) needs (height, width, channels) inputs with height and "
+                         f"width divisible by {size}; gets per-example shape {tuple(in_shape)}")
+    return (in_shape[0] // size, in_shape[1] // size, in_shape[2])
+
+
 @dataclasses.dataclass(frozen=True)
 class MaxPool(Layer):
     """Non-overlapping ``size`` x ``size`` max-pooling of NHWC input (height and width divisible by
@@ -415,10 +423,7 @@ class MaxPool(Layer):
     size: int = 2
 
     def out_shape(self, in_shape):
-        if len(in_shape) != 3 or in_shape[0] % self.size or in_shape[1] % self.size:
-            raise ValueError(f"max_pool({self.size}) needs (height, width, channels) inputs with height and "
-                             f"width divisible by {self.size}; gets per-example shape {tuple(in_shape)}")
-        return (in_shape[0] // self.size, in_shape[1] // self.size, in_shape[2])
+        return _pooled_shape("max_pool", self.size, in_shape)
 
     def forward(self, params, state, x, *, train=False, key=None):
         n, h, w, c = x.shape
@@ -466,10 +471,7 @@ class AvgPool(Layer):
     size: int = 2
 
     def out_shape(self, in_shape):
-        if len(in_shape) != 3 or in_shape[0] % self.size or in_shape[1] % self.size:
-            raise ValueError(f"avg_pool({self.size}) needs (height, width, channels) inputs with height and "
-                             f"width divisible by {self.size}; gets per-example shape {tuple(in_shape)}")
-        return (in_shape[0] // self.size, in_shape[1] // self.size, in_shape[2])
+        return _pooled_shape("avg_pool", self.size, in_shape)
 
     def forward(self, params, state, x, *, train=False, key=None):
         n, h, w, c = x.shape

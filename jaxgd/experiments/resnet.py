@@ -38,7 +38,8 @@ class ResnetConfig(Config):
     cifar10_epochs: int = option(10, "training epochs on CIFAR-10", check=at_least(1))
     cifar2_seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the CIFAR-2 runs (split, init, batch order, crops)")
     cifar10_seeds: tuple[int, ...] = option((0,), "seeds of the CIFAR-10 runs")
-    widths: tuple[int, ...] = option((16, 32, 64), "channels per stage (each stage after the first halves height and width)", check=at_least(1))
+    widths: tuple[int, ...] = option((16, 32, 64), "channels per stage (each stage after the first halves height "
+                                                   "and width)", check=at_least(1))
     blocks: int = option(1, "residual blocks per stage (1: ResNet-8, 3: ResNet-20)", check=at_least(1))
     batch_size: int = option(128, "minibatch size (images)", check=at_least(1))
     lr: float = option(0.1, "peak learning rate (Nesterov SGD)")
