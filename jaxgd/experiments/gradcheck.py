@@ -171,7 +171,7 @@ def run(config=None, out=None, verbose=True) -> dict:
         if unknown:
             raise ConfigError(f"unknown checks {sorted(unknown)}; choose from {[c['name'] for c in todo]}")
         todo = [c for c in todo if c["name"] in cfg.only]
-    t0 = time.time()
+    t0, prov = time.time(), provenance()  # the code as it was when the checks started
     rows = []
     for c in progress.bar(todo, "gradient checks", quiet=not verbose, unit="model"):
         for dtype in (jnp.float64, jnp.float32):
@@ -182,8 +182,7 @@ def run(config=None, out=None, verbose=True) -> dict:
             rows.append({"name": c["name"], "model": c["model"], "loss": c["loss"],
                          "passed": gradcheck.passed(rep), **rep})
     res = {"experiment": "gradcheck", "config": cfg.to_dict(), "tolerances": gradcheck.TOLERANCES, "checks": rows,
-           "all_passed": all(r["passed"] for r in rows), "wall_time_s": time.time() - t0,
-           "provenance": provenance()}
+           "all_passed": all(r["passed"] for r in rows), "wall_time_s": time.time() - t0, "provenance": prov}
     write("gradcheck", out, res)
     return res
 
