@@ -218,7 +218,8 @@ def _readme_resnet(r, out) -> str:
             f"float64 on real images before training; recipe fixed in advance, no search: Nesterov SGD lr "
             f"{c['lr']:g}, momentum {c['momentum']:g}, weight decay {c['weight_decay']:g} on the weights, warm-up "
             f"then cosine, flips and {c['pad']}-pixel crops, batch {c['batch_size']}, each run's best epoch by "
-            f"validation accuracy, test read once per seed; {hours:.1f} h of training on the 2-core CPU. A target of "
+            f"validation accuracy, test read once per seed; {hours:.1f} h of training on the 2-core CPU, shared part of "
+            f"the time with other runs. A target of "
             f">= 0.93 on CIFAR-10 needs a longer run, on a GPU):\n\n"
             + markdown_table(resnet.summary(r))
             + (f"\n\nOn the same test images: {'; '.join(others)}." if others else "")
@@ -244,7 +245,7 @@ def readme_results(base=None) -> str:
         auto = {dt: max(c["autodiff_max"] for c in r["checks"] if c["dtype"] == dt) for dt in ("float64", "float32")}
         parts.append(
             f"**Gradient checks** ({len(r['checks'])} checks: every layer's backward, the generic reverse pass of the "
-            "nine MNIST models and the CIFAR-2 MLP, INF265's MLP recursion, DD2424's closed form and the matrix "
+            "nine MNIST models, the CIFAR ResNet-8 and the CIFAR-2 MLP, INF265's MLP recursion, DD2424's closed form and the matrix "
             f"chain, each in float64 and float32; all passed: {r['all_passed']}): the largest "
             f"float64 relative error against finite differences is {worst['float64']:.1e} (INF265 project 1's bar: 1e-6). "
             f"Against `jax.grad` it is {auto['float64']:.1e} in float64 and {auto['float32']:.1e} in float32.")
