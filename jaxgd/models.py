@@ -199,6 +199,11 @@ def _conv_bn(features, stride=1, size=3):
     return (L.conv2d(features, size, stride=stride), L.batch_norm())
 
 
+def resnet_depth(widths, blocks: int) -> int:
+    """The n of a ResNet-n: two convs per block, plus the stem conv and the dense layer."""
+    return 2 * len(widths) * blocks + 2
+
+
 def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32, 32, 3)) -> Model:
     """A small residual network for CIFAR in the shape of He et al. (2016)'s CIFAR ResNets:
 
@@ -209,9 +214,10 @@ def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32
         size and widens (the projection shortcut)
         global average pool - dense ``classes``
 
-    Depth ``2 stages blocks + 2`` weighted layers (projections aside): ``resnet()`` is ResNet-8
-    (78,378 parameters with the batch norms', for CIFAR-10), ``blocks=3`` ResNet-20. Every gradient is the hand reverse pass: the blocks are
-    ``layers.residual``, whose backward adds the two paths' input gradients.
+    Depth ``resnet_depth(widths, blocks)`` weighted layers (projections aside): ``resnet()`` is
+    ResNet-8 (78,378 parameters with the batch norms', for CIFAR-10), ``blocks=3`` ResNet-20.
+    Every gradient is the hand reverse pass: the blocks are ``layers.residual``, whose backward
+    adds the two paths' input gradients.
     """
     widths = tuple(int(w) for w in widths)
     if not widths or min(widths) < 1 or blocks < 1 or classes < 1:

@@ -242,7 +242,9 @@ def seed_curves(res, path):
 def resnet_curves(res, path):
     """ResNet: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one
     panel per dataset, one line per seed with its best epoch marked."""
+    from jaxgd.models import resnet_depth
     sets = res["datasets"]
+    depth = resnet_depth(res["config"]["widths"], res["config"]["blocks"])
     fig, axes = _subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
     for ax, (ds, r) in zip(axes[0], sets.items()):
         loss_ax = ax.twinx()
@@ -252,7 +254,6 @@ def resnet_curves(res, path):
             line, = ax.plot(e, v, label=f"seed {run['seed']}: test {run['test_acc']:.4f}")
             ax.plot([run["best_epoch"]], [run["val_acc"]], "o", color=line.get_color())
             loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
-        depth = 2 * len(res["config"]["widths"]) * res["config"]["blocks"] + 2
         ax.set_title(f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (solid)")

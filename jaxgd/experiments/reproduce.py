@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgd import data, parallel, progress
+from jaxgd import data, models, parallel, progress
 from jaxgd._files import atomic_write
 from jaxgd.experiments import (bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
                                data_report, gradcheck, matrix_chain, mnist_improved, mnist_zoo, resnet)
@@ -201,26 +201,25 @@ def _readme_resnet(r, out) -> str:
     """The ResNet's README part: its table, beside the MLP and the linear softmax on the same images."""
     c = r["config"]
     others = []
-    for name, what, key in (("cifar2_improved", "the INF265 CIFAR-2 MLP, improved protocol", "test_acc_mean"),):
-        if (out / f"{name}/results.json").exists():
-            o = common.load_json(out / f"{name}/results.json")
-            others.append(f"{what}: {o[key]:.4f} +- {o['test_acc_std']:.4f}")
+    if (out / "cifar2_improved/results.json").exists():
+        o = common.load_json(out / "cifar2_improved/results.json")
+        others.append(f"the INF265 CIFAR-2 MLP, improved protocol: {o['test_acc_mean']:.4f} +- {o['test_acc_std']:.4f}")
     if (out / "cifar10_improved/results.json").exists():
         o = common.load_json(out / "cifar10_improved/results.json")
         acc = o["chosen"].get("test_acc") if isinstance(o.get("chosen"), dict) else None
         if acc is not None:
             others.append(f"DD2424's linear softmax on CIFAR-10, improved: {acc:.4f}")
     hours = sum(d["train_time_s"] for d in r["datasets"].values()) / 3600
+    depth = models.resnet_depth(c["widths"], c["blocks"])
     return (f"**A residual network, every gradient by hand** (`jaxgd resnet`; `models.resnet`: ResNet-"
-            f"{resnet.depth(c)}, widths {list(c['widths'])}, {c['blocks']} block(s) per stage, 3x3 convs, batch "
+            f"{depth}, widths {list(c['widths'])}, {c['blocks']} block(s) per stage, 3x3 convs, batch "
             f"norm, identity and 1x1 stride-2 projection shortcuts, global average pooling, He et al. (2016)'s CIFAR "
             f"shape; its gradient is the hand reverse pass through `layers.residual`, compared with `jax.grad` in "
             f"float64 on real images before training; recipe fixed in advance, no search: Nesterov SGD lr "
             f"{c['lr']:g}, momentum {c['momentum']:g}, weight decay {c['weight_decay']:g} on the weights, warm-up "
             f"then cosine, flips and {c['pad']}-pixel crops, batch {c['batch_size']}, each run's best epoch by "
-            f"validation accuracy, test read once per seed; {hours:.1f} h of training on the 2-core CPU, shared part of "
-            f"the time with other runs. A target of "
-            f">= 0.93 on CIFAR-10 needs a longer run, on a GPU):\n\n"
+            f"validation accuracy, test read once per seed; {hours:.1f} h of training on the 2-core CPU, shared "
+            "part of the time with other runs. A target of >= 0.93 on CIFAR-10 needs a longer run, on a GPU):\n\n"
             + markdown_table(resnet.summary(r))
             + (f"\n\nOn the same test images: {'; '.join(others)}." if others else "")
             + "\n\n![ResNet curves](results/resnet/curves.png)")
@@ -245,8 +244,8 @@ def readme_results(base=None) -> str:
         auto = {dt: max(c["autodiff_max"] for c in r["checks"] if c["dtype"] == dt) for dt in ("float64", "float32")}
         parts.append(
             f"**Gradient checks** ({len(r['checks'])} checks: every layer's backward, the generic reverse pass of the "
-            "nine MNIST models, the CIFAR ResNet-8 and the CIFAR-2 MLP, INF265's MLP recursion, DD2424's closed form and the matrix "
-            f"chain, each in float64 and float32; all passed: {r['all_passed']}): the largest "
+            "nine MNIST models, the CIFAR ResNet-8 and the CIFAR-2 MLP, INF265's MLP recursion, DD2424's closed "
+            f"form and the matrix chain, each in float64 and float32; all passed: {r['all_passed']}): the largest "
             f"float64 relative error against finite differences is {worst['float64']:.1e} (INF265 project 1's bar: 1e-6). "
             f"Against `jax.grad` it is {auto['float64']:.1e} in float64 and {auto['float32']:.1e} in float32.")
     f = out / "matrix_chain/results.json"

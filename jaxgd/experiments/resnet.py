@@ -67,11 +67,6 @@ class ResnetConfig(Config):
 CONFIG = ResnetConfig
 
 
-def depth(config: dict) -> int:
-    """The ResNet-n name's n: two convs per block, plus the stem and the dense layer."""
-    return 2 * len(config["widths"]) * config["blocks"] + 2
-
-
 def model_for(cfg, dataset) -> models.Model:
     return models.resnet(cfg.widths, cfg.blocks, CLASSES[dataset])
 
@@ -79,9 +74,9 @@ def model_for(cfg, dataset) -> models.Model:
 def hand_vs_autodiff(model, params, state, x, y) -> dict:
     """The hand training gradient (``model.grad``) against ``jax.grad`` of the same loss, in
     float64 on the images ``x``: per leaf ``max |hand - jax.grad| / max |jax.grad|``, the
-    denominator at least 1/100 of the largest gradient (a conv bias right before batch norm has
-    gradient 0 on paper: ``checker.ZERO_FLOOR``)."""
-    from jaxgd import gradcheck
+    denominator at least ``checker.ZERO_FLOOR`` of the largest gradient (a conv bias right before
+    batch norm has gradient 0 on paper)."""
+    from jaxgd import checker, gradcheck
     with jax.enable_x64(True):
         p, s, x = gradcheck.cast((params, state, jnp.asarray(x)), jnp.float64)
         y = jnp.asarray(y)
@@ -91,7 +86,8 @@ def hand_vs_autodiff(model, params, state, x, y) -> dict:
         true = jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
         h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
         top = max(float(jnp.max(jnp.abs(a))) for a in t)
-        rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), 1e-2 * top) for a, b in zip(h, t)]
+        rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), checker.ZERO_FLOOR * top)
+               for a, b in zip(h, t)]
     return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
 
 
@@ -143,8 +139,9 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
 
 def summary(res) -> list[dict]:
     rows = []
+    depth = models.resnet_depth(res["config"]["widths"], res["config"]["blocks"])
     for ds, r in res["datasets"].items():
-        rows.append({"dataset": ds, "model": f"ResNet-{depth(res['config'])}", "params": r["n_params"],
+        rows.append({"dataset": ds, "model": f"ResNet-{depth}", "params": r["n_params"],
                      "epochs": r["epochs"], "best epochs (by val)": " / ".join(str(x["best_epoch"]) for x in r["runs"]),
                      "test acc, mean +- std": (f"{r['test_acc_mean']:.4f} +- {r['test_acc_std']:.4f}"
                                                if len(r["runs"]) > 1 else f"{r['test_acc_mean']:.4f} (1 seed)"),
