@@ -1,4 +1,4 @@
-"""Data augmentation on the device, inside the compiled epoch, seeded: ``fit(augment=...)``.
+"""Data augmentation on the device, inside the compiled epoch, seeded: ``fit(step=Step(augment=...))``.
 
 An augmentation is a pure function ``(key, xb) -> xb`` of one training minibatch; evaluation
 never calls it. Images may be kept NHWC ``(n, h, w, c)`` or flattened ``(n, h*w*c)`` (then

@@ -1,6 +1,6 @@
 """Many devices and many hosts, through ``jax.sharding`` (XLA SPMD): no process pools, no pmap.
 
-A ``Mesh`` with axes ``("cfg", "data")`` (``make_mesh``) tells ``train.fit(mesh=...)`` how to spread
+A ``Mesh`` with axes ``("cfg", "data")`` (``make_mesh``) tells ``train.fit(configs=Configs(mesh=...))`` how to spread
 the work:
 
 - ``cfg``: the stacked configs of a grid are sharded over the devices (``P("cfg")``); the grid is
@@ -101,6 +101,19 @@ def put(tree, mesh, spec):
         s = sharding if a.ndim >= len(spec) else NamedSharding(mesh, P())
         return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
     return jax.tree_util.tree_map(one, tree)
+
+
+def lay_out(mesh, n_cfg, per_config, key, data, key_per_config=False, data_per_config=False):
+    """``fit``'s values as global arrays on ``mesh``: ``per_config`` (a tuple of trees with a
+    leading configs axis when ``n_cfg`` is not None) padded to a multiple of the mesh's cfg axis
+    (``pad_configs``) and split along it, so are ``key`` and ``data`` where they are per config;
+    otherwise replicated. Returns ``(*per_config, key, data)``."""
+    n_dev = axis_size(mesh, "cfg")
+    split = [per_config] + [key] * key_per_config + [data] * data_per_config
+    split = put(pad_configs(split, n_cfg or 1, n_dev if n_cfg else 1), mesh, P("cfg") if n_dev > 1 else P())
+    key = split[1] if key_per_config else put(key, mesh, P())
+    data = split[-1] if data_per_config else put(data, mesh, P())
+    return (*split[0], key, data)
 
 
 def fetch(tree):

@@ -13,12 +13,21 @@ seeded permutation cut into ``n // batch_size`` minibatches; the last partial ba
 (a fresh permutation each epoch means every example is used across epochs). Hyperparameters
 given as 1-D arrays train that many configurations in one program (params stacked on a leading
 axis), on the same minibatches.
+
+``fit`` wires the parts, each public and usable alone:
+
+    make_grad_fn(model)            (params, state, x, y, key) -> (loss, logits, grads, state)
+    make_step(grad_fn, optimizer)  one minibatch: gradient, then update          (Step)
+    make_epoch(step, batch_size)   one lax.scan over a seeded permutation
+    share_configs(epoch, evaluate) a leading configs axis: vmap or lax.map       (Configs)
+    run_epochs(epoch, evaluate, ...) compile once, then the epoch loop, History  (Monitor, Tracker)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -68,35 +77,45 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
     return with_penalty
 
 
-def make_epoch(grad_fn, optimizer: optim.Optimizer, batch_size: int, per_step=False, batch_sharding=None,
-               augment=None):
-    """``epoch(carry, x, y, hparams, key) -> (carry, (mean loss, mean accuracy))`` over one shuffled pass.
+def make_step(grad_fn, optimizer: optim.Optimizer, augment=None, batch_sharding=None):
+    """``step(carry, xb, yb, hparams, key) -> (carry, (loss, accuracy))``: one minibatch's gradient
+    and update, ``carry = (params, opt_state, model_state)``.
 
-    ``carry = (params, opt_state, model_state)``; loss and accuracy are the
-    running means over the epoch's minibatches (in training mode), or with ``per_step``
-    one value per minibatch. ``batch_sharding`` (a ``NamedSharding``) spreads each minibatch
-    over devices (data parallelism; see ``jaxgd.parallel``). ``augment(key, xb)`` (e.g.
-    ``jaxgd.augment.flip_crop``) transforms each training minibatch on the device, seeded.
+    ``grad_fn`` is ``make_grad_fn``'s; ``augment(key, xb)`` (e.g. ``jaxgd.augment.flip_crop``)
+    transforms the minibatch first, on the device, seeded; ``batch_sharding`` (a ``NamedSharding``)
+    spreads it over devices (data parallelism; see ``jaxgd.parallel``). The accuracy is that of the
+    training-mode logits the gradient came from.
+    """
+    def step(carry, xb, yb, hparams, key):
+        params, opt_state, mstate = carry
+        x_in, y_in = xb, yb
+        if augment is not None:
+            k_aug, key = jax.random.split(key)
+            x_in = augment(k_aug, x_in)
+        if batch_sharding is not None:
+            x_in, y_in = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x_in, y_in))
+        value, logits, g, mstate = grad_fn(params, mstate, x_in, y_in, key)
+        params, opt_state = optimizer.update(g, opt_state, params, hparams)
+        return (params, opt_state, mstate), (value, losses.accuracy(logits, yb))
+    return step
+
+
+def make_epoch(step, batch_size: int, per_step=False):
+    """``epoch(carry, x, y, hparams, key) -> (carry, (mean loss, mean accuracy))``: ``step``
+    (``make_step``'s) ``lax.scan``-ned over one seeded permutation of ``x`` cut into
+    ``len(x) // batch_size`` minibatches (the last partial one is dropped). Loss and accuracy are
+    the running means over the minibatches (training mode), or with ``per_step`` one per minibatch.
     """
     def epoch(carry, x, y, hparams, key):
         n_batches = x.shape[0] // batch_size
         k_perm, k_steps = jax.random.split(key)
         idx = jax.random.permutation(k_perm, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
 
-        def step(carry, inp):
-            params, opt_state, mstate = carry
+        def body(carry, inp):
             i, k = inp
-            xb, yb = x[i], y[i]
-            if augment is not None:
-                k_aug, k = jax.random.split(k)
-                xb = augment(k_aug, xb)
-            if batch_sharding is not None:
-                xb, yb = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (xb, yb))
-            value, logits, g, mstate = grad_fn(params, mstate, xb, yb, k)
-            params, opt_state = optimizer.update(g, opt_state, params, hparams)
-            return (params, opt_state, mstate), (value, losses.accuracy(logits, y[i]))
+            return step(carry, x[i], y[i], hparams, k)
 
-        carry, (vals, accs) = jax.lax.scan(step, carry, (idx, jax.random.split(k_steps, n_batches)))
+        carry, (vals, accs) = jax.lax.scan(body, carry, (idx, jax.random.split(k_steps, n_batches)))
         return carry, ((vals, accs) if per_step else (jnp.mean(vals), jnp.mean(accs)))
     return epoch
 
@@ -141,164 +160,178 @@ class History(NamedTuple):
         return {k: (np.asarray(v).tolist() if isinstance(v, list) else v) for k, v in self._asdict().items()}
 
 
-def _as_device(split):
-    x, y = split
-    return jnp.asarray(x), jnp.asarray(y)
-
-
 SELECT = {"val_acc": 1.0, "val_loss": -1.0, "train_acc": 1.0, "train_loss": -1.0}  # metric -> sign (higher is better)
+SHARE = ("auto", "vmap", "map")  # how the configs of a grid share one program (Configs.share)
 
 
-def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int,
-        batch_size: int, seed=0, optimizer="hand", grads="hand", l2=0.0, model_state=None,
-        eval_train=False, batch_configs="auto", callback=None, progress=None, mesh=None,
-        select=None, patience=None, augment=None, per_config_data=False):
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """How ``fit`` turns a minibatch into an update: ``optimizer`` is ``"hand"``, ``"optax"`` or an
+    ``optim.Optimizer`` (e.g. ``optim.sgd(nesterov=True, wd_mask=optim.weights_only)``); ``grads``
+    one of ``GRADS`` (the default: the model's hand-derived gradient); ``l2`` DD2424's penalty in the
+    loss (``make_grad_fn``); ``augment(key, xb)`` (e.g. ``jaxgd.augment.flip_crop``) transforms
+    training minibatches on the device, never evaluation."""
+    optimizer: Any = "hand"
+    grads: str = "hand"
+    l2: float = 0.0
+    augment: Callable | None = None
+
+    def build(self, model, hparams, batch_sharding=None):
+        """``make_step``'s step for ``model``, and the optimizer checked against ``hparams``."""
+        opt = self.optimizer
+        opt = optim.get_optimizer(opt, schedule=hparams.schedule) if isinstance(opt, str) else opt
+        opt.check(hparams)
+        return make_step(make_grad_fn(model, self.l2, self.grads), opt, self.augment, batch_sharding), opt
+
+
+@dataclasses.dataclass(frozen=True)
+class Configs:
+    """How the N configs of 1-D hyperparameters share one program. ``share``: ``"vmap"`` (batched
+    matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after another inside the program:
+    on XLA:CPU vmapped configs ran slower per config than sequential fits, and lax.map as fast; see
+    the bench's ``configs`` ratios ``vmap/sequential`` and ``fit default/sequential``) or ``"auto"``
+    (vmap on accelerators, map on CPU). ``mesh`` (``jaxgd.parallel.make_mesh``) spreads the configs
+    (its ``"cfg"`` axis, padded to a multiple of it) and each minibatch (its ``"data"`` axis) over
+    devices and hosts; the results equal one device's up to float reassociation. With
+    ``per_config_data`` the train and val arrays carry a leading configs axis (e.g. a split per seed).
+    """
+    share: str = "auto"
+    mesh: Any = None
+    per_config_data: bool = False
+
+    def __post_init__(self):
+        if self.share not in SHARE:
+            raise ValueError(f"Configs.share must be one of {SHARE}, got {self.share!r}")
+        if self.mesh is not None:
+            parallel.check_mesh(self.mesh)
+
+    @property
+    def devices(self) -> tuple[int, int]:
+        """The mesh's ``(cfg, data)`` axis sizes (1 without a mesh)."""
+        return parallel.axis_size(self.mesh, "cfg"), parallel.axis_size(self.mesh, "data")
+
+    def check(self, n_cfg, batch_size):
+        """Refuse what cannot share a program: ``n_cfg`` configs (None: one) in minibatches of ``batch_size``."""
+        n_dev_cfg, n_dev_data = self.devices
+        if batch_size % n_dev_data:
+            raise ValueError(f"batch size {batch_size} must be a multiple of the mesh's data axis ({n_dev_data} devices)")
+        if n_dev_cfg > 1 and n_cfg is None:
+            raise ValueError(f"the mesh's cfg axis spreads configs over {n_dev_cfg} devices, but there is one config: "
+                             "give the hyperparameters as 1-D arrays, or use a mesh with cfg=1")
+        if n_cfg is None and (self.share != "auto" or self.per_config_data):
+            what = f"share={self.share!r}" if self.share != "auto" else "per_config_data (data per config)"
+            raise ValueError(f"Configs {what} needs several configs: give the hyperparameters as 1-D arrays "
+                             "(one entry per config) and params stacked with stack_params")
+        if n_dev_cfg > 1 and self.share == "map":
+            raise ValueError("configs sharded over devices run as one vmapped program: Configs.share must be "
+                             "'vmap' or 'auto' with a mesh whose cfg axis is > 1")
+
+    def batch_sharding(self):
+        """How each minibatch is laid out over the mesh's data axis (None: not spread)."""
+        return NamedSharding(self.mesh, P("data")) if self.devices[1] > 1 else None
+
+    def run(self, epoch, evaluate, per_config_key=False):
+        """One config's ``epoch`` and ``evaluate`` with a leading configs axis (``share_configs``)."""
+        how = self.share
+        if how == "auto":
+            how = "map" if jax.default_backend() == "cpu" and self.devices[0] == 1 else "vmap"
+        spmd = "cfg" if self.devices[0] > 1 else None  # the vmapped axis is the sharded one
+        return share_configs(epoch, evaluate, how, self.per_config_data, per_config_key, spmd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+    """What ``fit`` measures after each epoch and which parameters it returns. ``eval_train``
+    re-evaluates the whole training set (eval mode) instead of reporting the epoch's running means.
+    ``select`` (one of ``SELECT``, e.g. ``"val_acc"``) returns each config's parameters and model
+    state from its best epoch by that metric (``History.best_epoch``) instead of the last;
+    ``patience`` then stops a config after that many epochs without a better value: it stops
+    changing (its later metrics are NaN; ``History.stopped_at``) while the others go on."""
+    eval_train: bool = False
+    select: str | None = None
+    patience: int | None = None
+
+    def __post_init__(self):
+        if self.select is not None and self.select not in SELECT:
+            raise ValueError(f"select must be one of {list(SELECT)} or None, got {self.select!r}")
+        if self.patience is not None and (self.select is None or not _is_int(self.patience) or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 and needs select=, got patience={self.patience!r}, "
+                             f"select={self.select!r}")
+
+
+def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int, batch_size: int,
+        seed=0, model_state=None, step=Step(), configs=Configs(), monitor=Monitor(), progress=None,
+        callback=None):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
-    ``train``/``val`` are ``(x, y)`` pairs (moved to the device once).
-    ``hparams`` comes from ``optim.sgd_hyperparams``; 1-D hyperparameters train
-    one config per entry (``params`` and ``model_state`` stacked on axis 0) in
-    one program. ``optimizer`` is ``"hand"``, ``"optax"`` or an ``optim.Optimizer`` (e.g.
-    ``optim.sgd(nesterov=True, wd_mask=optim.weights_only)``); ``grads`` is one of ``GRADS``
-    (default: the model's hand-derived gradient); the loss is ``model.loss``. ``eval_train`` re-evaluates the whole training
-    set after each epoch (eval mode) instead of reporting the epoch's running
-    means. ``batch_configs`` says how N configs share the program: ``"vmap"``
-    (batched matmuls: fastest on a GPU), ``"map"`` (``lax.map``, one config after
-    another inside the program: on XLA:CPU vmapped configs ran slower per config than
-    sequential fits, and lax.map as fast; see the bench's ``configs`` ratios
-    ``vmap/sequential`` and ``fit default/sequential``), or ``"auto"`` (vmap on
-    accelerators, map on CPU).
-
-    Seeds as a dimension: ``seed`` may be one integer per config (batch order, dropout and
-    augmentation then differ per config), and with ``per_config_data`` the ``train``/``val``
-    arrays carry a leading configs axis too (e.g. one data split per seed).
-
-    Selection: ``select`` (one of ``SELECT``, e.g. ``"val_acc"``) returns each config's
-    parameters and model state from its best epoch by that metric (``History.best_epoch``)
-    instead of the last; ``patience`` then stops a config after that many epochs without a
-    better value: it stops changing (its later metrics are NaN; ``History.stopped_at``) while
-    the others go on. ``augment(key, xb)`` transforms training minibatches (never evaluation).
-
-    ``callback(epoch, params, model_state)``, if given, runs after each epoch and
-    its return values are kept in ``History.extra``. ``progress(metrics)``, if given, gets
-    a dict after each epoch (``epoch`` (1-based), ``epochs``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``epoch_time``) to show: ``jaxgd.progress.epoch_logger``
-    draws a bar or prints a line; fit itself prints nothing.
-    A config whose training loss stops being finite is marked diverged
-    (its later numbers are NaN); training stops early once every config has.
-    ``mesh`` (``jaxgd.parallel.make_mesh``) spreads the configs (its ``"cfg"`` axis, padded to
-    a multiple of it) and each minibatch (its ``"data"`` axis) over devices and hosts; the
-    results equal one device's up to float reassociation.
+    ``train``/``val`` are ``(x, y)`` pairs (moved to the device once); the loss is ``model.loss``.
+    ``hparams`` comes from ``optim.sgd_hyperparams``: 1-D hyperparameters train one config per
+    entry in one program (``params`` and ``model_state`` stacked on axis 0, ``stack_params``), and
+    ``seed`` may then be one integer per config (batch order, dropout, augmentation). ``step``
+    (``Step``) says how a minibatch becomes an update, ``configs`` (``Configs``) how the configs
+    share the program and the devices, ``monitor`` (``Monitor``) what is measured and kept.
+    ``progress(metrics)`` gets a dict after each epoch (``jaxgd.progress.epoch_logger`` shows it;
+    fit prints nothing); ``callback(epoch, params, model_state)``'s returns go to
+    ``History.extra``. A config whose training loss stops being finite is marked diverged (its later
+    numbers are NaN); training stops once every config has. The parts, each usable alone:
+    ``make_grad_fn`` -> ``make_step`` -> ``make_epoch`` -> ``share_configs`` -> ``run_epochs``.
     """
-    for what, v in (("epochs", epochs), ("batch size", batch_size)):
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
-    epochs, batch_size = int(epochs), int(batch_size)
-    seeds = np.asarray(seed) if not _is_int(seed) and np.ndim(seed) == 1 else None
-    if seeds is None and not _is_int(seed) or seeds is not None and not all(_is_int(v) for v in seed):
-        raise ValueError(f"seed must be an integer, or one integer per config, got {seed!r}")
     hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
-    for what, v in (("seed", seeds), ("per_config_data", per_config_data or None)):
-        if v is not None and n_cfg is None:
-            raise ValueError(f"{what} per config needs several configs (1-D hyperparameters)")
-    if seeds is not None and len(seeds) != n_cfg:
-        raise ValueError(f"{len(seeds)} seeds for {n_cfg} configs")
-    if select is not None and select not in SELECT:
-        raise ValueError(f"select must be one of {list(SELECT)} or None, got {select!r}")
-    if patience is not None and (select is None or not _is_int(patience) or patience < 1):
-        raise ValueError(f"patience must be an integer >= 1 and needs select=, got patience={patience!r}, "
-                         f"select={select!r}")
-    if select is not None and select.startswith("val") and (val is None or not len(val[1])):
-        raise ValueError(f"select={select!r} needs a validation set")
-    _check_labels(model, train[1], "train", per_config_data)
-    if val is not None:
-        _check_labels(model, val[1], "val", per_config_data)
+    seeds = _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor)
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
-    x, y = _as_device(train)
-    val = _as_device(val) if val is not None and len(val[1]) else None
-    row = 1 if per_config_data else 0  # the examples axis
-    if per_config_data and any(a.shape[0] != n_cfg for a in (x, y) + (val or ())):
-        raise ValueError(f"per_config_data: train and val arrays need a leading axis of {n_cfg} configs")
-    if x.shape[row] != y.shape[row]:
-        raise ValueError(f"train x has {x.shape[row]} rows but y has {y.shape[row]}")
-    if batch_size > x.shape[row]:
-        raise ValueError(f"batch size {batch_size} > {x.shape[row]} training examples")
-    opt = optim.get_optimizer(optimizer, schedule=hparams.schedule) if isinstance(optimizer, str) else optimizer
-    opt.check(hparams)
-    if mesh is not None:
-        parallel.check_mesh(mesh)
-    n_dev_cfg, n_dev_data = parallel.axis_size(mesh, "cfg"), parallel.axis_size(mesh, "data")
-    if batch_size % n_dev_data:
-        raise ValueError(f"batch size {batch_size} must be a multiple of the mesh's data axis ({n_dev_data} devices)")
-    if n_dev_cfg > 1 and n_cfg is None:
-        raise ValueError(f"the mesh's cfg axis spreads configs over {n_dev_cfg} devices, but there is one config: "
-                         "give the hyperparameters as 1-D arrays, or use a mesh with cfg=1")
-
-    batch_sharding = NamedSharding(mesh, P("data")) if n_dev_data > 1 else None
-    epoch_fn = make_epoch(make_grad_fn(model, l2, grads), opt, batch_size, batch_sharding=batch_sharding,
-                          augment=augment)
-    eval_fn = make_eval(model, l2)
-    if batch_configs not in ("auto", "vmap", "map"):
-        raise ValueError(f"batch_configs must be 'auto', 'vmap' or 'map', got {batch_configs!r}")
-    if n_cfg is None and batch_configs != "auto":
-        raise ValueError(f"batch_configs={batch_configs!r} needs several configs: give the hyperparameters as "
-                         "1-D arrays (one entry per config) and params stacked with stack_params")
-    base = jax.random.PRNGKey(seed) if seeds is None else jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
-    n_run = n_cfg  # configs run, padding included
+    step_fn, opt = step.build(model, hparams, configs.batch_sharding())
+    epoch_fn, eval_fn = make_epoch(step_fn, int(batch_size)), make_eval(model, step.l2)
     if n_cfg is not None:
-        if batch_configs == "auto":
-            batch_configs = "map" if jax.default_backend() == "cpu" and n_dev_cfg == 1 else "vmap"
-        if n_dev_cfg > 1 and batch_configs != "vmap":
-            raise ValueError("configs sharded over devices run as one vmapped program: batch_configs must be "
-                             "'vmap' or 'auto' with a mesh whose cfg axis is > 1")
-        dax, kax = (0 if per_config_data else None), (None if seeds is None else 0)
-        if batch_configs == "vmap":
-            spmd = "cfg" if n_dev_cfg > 1 else None  # the vmapped axis is the sharded one
-            epoch_fn = jax.vmap(epoch_fn, in_axes=(0, dax, dax, 0, kax), spmd_axis_name=spmd)
-            eval_fn = jax.vmap(eval_fn, in_axes=(0, 0, dax, dax), spmd_axis_name=spmd)
-        else:
-            epoch_fn, eval_fn = _map_configs(epoch_fn, eval_fn, dax is not None, kax is not None)
-        n_run = n_cfg + (-n_cfg % n_dev_cfg)
-    if mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
-        spec = P("cfg") if n_dev_cfg > 1 else P()
-        per_cfg = [params, model_state, hparams] + ([base] if seeds is not None else []) + (
-            [x, y] + list(val or ()) if per_config_data else [])
-        per_cfg = parallel.put(parallel.pad_configs(per_cfg, n_cfg or 1, n_dev_cfg if n_cfg else 1), mesh, spec)
-        params, model_state, hparams = per_cfg[:3]
-        rest = per_cfg[3:]
-        base = rest.pop(0) if seeds is not None else parallel.put(base, mesh, P())
-        if per_config_data:
-            x, y, val = rest[0], rest[1], (tuple(rest[2:]) or None)
-        else:
-            x, y = parallel.put((x, y), mesh, P())
-            val = None if val is None else parallel.put(val, mesh, P())
+        epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=seeds is not None)
+    base = jax.random.PRNGKey(seed) if seeds is None else jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    data = tuple(jnp.asarray(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
+    if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
+        params, model_state, hparams, base, data = parallel.lay_out(
+            configs.mesh, n_cfg, (params, model_state, hparams), base, data, seeds is not None,
+            configs.per_config_data)
     compiled_init = _cached_init if isinstance(opt.init, Hashable) else _compiled_init
     carry = (params, compiled_init(opt.init, n_cfg is not None)(params), model_state)
-    epoch_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
+    return run_epochs(epoch_fn, eval_fn, carry, data, hparams, lambda e: fold(base, e), int(epochs),
+                      n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback)
+
+
+def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg=None, monitor=Monitor(),
+               progress=None, callback=None):
+    """The epoch loop of ``fit``: compile ``epoch_fn`` once, then per epoch train, evaluate, track
+    (``Tracker``), report; returns ``(params, model_state, History)``.
+
+    ``carry = (params, opt_state, model_state)``; ``data = (x, y)`` or ``(x, y, x_val, y_val)``,
+    on the device; ``key_of(e)`` is epoch ``e``'s key. With ``n_cfg`` configs (None: one) every
+    leaf has a leading configs axis, possibly padded beyond ``n_cfg`` (a mesh's cfg axis): the
+    padding is dropped from what is returned.
+    """
+    x, y, val = data[0], data[1], (data[2:] or None)
     t0 = time.perf_counter()
-    epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, epoch_key(base, 0)).compile()
+    epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, key_of(0)).compile()
     compile_time = time.perf_counter() - t0
     eval_fn = jax.jit(eval_fn)
-    track = _Tracker(() if n_cfg is None else (n_run,), select, patience)
+    n_run = None if n_cfg is None else int(np.shape(hparams.lr)[0])  # padding included
+    track = Tracker(() if n_cfg is None else (n_run,), monitor.select, monitor.patience)
     hist = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")}
     real = (lambda a: a) if n_cfg is None else (lambda a: a[:n_cfg])  # padding dropped from the results
     best = (carry[0], carry[2])
     extra = []
     for e in range(epochs):
         t = time.perf_counter()
-        new, (tl, ta) = epoch_fn(carry, x, y, hparams, epoch_key(base, e))
-        carry = new if patience is None else _where_configs(jnp.asarray(~track.stopped), new, carry)
+        new, (tl, ta) = epoch_fn(carry, x, y, hparams, key_of(e))
+        carry = new if monitor.patience is None else _where_configs(jnp.asarray(~track.stopped), new, carry)
         tl, ta = parallel.fetch((tl, ta))  # waits for the epoch
-        if eval_train:
+        if monitor.eval_train:
             tl, ta = parallel.fetch(eval_fn(carry[0], carry[2], x, y))
         vl = va = np.full(track.shape, np.nan)
         if val is not None:
             vl, va = parallel.fetch(eval_fn(carry[0], carry[2], *val))
         metrics = {"train_loss": tl, "train_acc": ta, "val_loss": vl, "val_acc": va}
         improved, gone = track.update(e, metrics)
-        if select is not None and np.any(improved):
+        if monitor.select is not None and np.any(improved):
             best = _where_configs(jnp.asarray(improved), (carry[0], carry[2]), best)
         for k, v in metrics.items():
             hist[k].append(real(np.where(gone, np.nan, v)))
@@ -309,18 +342,43 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
             progress({"epoch": e + 1, "epochs": epochs, **{k: hist[k][-1] for k in hist}})
         if track.done():
             break
-    params_out, state_out = best if select is not None else (carry[0], carry[2])
-    if mesh is not None and (n_run != n_cfg or not all(a.is_fully_addressable
-                                                       for a in jax.tree_util.tree_leaves((params_out, state_out)))):
+    params_out, state_out = best if monitor.select is not None else (carry[0], carry[2])
+    if n_run != n_cfg or not all(getattr(a, "is_fully_addressable", True)
+                                 for a in jax.tree_util.tree_leaves((params_out, state_out))):
         params_out, state_out = jax.tree_util.tree_map(real, parallel.fetch((params_out, state_out)))
+    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra,
+                                          **track.summary(n_cfg))
 
-    def per_config(a):
-        out = [int(v) if v else None for v in np.atleast_1d(real(a))]
-        return out if n_cfg else out[0]
-    history = History(**hist, compile_time=compile_time, diverged_at=per_config(track.diverged_at), extra=extra,
-                      best_epoch=per_config(track.best_epoch) if select else None,
-                      stopped_at=per_config(track.stopped_at) if patience else None)
-    return params_out, state_out, history
+
+def _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor):
+    """``fit``'s boundary checks; returns the per-config seeds (None for one seed)."""
+    for what, v in (("epochs", epochs), ("batch size", batch_size)):
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
+    seeds = np.asarray(seed) if not _is_int(seed) and np.ndim(seed) == 1 else None
+    if seeds is None and not _is_int(seed) or seeds is not None and not all(_is_int(v) for v in seed):
+        raise ValueError(f"seed must be an integer, or one integer per config, got {seed!r}")
+    if seeds is not None and n_cfg is None:
+        raise ValueError("seed per config needs several configs (1-D hyperparameters)")
+    if seeds is not None and len(seeds) != n_cfg:
+        raise ValueError(f"{len(seeds)} seeds for {n_cfg} configs")
+    configs.check(n_cfg, batch_size)
+    if monitor.select is not None and monitor.select.startswith("val") and (val is None or not len(val[1])):
+        raise ValueError(f"select={monitor.select!r} needs a validation set")
+    per_cfg = configs.per_config_data
+    _check_labels(model, train[1], "train", per_cfg)
+    if val is not None:
+        _check_labels(model, val[1], "val", per_cfg)
+    arrays = tuple(train) + (tuple(val) if val is not None and len(val[1]) else ())
+    if per_cfg and any(np.shape(a)[0] != n_cfg for a in arrays):
+        raise ValueError(f"per_config_data: train and val arrays need a leading axis of {n_cfg} configs")
+    row = 1 if per_cfg else 0  # the examples axis
+    n_x, n_y = np.shape(train[0])[row], np.shape(train[1])[row]
+    if n_x != n_y:
+        raise ValueError(f"train x has {n_x} rows but y has {n_y}")
+    if batch_size > n_x:
+        raise ValueError(f"batch size {batch_size} > {n_x} training examples")
+    return seeds
 
 
 def _compiled_init(init, stacked):
@@ -333,11 +391,11 @@ def _compiled_init(init, stacked):
 _cached_init = functools.lru_cache(maxsize=64)(_compiled_init)
 
 
-class _Tracker:
-    """Per-config bookkeeping of ``fit`` on the host: divergence, the best epoch by the selected
-    metric, and patience."""
+class Tracker:
+    """Per-config bookkeeping of an epoch loop, on the host: divergence, the best epoch by the
+    ``select``-ed metric (one of ``SELECT``, or None), and ``patience`` (``Monitor``)."""
 
-    def __init__(self, shape, select, patience):
+    def __init__(self, shape, select=None, patience=None):
         self.shape, self.select, self.patience = shape, select, patience
         self.diverged = np.zeros(shape, bool)
         self.diverged_at = np.zeros(shape, int)
@@ -370,6 +428,16 @@ class _Tracker:
     def done(self) -> bool:
         return bool(np.all(self.diverged | self.stopped))
 
+    def summary(self, n_cfg=None):
+        """``History``'s ``diverged_at``, ``best_epoch`` and ``stopped_at`` (1-based epochs, None
+        where it never happened), one per config for the first ``n_cfg`` (None: one config)."""
+        def per_config(a):
+            out = [int(v) if v else None for v in np.atleast_1d(a)[:n_cfg]]
+            return out if n_cfg else out[0]
+        return {"diverged_at": per_config(self.diverged_at),
+                "best_epoch": per_config(self.best_epoch) if self.select else None,
+                "stopped_at": per_config(self.stopped_at) if self.patience else None}
+
 
 def _where_configs(mask, new, old):
     """Per config (the leading axis of every leaf; a scalar mask for one config): ``new`` where
@@ -387,7 +455,7 @@ def _is_int(v) -> bool:
 def _check_labels(model, y, split, per_config=False):
     """Integer class labels must lie in [0, classes) (one-hot targets pass as they are): out of
     range, a row would silently drop out of the cross-entropy inside the compiled epoch.
-    ``per_config``: ``y`` has a leading configs axis (``fit(per_config_data=True)``)."""
+    ``per_config``: ``y`` has a leading configs axis (``Configs.per_config_data``)."""
     y = np.asarray(y)
     if per_config:
         y = y.reshape((-1,) + y.shape[2:])
@@ -397,8 +465,19 @@ def _check_labels(model, y, split, per_config=False):
     losses.check_labels(y, shapes()[-1][-1] if shapes else None, f"{split} labels")
 
 
-def _map_configs(epoch_fn, eval_fn, per_config_data=False, per_config_key=False):
-    """The vmap signatures of ``fit``, run one config after another with ``lax.map``."""
+def share_configs(epoch_fn, eval_fn, how="map", per_config_data=False, per_config_key=False, spmd_axis=None):
+    """``make_epoch``'s ``epoch`` and ``make_eval``'s ``evaluate`` for one config, given a leading
+    configs axis on the carry, the hyperparameters and the model state: ``how="vmap"`` batches the
+    configs (``spmd_axis``: the mesh axis that axis is sharded over), ``"map"`` runs them one after
+    another with ``lax.map`` inside the program. ``per_config_data``: the data has a configs axis
+    too; ``per_config_key``: so has the epoch's key (a seed per config)."""
+    if how not in ("vmap", "map"):
+        raise ValueError(f"share_configs: how must be 'vmap' or 'map', got {how!r}")
+    dax, kax = (0 if per_config_data else None), (0 if per_config_key else None)
+    if how == "vmap":
+        return (jax.vmap(epoch_fn, in_axes=(0, dax, dax, 0, kax), spmd_axis_name=spmd_axis),
+                jax.vmap(eval_fn, in_axes=(0, 0, dax, dax), spmd_axis_name=spmd_axis))
+
     def epoch(carry, x, y, hparams, key):
         def one(c):
             carry_i, hp_i, x_i, y_i, k_i = c

@@ -38,8 +38,8 @@ def _out(params, h):
 def grid(n_cfg, how):
     model, params, data, hp = _grid_problem(n_cfg)
     mesh = parallel.make_mesh(configs=jax.device_count()) if how == "sharded" else None
-    p, _, h = train.fit(model, params, data, data, hparams=hp, epochs=2, batch_size=32, mesh=mesh,
-                        batch_configs="vmap" if how == "vmap" else "auto")
+    p, _, h = train.fit(model, params, data, data, hparams=hp, epochs=2, batch_size=32,
+                        configs=train.Configs(share="vmap" if how == "vmap" else "auto", mesh=mesh))
     return _out(p, h)
 
 
@@ -54,14 +54,14 @@ def data_parallel(name, how):
     params, state = model.init(jax.random.PRNGKey(0))
     mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if how == "sharded" else None
     p, s, h = train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.05, 0.9, 5e-4), epochs=1,
-                        batch_size=64, model_state=state, mesh=mesh)
+                        batch_size=64, model_state=state, configs=train.Configs(mesh=mesh))
     return {**_out(p, h), "state": [np.asarray(a, np.float64).tolist() for a in jax.tree_util.tree_leaves(s)]}
 
 
 def mesh2d():
     model, params, data, hp = _grid_problem(4)
     p, _, h = train.fit(model, params, data, data, hparams=hp, epochs=2, batch_size=32,
-                        mesh=parallel.make_mesh(configs=2, data=4))
+                        configs=train.Configs(mesh=parallel.make_mesh(configs=2, data=4)))
     return _out(p, h)
 
 

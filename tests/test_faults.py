@@ -252,8 +252,8 @@ def _tiny_fit(**kw):
 
 @pytest.mark.parametrize("kw,match", [  # the items 6 and 8, each one clear error
     ({"y": np.full(8, 7, np.int32)}, r"\[0, 3\)"),
-    ({"l2": -0.1}, "l2"), ({"seed": 1.5}, "seed"), ({"epochs": True}, "epochs"),
-    ({"batch_configs": "vmap"}, "several configs"),
+    ({"step": train.Step(l2=-0.1)}, "l2"), ({"seed": 1.5}, "seed"), ({"epochs": True}, "epochs"),
+    ({"configs": train.Configs(share="vmap")}, "several configs"),
     ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
 ])
 def test_bad_fit_inputs_give_one_clear_error(kw, match):

@@ -22,7 +22,7 @@ def test_select_returns_the_best_epochs_parameters():
     hp = optim.sgd_hyperparams(0.5, 0.9)  # a large step: validation loss goes up and down
     kw = dict(hparams=hp, epochs=12, batch_size=32)
     last, _, h = train.fit(MODEL, params, (x, y), (xv, yv), **kw)
-    best, _, hb = train.fit(MODEL, params, (x, y), (xv, yv), select="val_loss", **kw)
+    best, _, hb = train.fit(MODEL, params, (x, y), (xv, yv), monitor=train.Monitor(select="val_loss"), **kw)
     e = hb.best_epoch
     assert e == int(np.nanargmin(h.val_loss)) + 1  # the same run: same curves
     np.testing.assert_array_equal(hb.val_loss, h.val_loss)
@@ -37,14 +37,14 @@ def test_patience_stops_a_config_while_the_others_go_on():
     params, _ = MODEL.init(jax.random.PRNGKey(0))
     hp = optim.sgd_hyperparams([3.0, 0.05], [0.9, 0.0])  # the first one thrashes and stops early
     p, _, h = train.fit(MODEL, train.stack_params([params] * 2), (x, y), (xv, yv), hparams=hp, epochs=15,
-                        batch_size=32, select="val_acc", patience=2)
+                        batch_size=32, monitor=train.Monitor(select="val_acc", patience=2))
     stop = h.stopped_at[0]
     assert stop is not None and stop < 15 and (h.stopped_at[1] is None or h.stopped_at[1] > stop)
     va = np.asarray(h.val_acc)
     assert np.all(np.isnan(va[stop:, 0])) and np.all(np.isfinite(va[:stop, 0])) and np.isfinite(va[stop, 1])
     # the stopped config returned its best epoch's parameters; the other kept training
     alone, _, ha = train.fit(MODEL, params, (x, y), (xv, yv), hparams=optim.sgd_hyperparams(3.0, 0.9),
-                             epochs=stop, batch_size=32, select="val_acc")
+                             epochs=stop, batch_size=32, monitor=train.Monitor(select="val_acc"))
     assert ha.best_epoch == h.best_epoch[0]
     np.testing.assert_allclose(np.asarray(train.unstack_params(p, 0)[0]["W"]), np.asarray(alone[0]["W"]), rtol=1e-5)
 
@@ -57,7 +57,7 @@ def test_seeds_as_a_dimension_equal_each_seed_alone():
     hp = optim.sgd_hyperparams([0.1] * 3, 0.9)
     for mode in ("map", "vmap"):
         p, _, h = train.fit(MODEL, train.stack_params(inits), (xs, ys), (xs, ys), hparams=hp, epochs=3,
-                            batch_size=32, seed=[0, 1, 2], per_config_data=True, batch_configs=mode)
+                            batch_size=32, seed=[0, 1, 2], configs=train.Configs(mode, per_config_data=True))
         for i in range(3):
             q, _, g = train.fit(MODEL, inits[i], splits[i], splits[i], hparams=optim.sgd_hyperparams(0.1, 0.9),
                                 epochs=3, batch_size=32, seed=i)
@@ -95,17 +95,23 @@ def test_evaluation_never_augments():
         calls.append(xb.shape)
         return xb * 0.0  # trains on nothing; evaluation must still see the real data
     p, _, h = train.fit(MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=2,
-                        batch_size=32, augment=spy, eval_train=True)
+                        batch_size=32, step=train.Step(augment=spy), monitor=train.Monitor(eval_train=True))
     assert calls and all(s == (32, 12) for s in calls)  # traced once, on training minibatches only
     loss, acc = train.make_eval(MODEL)(p, None, jnp.asarray(x), jnp.asarray(y))
     assert float(acc) == pytest.approx(h.val_acc[-1]) and float(acc) == pytest.approx(h.train_acc[-1])
 
 
-@pytest.mark.parametrize("kw,match", [({"select": "val_f1"}, "select"), ({"patience": 3}, "patience"),
-                                      ({"select": "val_acc", "patience": 0}, "patience"),
-                                      ({"seed": [0, 1]}, "per config"), ({"per_config_data": True}, "per config")])
+@pytest.mark.parametrize("kw,match", [
+    (lambda: {"monitor": train.Monitor(select="val_f1")}, "select"),
+    (lambda: {"monitor": train.Monitor(patience=3)}, "patience"),
+    (lambda: {"monitor": train.Monitor(select="val_acc", patience=0)}, "patience"),
+    (lambda: {"monitor": train.Monitor(select="val_acc")}, "validation set"),
+    (lambda: {"seed": [0, 1]}, "per config"),
+    (lambda: {"configs": train.Configs(per_config_data=True)}, "per config")])
 def test_bad_selection_arguments(kw, match):
+    """Each is refused with its reason, whether the typed object (Monitor, Configs) or fit sees it."""
     x, y = _data()
     params, _ = MODEL.init(jax.random.PRNGKey(0))
+    val = None if match == "validation set" else (x, y)
     with pytest.raises(ValueError, match=match):
-        train.fit(MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32, **kw)
+        train.fit(MODEL, params, (x, y), val, hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32, **kw())

@@ -215,7 +215,7 @@ def test_hand_and_autodiff_training_agree_in_float64(variant):
         hp = optim.sgd_hyperparams(0.05, 0.9, 5e-4)
         curves = []
         for how in ("hand", "autodiff"):
-            epoch = train.make_epoch(train.make_grad_fn(model, grads=how), optim.HAND_SGD, 32, per_step=True)
+            epoch = train.make_epoch(train.make_step(train.make_grad_fn(model, grads=how), optim.HAND_SGD), 32, per_step=True)
             _, (steps, _) = jax.jit(epoch)((params, optim.sgd_init(params), state), x, y, hp, jax.random.PRNGKey(1))
             curves.append(np.asarray(steps))
         np.testing.assert_allclose(curves[0], curves[1], rtol=1e-12)
@@ -262,8 +262,8 @@ def test_train_flops_count_a_residual_block_as_one_layer():
     assert m.train_flops(2) == 2 * sum(4 * v + 2 * v * (i > first) for i, v in enumerate(macs))
 
 
-@pytest.mark.parametrize("batch_configs", ["map", "vmap"])
-def test_a_resnet_trains_through_fit_as_one_program_per_config(batch_configs):
+@pytest.mark.parametrize("share", ["map", "vmap"])
+def test_a_resnet_trains_through_fit_as_one_program_per_config(share):
     """fit takes a model with branches unchanged: two learning rates as one program equal each
     trained alone, and the training loss falls."""
     model = _tiny_resnet()
@@ -271,9 +271,9 @@ def test_a_resnet_trains_through_fit_as_one_program_per_config(batch_configs):
     xy = (np.asarray(x), np.asarray(y))
     params, state = model.init(jax.random.PRNGKey(0))
     lrs = (0.05, 0.1)
-    kw = dict(epochs=2, batch_size=16, optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only))
+    kw = dict(epochs=2, batch_size=16, step=train.Step(optim.sgd(nesterov=True, wd_mask=optim.weights_only)))
     ps, _, hs = train.fit(model, train.stack_params([params] * 2), xy, xy, hparams=optim.sgd_hyperparams(list(lrs), 0.9,
-                          5e-4), model_state=train.stack_params([state] * 2), batch_configs=batch_configs, **kw)
+                          5e-4), model_state=train.stack_params([state] * 2), configs=train.Configs(share), **kw)
     for i, lr in enumerate(lrs):
         p, _, h = train.fit(model, params, xy, xy, hparams=optim.sgd_hyperparams(lr, 0.9, 5e-4), model_state=state, **kw)
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)

@@ -132,11 +132,11 @@ def test_schedules_map_over_configs_like_lr():
     common = dict(epochs=3, batch_size=16)
     many = optim.sgd_hyperparams([0.1, 0.05], 0.9, 0.0, schedule=schedules.cosine([24, 10], [0.0, 0.5]))
     for mode in ("map", "vmap"):
-        p, _, h = train.fit(MODEL, train.stack_params([params] * 2), (x, y), hparams=many, batch_configs=mode,
-                            optimizer=optim.sgd(nesterov=True), **common)
+        p, _, h = train.fit(MODEL, train.stack_params([params] * 2), (x, y), hparams=many, configs=train.Configs(mode),
+                            step=train.Step(optim.sgd(nesterov=True)), **common)
         for i, (lr, T, fin) in enumerate([(0.1, 24, 0.0), (0.05, 10, 0.5)]):
             one = optim.sgd_hyperparams(lr, 0.9, 0.0, schedule=schedules.cosine(T, fin))
-            q, _, g = train.fit(MODEL, params, (x, y), hparams=one, optimizer=optim.sgd(nesterov=True), **common)
+            q, _, g = train.fit(MODEL, params, (x, y), hparams=one, step=train.Step(optim.sgd(nesterov=True)), **common)
             _close(train.unstack_params(p, i), q, rtol=1e-5)
             np.testing.assert_allclose(np.asarray(h.train_loss)[:, i], g.train_loss, rtol=1e-5)
 
@@ -162,4 +162,4 @@ def test_nesterov_needs_momentum_and_no_dampening():
     params, _ = MODEL.init(jax.random.PRNGKey(0))
     for hp in (optim.sgd_hyperparams(0.1, 0.0), optim.sgd_hyperparams(0.1, 0.9, 0.0, 0.2)):
         with pytest.raises(ValueError, match="Nesterov"):
-            train.fit(MODEL, params, (x, y), hparams=hp, epochs=1, batch_size=16, optimizer=optim.sgd(nesterov=True))
+            train.fit(MODEL, params, (x, y), hparams=hp, epochs=1, batch_size=16, step=train.Step(optim.sgd(nesterov=True)))

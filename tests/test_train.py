@@ -79,7 +79,7 @@ def test_fit_hand_equals_autodiff_and_optax():
     runs = {}
     for opt, gr in (("hand", "hand"), ("optax", "autodiff"), ("hand", "autodiff"), ("hand", "vjp")):
         p, _, h = train.fit(MODEL, params, tr, tr, hparams=hp, epochs=3, batch_size=32,
-                            optimizer=opt, grads=gr)
+                            step=train.Step(optimizer=opt, grads=gr))
         runs[opt, gr] = (p, h)
     ref = runs["hand", "hand"][0]
     for key, (p, h) in runs.items():
@@ -88,14 +88,14 @@ def test_fit_hand_equals_autodiff_and_optax():
     assert runs["hand", "hand"][1].train_loss[-1] < runs["hand", "hand"][1].train_loss[0]
 
 
-@pytest.mark.parametrize("batch_configs", ["map", "vmap"])
-def test_many_configs_equal_each_alone(batch_configs):
+@pytest.mark.parametrize("share", ["map", "vmap"])
+def test_many_configs_equal_each_alone(share):
     tr, params = _problem()
     grid = [(0.05, 0.9, 0.001), (0.1, 0.0, 0.0), (0.02, 0.5, 0.01)]
     inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in range(3)]
     hp = optim.sgd_hyperparams(*zip(*grid))
     ps, _, hs = train.fit(MODEL, train.stack_params(inits), tr, tr, hparams=hp, epochs=2,
-                          batch_size=32, batch_configs=batch_configs)
+                          batch_size=32, configs=train.Configs(share))
     for i, (g, p0) in enumerate(zip(grid, inits)):
         p, _, h = train.fit(MODEL, p0, tr, tr, hparams=optim.sgd_hyperparams(*g), epochs=2, batch_size=32)
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
@@ -111,10 +111,35 @@ def test_divergence_is_marked_and_others_continue():
     assert np.all(np.isfinite(np.asarray(h.train_loss)[:, 0])) and np.isnan(h.train_loss[-1][1])
 
 
+def test_the_parts_wired_by_hand_are_fit():
+    """make_grad_fn -> make_step -> make_epoch -> share_configs -> run_epochs, wired as the README's
+    "fit, taken apart" shows, is fit: the same parameters and curves, bit for bit, for a grid of
+    configs (map and vmap), selection by validation, and an augmentation."""
+    tr, params = _problem()
+    val = (tr[0][:64], tr[1][:64])
+    hp = optim.sgd_hyperparams([0.1, 0.05, 0.2], [0.9, 0.0, 0.5], [0.0, 1e-3, 0.0])
+    flip = lambda k, xb: jnp.where(jax.random.bernoulli(k, 0.5, (xb.shape[0], 1)), -xb, xb)  # noqa: E731
+    monitor = train.Monitor(select="val_loss")
+    for share in ("map", "vmap"):
+        ps = train.stack_params([params] * 3)
+        p_fit, _, h_fit = train.fit(MODEL, ps, tr, val, hparams=hp, epochs=3, batch_size=32, seed=4,
+                                    step=train.Step(augment=flip), configs=train.Configs(share), monitor=monitor)
+        step = train.make_step(train.make_grad_fn(MODEL), optim.HAND_SGD, augment=flip)
+        epoch, evaluate = train.share_configs(train.make_epoch(step, 32), train.make_eval(MODEL), share)
+        carry = (ps, jax.vmap(optim.HAND_SGD.init)(ps), MODEL.empty_state())
+        key = jax.random.PRNGKey(4)
+        p_hand, _, h_hand = train.run_epochs(epoch, evaluate, carry, (*tr, *val), hp,
+                                             lambda e: jax.random.fold_in(key, e), 3, n_cfg=3, monitor=monitor)
+        chex.assert_trees_all_equal(p_hand, p_fit)
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            np.testing.assert_array_equal(getattr(h_hand, k), getattr(h_fit, k))
+        assert h_hand.best_epoch == h_fit.best_epoch and len(h_fit.best_epoch) == 3
+
+
 def test_epoch_compiles_once():
     tr, params = _problem()
     grad_fn = train.make_grad_fn(MODEL, grads="hand")
-    epoch = jax.jit(chex.assert_max_traces(train.make_epoch(grad_fn, optim.HAND_SGD, 32), n=1))
+    epoch = jax.jit(chex.assert_max_traces(train.make_epoch(train.make_step(grad_fn, optim.HAND_SGD), 32), n=1))
     carry = (params, optim.sgd_init(params), MODEL.empty_state())
     x, y = map(jnp.asarray, tr)
     for e in range(3):
@@ -134,11 +159,12 @@ def test_bad_hyperparameters(hp, match):
 
 @pytest.mark.parametrize("kw,match", [({"batch_size": 0}, "batch size"), ({"epochs": 0}, "epochs"),
                                       ({"epochs": True}, "epochs"), ({"epochs": 1.0}, "epochs"),
-                                      ({"seed": 1.5}, "seed"), ({"l2": -0.1}, "l2"),
-                                      ({"batch_configs": "vmap"}, "several configs"),
+                                      ({"seed": 1.5}, "seed"), ({"step": train.Step(l2=-0.1)}, "l2"),
+                                      ({"configs": train.Configs(share="vmap")}, "several configs"),
                                       ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
-                                      ({"batch_size": 10_000}, "batch size"), ({"optimizer": "adam"}, "unknown optimizer"),
-                                      ({"grads": "numeric"}, "grads")])
+                                      ({"batch_size": 10_000}, "batch size"),
+                                      ({"step": train.Step(optimizer="adam")}, "unknown optimizer"),
+                                      ({"step": train.Step(grads="numeric")}, "grads")])
 def test_bad_fit_arguments(kw, match):
     tr, params = _problem()
     args = {"hparams": optim.sgd_hyperparams(0.1), "epochs": 1, "batch_size": 32, **kw}

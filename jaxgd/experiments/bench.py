@@ -240,7 +240,7 @@ def _mlp_jax_loops(x, y, batch_size):
     jstep = jax.jit(step).lower(params, opt.init(params), x[idx[0]], y[idx[0]]).compile()
     specs.append(({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
                    "flops": flops}, loop(jstep)))
-    epoch = train.make_epoch(grad_fn, opt, batch_size)
+    epoch = train.make_epoch(train.make_step(grad_fn, opt), batch_size)
     carry = (params, opt.init(params), state)
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
@@ -385,12 +385,12 @@ def bench_configs(cfg) -> dict:
     (xs, ys), params, lrs = _grid(cfg)
     k = cfg.n_configs
     epochs = cfg.repeats + 1  # the first epoch is the warm-up
-    common = dict(epochs=epochs, batch_size=64, optimizer="hand", grads="hand")
+    common = dict(epochs=epochs, batch_size=64)  # hand gradients, hand SGD
     rows = []
     stacked = train.stack_params([params] * k)
     hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
     for mode in ("auto", "vmap", "map"):
-        _, _, h = train.fit(MLP, stacked, (xs, ys), hparams=hp, batch_configs=mode, **common)
+        _, _, h = train.fit(MLP, stacked, (xs, ys), hparams=hp, configs=train.Configs(share=mode), **common)
         resolved = mode if mode != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
         rows.append({"name": f"{k} configs in one program ({mode}{' = ' + resolved if mode == 'auto' else ''}), "
                              "per config-epoch", **_epoch_times(h, k)})
@@ -426,7 +426,7 @@ def scaling_point(devices, cfg) -> list[dict]:
     k, epochs = cfg.n_configs, cfg.repeats + 1
     hp = optim.sgd_hyperparams(lrs, HP[1], HP[2])
     _, _, h = train.fit(MLP, train.stack_params([params] * k), data, hparams=hp, epochs=epochs, batch_size=64,
-                        batch_configs="vmap", mesh=parallel.make_mesh(configs=devices, devices=devs))
+                        configs=train.Configs(share="vmap", mesh=parallel.make_mesh(configs=devices, devices=devs)))
     grid = {"name": f"{devices} device(s): {k}-config grid epoch, configs sharded", "devices": devices, **_epoch_times(h),
             "configs_per_s": k / statistics.median(h.epoch_time[1:])}
     cnn = models.mnist_zoo("cnn")
@@ -434,7 +434,7 @@ def scaling_point(devices, cfg) -> list[dict]:
     params, state = cnn.init(jax.random.PRNGKey(0))
     _, _, h = train.fit(cnn, params, (xc, yc), hparams=optim.sgd_hyperparams(*HP), epochs=epochs,
                         batch_size=cfg.cnn_batch, model_state=state,
-                        mesh=parallel.make_mesh(configs=1, data=devices, devices=devs))
+                        configs=train.Configs(mesh=parallel.make_mesh(configs=1, data=devices, devices=devs)))
     n = cfg.n_cnn // cfg.cnn_batch * cfg.cnn_batch
     data = {"name": f"{devices} device(s): CNN epoch, minibatches sharded", "devices": devices, **_epoch_times(h),
             "samples_per_s": n / statistics.median(h.epoch_time[1:])}
@@ -538,7 +538,7 @@ def _torch_fit(hp, xt, yt, xv, yv, batch_size, epochs) -> float:
 def _cnn_epoch(model, params, x, y, batch_size, grads="hand"):
     """``(compile_s, fn)``, ``fn`` running one more compiled CNN epoch per call."""
     hp = optim.sgd_hyperparams(*HP)
-    epoch = train.make_epoch(train.make_grad_fn(model, grads=grads), optim.HAND_SGD, batch_size)
+    epoch = train.make_epoch(train.make_step(train.make_grad_fn(model, grads=grads), optim.HAND_SGD), batch_size)
     carry = (params, optim.sgd_init(params), model.empty_state())
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar10_softmax import REPORT_TEST_ACC, init
-from jaxgd.experiments.common import provenance, warmup_cosine, write
+from jaxgd.experiments.common import BEST_BY_VAL, improved_step, provenance, warmup_cosine, write
 from jaxgd.experiments.config import NON_NEGATIVE, POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 
 TARGET = 0.42
@@ -54,9 +54,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     params = init(jax.random.PRNGKey(cfg.seed), d.train.x.shape[1])
     show = progress.epoch_logger(f"{len(grid)} configs", cfg.epochs, quiet=not verbose, log=log)
     p, _, h = train.fit(model, train.stack_params([params] * len(grid)), d.train, d.val, hparams=hp,
-                        epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed,
-                        optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",
-                        augment=augment.flip_crop((32, 32, 3), crop=False), progress=show)
+                        epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, monitor=BEST_BY_VAL,
+                        step=improved_step(augment.flip_crop((32, 32, 3), crop=False)), progress=show)
     show.close()
     va = np.asarray(h.val_acc, float)
     best_val = [float(np.nanmax(va[:, i])) for i in range(len(grid))]

@@ -65,8 +65,8 @@ def train_one(d, lam, eta, cfg, key, show=None):
     params = init(key, d.train.x.shape[1])
     penalty = lambda p: float(lam * jnp.sum(p[0]["W"] ** 2))  # noqa: E731
     params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
-                             epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, grads="hand",
-                             l2=lam, eval_train=True, callback=lambda e, p, s: penalty(p), progress=show)
+                             epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, step=train.Step(l2=lam),
+                             monitor=train.Monitor(eval_train=True), callback=lambda e, p, s: penalty(p), progress=show)
     hd = h.as_dict()
     hd["train_cost"], hd["val_cost"] = hd.pop("train_loss"), hd.pop("val_loss")
     hd["train_loss"] = [c - r for c, r in zip(hd["train_cost"], h.extra)]

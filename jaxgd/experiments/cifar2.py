@@ -66,17 +66,18 @@ def label(cfg) -> str:
     return f"lr={lr:g} momentum={m:g} wd={wd:g}"
 
 
-def _fit(d, params, grid, cfg, **kw):
+def _fit(d, params, grid, cfg, step=train.Step(), progress=None):
     """One config (a tuple) alone, or a list of configs stacked into one program."""
+    configs = train.Configs()
     if isinstance(grid, tuple):
         hp = optim.sgd_hyperparams(*grid)
     else:
         hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
         params = train.stack_params([params] * len(grid))
         if cfg.shard_configs and jax.device_count() > 1:
-            kw["mesh"] = parallel.make_mesh(configs=jax.device_count())
-    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg.epochs,
-                     batch_size=cfg.batch_size, seed=cfg.seed, **kw)
+            configs = train.Configs(mesh=parallel.make_mesh(configs=jax.device_count()))
+    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                     seed=cfg.seed, step=step, configs=configs, progress=progress)
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
@@ -101,7 +102,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
         if verbose and bar.disable:
             log(f"training {what}: " + "; ".join(label(g) for g in chunk))
         show = progress.epoch_logger(what, cfg.epochs, quiet=not verbose, log=log)
-        _, _, h = _fit(d, params, chunk, cfg, optimizer="hand", grads="hand", progress=show)
+        _, _, h = _fit(d, params, chunk, cfg, progress=show)
         show.close()
         bar.update(len(chunk))
         hd = h.as_dict()
@@ -119,9 +120,9 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     best = tuple(ok[best_label][k] for k in ("lr", "momentum", "weight_decay"))
 
     # The chosen config again: hand SGD + hand backprop (must reproduce the grid run) ...
-    p_hand, _, h_hand = _fit(d, params, best, cfg, optimizer="hand", grads="hand")
+    p_hand, _, h_hand = _fit(d, params, best, cfg)
     # ... and the library way: jax.grad + optax, for the overlay.
-    _, _, h_optax = _fit(d, params, best, cfg, optimizer="optax", grads="autodiff")
+    _, _, h_optax = _fit(d, params, best, cfg, train.Step(optimizer="optax", grads="autodiff"))
     logits = np.asarray(train.predict(MODEL, p_hand, None, jnp.asarray(d.test.x)))
     pred = logits.argmax(-1)
     test_acc = float((pred == d.test.y).mean())

@@ -10,7 +10,7 @@ each run's parameters from its best epoch by validation accuracy.
 Protocol: the learning rate is chosen on validation accuracy (best epoch) at seed 0, among
 ``lrs``, all trained as one program. The chosen config is then trained at every seed of
 ``seeds``, where the seed changes the train/validation split, the initial weights, the batch
-order and the augmentation, all seeds as one program (``fit(seed=[...], per_config_data=True)``).
+order and the augmentation, all seeds as one program (``fit(seed=[...], configs=Configs(per_config_data=True))``).
 The test set is read once per seed, for the chosen config at its best validation epoch, and
 reported as mean +- standard deviation (ddof 1).
 """
@@ -24,7 +24,8 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar2 import SIZES
-from jaxgd.experiments.common import provenance, seed_runs, stack_splits, warmup_cosine, write
+from jaxgd.experiments.common import (BEST_BY_VAL, improved_step, provenance, seed_runs, stack_splits,
+                                     warmup_cosine, write)
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 
 TARGET = 0.89  # mean test accuracy over >= 3 seeds
@@ -62,9 +63,9 @@ def _fit(cfg, params, train_xy, val_xy, lrs, seeds=None, per_config_data=False, 
     hp = optim.sgd_hyperparams(list(lrs), cfg.momentum, cfg.weight_decay,
                                schedule=warmup_cosine(cfg.warmup, cfg.epochs, train_xy[1].shape[-1], cfg.batch_size))
     return train.fit(MODEL, train.stack_params(params), train_xy, val_xy, hparams=hp, epochs=cfg.epochs,
-                     batch_size=cfg.batch_size, optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only),
-                     select="val_acc", augment=augment.flip_crop((32, 32, 3), cfg.pad),
-                     seed=list(seeds) if seeds is not None else 0, per_config_data=per_config_data, progress=show)
+                     batch_size=cfg.batch_size, step=improved_step(augment.flip_crop((32, 32, 3), cfg.pad)),
+                     monitor=BEST_BY_VAL, seed=list(seeds) if seeds is not None else 0,
+                     configs=train.Configs(per_config_data=per_config_data), progress=show)
 
 
 def run(config=None, out=None, verbose=True, log=print) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgd import parallel, progress, schedules, train
+from jaxgd import optim, parallel, progress, schedules, train
 from jaxgd._files import atomic_write
 
 
@@ -194,6 +194,16 @@ def write(name, out, res, json_name="results.json", figures=()) -> None:
             draw(st / fname)
 
 
+def improved_step(augmentation=None) -> train.Step:
+    """The improved protocols' update: Nesterov SGD with weight decay on the weights only (not
+    biases or batch-norm parameters), training minibatches transformed by ``augmentation``."""
+    return train.Step(optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), augment=augmentation)
+
+
+BEST_BY_VAL = train.Monitor(select="val_acc")  # the improved protocols return each run's best epoch by validation
+PER_SEED_DATA = train.Configs(per_config_data=True)  # one config per seed, each with its own split
+
+
 def warmup_cosine(fraction, epochs, n_train, batch_size):
     """The improved protocols' schedule: a linear warm-up over ``fraction`` of the ``epochs`` epochs'
     steps (``n_train // batch_size`` each, as ``fit`` drops the last partial batch), then a cosine to 0."""
@@ -203,7 +213,7 @@ def warmup_cosine(fraction, epochs, n_train, batch_size):
 
 def stack_splits(splits, part):
     """``(x, y)`` of split ``part`` ("train" or "val") of each dataset in ``splits``, stacked on a
-    leading seeds axis (``fit(per_config_data=True)``)."""
+    leading seeds axis (``fit(configs=Configs(per_config_data=True))``)."""
     return tuple(np.stack([getattr(d, part)[i] for d in splits]) for i in (0, 1))
 
 

@@ -13,7 +13,7 @@ accuracy.
 
 Protocol: the settings are fixed in advance, with no search (one learning rate for all nine
 models). Each model trains at every seed of ``seeds`` as one program (``fit(seed=[...],
-per_config_data=True)``): the seed changes the split, the initial weights, the batch order, the
+configs=Configs(per_config_data=True))``): the seed changes the split, the initial weights, the batch order, the
 dropout masks and the shifts. The test set is read once per seed, at the best validation epoch,
 and reported as mean +- standard deviation (ddof 1). Each finished model is saved at once, so a
 stopped run resumes.
@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from jaxgd import augment, data, layers, models, optim, progress, train
-from jaxgd.experiments.common import (PartialRun, outdir, provenance, seed_runs, stack_splits, warmup_cosine,
-                                     write)
+from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, improved_step, outdir, provenance,
+                                     seed_runs, stack_splits, warmup_cosine, write)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.mnist_zoo import MODELS
 
@@ -83,10 +83,9 @@ def train_one(name, splits, stacked, cfg, verbose=False, log=print) -> dict:
     show = progress.epoch_logger(f"{name} x {n} seeds", epochs, quiet=not verbose,
                                  log=lambda s: log(f"  {name}: {s}"))
     p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
-                         epochs=epochs, batch_size=cfg.batch_size, seed=list(cfg.seeds), per_config_data=True,
-                         model_state=train.stack_params([i[1] for i in inits]),
-                         optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",
-                         augment=augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None,
+                         epochs=epochs, batch_size=cfg.batch_size, seed=list(cfg.seeds), configs=PER_SEED_DATA,
+                         model_state=train.stack_params([i[1] for i in inits]), monitor=BEST_BY_VAL,
+                         step=improved_step(augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None),
                          progress=show)
     show.close()
     runs, mean, std = seed_runs(model, p, st, h, splits, cfg.seeds, "train_loss")

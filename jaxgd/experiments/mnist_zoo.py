@@ -66,10 +66,10 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg.compare_epoch else None
     show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"),
                                  val_name="test")  # the zoo's protocol has no validation set: fit's val is test
-    _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, grads=cfg.grads,
-                        batch_size=cfg.batch_size, seed=cfg.seed, model_state=state, eval_train=True,
-                        mesh=parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None,
-                        progress=show)
+    mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None
+    _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        seed=cfg.seed, model_state=state, step=train.Step(grads=cfg.grads),
+                        configs=train.Configs(mesh=mesh), monitor=train.Monitor(eval_train=True), progress=show)
     show.close()
     h = h.as_dict()
     return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg.grads,
@@ -87,8 +87,8 @@ def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) -> dict:
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)  # fit's first epoch key
     curves = {}
     for how in ("hand", "autodiff"):
-        epoch = train.make_epoch(train.make_grad_fn(model, grads=how), optim.HAND_SGD, cfg.batch_size,
-                                 per_step=True)
+        step = train.make_step(train.make_grad_fn(model, grads=how), optim.HAND_SGD)
+        epoch = train.make_epoch(step, cfg.batch_size, per_step=True)
         carry = (params, optim.sgd_init(params), state)
         _, (losses, _) = jax.jit(epoch)(carry, x, y, hp, key)
         curves[how] = np.asarray(losses)

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgd import augment, data, losses, models, optim, progress, train
-from jaxgd.experiments.common import (PartialRun, outdir, provenance, seed_runs, stack_splits, warmup_cosine,
-                                     write)
+from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, improved_step, outdir, provenance,
+                                     seed_runs, stack_splits, warmup_cosine, write)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 
 DATASETS = ("cifar2", "cifar10")
@@ -106,10 +106,9 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
                                  log=lambda s: log(f"  {dataset}: {s}"))
     t0 = time.time()
     p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
-                         epochs=epochs, batch_size=cfg.batch_size, seed=list(seeds), per_config_data=True,
-                         model_state=train.stack_params([i[1] for i in inits]),
-                         optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), select="val_acc",
-                         augment=augment.flip_crop((32, 32, 3), cfg.pad), progress=show)
+                         epochs=epochs, batch_size=cfg.batch_size, seed=list(seeds), configs=PER_SEED_DATA,
+                         model_state=train.stack_params([i[1] for i in inits]), monitor=BEST_BY_VAL,
+                         step=improved_step(augment.flip_crop((32, 32, 3), cfg.pad)), progress=show)
     show.close()
     runs, mean, std = seed_runs(model, p, st, h, splits, seeds, "train_loss")
     return {"dataset": dataset, "layers": model.describe(), "n_params": models.count_params(inits[0][0]),
