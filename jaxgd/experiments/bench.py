@@ -2,8 +2,9 @@
 
 Every figure is the median (with min and max) of ``repeats`` timed runs after one untimed
 warm-up; compile time is measured apart (ahead-of-time ``lower().compile()``). The rows that a
-ratio compares are timed in interleaved rounds (``interleaved``: one run of each, then again),
-so that a machine slowing down for a while slows them alike. The data are random arrays of the
+ratio compares are timed in interleaved rounds (``timing.interleaved``: one run of each, then
+again), so that a machine slowing down for a while slows them alike. This module holds the
+sections; ``timing`` the harness, ``torch_peers`` the PyTorch loops they are compared with. The data are random arrays of the
 real shapes, so no dataset is needed. Speed is compared only within one run: the ratios are what
 to quote, the absolute times drift from run to run.
 
@@ -44,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -55,10 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import models, optim, parallel, train
+from jaxgd.experiments import timing, torch_peers
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
+from jaxgd.experiments.timing import device_name
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "grid")
@@ -94,120 +96,9 @@ TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/ja
            "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
 
 
-def timeit(fn, repeats=5, warmup=1) -> dict:
-    """Run ``fn`` (which must block until its work is done) ``warmup`` + ``repeats`` times."""
-    return interleaved({"": fn}, repeats, warmup)[""]
-
-
-def interleaved(fns: dict, repeats=5, warmup=1) -> dict:
-    """Time the callables ``{name: fn}`` round-robin: ``warmup`` untimed runs of each, then
-    ``repeats`` rounds of one timed run of each; ``{name: timeit-style result}``. A machine that
-    slows down for a while (a shared VM does) then slows every row of a comparison alike. (Timed
-    one row after another, two runs of this bench on one idle 2-core VM read ``jaxgd/torch CNN``
-    as 1.03 and 1.28.)"""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
-            for name, ts in times.items()}
-
-
-def _rows(specs, repeats, per=1) -> list[dict]:
-    """Time ``[(row, fn), ...]`` interleaved, ``fn`` doing ``per`` repetitions of what the row
-    names; each ``row`` dict (its name and extras, e.g. ``compile_s``) gets its times per
-    repetition, and ``gflops`` where it says how many ``flops`` one repetition does."""
-    timed = interleaved({row["name"]: fn for row, fn in specs}, repeats)
-    out = []
-    for row, _ in specs:
-        r = {**row, **_per(timed[row["name"]], per)}
-        flops = r.pop("flops", None)
-        if flops:
-            r["gflops"] = flops / r["median_s"] / 1e9
-        out.append(r)
-    return out
-
-
-def _per(r, n) -> dict:
-    """A ``timeit`` result of ``n`` repetitions of something, per repetition."""
-    return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
-
-
-def device_name() -> str:
-    """``cpu-<n>core`` or the accelerator's kind, as a file name (results/bench/<name>.json)."""
-    dev = jax.devices()[0]
-    name = f"cpu-{os.cpu_count()}core" if dev.platform == "cpu" else f"{dev.platform}-{dev.device_kind}"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _block(tree):
-    return jax.block_until_ready(tree)
-
-
-def _training(compiled, carry, *args):
-    """A callable that runs one more compiled epoch from where the last one stopped, as ``fit`` does
-    (re-running from the same carry measured 1.4x slower on XLA:CPU: fresh buffers every call)."""
-    state = {"carry": carry}
-
-    def run():
-        state["carry"] = _block(compiled(state["carry"], *args)[0])
-    return run
-
-
 def _mlp_data(n, seed=0):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
     return jax.random.normal(kx, (n,) + MLP.in_shape), jax.random.randint(ky, (n,), 0, MLP.shapes()[-1][0])
-
-
-# ------------------------------------------------------------------------------------------
-# 5. machine reference
-
-def matmul_peak(sizes=(1024, 2048, 4096), repeats=5) -> dict:
-    """The fastest of square float32 matmuls (jitted) of the given sizes, in GFLOP/s (2 n^3 / t)."""
-    best = None
-    for n in sizes:
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-        f = jax.jit(jnp.matmul)
-        r = timeit(lambda: _block(f(a, b)), repeats)
-        r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
-        if best is None or r["gflops"] > best["gflops"]:
-            best = {"name": f"matmul {n}^3 float32 (jit), the fastest of sizes {list(sizes)}", **r}
-    return best
-
-
-def precision_probe() -> dict:
-    """Whether this backend runs float32 matmuls and convolutions at full float32 precision or in
-    TF32 (as XLA may on NVIDIA GPUs): the relative error of one of each against float64 numpy
-    (float32 gives about 1e-7, TF32 about 1e-4 to 1e-3)."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((256, 2048)), rng.standard_normal((2048, 256))
-    got = np.asarray(jax.jit(jnp.matmul)(a.astype(np.float32), b.astype(np.float32)), np.float64)
-    dot = float(np.linalg.norm(got - a @ b) / np.linalg.norm(a @ b))
-    x, w = rng.standard_normal((8, 16, 16, 64)), rng.standard_normal((3, 3, 64, 64))
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    got = np.asarray(jax.jit(conv)(x.astype(np.float32), w.astype(np.float32)), np.float64)
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + 16, j:j + 16], w[i, j]) for i in range(3) for j in range(3))
-    cv = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-    return {"float32_matmul_rel_error": dot, "float32_conv_rel_error": cv,
-            "tf32_matmul": dot > 1e-5, "tf32_conv": cv > 1e-5}
-
-
-def _torch_precision_like(torch, probe):
-    """PyTorch on CUDA set to the float32 precision JAX used (TF32 or not) for matmuls and cuDNN
-    convolutions, so that the loops compare at the same precision; returns what was set."""
-    if _torch_device() != "cuda":
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = probe["tf32_matmul"]
-    torch.backends.cudnn.allow_tf32 = probe["tf32_conv"]
-    return {"matmul.allow_tf32": probe["tf32_matmul"], "cudnn.allow_tf32": probe["tf32_conv"]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,7 +122,7 @@ def _mlp_jax_loops(x, y, batch_size):
             p, s = params, opt.init(params)
             for i in idx:
                 p, s, v = step_fn(p, s, x[i], y[i])
-            _block(v)
+            timing.block(v)
         return run
 
     flops = MLP.train_flops(n_b * batch_size)
@@ -246,87 +137,12 @@ def _mlp_jax_loops(x, y, batch_size):
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
     specs.append(({"name": f"jaxgd compiled epoch, bs {batch_size}", "compile_s": time.perf_counter() - t,
-                   "flops": flops}, _training(compiled, carry, x, y, hp, key)))
+                   "flops": flops}, timing.training(compiled, carry, x, y, hp, key)))
     return specs
 
 
 def _torch_mlp():
-    import torch
-    torch.manual_seed(0)
-    layers = []
-    for a, b in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    return torch.nn.Sequential(*layers[:-1])
-
-
-def _torch_rows(what, make_model, xt, yt, batch_size, flops) -> list[tuple]:
-    """``[(row, fn), ...]``: the PyTorch loop under glibc malloc's mmap threshold fixed at its
-    initial 128 KiB, and raised to 1 GiB, so that freed blocks are reused instead of mmapped afresh
-    (with page faults) every step, as jemalloc/tcmalloc would. How much that matters differs from
-    machine to machine (the two rows show it here); the ratios use the faster row. Each run sets
-    its threshold, so the two can be interleaved. On CUDA (host malloc does not touch the loop's
-    tensors) or without glibc: one row, malloc as found."""
-    if _torch_device() == "cuda" or _mmap_threshold(1).libc is None:
-        return [({"name": f"PyTorch eager loop, {what}", "torch_device": _torch_device(), "flops": flops},
-                 _torch_loop(make_model(), xt, yt, batch_size))]
-    return [({"name": f"PyTorch eager loop (malloc mmap threshold {label}), {what}", "torch_device": "cpu",
-              "flops": flops}, _under(_mmap_threshold(nbytes), _torch_loop(make_model(), xt, yt, batch_size)))
-            for label, nbytes in (("128 KiB", 128 * 1024), ("1 GiB", 1 << 30))]
-
-
-def _under(context, fn):
-    """``fn`` run inside ``context``, entered anew at every call."""
-    def run():
-        with context:
-            fn()
-    return run
-
-
-class _mmap_threshold:
-    """Set glibc's M_MMAP_THRESHOLD for the block, then fix it at glibc's initial 128 KiB;
-    ``None`` changes nothing. Yields whether it could (False where there is no glibc)."""
-    def __init__(self, nbytes):
-        self.nbytes, self.libc = nbytes, None
-        if nbytes is not None:
-            try:
-                import ctypes
-                self.libc = ctypes.CDLL("libc.so.6")
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self.libc is not None and self.libc.mallopt(-3, self.nbytes) == 1  # M_MMAP_THRESHOLD = -3
-
-    def __exit__(self, *exc):
-        if self.libc is not None:
-            self.libc.mallopt(-3, 128 * 1024)
-
-
-def _torch_loop(model, xt, yt, batch_size):
-    """A callable running one epoch of PyTorch's usual loop: shuffle, zero_grad, forward,
-    cross_entropy, backward, SGD step."""
-    import torch
-    dev = _torch_device()
-    model, xt, yt = model.to(dev), xt.to(dev), yt.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=HP[0], momentum=HP[1], weight_decay=HP[2])
-    n_b = xt.shape[0] // batch_size
-
-    def run():
-        perm = torch.randperm(xt.shape[0], device=dev)[: n_b * batch_size].view(n_b, batch_size)
-        for i in perm:
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(xt[i]), yt[i])
-            loss.backward()
-            opt.step()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-    return run
-
-
-def _torch_device():
-    """Where the PyTorch reference runs: beside JAX (the CPU, or CUDA when JAX is on a GPU)."""
-    import torch
-    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    return torch_peers.mlp(MLP_SIZES)
 
 
 def bench_mlp_epoch(cfg, have_torch) -> dict:
@@ -335,8 +151,9 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
     for bs in cfg.batch_sizes:
         specs = _mlp_jax_loops(x, y, bs)
         if have_torch:
-            specs += _torch_rows(f"bs {bs}", _torch_mlp, _tensor(x), _long(y), bs, MLP.train_flops((cfg.n_mlp // bs) * bs))
-        jr = _rows(specs, cfg.repeats)
+            specs += torch_peers.rows(f"bs {bs}", _torch_mlp, torch_peers.tensor(x), torch_peers.long(y), bs,
+                                      MLP.train_flops((cfg.n_mlp // bs) * bs), HP)
+        jr = timing.rows(specs, cfg.repeats)
         rows += jr
         ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
@@ -364,8 +181,8 @@ def bench_grad(cfg) -> dict:
             specs.append(({"name": f"{what} {'hand backprop' if how == 'hand' else 'jax.grad'}, one gradient, "
                                    f"bs {x.shape[0]}"},
                           lambda g=g, params=params, state=state, x=x, y=y:
-                          [_block(g(params, state, x, y, None)[2]) for _ in range(n)]))
-        pair = _rows(specs, cfg.repeats, per=n)
+                          [timing.block(g(params, state, x, y, None)[2]) for _ in range(n)]))
+        pair = timing.rows(specs, cfg.repeats, per=n)
         rows += pair
         ratios[f"hand/jax.grad {what}"] = pair[0]["median_s"] / pair[1]["median_s"]
     return {"rows": rows, "ratios": ratios}
@@ -482,7 +299,7 @@ def bench_grid(cfg, have_torch) -> dict:
     k, e, bs = len(grid), cfg.grid_epochs, 64
     t = time.perf_counter()
     _, _, h = train.fit(MLP, train.stack_params([params] * k), (x, y), (xv, yv), hparams=hp, epochs=e, batch_size=bs)
-    _block(h.val_acc[-1])
+    timing.block(h.val_acc[-1])
     wall = time.perf_counter() - t
     rows = [{"name": f"jaxgd: {k} configs x {e} epochs, bs {bs}, one fit, wall incl. compile", "median_s": wall,
              "min_s": wall, "max_s": wall, "times_s": [wall], "compile_s": h.compile_time,
@@ -490,46 +307,16 @@ def bench_grid(cfg, have_torch) -> dict:
     ratios = {"INF265 grid wall s, jaxgd": wall}
     if have_torch:
         m = min(cfg.grid_torch_configs, k)
-        ts = [_torch_fit(grid[i], _tensor(x), _long(y), _tensor(xv), _long(yv), bs, e) for i in range(m)]
+        xt, yt, xvt, yvt = torch_peers.tensor(x), torch_peers.long(y), torch_peers.tensor(xv), torch_peers.long(yv)
+        ts = [torch_peers.fit(_torch_mlp(), grid[i], xt, yt, xvt, yvt, bs, e) for i in range(m)]
         total = statistics.mean(ts) * k
         rows.append({"name": f"PyTorch: {k} configs one after another, {e} epochs each ({m} timed, mean x {k})",
                      "median_s": total, "min_s": min(ts) * k, "max_s": max(ts) * k, "times_s": ts,
-                     "torch_device": _torch_device(),
+                     "torch_device": torch_peers.device(),
                      "gflops": MLP.train_flops(k * e * (cfg.n_mlp // bs) * bs) / total / 1e9})
         ratios["INF265 grid wall s, PyTorch sequential"] = total
         ratios["INF265 grid jaxgd/torch"] = wall / total
     return {"rows": rows, "ratios": ratios}
-
-
-def _torch_fit(hp, xt, yt, xv, yv, batch_size, epochs) -> float:
-    """Seconds for one config: ``epochs`` of the usual loop, the running loss and accuracy kept on
-    the device, and the validation loss and accuracy after every epoch, as ``fit`` reports them."""
-    import torch
-    dev = _torch_device()
-    model = _torch_mlp().to(dev)
-    xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=hp[0], momentum=hp[1], weight_decay=hp[2])
-    n_b = xt.shape[0] // batch_size
-    t = time.perf_counter()
-    hist = []
-    for _ in range(epochs):
-        perm = torch.randperm(xt.shape[0], device=dev)[: n_b * batch_size].view(n_b, batch_size)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev)
-        for i in perm:
-            opt.zero_grad(set_to_none=True)
-            out = model(xt[i])
-            loss = torch.nn.functional.cross_entropy(out, yt[i])
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            correct += (out.argmax(1) == yt[i]).sum()
-        with torch.no_grad():
-            out = model(xv)
-            hist.append(torch.stack([loss_sum / n_b, correct / (n_b * batch_size),
-                                     torch.nn.functional.cross_entropy(out, yv), (out.argmax(1) == yv).float().mean()]))
-    torch.stack(hist).cpu()  # waits for the device
-    return time.perf_counter() - t
 
 
 # ------------------------------------------------------------------------------------------
@@ -543,7 +330,7 @@ def _cnn_epoch(model, params, x, y, batch_size, grads="hand"):
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
-    return time.perf_counter() - t, _training(compiled, carry, x, y, hp, key)
+    return time.perf_counter() - t, timing.training(compiled, carry, x, y, hp, key)
 
 
 def bench_cnn_epoch(cfg, have_torch) -> dict:
@@ -565,9 +352,10 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     full = [sp for (_, _, k), sp in specs.items() if k == n]  # timed interleaved with PyTorch's loops
     if have_torch:
         flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
-        full += _torch_rows(f"CNN, {n} samples bs {bs}", _torch_cnn, _nchw(x), _long(y), bs, flops)
+        full += torch_peers.rows(f"CNN, {n} samples bs {bs}", torch_peers.cnn, torch_peers.nchw(x), torch_peers.long(y), bs,
+                                 flops, HP)
     small = [sp for (_, _, k), sp in specs.items() if k != n]  # the slow jax.grad of lax.conv, on m samples
-    rows = _rows(full, cfg.repeats) + _rows(small, cfg.repeats)
+    rows = timing.rows(full, cfg.repeats) + timing.rows(small, cfg.repeats)
     t = {key: next(r["median_s"] for r in rows if r["name"] == row["name"]) for key, (row, _) in specs.items()}
     ratios = {}
     if cfg.cnn_variants:
@@ -611,14 +399,14 @@ def bench_conv_parts(cfg, have_torch) -> dict:
              ("conv2 forward, lax.conv", lambda x, dy, W: L.conv2d(c_out, 3, "lax").forward({"W": W, "b": b}, {}, x)[0]),
              ("conv2 weight gradient, im2col matmul", lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape)),
              ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W))]
-    specs = [({"name": f"{name}, bs {bs}", "flops": flops}, lambda f=scanned(part): _block(f(xs, dys, W)))
+    specs = [({"name": f"{name}, bs {bs}", "flops": flops}, lambda f=scanned(part): timing.block(f(xs, dys, W)))
              for name, part in parts]
     if have_torch:
         import torch
         specs += [({"name": f"conv2 {name}, PyTorch {torch.__version__}, bs {bs}", "flops": flops},
-                   _under(torch.no_grad(), lambda op=op: [op(i) for i in range(CONV_STEPS)]))
-                  for name, op in _torch_conv_parts(xs, dys, W).items()]
-    rows, ratios = _rows(specs, cfg.repeats, per=CONV_STEPS), {}
+                   torch_peers.under(torch.no_grad(), lambda op=op: [op(i) for i in range(CONV_STEPS)]))
+                  for name, op in torch_peers.conv_parts(xs, dys, W).items()]
+    rows, ratios = timing.rows(specs, cfg.repeats, per=CONV_STEPS), {}
     if have_torch:
         med = {r["name"].split(",")[0]: r["median_s"] for r in rows if "PyTorch" in r["name"]}
         ratios["conv2 forward jaxgd/torch"] = rows[0]["median_s"] / med["conv2 forward"]
@@ -627,57 +415,17 @@ def bench_conv_parts(cfg, have_torch) -> dict:
     return {"rows": rows, "ratios": ratios}
 
 
-def _torch_conv_parts(xs, dys, W) -> dict:
-    """PyTorch's conv2 forward, weight gradient and input gradient of minibatch ``i`` of the NHWC
-    stacks ``xs``/``dys`` and the HWIO kernel ``W``, in PyTorch's own layouts (NCHW, OIHW)."""
-    import torch
-    tx, tdy = (_nchw(a.reshape((-1,) + a.shape[2:])).view(a.shape[0], a.shape[1], a.shape[4], *a.shape[2:4])
-               for a in (xs, dys))
-    tW = torch.tensor(np.asarray(W)).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
-    pad = [W.shape[0] // 2, W.shape[1] // 2]
-    back = lambda mask, k: lambda i: torch.ops.aten.convolution_backward(  # noqa: E731
-        tdy[i], tx[i], tW, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask)[k]
-    return {"forward": lambda i: torch.nn.functional.conv2d(tx[i], tW, padding=pad),
-            "weight gradient": back([False, True, False], 1), "input gradient": back([True, False, False], 0)}
-
-
-def _torch_cnn():
-    import torch
-    torch.manual_seed(0)
-    T = torch.nn
-    return T.Sequential(T.Conv2d(1, 32, 3, padding=1), T.ReLU(), T.MaxPool2d(2),
-                        T.Conv2d(32, 64, 3, padding=1), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
-                        T.Linear(3136, 128), T.ReLU(), T.Linear(128, 10))
-
-
-def _nchw(x):
-    import torch
-    return torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-
-
-def _tensor(x):
-    import torch
-    return torch.tensor(np.asarray(x))
-
-
-def _long(y):
-    import torch
-    return torch.tensor(np.asarray(y), dtype=torch.long)
-
-
 # ------------------------------------------------------------------------------------------
 
-def _torch_available(want):
-    """torch, if wanted, installed, and able to run on JAX's device (else the torch rows are left out)."""
-    if not want:
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    if jax.default_backend() != "cpu" and not (jax.default_backend() == "gpu" and torch.cuda.is_available()):
-        return None  # a CPU PyTorch loop against an accelerator would be no comparison
-    return torch
+def bench_matmul(cfg, have_torch=False) -> dict:
+    return {"rows": [timing.matmul_peak(tuple(cfg.matmul_sizes), cfg.repeats)], "ratios": {}}
+
+
+# section -> its run(cfg, have_torch); the sections without PyTorch rows ignore have_torch
+SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),
+                "configs": lambda cfg, _: bench_configs(cfg), "cnn_epoch": bench_cnn_epoch,
+                "conv_parts": bench_conv_parts, "scaling": lambda cfg, _: bench_scaling(cfg), "grid": bench_grid}
+assert tuple(SECTION_RUNS) == SECTIONS
 
 
 def run(config=None, out=None, verbose=True, log=print) -> dict:
@@ -685,12 +433,12 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     to ``bench/<device>_partial.json`` (a run cut short keeps its sections); at the end,
     ``bench/<device>.json`` and its figure, and the partial file is removed."""
     cfg = BenchConfig.make(config)
-    torch = _torch_available(cfg.torch)
+    torch = torch_peers.available(cfg.torch)
     if verbose and cfg.torch and torch is None:
         log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[torch]')")
     t0 = time.time()
-    probe = precision_probe()
-    torch_precision = None if torch is None else _torch_precision_like(torch, probe)
+    probe = timing.precision_probe()
+    torch_precision = None if torch is None else torch_peers.precision_like(torch, probe)
     prov = provenance()
     sections = {}
 
@@ -698,7 +446,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
         return {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
                 "timing": "interleaved",  # how the rows were timed (older results lack the field: one row after another)
                 "targets": TARGETS, "torch": None if torch is None else
-                {"version": torch.__version__, "threads": torch.get_num_threads(), "device": _torch_device(),
+                {"version": torch.__version__, "threads": torch.get_num_threads(), "device": torch_peers.device(),
                  "precision": torch_precision}, "precision": probe,
                 "wall_time_s": time.time() - t0, "provenance": prov}
 
@@ -707,22 +455,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
             continue
         if verbose:
             log(f"[bench] {name} ...")
-        if name == "matmul":
-            sections[name] = {"rows": [matmul_peak(tuple(cfg.matmul_sizes), cfg.repeats)], "ratios": {}}
-        elif name == "mlp_epoch":
-            sections[name] = bench_mlp_epoch(cfg, torch is not None)
-        elif name == "grad":
-            sections[name] = bench_grad(cfg)
-        elif name == "configs":
-            sections[name] = bench_configs(cfg)
-        elif name == "cnn_epoch":
-            sections[name] = bench_cnn_epoch(cfg, torch is not None)
-        elif name == "conv_parts":
-            sections[name] = bench_conv_parts(cfg, torch is not None)
-        elif name == "scaling":
-            sections[name] = bench_scaling(cfg)
-        elif name == "grid":
-            sections[name] = bench_grid(cfg, torch is not None)
+        sections[name] = SECTION_RUNS[name](cfg, torch is not None)
         if verbose:
             from jaxgd.report import print_table
             print_table(table({name: sections[name]}))
