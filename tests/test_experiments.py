@@ -39,15 +39,15 @@ def test_readme_results_match_the_json():
     """The README's results block is exactly what the committed results/*.json generate."""
     from pathlib import Path
 
-    from jaxgd.experiments import reproduce
+    from jaxgd.experiments import writeup
     repo = Path(__file__).parents[1]
     block = (repo / "README.md").read_text().split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
-    assert block.strip() == reproduce.readme_results(repo / "results").strip()
+    assert block.strip() == writeup.readme_results(repo / "results").strip()
 
 
 def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     require_real_data("cifar10")
-    from jaxgd.experiments import reproduce
+    from jaxgd.experiments import reproduce, timing
     small = {
         "gradcheck": {"quick": True, "only": ["mlp-relu-ce", "layer-maxpool2"]},
         "matrix_chain": {"Ks": [2, 4], "iters": 20},
@@ -73,7 +73,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
     assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
     assert "## resnet" in report and "resnet/curves.png" in report and "ResNet-6" in report
-    assert f"bench/{reproduce.bench.device_name()}.png" in report
+    assert f"bench/{timing.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
 
