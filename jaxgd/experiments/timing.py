@@ -48,7 +48,7 @@ def rows(specs, repeats, per=1) -> list[dict]:
     timed = interleaved({row["name"]: fn for row, fn in specs}, repeats)
     out = []
     for row, _ in specs:
-        r = {**row, **per(timed[row["name"]], per)}
+        r = {**row, **per_repetition(timed[row["name"]], per)}
         flops = r.pop("flops", None)
         if flops:
             r["gflops"] = flops / r["median_s"] / 1e9
@@ -56,7 +56,7 @@ def rows(specs, repeats, per=1) -> list[dict]:
     return out
 
 
-def per(r, n) -> dict:
+def per_repetition(r, n) -> dict:
     """A ``timeit`` result of ``n`` repetitions of something, per repetition."""
     return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
 
