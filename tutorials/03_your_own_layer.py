@@ -88,12 +88,17 @@ print("the same as jaxgd's own:", bool(jnp.all(
 class MyStridedConv(layers.Conv2D):
     def backward(self, params, x, dy):
         W = params["W"]
-        k, s, p = self.size, self.stride, self.size // 2
+        s, p = self.stride, self.size // 2
         dW = layers.conv_weight_grad(x, dy, W.shape, s, p)
         W_flipped = jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2)
-        dx = jax.lax.conv_general_dilated(dy, W_flipped, (1, 1), [(k - 1 - p, k - 1 - p)] * 2,
-                                          lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dx = jax.lax.conv_general_dilated(dy, W_flipped, (1, 1), self.dx_padding(x, dy), lhs_dilation=(s, s),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return {"W": dW, "b": dy.sum((0, 1, 2))}, dx
+
+    def dx_padding(self, x, dy):
+        """(before, after) zeros around the dilated dy, for the height and the width."""
+        k, p = self.size, self.size // 2
+        return [(k - 1 - p, k - 1 - p)] * 2
 
 
 conv = MyStridedConv(4, 3, stride=2)
@@ -113,20 +118,14 @@ print(on_8x8)
 # $\lfloor (8 + 2 - 3)/2 \rfloor + 1 = 4$ positions; the last window ends at padded position 8,
 # one short of the padded row's last pixel (position 9). The forward never read that pixel, and
 # the transposed convolution must give it a (zero) gradient: pad $r = n + 2p - k - s(n_{out} - 1)$
-# more at the bottom and right.
+# more at the bottom and right. The fix changes the padding only:
 
 # %%
-class FixedStridedConv(layers.Conv2D):
-    def backward(self, params, x, dy):
-        W = params["W"]
+class FixedStridedConv(MyStridedConv):
+    def dx_padding(self, x, dy):
         k, s, p = self.size, self.stride, self.size // 2
-        dW = layers.conv_weight_grad(x, dy, W.shape, s, p)
-        W_flipped = jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2)
-        pads = [(k - 1 - p, k - 1 - p + n + 2 * p - k - s * (m - 1))           # r more at the end
+        return [(k - 1 - p, k - 1 - p + n + 2 * p - k - s * (m - 1))     # r more at the end
                 for n, m in zip(x.shape[1:3], dy.shape[1:3])]
-        dx = jax.lax.conv_general_dilated(dy, W_flipped, (1, 1), pads,
-                                          lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return {"W": dW, "b": dy.sum((0, 1, 2))}, dx
 
 
 fixed = [jaxgd.check(FixedStridedConv(4, 3, stride=2), (n, n, 2)) for n in (7, 8)]

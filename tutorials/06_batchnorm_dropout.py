@@ -43,16 +43,7 @@ from jaxgd import layers
 jax.config.update("jax_enable_x64", True)
 
 
-@dataclasses.dataclass(frozen=True)
-class MyBatchNorm(layers.Layer):
-    momentum: float = 0.1
-    eps: float = 1e-5
-
-    def init(self, key, in_shape, dtype=jnp.float32):
-        c = in_shape[-1]
-        params = {"scale": jnp.ones((c,), dtype), "shift": jnp.zeros((c,), dtype)}
-        return params, {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}, tuple(in_shape)
-
+class MyBatchNorm(layers.BatchNorm):  # jaxgd's init (scale 1, shift 0; running mean 0, variance 1) and fields
     def forward(self, params, state, x, *, train=False, key=None):
         if train:
             m = x.shape[0]
@@ -72,6 +63,9 @@ class MyBatchNorm(layers.Layer):
             return {"scale": dscale, "shift": dshift}, dy * params["scale"] * inv
         m = dy.shape[0]
         return {"scale": dscale, "shift": dshift}, params["scale"] * inv / m * (m * dy - dshift - x_hat * dscale)
+
+    def __str__(self):
+        return "my_batch_norm"
 
 # %% [markdown]
 # ### Checked against `jax.vjp` and against jaxgd's layer, in both modes
