@@ -12,10 +12,12 @@
 An experiment's flags are generated from its typed config (``jaxgd.experiments.<name>.CONFIG``),
 so ``--help`` shows every field with its default. Results go to ``./results`` (or ``--results``).
 Bad flags or values print one line and exit with 2; missing data prints how to get it and exits 1.
+Compiled programs are kept on disk for the next run (``jaxgd.compile_cache``; ``--no-compile-cache``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from jaxgd import data
@@ -71,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-host run described by the environment (SLURM, TPU pods, ...)")
+    c = top.add_argument_group("compilation cache (jaxgd.compile_cache)")
+    c.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="keep compiled XLA programs in DIR for later runs (default: $JAXGD_COMPILE_CACHE, else "
+                        "the xla folder of the data cache, ~/.cache/jaxgd/xla)")
+    c.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, store nothing")
+    c.add_argument("--compile-report", metavar="FILE", default=None,
+                   help="write the seconds spent getting compiled programs (compiling, or loading them from the "
+                        "cache) to FILE as JSON when the command ends")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("reproduce", help="run every experiment and write REPORT.md",
@@ -117,20 +127,31 @@ def main(argv=None) -> int:
     p = parser()
     a = p.parse_args(argv)
     prog = f"jaxgd {a.command.replace('_', '-')}"
+    from jaxgd import compile_cache
+    cache = compile_cache.enable("off" if a.no_compile_cache else a.compile_cache)  # before any computation
     if a.distributed or any(v is not None for v in (a.coordinator, a.num_processes, a.process_id)):
         from jaxgd import parallel
         parallel.initialize(a.coordinator, a.num_processes, a.process_id)  # before any computation
         if not parallel.is_writer():
             a.quiet = True  # process 0 reports
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    clock = compile_cache.CompileClock()
     try:
-        return _run(a, log)
+        with clock:
+            return _run(a, log)
     except C.ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except (DataNotFoundError, CorruptFileError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        c = clock.as_dict()
+        log(f"compilation: {c['programs']} programs in {c['compile_s']:.1f} s ({c['cache_loads']} loaded from "
+            f"the cache in {c['cache_load_s']:.1f} s; cache {cache or 'off'})")
+        if a.compile_report:
+            from jaxgd._files import atomic_write
+            atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache)}))
 
 
 def _run(a, log) -> int:
