@@ -11,7 +11,10 @@ to quote, the absolute times drift from run to run.
 Sections:
 1. ``mlp_epoch``   CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
                    JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch (hand
-                   backprop + hand SGD), and a PyTorch eager loop of the same model and SGD.
+                   backprop + hand SGD), and the peers a user would pick instead: a PyTorch
+                   eager loop of the same model and SGD, the same loop over a ``torch.compile``-d
+                   model, and flax + optax + ``jax.grad`` with its epoch compiled as one scan
+                   (``torch_peers``, ``flax_peers``; each row only where installed).
 2. ``grad``        one gradient (hand backprop vs ``jax.grad``) of that MLP at batch 64 and of
                    the MNIST CNN at batch 128. For the MLP, XLA compiles the two to the same
                    matrix products (a test checks it), so ``hand/jax.grad MLP`` reads 1 up to noise.
@@ -19,7 +22,7 @@ Sections:
                    explicit vmap, and 8 sequential fits; time per config-epoch.
 4. ``cnn_epoch``   the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
                    jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv
-                   and im2col) and with ``jax.grad``, vs PyTorch.
+                   and im2col) and with ``jax.grad``, vs the same three peers.
    ``conv_parts``  where that epoch's time goes: the CNN's second convolution (85% of its
                    training FLOPs) part by part, forward, weight gradient and input gradient,
                    vs PyTorch's (oneDNN) kernels for each, on the same tensors.
@@ -31,6 +34,9 @@ Sections:
 6. ``scaling``     configs/s of the 8-config grid with its configs sharded over 1/2/4/8 devices,
                    and samples/s of the CNN with each minibatch sharded over them
                    (``jaxgd.parallel``); forced CPU devices on a CPU (they share its cores).
+8. ``compile_cache`` ``cache_command`` (default ``jaxgd reproduce --quick``) in three fresh
+                   processes: empty persistent compilation cache, warm cache, cache off; the
+                   seconds each spends getting compiled programs (``jaxgd.compile_cache``).
 7. ``grid``        (only when named: minutes on a CPU) the INF265 reports' whole CIFAR-2 grid
                    (``cifar2.GRID``, 18 configs x ``grid_epochs`` at batch 64, validation after
                    every epoch) as one ``fit``: wall time from the call to the last epoch,
@@ -49,13 +55,14 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import models, optim, parallel, train
-from jaxgd.experiments import timing, torch_peers
+from jaxgd import compile_cache, models, optim, parallel, train
+from jaxgd.experiments import flax_peers, timing, torch_peers
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import outdir, provenance, write
@@ -63,7 +70,7 @@ from jaxgd.experiments.config import Config, at_least, option
 from jaxgd.experiments.timing import device_name
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "grid")
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "compile_cache", "grid")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # the grid section only when named
 
 
@@ -81,9 +88,13 @@ class BenchConfig(Config):
     cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
     n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
     torch: bool = option(True, "time the PyTorch loops too (needs pip install 'jaxgd[torch]')")
+    torch_compile: bool = option(True, "with torch, also the torch.compile-d loops (compiling takes a minute or so)")
+    flax: bool = option(True, "time flax + optax + jax.grad epochs too (needs pip install 'jaxgd[peers]')")
     grid_epochs: int = option(30, "epochs per config of the grid section (the INF265 reports' 30)", check=at_least(1))
     grid_torch_configs: int = option(3, "grid configs PyTorch trains (timed; their mean is scaled to the whole grid)",
                                      check=at_least(1))
+    cache_command: tuple[str, ...] = option(("reproduce", "--quick"), "the jaxgd command the compile_cache "
+                                            "section runs in fresh processes (--results and --quiet are added)")
     scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
                                                             "devices on a CPU, real ones elsewhere)", check=at_least(1))
 
@@ -93,6 +104,9 @@ CONFIG = BenchConfig
 TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/jax.grad MLP": "<= 1.0",
            "hand/jax.grad CNN": "<= 1.0", "hand/jax.grad CNN epoch": "<= 1.0", "jaxgd/torch CNN": "<= 0.7", "fit default/sequential": "<= 1.0 on CPU, <= 0.25 on GPU",
            "INF265 grid wall s, jaxgd": "<= 10 on GPU",
+           "jaxgd/torch.compile bs64": "<= 1.0", "jaxgd/torch.compile bs256": "<= 1.0",
+           "jaxgd/flax+optax bs64": "<= 1.0", "jaxgd/flax+optax bs256": "<= 1.0",
+           "compile s, warm cache / cache off": "<= 0.2",
            "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
 
 
@@ -149,17 +163,44 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
     x, y = _mlp_data(cfg.n_mlp)
     rows, ratios = [], {}
     for bs in cfg.batch_sizes:
-        specs = _mlp_jax_loops(x, y, bs)
-        if have_torch:
-            specs += torch_peers.rows(f"bs {bs}", _torch_mlp, torch_peers.tensor(x), torch_peers.long(y), bs,
-                                      MLP.train_flops((cfg.n_mlp // bs) * bs), HP)
+        flops = MLP.train_flops((cfg.n_mlp // bs) * bs)
+        specs = _mlp_jax_loops(x, y, bs) + _peer_rows(cfg, have_torch, f"bs {bs}", _torch_mlp, torch_peers.tensor,
+                                                      lambda: flax_peers.mlp(MLP_SIZES), x, y, bs, flops)
         jr = timing.rows(specs, cfg.repeats)
         rows += jr
         ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
         ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
-        if have_torch:
-            ratios[f"jaxgd/torch bs{bs}"] = jr[2]["median_s"] / min(r["median_s"] for r in jr[3:])
+        ratios.update(_peer_ratios(jr[2]["median_s"], jr, f" bs{bs}"))
     return {"rows": rows, "ratios": ratios}
+
+
+# peer -> the start of its rows' names: the eager PyTorch loop (the faster of its malloc rows),
+# torch.compile, and flax + optax + jax.grad
+PEERS = {"torch": "PyTorch eager", "torch.compile": "PyTorch torch.compile", "flax+optax": "flax + optax"}
+
+
+def _peer_rows(cfg, have_torch, what, make_torch, to_torch, make_flax, x, y, bs, flops) -> list:
+    """The peers' rows for one epoch of a model: PyTorch eager (``torch_peers.rows``) and with
+    ``torch.compile``, and flax + optax; each where installed and asked for."""
+    specs = []
+    if have_torch:
+        xt, yt = to_torch(x), torch_peers.long(y)
+        specs += torch_peers.rows(what, make_torch, xt, yt, bs, flops, HP)
+        if cfg.torch_compile:
+            specs.append(torch_peers.compiled_row(what, make_torch, xt, yt, bs, flops, HP))
+    if cfg.flax and flax_peers.available():
+        specs.append(flax_peers.row(what, make_flax(), x, y, bs, HP, flops))
+    return specs
+
+
+def _peer_ratios(jaxgd_s, rows, suffix) -> dict:
+    """``jaxgd/<peer><suffix>``: jaxgd's time over each peer's (its fastest row) among ``rows``."""
+    out = {}
+    for peer, prefix in PEERS.items():
+        ts = [r["median_s"] for r in rows if r["name"].startswith(prefix)]
+        if ts:
+            out[f"jaxgd/{peer}{suffix}"] = jaxgd_s / min(ts)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -349,11 +390,9 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
         compile_s, fn = _cnn_epoch(model, params, x[:k], y[:k], bs, grads)
         specs[impl, grads, k] = ({"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
                                   "compile_s": compile_s, "flops": model.train_flops((k // bs) * bs)}, fn)
-    full = [sp for (_, _, k), sp in specs.items() if k == n]  # timed interleaved with PyTorch's loops
-    if have_torch:
-        flops = models.mnist_zoo("cnn").train_flops((n // bs) * bs)
-        full += torch_peers.rows(f"CNN, {n} samples bs {bs}", torch_peers.cnn, torch_peers.nchw(x), torch_peers.long(y), bs,
-                                 flops, HP)
+    full = [sp for (_, _, k), sp in specs.items() if k == n]  # timed interleaved with the peers' loops
+    full += _peer_rows(cfg, have_torch, f"CNN, {n} samples bs {bs}", torch_peers.cnn, torch_peers.nchw, flax_peers.cnn,
+                       x, y, bs, models.mnist_zoo("cnn").train_flops((n // bs) * bs))
     small = [sp for (_, _, k), sp in specs.items() if k != n]  # the slow jax.grad of lax.conv, on m samples
     rows = timing.rows(full, cfg.repeats) + timing.rows(small, cfg.repeats)
     t = {key: next(r["median_s"] for r in rows if r["name"] == row["name"]) for key, (row, _) in specs.items()}
@@ -362,8 +401,7 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
         ratios["hand/jax.grad CNN epoch"] = t["im2col", "hand", n] / t["im2col", "autodiff", n]
         ratios["lax.conv/im2col forward, hand CNN epoch"] = t["lax", "hand", n] / t["im2col", "hand", n]
         ratios["jax.grad of lax.conv / hand, CNN epoch"] = t["lax", "autodiff", m] / t["im2col", "hand", m]
-    if have_torch:
-        ratios["jaxgd/torch CNN"] = t["im2col", "hand", n] / min(r["median_s"] for r in rows if "PyTorch" in r["name"])
+    ratios.update(_peer_ratios(t["im2col", "hand", n], rows, " CNN"))
     return {"rows": rows, "ratios": ratios}
 
 
@@ -417,6 +455,38 @@ def bench_conv_parts(cfg, have_torch) -> dict:
 
 # ------------------------------------------------------------------------------------------
 
+# ------------------------------------------------------------------------------------------
+# 8. the persistent compilation cache: the same command in fresh processes
+
+def bench_compile_cache(cfg, have_torch=False) -> dict:
+    """``cache_command`` (a ``jaxgd`` command line) run in three fresh processes: with an empty
+    compilation cache (it compiles everything and fills the cache), again with that cache (it
+    loads), and with the cache off. Each reports the seconds it spent getting compiled programs
+    (``jaxgd --compile-report``; ``compile_cache.CompileClock``) and its wall time."""
+    import tempfile
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = (("empty cache", ["--compile-cache", f"{tmp}/xla"]), ("warm cache", ["--compile-cache", f"{tmp}/xla"]),
+                ("cache off", ["--no-compile-cache"]))
+        for i, (label, flags) in enumerate(runs):
+            report = f"{tmp}/report{i}.json"
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "jaxgd", *flags, "--compile-report", report, *cfg.cache_command,
+                                "--results", f"{tmp}/results{i}", "--quiet"], capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if r.returncode != 0:
+                raise RuntimeError(f"jaxgd {' '.join(cfg.cache_command)} ({label}) failed: {r.stderr[-2000:]}")
+            c = json.loads(Path(report).read_text())
+            rows.append({"name": f"jaxgd {' '.join(cfg.cache_command)}, a fresh process, {label}: compile s",
+                         "median_s": c["compile_s"], "min_s": c["compile_s"], "max_s": c["compile_s"],
+                         "times_s": [c["compile_s"]], "wall_s": wall, "programs": c["programs"],
+                         "cache_loads": c["cache_loads"], "cache_load_s": c["cache_load_s"]})
+    cold, warm, off = (r["median_s"] for r in rows)
+    return {"rows": rows, "ratios": {"compile s, warm cache / cache off": warm / off,
+                                     "compile s, empty cache / cache off": cold / off},
+            "command": list(cfg.cache_command), "min_compile_secs": compile_cache.MIN_COMPILE_SECS}
+
+
 def bench_matmul(cfg, have_torch=False) -> dict:
     return {"rows": [timing.matmul_peak(tuple(cfg.matmul_sizes), cfg.repeats)], "ratios": {}}
 
@@ -424,8 +494,9 @@ def bench_matmul(cfg, have_torch=False) -> dict:
 # section -> its run(cfg, have_torch); the sections without PyTorch rows ignore have_torch
 SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),
                 "configs": lambda cfg, _: bench_configs(cfg), "cnn_epoch": bench_cnn_epoch,
-                "conv_parts": bench_conv_parts, "scaling": lambda cfg, _: bench_scaling(cfg), "grid": bench_grid}
-assert tuple(SECTION_RUNS) == SECTIONS
+                "conv_parts": bench_conv_parts, "scaling": lambda cfg, _: bench_scaling(cfg),
+                "compile_cache": bench_compile_cache, "grid": bench_grid}
+assert set(SECTION_RUNS) == set(SECTIONS)
 
 
 def run(config=None, out=None, verbose=True, log=print) -> dict:
@@ -435,7 +506,10 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     cfg = BenchConfig.make(config)
     torch = torch_peers.available(cfg.torch)
     if verbose and cfg.torch and torch is None:
-        log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[torch]')")
+        log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[peers]')")
+    flax = flax_peers.available() if cfg.flax else None
+    if verbose and cfg.flax and flax is None:
+        log("flax not installed: the flax + optax rows are left out (pip install 'jaxgd[peers]')")
     t0 = time.time()
     probe = timing.precision_probe()
     torch_precision = None if torch is None else torch_peers.precision_like(torch, probe)
@@ -447,7 +521,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
                 "timing": "interleaved",  # how the rows were timed (older results lack the field: one row after another)
                 "targets": TARGETS, "torch": None if torch is None else
                 {"version": torch.__version__, "threads": torch.get_num_threads(), "device": torch_peers.device(),
-                 "precision": torch_precision}, "precision": probe,
+                 "precision": torch_precision}, "flax": flax, "precision": probe,
                 "wall_time_s": time.time() - t0, "provenance": prov}
 
     for name in SECTIONS:

@@ -35,7 +35,7 @@ EXPERIMENTS = {
                ["resnet/curves.png"]),
     "bench": (bench, "bench/{device}.json",
               {"repeats": 5, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
-               "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False}, {},
+               "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "torch_compile": False}, {},
               ["bench/{device}.png"]),
 }
 

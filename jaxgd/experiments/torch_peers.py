@@ -78,6 +78,28 @@ def rows(what, make_model, xt, yt, batch_size, flops, hp) -> list[tuple]:
             for label, nbytes in (("128 KiB", 128 * 1024), ("1 GiB", 1 << 30))]
 
 
+def compiled_row(what, make_model, xt, yt, batch_size, flops, hp) -> tuple:
+    """``(row, fn)``: the usual loop over a ``torch.compile``-d model (default mode on a CPU,
+    ``"reduce-overhead"``, CUDA graphs, on CUDA). Its compile time is what the first epoch took
+    beyond the second (inductor compiles the forward and backward on the first step); on a CPU it
+    runs under the 1 GiB malloc mmap threshold, the faster setting of ``rows``."""
+    import torch
+    on_cuda = device() == "cuda"
+    model = torch.compile(make_model().to(device()), mode="reduce-overhead" if on_cuda else None)
+    run = loop(model, xt, yt, batch_size, hp)
+    if not on_cuda and mmap_threshold(1).libc is not None:
+        run = under(mmap_threshold(1 << 30), run)
+    t = time.perf_counter()
+    run()
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    run()
+    compile_s = first - (time.perf_counter() - t)
+    mode = "reduce-overhead" if on_cuda else "default"
+    return ({"name": f"PyTorch torch.compile ({mode}) loop, {what}", "torch_device": device(), "compile_s": compile_s,
+             "flops": flops}, run)
+
+
 def under(context, fn):
     """``fn`` run inside ``context``, entered anew at every call."""
     def run():

@@ -264,7 +264,8 @@ def _bench_provenance(r) -> str:
     code = (f"commit {p['commit']}" + (" with uncommitted changes" if p.get("uncommitted_changes") else "")
             + f", code fingerprint `{p.get('code_fingerprint')}`")
     line = (f"\n\n<sub>{code}; jax {p['versions']['jax']}"
-            + (f", PyTorch {t['version']} on {t.get('device', 'cpu')}" if t else "") + f", {p['date']}")
+            + (f", PyTorch {t['version']} on {t.get('device', 'cpu')}" if t else "")
+            + (f", flax {r['flax']['flax']} with optax {r['flax']['optax']}" if r.get("flax") else "") + f", {p['date']}")
     peak = r["sections"].get("matmul", {"rows": [{}]})["rows"][0].get("gflops")
     if peak:
         where = f"{p.get('cpu_model')}, {p.get('cpu_count')} cores" if r["device_name"].startswith("cpu") else p["device"]
