@@ -128,7 +128,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     prog = f"jaxgd {a.command.replace('_', '-')}"
     from jaxgd import compile_cache
-    cache = compile_cache.enable("off" if a.no_compile_cache else a.compile_cache)  # before any computation
+    # before any computation; the bench times compiling itself, so it compiles afresh (its compile_cache
+    # section runs fresh processes with a cache of their own)
+    cache = compile_cache.enable("off" if a.no_compile_cache or a.command == "bench" else a.compile_cache)
     if a.distributed or any(v is not None for v in (a.coordinator, a.num_processes, a.process_id)):
         from jaxgd import parallel
         parallel.initialize(a.coordinator, a.num_processes, a.process_id)  # before any computation

@@ -8,6 +8,11 @@ import pytest
 # suite asks for full precision. On a CPU this changes nothing.
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# The jaxgd command keeps compiled programs on disk (jaxgd.compile_cache); the tests that call it, in
+# this process or in children, compile afresh unless they ask for a cache (tests/test_compile_cache.py),
+# so that no test reads what another one compiled, or writes into the user's cache.
+os.environ.setdefault("JAXGD_COMPILE_CACHE", "off")
+
 # In CI (.ci/run exports CI=true) the real data must be present: a missing dataset fails.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
