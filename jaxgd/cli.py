@@ -140,20 +140,20 @@ def main(argv=None) -> int:
     clock = compile_cache.CompileClock()
     try:
         with clock:
-            return _run(a, log)
+            rc = _run(a, log)
     except C.ConfigError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)  # the one line a failed command prints
         return 2
     except (DataNotFoundError, CorruptFileError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        c = clock.as_dict()
-        log(f"compilation: {c['programs']} programs in {c['compile_s']:.1f} s ({c['cache_loads']} loaded from "
-            f"the cache in {c['cache_load_s']:.1f} s; cache {cache or 'off'})")
-        if a.compile_report:
-            from jaxgd._files import atomic_write
-            atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache)}))
+    c = clock.as_dict()
+    log(f"compilation: {c['programs']} programs in {c['compile_s']:.1f} s ({c['cache_loads']} loaded from "
+        f"the cache in {c['cache_load_s']:.1f} s; cache {cache or 'off'})")
+    if a.compile_report:
+        from jaxgd._files import atomic_write
+        atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache)}))
+    return rc
 
 
 def _run(a, log) -> int:

@@ -11,19 +11,22 @@ later process that builds the same program loads it instead of compiling.
   ``off`` (also ``0``, ``none``, ``false``); the ``jaxgd`` flags ``--compile-cache DIR`` and
   ``--no-compile-cache`` do the same for one command. The library alone never turns it on: a
   program that imports jaxgd decides for itself (``enable()``).
-- What: programs that took at least ``MIN_COMPILE_SECS`` (0.01 s) to compile, up to ``MAX_BYTES``
-  on disk (the least recently used entries go first). JAX's default threshold is 1 s, made for
-  slow shared file systems; it leaves out most of jaxgd's programs on a CPU. Measured on the 2-core
-  CPU with ``jaxgd matrix-chain --Ks 2 4`` (25 programs, 1.5 to 2 s of compiling): at 1 s nothing
-  was cached, at 0.1 s 7 programs (the second process still compiled for 0.9 s), at 0.01 s 23 of
-  the 25, which the second process loaded in 0.1 s in all; the two left out compile in a few
-  milliseconds. The bench's ``compile_cache`` section measures what the cache saves a run.
+- What: programs that took at least ``MIN_COMPILE_SECS`` (0.01 s) to compile, up to ``MAX_BYTES`` on
+  disk (the least recently used entries go first; JAX needs ``filelock``, a jaxgd dependency, for
+  that cap: without it JAX would warn on every program and cache nothing, so the cap is then left
+  off). JAX's default threshold is 1 s, made for slow shared file systems; it leaves out most of
+  jaxgd's programs on a CPU. Measured on the 2-core CPU with ``jaxgd matrix-chain --Ks 2 4`` (25
+  programs, 1.5 to 2 s of compiling): at 1 s nothing was cached, at 0.1 s 7 programs (the second
+  process still compiled for 0.9 s), at 0.01 s 23 of the 25, which the second process loaded in 0.1
+  s in all; the two left out compile in a few milliseconds. The bench's ``compile_cache`` section
+  measures what the cache saves a run.
 - Safety: a cache entry is machine code that runs in this process, so the folder must be the
   user's own: it is created private (mode 0700), and one that belongs to someone else or that
   others can write to is refused (the cache stays off, with a warning that says why).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import warnings
@@ -83,7 +86,8 @@ def enable(explicit=None, min_compile_secs: float = MIN_COMPILE_SECS) -> Path | 
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    if importlib.util.find_spec("filelock") is not None:  # without it JAX would cache nothing
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
 
 
