@@ -515,7 +515,7 @@ def _loss_gradient(model, params, state, x, key, k_y, dtype, note):
     from jaxgd import losses
     loss_fn, _ = losses.get_loss(model.loss)
     out = model.forward(params, state, x, True, key)[0]
-    if model.loss == "cross_entropy":
+    if losses.takes_labels(model.loss):
         y = jax.random.randint(k_y, out.shape[:1], 0, out.shape[-1])
     else:
         y = jax.random.normal(k_y, out.shape, out.dtype)

@@ -83,10 +83,11 @@ class Layer:
 
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
-    """``y = x W + b``. Backward: ``dW = x^T dy`` and ``db = sum_batch dy`` (summed over every
-    leading axis), ``dx = dy W^T``. Residual: ``x``."""
+    """``y = x W + b`` (``y = x W`` with ``bias=False``). Backward: ``dW = x^T dy`` and
+    ``db = sum_batch dy`` (summed over every leading axis), ``dx = dy W^T``. Residual: ``x``."""
     features: int
     init_scheme: str = "torch"
+    bias: bool = True
 
     def out_shape(self, in_shape):
         if len(in_shape) != 1:
@@ -96,18 +97,24 @@ class Dense(Layer):
 
     def init(self, key, in_shape, dtype=jnp.float32):
         shape = self.out_shape(in_shape)
-        return init_linear(key, in_shape[0], self.features, self.init_scheme, dtype), {}, shape
+        p = init_linear(key, in_shape[0], self.features, self.init_scheme, dtype)
+        return (p if self.bias else {"W": p["W"]}), {}, shape
 
     def forward(self, params, state, x, *, train=False, key=None):
-        return x @ params["W"] + params["b"], state, x
+        y = x @ params["W"]
+        return (y + params["b"] if self.bias else y), state, x
 
     def backward(self, params, x, dy):
         d_in, d_out = params["W"].shape
         x2, dy2 = x.reshape(-1, d_in), dy.reshape(-1, d_out)  # a single example is a batch of one
-        return {"W": x2.T @ dy2, "b": jnp.sum(dy2, axis=0)}, dy @ params["W"].T
+        grads = {"W": x2.T @ dy2, **({"b": jnp.sum(dy2, axis=0)} if self.bias else {})}
+        return grads, dy @ params["W"].T
 
     def macs(self, in_shape):
         return int(in_shape[0]) * self.features
+
+    def __str__(self):
+        return f"{type(self).__name__.lower()}({self.features}, {self.init_scheme!r}{'' if self.bias else ', bias=False'})"
 
 
 # ------------------------------------------------------------------------------ activations
@@ -226,6 +233,23 @@ class Softmax(Layer):
         return "softmax"
 
 
+@dataclasses.dataclass(frozen=True)
+class Scale(Layer):
+    """``y = factor * x``, a constant (airbench's ``Mul(1/9)`` on the logits). Backward:
+    ``dx = factor * dy``. Residual: none."""
+    factor: float
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return x * jnp.asarray(self.factor, x.dtype), state, None
+
+    def backward(self, params, res, dy):
+        return {}, dy * jnp.asarray(self.factor, dy.dtype)
+
+
+def scale(factor: float) -> Scale:
+    return Scale(float(factor))
+
+
 def leaky_relu(slope: float = 0.01) -> LeakyReLU:
     """PyTorch's default negative slope, 0.01."""
     return LeakyReLU(slope)
@@ -312,6 +336,11 @@ class Conv2D(Layer):
     - ``impl="lax"``:    ``lax.conv_general_dilated``.
     - ``impl="im2col"``: ``im2col(x) @ W.reshape(kh*kw*c_in, c_out)``, one matmul.
 
+    ``bias=False`` leaves the bias out (before a batch norm, which removes it anyway).
+    ``init_scheme="dirac"``: PyTorch's default, then the first ``min(c_in, c_out)`` filters set to
+    the identity (``torch.nn.init.dirac_``: filter ``i`` passes channel ``i`` through its centre),
+    so that the convolution starts close to the identity map (airbench's convolutions).
+
     Backward (the same for both), with ``dy`` shaped ``(n, h_out, w_out, c_out)``:
 
     - ``db = sum_{n,h,w} dy``
@@ -333,8 +362,11 @@ class Conv2D(Layer):
     init_scheme: str = "torch"
     stride: int = 1
     padding: str = "same"
+    bias: bool = True
 
     def __post_init__(self):
+        if self.init_scheme not in INITS + ("dirac",):
+            raise ValueError(f"unknown init {self.init_scheme!r}; choose from {INITS + ('dirac',)}")
         if self.padding not in PADDINGS:
             raise ValueError(f"conv2d padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.size < 1 or (self.padding == "same" and self.size % 2 == 0):
@@ -364,8 +396,13 @@ class Conv2D(Layer):
     def init(self, key, in_shape, dtype=jnp.float32):
         shape = self.out_shape(in_shape)
         k, c_in = self.size, in_shape[2]
-        lin = init_linear(key, k * k * c_in, self.features, self.init_scheme, dtype)
-        return {"W": lin["W"].reshape(k, k, c_in, self.features), "b": lin["b"]}, {}, shape
+        scheme = "torch" if self.init_scheme == "dirac" else self.init_scheme
+        lin = init_linear(key, k * k * c_in, self.features, scheme, dtype)
+        W = lin["W"].reshape(k, k, c_in, self.features)
+        if self.init_scheme == "dirac":
+            n = min(c_in, self.features)
+            W = W.at[..., :n].set(0.0).at[k // 2, k // 2, jnp.arange(n), jnp.arange(n)].set(1.0)
+        return {"W": W, **({"b": lin["b"]} if self.bias else {})}, {}, shape
 
     def forward(self, params, state, x, *, train=False, key=None):
         W = params["W"]
@@ -376,12 +413,13 @@ class Conv2D(Layer):
             y = _conv(x, W, self.stride, self.pad)
         else:
             y = im2col(x, kh, kw, self.stride, self.pad) @ W.reshape(kh * kw * c_in, c_out)
-        return y + params["b"], state, x
+        return (y + params["b"] if self.bias else y), state, x
 
     def backward(self, params, x, dy):
         W = params["W"]
-        dW = conv_weight_grad(x, dy, W.shape, self.stride, self.pad)
-        return {"W": dW, "b": jnp.sum(dy, axis=(0, 1, 2))}, conv_input_grad(dy, W, self.stride, self.pad, x.shape[1:3])
+        grads = {"W": conv_weight_grad(x, dy, W.shape, self.stride, self.pad),
+                 **({"b": jnp.sum(dy, axis=(0, 1, 2))} if self.bias else {})}
+        return grads, conv_input_grad(dy, W, self.stride, self.pad, x.shape[1:3])
 
     def macs(self, in_shape):
         h, w, _ = self.out_shape(in_shape)
@@ -389,60 +427,74 @@ class Conv2D(Layer):
 
     def __str__(self):
         extra = (f", stride={self.stride}" if self.stride != 1 else "") + (
-            f", padding={self.padding!r}" if self.padding != "same" else "")
+            f", padding={self.padding!r}" if self.padding != "same" else "") + ("" if self.bias else ", bias=False")
         return f"conv2d({self.features}, {self.size}, {self.impl!r}, {self.init_scheme!r}{extra})"
 
 
 # ------------------------------------------------------------------------------ pooling, reshaping
 
-def _pooled_shape(name, size, in_shape):
-    """Non-overlapping ``size`` x ``size`` windows: height and width divide by ``size``."""
-    if len(in_shape) != 3 or in_shape[0] % size or in_shape[1] % size:
+def _pooled_shape(name, size, in_shape, crop=False):
+    """Non-overlapping ``size`` x ``size`` windows: height and width divide by ``size`` (with
+    ``crop``, rounded down)."""
+    if len(in_shape) != 3 or min(in_shape[:2]) < size or (not crop and (in_shape[0] % size or in_shape[1] % size)):
         raise ValueError(f"{name}({size}) needs (height, width, channels) inputs with height and "
-                         f"width divisible by {size}; gets per-example shape {tuple(in_shape)}")
+                         f"width divisible by {size}{' (or crop=True)' if name == 'max_pool' else ''}; "
+                         f"gets per-example shape {tuple(in_shape)}")
     return (in_shape[0] // size, in_shape[1] // size, in_shape[2])
 
 
 @dataclasses.dataclass(frozen=True)
 class MaxPool(Layer):
     """Non-overlapping ``size`` x ``size`` max-pooling of NHWC input (height and width divisible by
-    ``size``).
+    ``size``; with ``crop=True`` any size, the last rows and columns that fill no window left out,
+    as PyTorch's ``MaxPool2d`` does: 31 x 31 pools to 15 x 15, and those pixels get zero gradient).
 
     Forward: a running maximum over the ``size**2`` strided views of the windows, which also keeps
     the index of the winner; a later element wins only if strictly greater, so a tie goes to the
     *first* maximum in row-major order within the window (PyTorch's ``MaxPool2d`` rule).
 
-    Backward: each window's ``dy`` goes to that one element, the others get 0 (``jax.grad`` of a
-    max instead splits ``dy`` equally among tied maxima; the two agree wherever a window has one
-    maximum, and after a ReLU the tied windows are mostly all-zero ones, whose gradient the ReLU
-    then discards either way). Residual: the winner's index per window (int8).
+    Backward: each window's ``dy`` goes to that one element, the others get 0 (``jax.grad`` of
+    ``jnp.max`` instead splits ``dy`` equally among tied maxima; the forward here selects with
+    ``jnp.where``, so that ``jax.grad`` of it follows the same first-maximum rule: ties are common
+    in real images, in saturated regions, and in a dirac-initialised network they reach every
+    layer). Residual: the winner's index per window (int8).
 
     The index is kept rather than recomputed as ``x == max(x)``: under jit, XLA may recompute ``x``
     inside two fusions that round differently, and an equality test can then select no element.
     """
     size: int = 2
+    crop: bool = False
 
     def out_shape(self, in_shape):
-        return _pooled_shape("max_pool", self.size, in_shape)
+        return _pooled_shape("max_pool", self.size, in_shape, self.crop)
 
     def forward(self, params, state, x, *, train=False, key=None):
         n, h, w, c = x.shape
         s = self.size
         self.out_shape((h, w, c))
-        x6 = x.reshape(n, h // s, s, w // s, s, c)
+        hs, ws = h // s, w // s
+        residual_shape = jnp.zeros((0, h - hs * s, w - ws * s), jnp.int8)  # what the crop left out
+        x6 = x[:, :hs * s, :ws * s].reshape(n, hs, s, ws, s, c)
         best, idx = x6[:, :, 0, :, 0, :], jnp.zeros((n, h // s, w // s, c), jnp.int8)
         for k in range(1, s * s):
             v = x6[:, :, k // s, :, k % s, :]
             idx = jnp.where(v > best, jnp.int8(k), idx)
-            best = jnp.maximum(best, v)
-        return best, state, idx
+            best = jnp.where(v > best, v, best)  # not jnp.maximum: its derivative splits ties
+        return best, state, (idx, residual_shape) if self.crop else idx
 
-    def backward(self, params, idx, dy):
+    def backward(self, params, res, dy):
+        idx, left_out = res if self.crop else (res, None)
         s = self.size
         n, hs, ws, c = dy.shape
         where = jnp.arange(s * s, dtype=idx.dtype).reshape(1, 1, s, 1, s, 1)  # each element's index in its window
         dx = jnp.where(idx[:, :, None, :, None, :] == where, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
-        return {}, dx.reshape(n, hs * s, ws * s, c)  # (n, h/s, s, w/s, s, c) -> (n, h, w, c)
+        dx = dx.reshape(n, hs * s, ws * s, c)  # (n, h/s, s, w/s, s, c) -> (n, h, w, c)
+        if left_out is not None:  # the cropped rows and columns had no effect: zero gradient
+            dx = jnp.pad(dx, ((0, 0), (0, left_out.shape[1]), (0, left_out.shape[2]), (0, 0)))
+        return {}, dx
+
+    def __str__(self):
+        return f"{type(self).__name__.lower()}({self.size}{', crop=True' if self.crop else ''})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -644,17 +696,17 @@ class LayerNorm(Layer):
         return "layer_norm"
 
 
-def dense(features: int, init: str = "torch") -> Dense:
-    return Dense(features, init)
+def dense(features: int, init: str = "torch", *, bias: bool = True) -> Dense:
+    return Dense(features, init, bias)
 
 
 def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch", *, stride: int = 1,
-           padding: str = "same") -> Conv2D:
-    return Conv2D(features, size, impl, init, stride, padding)
+           padding: str = "same", bias: bool = True) -> Conv2D:
+    return Conv2D(features, size, impl, init, stride, padding, bias)
 
 
-def max_pool(size: int = 2) -> MaxPool:
-    return MaxPool(size)
+def max_pool(size: int = 2, crop: bool = False) -> MaxPool:
+    return MaxPool(size, crop)
 
 
 def flatten() -> Flatten:

@@ -6,6 +6,8 @@ have the logits' shape.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,6 +87,45 @@ def softmax_cross_entropy_grad(logits, labels):
     return ((p - y) / y.shape[0]).reshape(logits.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossEntropy:
+    """Softmax cross-entropy against label-smoothed targets, a loss with settings (a model's
+    ``loss`` may be one, in place of a name): ``q = (1 - smoothing) y + smoothing / k`` for one-hot
+    ``y`` over ``k`` classes, ``L = -sum_i sum_k q_ik log softmax(s_i)_k``, divided by the batch
+    size (``reduction="mean"``) or not (``"sum"``). ``torch.nn.CrossEntropyLoss(label_smoothing=,
+    reduction=)``; airbench trains on ``CrossEntropy(0.2, "sum")``.
+
+    Derivative: ``dL/ds = softmax(s) - q`` (over the batch size for the mean): smoothing moves the
+    target off the vertex of the simplex, so the gradient never vanishes on a confident example.
+    """
+    smoothing: float = 0.0
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.smoothing}")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
+    def _targets(self, logits, labels):
+        y = targets(logits, labels)
+        return (1.0 - self.smoothing) * y + self.smoothing / y.shape[-1]
+
+    def _divisor(self, q):
+        return q.shape[0] if self.reduction == "mean" else 1
+
+    def __call__(self, logits, labels):
+        q = self._targets(logits, labels)
+        return -jnp.sum(q * jax.nn.log_softmax(logits.reshape(q.shape), axis=-1)) / self._divisor(q)
+
+    def grad(self, logits, labels):
+        q = self._targets(logits, labels)
+        return ((jax.nn.softmax(logits.reshape(q.shape), axis=-1) - q) / self._divisor(q)).reshape(logits.shape)
+
+    def __str__(self):
+        return f"cross_entropy(smoothing={self.smoothing}, reduction={self.reduction!r})"
+
+
 # name -> (loss(y_hat, y), dloss/dy_hat); what the hand backprop can pair with an MLP.
 LOSSES = {
     "cross_entropy": (softmax_cross_entropy, softmax_cross_entropy_grad),
@@ -93,10 +134,18 @@ LOSSES = {
 }
 
 
-def get_loss(name: str):
-    if name not in LOSSES:
+def get_loss(name):
+    """``(loss(y_hat, y), dloss/dy_hat)`` of a name in ``LOSSES`` or of a ``CrossEntropy``."""
+    if isinstance(name, CrossEntropy):
+        return name, name.grad
+    if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def takes_labels(loss) -> bool:
+    """Whether ``loss`` (a name or a ``CrossEntropy``) compares logits with class labels."""
+    return loss == "cross_entropy" or isinstance(loss, CrossEntropy)
 
 
 def _is_weight(path) -> bool:

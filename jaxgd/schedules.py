@@ -17,6 +17,9 @@ rate). ``factor(step)`` multiplies the base learning rate at 0-based step ``step
   one-cycle shape: linear from ``1/div_factor`` up to 1 at step ``pct_start * total_steps - 1``, then
   linear down to ``1/(div_factor * final_div_factor)`` at ``total_steps - 1``
   (``OneCycleLR(anneal_strategy="linear", three_phase=False)``).
+- ``triangle(total_steps, peak_step, start=0.2, end=0.07)``: linear from ``start`` at step 0 up to 1
+  at ``peak_step``, then linear down to ``end`` at ``total_steps`` (airbench's ``triangle``, with
+  ``peak_step = int(0.23 * total_steps)``).
 
 The step counts from the first update of a fit; with ``epochs`` epochs of ``b`` batches,
 ``total_steps = epochs * b`` (``train.steps_per_epoch``).
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("constant", "step_decay", "cosine", "warmup_cosine", "one_cycle")
+KINDS = ("constant", "step_decay", "cosine", "warmup_cosine", "one_cycle", "triangle")
 
 
 @jax.tree_util.register_dataclass
@@ -66,6 +69,8 @@ _FORMULAS = {
         t < warmup_steps, t / jnp.maximum(warmup_steps, 1.0),
         _cos(t - warmup_steps, jnp.maximum(total_steps - warmup_steps, 1.0), final_fraction)),
     "one_cycle": _one_cycle,
+    "triangle": lambda t, total_steps, peak_step, start, end: jnp.where(
+        t < peak_step, start + (1.0 - start) * t / peak_step, 1.0 + (end - 1.0) * (t - peak_step) / (total_steps - peak_step)),
 }
 
 
@@ -112,10 +117,19 @@ def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
     return s
 
 
+def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
+    s = _make("triangle", {"total_steps": (lambda v: v >= 2, ">= 2"), "peak_step": (lambda v: v >= 1, ">= 1"),
+                           "start": (lambda v: v >= 0, ">= 0"), "end": (lambda v: v >= 0, ">= 0")},
+              total_steps=total_steps, peak_step=peak_step, start=start, end=end)
+    if np.any(s.args["peak_step"] >= s.args["total_steps"]):
+        raise ValueError(f"triangle schedule: peak_step ({peak_step}) must be < total_steps ({total_steps})")
+    return s
+
+
 def by_name(kind, **args) -> Schedule:
     """``by_name("cosine", total_steps=100)``: a schedule from its kind's name (for configs)."""
     makers = {"constant": constant, "step_decay": step_decay, "cosine": cosine, "warmup_cosine": warmup_cosine,
-              "one_cycle": one_cycle}
+              "one_cycle": one_cycle, "triangle": triangle}
     if kind not in makers:
         raise ValueError(f"unknown schedule {kind!r}; choose from {KINDS}")
     return makers[kind](**args)

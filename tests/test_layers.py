@@ -141,6 +141,9 @@ def test_max_pool_ties_go_to_the_first_maximum():
     g = jax.grad(lambda x: jnp.sum(x.reshape(1, 1, 2, 2, 2, 1).max(axis=(2, 4)) * jnp.array([10.0, 20.0])
                                    .reshape(1, 1, 2, 1)))(x)
     np.testing.assert_allclose(np.asarray(g).reshape(2, 4), [[2.5, 2.5, 0, 0], [2.5, 2.5, 10, 10]])
+    # but jax.grad of the layer's forward (a chain of selections) takes the first maximum, as the hand backward
+    g = jax.grad(lambda x: jnp.sum(pool.forward({}, {}, x)[0] * jnp.array([10.0, 20.0]).reshape(1, 1, 2, 1)))(x)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(dx))
 
 
 def test_max_pool_ties_match_torch():
@@ -329,11 +332,11 @@ def test_bench_conv_parts_time_what_pytorch_computes():
     """The bench's ``conv_parts`` rows compare jaxgd's conv forward, weight gradient and input
     gradient with PyTorch's on the same tensors: the three give the same numbers."""
     torch = pytest.importorskip("torch")
-    from jaxgd.experiments.bench import _torch_conv_parts
+    from jaxgd.experiments.torch_peers import conv_parts
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
     xs, dys = jax.random.normal(k1, (2, 4, 6, 6, 3)), jax.random.normal(k2, (2, 4, 6, 6, 5))
     W = jax.random.normal(k3, (3, 3, 3, 5))
-    ops = _torch_conv_parts(xs, dys, W)
+    ops = conv_parts(xs, dys, W)
     nhwc = lambda t: np.asarray(t.permute(0, 2, 3, 1))  # noqa: E731
     with torch.no_grad():
         np.testing.assert_allclose(nhwc(ops["forward"](1)), L.conv2d(5).forward({"W": W, "b": jnp.zeros(5)}, {}, xs[1])[0],
