@@ -49,6 +49,8 @@ COMMANDS = {
                                              "Nesterov, warm-up + cosine, best epoch by validation"),
     "resnet": ("resnet", "a ResNet-8 (residual blocks, batch norm, strided convs) on CIFAR-2 and CIFAR-10, every "
                          "gradient by hand, over seeds"),
+    "airbench": ("airbench", "airbench94's network and recipe (the CIFAR-10 speed record's) on CIFAR-10 and "
+                             "CIFAR-2, every gradient by hand, seeds as one program"),
     "bench": ("bench", "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak"),
 }
 

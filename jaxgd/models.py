@@ -31,7 +31,7 @@ from jaxgd import losses
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A sequential model: ``layers`` applied in order to examples of shape ``in_shape``
-    (no batch axis), trained on ``loss`` (a name in ``losses.LOSSES``)."""
+    (no batch axis), trained on ``loss`` (a name in ``losses.LOSSES``, or a ``losses.CrossEntropy``)."""
     layers: tuple
     in_shape: tuple
     loss: str = "cross_entropy"
@@ -232,3 +232,39 @@ def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32
             c_in = w
     layers += [L.global_avg_pool(), L.dense(classes)]
     return Model(tuple(layers), in_shape)
+
+
+# ------------------------------------------------------------------------------ airbench's network
+
+AIRBENCH_WIDTHS = (64, 256, 256)
+
+
+def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn_momentum: float = 0.4,
+             logit_scale: float = 1 / 9, label_smoothing: float = 0.2) -> Model:
+    """The network of airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU",
+    arXiv 2404.00498; KellerJordan/cifar10-airbench), a plain chain:
+
+        conv 2x2 "valid" (2 * 3 * 2 * 2 = 24 filters, with bias): the whitening layer, whose
+            weights are set from the training images' patch covariance (experiments.airbench.whiten)
+            and never trained; then GELU
+        three groups (widths 64, 256, 256), each
+            conv 3x3 (no bias, dirac init) - max pool 2 (cropping: 31 -> 15 -> 7 -> 3)
+            - batch norm - GELU - conv 3x3 (no bias, dirac init) - batch norm - GELU
+        max pool 3 (3 x 3 -> 1 x 1, the global max) - flatten - dense ``classes`` (no bias) - scale 1/9
+
+    Batch norm as airbench's: eps 1e-12, running statistics ``0.6 r + 0.4 batch`` (PyTorch's
+    momentum 0.4 = 1 - airbench's 0.6); its scale stays 1 (airbench does not train it: the
+    optimizer leaves it out) and its shift trains. The loss is airbench's: cross-entropy summed over
+    the batch with label smoothing 0.2. Every gradient is the hand reverse pass of these layers.
+    """
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 3 or min(widths) < 1 or classes < 1:
+        raise ValueError(f"airbench needs three widths >= 1 and classes >= 1; got {widths}, {classes}")
+    c = int(in_shape[-1])
+    layers = [L.conv2d(2 * c * 2 * 2, 2, padding="valid"), L.gelu()]
+    for w in widths:
+        layers += [L.conv2d(w, 3, init="dirac", bias=False), L.max_pool(2, crop=True),
+                   L.batch_norm(bn_momentum, 1e-12), L.gelu(),
+                   L.conv2d(w, 3, init="dirac", bias=False), L.batch_norm(bn_momentum, 1e-12), L.gelu()]
+    layers += [L.max_pool(3, crop=True), L.flatten(), L.dense(classes, bias=False), L.scale(logit_scale)]
+    return Model(tuple(layers), in_shape, losses.CrossEntropy(label_smoothing, "sum"))

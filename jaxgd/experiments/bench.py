@@ -71,7 +71,8 @@ from jaxgd.experiments.config import Config, at_least, option
 from jaxgd.experiments.timing import device_name
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
-SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "compile_cache", "grid")
+SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "compile_cache",
+            "airbench_epoch", "grid")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # the grid section only when named
 
 
@@ -96,6 +97,8 @@ class BenchConfig(Config):
                                      check=at_least(1))
     cache_command: tuple[str, ...] = option(("reproduce", "--quick"), "the jaxgd command the compile_cache "
                                             "section runs in fresh processes (--results and --quiet are added)")
+    n_airbench: int = option(4096, "training images of the airbench_epoch section (4 steps of batch 1,024)",
+                             check=at_least(1024))
     scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
                                                             "devices on a CPU, real ones elsewhere)", check=at_least(1))
 
@@ -107,7 +110,7 @@ TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/ja
            "INF265 grid wall s, jaxgd": "<= 10 on GPU",
            "jaxgd/torch.compile bs64": "<= 1.0", "jaxgd/torch.compile bs256": "<= 1.0",
            "jaxgd/flax+optax bs64": "<= 1.0", "jaxgd/flax+optax bs256": "<= 1.0",
-           "compile s, warm cache / empty cache": "<= 0.2",
+           "compile s, warm cache / empty cache": "<= 0.2", "jaxgd/airbench PyTorch epoch": "<= 1.0",
            "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
 
 
@@ -492,10 +495,52 @@ def bench_matmul(cfg, have_torch=False) -> dict:
 
 
 # section -> its run(cfg, have_torch); the sections without PyTorch rows ignore have_torch
+def bench_airbench_epoch(cfg, have_torch) -> dict:
+    """airbench94's network (``models.airbench``), one training epoch of ``n_airbench`` images at its
+    batch size 1,024 with its whole recipe (crops, flips, two parameter groups, lookahead): jaxgd's
+    compiled epoch on the hand reverse pass (``experiments.airbench.make_epoch``) beside airbench's
+    own PyTorch loop (``experiments.airbench_torch``, the pinned copy; eager, as airbench94 runs),
+    from the same initial network, interleaved."""
+    from jaxgd.experiments import airbench
+    n, bs = cfg.n_airbench, 1024
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    acfg = airbench.AirbenchConfig.make({"datasets": ["cifar10"]})
+    model = models.airbench()
+    params, state, x_pad = airbench.init_run(model, acfg, 0, x)
+    steps = n // bs
+    hp, _ = airbench.hyperparams(acfg, 10 * steps)  # a schedule as long as airbench's 9.9 epochs; all steps active
+    opt = airbench.make_optimizer(airbench.roles(model, params))
+    epoch = airbench.make_epoch(airbench.make_step(model, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
+    carry = (params, opt.init(params), state, jax.tree_util.tree_map(jnp.copy, (params, state)), jnp.zeros((), jnp.int32))
+    args = (x_pad, jnp.asarray(y), hp._replace(whiten_on=jnp.asarray(True)), jnp.asarray(False), jax.random.PRNGKey(1))
+    t = time.perf_counter()
+    compiled = jax.jit(epoch).lower(carry, *args).compile()
+    flops = model.train_flops(steps * bs)
+    specs = [({"name": f"jaxgd airbench epoch (hand backprop, compiled), {n} images bs {bs}",
+               "compile_s": time.perf_counter() - t, "flops": flops}, timing.training(compiled, carry, *args))]
+    if have_torch:
+        import torch
+
+        from jaxgd.experiments import airbench_torch as AT
+        torch.manual_seed(0)
+        net = AT.make_net()
+        AT.load_jaxgd(net, params, state)
+        trainer = AT.Trainer(net, bs, 10 * steps)
+        padded, labels = AT.nchw(np.asarray(x_pad)), torch.tensor(y, dtype=torch.int64)
+        count = iter(range(10 ** 9))
+        specs.append(({"name": f"airbench94 PyTorch epoch (autograd, eager; airbench 0.1.8's loop), {n} images bs {bs}",
+                       "flops": flops}, lambda: AT.train_epoch(trainer, padded, labels, next(count) % 2, bs)))
+    rows = timing.rows(specs, cfg.repeats)
+    ratios = {"jaxgd/airbench PyTorch epoch": rows[0]["median_s"] / rows[1]["median_s"]} if have_torch else {}
+    return {"rows": rows, "ratios": ratios}
+
+
 SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),
                 "configs": lambda cfg, _: bench_configs(cfg), "cnn_epoch": bench_cnn_epoch,
                 "conv_parts": bench_conv_parts, "scaling": lambda cfg, _: bench_scaling(cfg),
-                "compile_cache": bench_compile_cache, "grid": bench_grid}
+                "compile_cache": bench_compile_cache, "airbench_epoch": bench_airbench_epoch, "grid": bench_grid}
 assert set(SECTION_RUNS) == set(SECTIONS)
 
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import optim, parallel, progress, schedules, train
@@ -233,6 +234,26 @@ def seed_runs(model, params, state, hist, splits, seeds, train_curve):
                      "val_curve": val_acc[:, i].tolist(), f"{train_curve}_curve": curve[:, i].tolist()})
     tests = np.array([r["test_acc"] for r in runs])
     return runs, float(tests.mean()), float(tests.std(ddof=1)) if len(tests) > 1 else 0.0
+
+
+def hand_vs_autodiff(model, params, state, x, y) -> dict:
+    """The hand training gradient (``model.grad``) against ``jax.grad`` of the same loss, in
+    float64 on the images ``x``: per leaf ``max |hand - jax.grad| / max |jax.grad|``, the
+    denominator at least ``checker.ZERO_FLOOR`` of the largest gradient (a conv bias right before
+    batch norm has gradient 0 on paper)."""
+    from jaxgd import checker, gradcheck, losses
+    with jax.enable_x64(True):
+        p, s, x = gradcheck.cast((params, state, jnp.asarray(x)), jnp.float64)
+        y = jnp.asarray(y)
+        key = jax.random.PRNGKey(0)
+        hand = model.grad(p, s, x, y, key)[2]
+        loss_fn = losses.get_loss(model.loss)[0]
+        true = jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
+        h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
+        top = max(float(jnp.max(jnp.abs(a))) for a in t)
+        rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), checker.ZERO_FLOOR * top)
+               for a, b in zip(h, t)]
+    return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
 
 
 def _resume_key(settings: dict) -> dict:

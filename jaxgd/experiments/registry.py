@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxgd.experiments import (bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
+from jaxgd.experiments import (airbench, bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
                                data_report, gradcheck, matrix_chain, mnist_improved, mnist_zoo, resnet)
 
-# name -> (module, results file, quick config, full config, figures)
+# name -> (module, results file, quick config, full config, figures); a quick config of None: full profile only
 EXPERIMENTS = {
     "gradcheck": (gradcheck, "gradcheck/results.json", {"quick": True}, {}, []),
     "matrix_chain": (matrix_chain, "matrix_chain/results.json", {"iters": 200}, {}, ["matrix_chain/loss_curves.png"]),
@@ -33,6 +33,7 @@ EXPERIMENTS = {
     "resnet": (resnet, "resnet/results.json",
                {"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 1024}, {},
                ["resnet/curves.png"]),
+    "airbench": (airbench, "airbench/results.json", None, {}, []),  # hours on a CPU: not in the quick profile
     "bench": (bench, "bench/{device}.json",
               {"repeats": 5, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
                "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "torch_compile": False}, {},
@@ -43,7 +44,8 @@ EXPERIMENTS = {
 # the datasets an experiment reads (checked before anything runs)
 NEEDS = {"data_report": ("cifar2", "mnist"), "cifar2": ("cifar2",), "cifar2_improved": ("cifar2",),
          "mnist_zoo": ("mnist",), "mnist_improved": ("mnist",),
-         "cifar10_softmax": ("cifar10",), "cifar10_improved": ("cifar10",), "resnet": ("cifar2", "cifar10")}
+         "cifar10_softmax": ("cifar10",), "cifar10_improved": ("cifar10",), "resnet": ("cifar2", "cifar10"),
+         "airbench": ("cifar10", "cifar2")}
 
 
 def files(name):
@@ -61,5 +63,13 @@ def root(profile, base=None) -> Path:
 def config(name, profile, data_dir=None):
     """The typed config an experiment runs with in ``profile``."""
     mod, _, quick, full, _ = EXPERIMENTS[name]
+    if profile == "quick" and quick is None:
+        raise ValueError(f"{name} runs in the full profile only (jaxgd reproduce --profile full --only {name}, "
+                         f"or jaxgd {name.replace('_', '-')})")
     extra = {"data_dir": data_dir} if data_dir and name in NEEDS else {}
     return mod.CONFIG.make(quick if profile == "quick" else full, **extra)
+
+
+def in_profile(name, profile) -> bool:
+    """Whether ``jaxgd reproduce`` runs ``name`` in ``profile`` when not told which to run."""
+    return profile == "full" or EXPERIMENTS[name][2] is not None

@@ -10,7 +10,7 @@ import time
 import traceback
 from jaxgd import data, parallel, progress
 from jaxgd.experiments import common
-from jaxgd.experiments.registry import EXPERIMENTS, NEEDS, config, files, root
+from jaxgd.experiments.registry import EXPERIMENTS, NEEDS, config, files, in_profile, root
 from jaxgd.experiments.writeup import readme_results, update_readme, write_report
 
 __all__ = ["EXPERIMENTS", "NEEDS", "config", "readme_results", "resumable", "root", "run_all", "run_one",
@@ -37,7 +37,7 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     before anything runs: a bad config or missing data fails in seconds, not after an hour."""
     if profile not in ("quick", "full"):
         raise ValueError(f"profile must be 'quick' or 'full', got {profile!r}")
-    names = list(EXPERIMENTS) if not only else list(only)
+    names = [n for n in EXPERIMENTS if in_profile(n, profile)] if not only else list(only)
     for n in names:
         if n not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")

@@ -19,11 +19,10 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 
-from jaxgd import augment, data, losses, models, optim, progress, train
-from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, improved_step, outdir, provenance,
-                                     seed_runs, stack_splits, warmup_cosine, write)
+from jaxgd import augment, data, models, optim, progress, train
+from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, hand_vs_autodiff, improved_step, outdir,
+                                     provenance, seed_runs, stack_splits, warmup_cosine, write)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 
 DATASETS = ("cifar2", "cifar10")
@@ -69,26 +68,6 @@ CONFIG = ResnetConfig
 
 def model_for(cfg, dataset) -> models.Model:
     return models.resnet(cfg.widths, cfg.blocks, CLASSES[dataset])
-
-
-def hand_vs_autodiff(model, params, state, x, y) -> dict:
-    """The hand training gradient (``model.grad``) against ``jax.grad`` of the same loss, in
-    float64 on the images ``x``: per leaf ``max |hand - jax.grad| / max |jax.grad|``, the
-    denominator at least ``checker.ZERO_FLOOR`` of the largest gradient (a conv bias right before
-    batch norm has gradient 0 on paper)."""
-    from jaxgd import checker, gradcheck
-    with jax.enable_x64(True):
-        p, s, x = gradcheck.cast((params, state, jnp.asarray(x)), jnp.float64)
-        y = jnp.asarray(y)
-        key = jax.random.PRNGKey(0)
-        hand = model.grad(p, s, x, y, key)[2]
-        loss_fn = losses.get_loss(model.loss)[0]
-        true = jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
-        h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
-        top = max(float(jnp.max(jnp.abs(a))) for a in t)
-        rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), checker.ZERO_FLOOR * top)
-               for a, b in zip(h, t)]
-    return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
 
 
 def train_one(dataset, cfg, verbose=False, log=print) -> dict:

@@ -1,0 +1,396 @@
+"""Experiment 7: airbench94's network and recipe (the CIFAR-10 speed record's), every gradient by hand.
+
+airbench (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv 2404.00498;
+KellerJordan/cifar10-airbench, also the ``airbench`` package on PyPI, version 0.1.8 read here)
+trains ``models.airbench`` with PyTorch's autograd; here the same recipe runs on the network's hand
+reverse pass and the hand SGD. The recipe, as airbench94 sets it (``AirbenchConfig``'s defaults):
+
+- Data: images normalised per channel (by the training set's mean and std: for CIFAR-10 airbench's
+  constants to 4 digits); the whitening layer's weights from the first 5,000 training images
+  (``whiten``); each run flips a random half of its training images once, then every odd epoch
+  flips all of them ("alternating flip"), and each epoch translates each image by up to 2 pixels
+  (a random crop of the image reflect-padded by 2), on the device.
+- Optimizer: Nesterov SGD (momentum 0.85), batch 1,024 (the last partial batch dropped), on the
+  loss *summed* over the batch, label smoothing 0.2. airbench's "decoupled" hyperparameters:
+  ``lr = 11.5 / k`` with ``k = 1024 (1 + 1 / (1 - momentum))``, weight decay ``wd = 0.0153 * 1024 / k``
+  given to PyTorch's SGD as ``wd / lr`` of each parameter group (so that ``lr * weight_decay = wd``);
+  the batch-norm shifts step with 64x the learning rate (their weight decay ``wd / (64 lr)``). The
+  whitening weights and the batch-norm scales never train; the whitening bias trains for the first
+  3 epochs only. The learning rate follows ``schedules.triangle`` (0.2 -> 1 at 23% of the steps ->
+  0.07), over ``ceil(9.9 * steps per epoch)`` steps: 9.9 epochs.
+- Lookahead: every 5 steps the weights (and batch-norm statistics) move to an exponential average
+  ``ema <- decay ema + (1 - decay) net``, ``net <- ema``, with ``decay = 0.95^5 (step / total)^3``;
+  after the last step ``net <- ema``.
+- Evaluation: test-time augmentation (airbench's level 2): the mean of the logits of each image and
+  its mirror, averaged half and half with those of the image translated by one pixel up-left and
+  down-right (reflect padding), each again with its mirror: 6 forward passes in evaluation mode.
+
+Differences from airbench, said: float32 everywhere (airbench runs the network in float16 with
+float32 batch norm, on a GPU); NHWC layout; jax.random's streams instead of PyTorch's. Nothing
+here was tuned: the recipe is airbench94's, and the test set is read once per run, at the end.
+The seeds of a dataset train as one program (vmapped), each with its own initialisation, flips,
+crops and batch order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgd import data, layers as L, models, optim, schedules, train
+from jaxgd.experiments.common import PartialRun, hand_vs_autodiff, outdir, provenance, write
+from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
+
+DATASETS = ("cifar10", "cifar2")
+CLASSES = {"cifar2": 2, "cifar10": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class AirbenchConfig(Config):
+    NAME = "airbench"
+    datasets: tuple[str, ...] = option(DATASETS, "datasets to train on", choices=DATASETS)
+    cifar10_seeds: tuple[int, ...] = option((0,), "seeds of the CIFAR-10 runs (init, flips, crops, batch order)")
+    cifar2_seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the CIFAR-2 runs (also its train/val split)")
+    epochs: float = option(9.9, "training epochs (a fraction ends inside the last epoch)", check=POSITIVE)
+    batch_size: int = option(1024, "minibatch size (images)", check=at_least(2))
+    lr: float = option(11.5, "learning rate per 1,024 examples (airbench's decoupled form)", check=POSITIVE)
+    momentum: float = option(0.85, "Nesterov momentum", check=((lambda v: 0 < v < 1), "in (0, 1)"))
+    weight_decay: float = option(0.0153, "weight decay per 1,024 examples (decoupled from the learning rate)",
+                                 check=at_least(0))
+    bias_scaler: float = option(64.0, "learning-rate multiplier of the batch-norm shifts", check=POSITIVE)
+    label_smoothing: float = option(0.2, "label smoothing of the cross-entropy",
+                                    check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    whiten_bias_epochs: int = option(3, "epochs the whitening layer's bias trains before it is frozen",
+                                     check=at_least(0))
+    translate: int = option(2, "random translation of the training images (pixels, reflect padding)",
+                            check=at_least(0))
+    widths: tuple[int, ...] = option(models.AIRBENCH_WIDTHS, "channels of the three conv groups", check=at_least(1))
+    lookahead_every: int = option(5, "steps between lookahead (EMA) updates", check=at_least(1))
+    tta_level: int = option(2, "test-time augmentation: 0 none, 1 mirror, 2 mirror + translate",
+                            choices=(0, 1, 2))
+    whiten_images: int = option(5000, "training images whose patches set the whitening layer", check=at_least(1))
+    train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
+    eval_chunk: int = option(500, "test images per forward pass at evaluation", check=at_least(1))
+    data_dir: str | None = data_dir_option()
+
+    def validate(self):
+        if len(self.widths) != 3:
+            raise ValueError(f"widths: airbench's network has three conv groups; got {list(self.widths)}")
+        for ds in self.datasets:
+            seeds = self.seeds(ds)
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{ds}: give at least one seed, all different; got {list(seeds)}")
+
+    def seeds(self, dataset) -> tuple:
+        return getattr(self, f"{dataset}_seeds")
+
+
+CONFIG = AirbenchConfig
+
+
+# ------------------------------------------------------------------------------ the whitening layer
+
+def whiten(x, size: int = 2, eps: float = 5e-4) -> np.ndarray:
+    """The whitening layer's HWIO kernel from NHWC images ``x``: with ``C`` the covariance (about 0,
+    as airbench) of all ``size x size`` patches, ``C = V diag(lam) V^T``, the filters are the
+    eigenvectors scaled to unit variance, ``v_i / sqrt(lam_i + eps)`` in order of falling
+    eigenvalue, then the same negated: ``2 * size^2 * channels`` filters. The convolution's output
+    then has (about) identity covariance; with the negated copies a following GELU keeps both signs.
+    Computed in float64 on the host."""
+    x = np.asarray(x, np.float64)
+    n, h, w, c = x.shape
+    d = size * size * c
+    cov, count = np.zeros((d, d)), 0
+    for i in range(0, n, 500):  # patches ordered (row, column, channel), as an HWIO kernel flattens
+        b = x[i:i + 500]
+        p = np.concatenate([b[:, r:h - size + 1 + r, q:w - size + 1 + q] for r in range(size) for q in range(size)],
+                           axis=-1).reshape(-1, d)
+        cov += p.T @ p
+        count += len(p)
+    lam, V = np.linalg.eigh(cov / count)
+    lam, V = lam[::-1], V[:, ::-1]  # falling eigenvalues, as airbench (torch.linalg.eigh, flipped)
+    filters = V / np.sqrt(lam + eps)
+    return np.concatenate([filters, -filters], axis=1).reshape(size, size, c, 2 * d)
+
+
+# ------------------------------------------------------------------------------ the optimizer
+
+ROLES = ("frozen", "whiten_bias", "norm_bias", "other")
+
+
+def roles(model, params) -> list:
+    """Each parameter's part in airbench's optimizer: the whitening weights and the batch-norm
+    scales are ``frozen``; the whitening bias trains for a few epochs (``whiten_bias``); the
+    batch-norm shifts (``norm_bias``) and the other weights (``other``) are PyTorch's two groups."""
+    def role(i, layer, k):
+        if i == 0:
+            return "frozen" if k == "W" else "whiten_bias"
+        if isinstance(layer, L.BatchNorm):
+            return "frozen" if k == "scale" else "norm_bias"
+        return "other"
+    return [{k: role(i, layer, k) for k in p} for i, (layer, p) in enumerate(zip(model.layers, params))]
+
+
+class Hyper(NamedTuple):
+    """The two parameter groups' hand-SGD hyperparameters and whether the whitening bias trains."""
+    norm: optim.SGDHyperparams
+    other: optim.SGDHyperparams
+    whiten_on: Any
+
+
+def hyperparams(cfg, steps_per_epoch: int) -> tuple[Hyper, int]:
+    """airbench's decoupled hyperparameters as ``torch.optim.SGD``'s (see the module docstring), and
+    the total number of steps."""
+    total = math.ceil(steps_per_epoch * cfg.epochs)
+    k = 1024 * (1 + 1 / (1 - cfg.momentum))
+    lr, wd = cfg.lr / k, cfg.weight_decay * cfg.batch_size / k
+    lr_b = lr * cfg.bias_scaler
+    sched = schedules.triangle(total, int(0.23 * total), 0.2, 0.07)
+    return Hyper(optim.sgd_hyperparams(lr_b, cfg.momentum, wd / lr_b, schedule=sched),
+                 optim.sgd_hyperparams(lr, cfg.momentum, wd / lr, schedule=sched), True), total
+
+
+_SGD = optim.sgd(nesterov=True)
+
+
+def _split(tree, role_list):
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {r: [x for x, q in zip(leaves, role_list) if q == r] for r in ROLES}
+
+
+def _merge(tree, parts, role_list):
+    it = {r: iter(v) for r, v in parts.items()}
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(treedef, [next(it[q]) if q in parts else x
+                                                  for x, q in zip(leaves, role_list)])
+
+
+def make_optimizer(role_tree) -> optim.Optimizer:
+    """airbench's optimizer from the hand SGD (``optim.sgd(nesterov=True)``, PyTorch's rules): one
+    instance per parameter group, the whitening bias's steps kept only while ``hparams.whiten_on``
+    (afterwards PyTorch sees no gradient for it and leaves it, and its momentum, alone); frozen
+    parameters are never touched."""
+    role_list = jax.tree_util.tree_leaves(role_tree)
+    trained = ("whiten_bias", "norm_bias", "other")
+
+    def init(params):
+        parts = _split(params, role_list)
+        return {r: _SGD.init(parts[r]) for r in trained}
+
+    def update(grads, state, params, hp: Hyper):
+        g, p = _split(grads, role_list), _split(params, role_list)
+        new, new_state = {}, {}
+        for r in trained:
+            new[r], new_state[r] = _SGD.update(g[r], state[r], p[r], hp.norm if r == "norm_bias" else hp.other)
+        keep = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(hp.whiten_on, x, y), a, b)  # noqa: E731
+        new["whiten_bias"] = keep(new["whiten_bias"], p["whiten_bias"])
+        new_state["whiten_bias"] = keep(new_state["whiten_bias"], state["whiten_bias"])
+        return _merge(params, new, role_list), new_state
+
+    return optim.Optimizer(init, update)
+
+
+# ------------------------------------------------------------------------------ the epoch
+
+def _lerp(ema, net, w):
+    return jax.tree_util.tree_map(lambda e, x: e + jnp.asarray(w, e.dtype) * (x - e), ema, net)
+
+
+def make_step(model, optimizer, total_steps: int, lookahead_every: int = 5):
+    """``step(carry, xb, yb, hparams) -> (carry, (loss, accuracy))`` of one run on a ready
+    minibatch, ``carry = (params, opt_state, model_state, ema, step)``: the hand gradient of the
+    summed loss, the update, and the lookahead (every ``lookahead_every`` steps ``ema`` moves
+    towards the network by ``1 - decay`` and the network jumps to it; after step ``total_steps``
+    the network takes ``ema``). The loss returned is the batch's mean."""
+    def decay(c):
+        return 0.95 ** 5 * (c / total_steps) ** 3
+
+    def step(carry, xb, yb, hp):
+        params, opt_state, mstate, ema, count = carry
+        loss, logits, g, mstate = model.grad(params, mstate, xb, yb, None)
+        params, opt_state = optimizer.update(g, opt_state, params, hp)
+        c = count + 1
+        look = c % lookahead_every == 0
+        ema = jax.tree_util.tree_map(lambda e, n: jnp.where(look, n, e), ema, _lerp(ema, (params, mstate), 1.0 - decay(c)))
+        params, mstate = jax.tree_util.tree_map(lambda e, n: jnp.where(look | (c >= total_steps), e, n),
+                                                ema, (params, mstate))
+        return (params, opt_state, mstate, ema, c), (loss / yb.shape[0], jnp.mean(jnp.argmax(logits, -1) == yb))
+    return step
+
+
+def make_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: int, pad: int):
+    """``epoch(carry, x_padded, y, hparams, flip_all, key) -> (carry, (loss, acc, active))`` of one
+    run: ``step`` (``make_step``'s) ``lax.scan``-ned over ``steps_per_epoch`` minibatches of a
+    seeded permutation, each cropped from the reflect-padded images at a random offset per image
+    (and mirrored when ``flip_all``); steps past ``total_steps`` do nothing (``active`` 0), so the
+    fractional last epoch stops where airbench's does."""
+    def epoch(carry, x_pad, y, hp, flip_all, key):
+        k_perm, k_crop = jax.random.split(key)
+        idx = jax.random.permutation(k_perm, y.shape[0])[: steps_per_epoch * batch_size]
+        idx = idx.reshape(steps_per_epoch, batch_size)
+        offsets = jax.random.randint(k_crop, (steps_per_epoch, batch_size, 2), 0, 2 * pad + 1)
+        h, w, c = x_pad.shape[1] - 2 * pad, x_pad.shape[2] - 2 * pad, x_pad.shape[3]
+        crop = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))
+
+        def body(carry, inp):
+            i, o = inp
+            active = carry[-1] < total_steps
+
+            def go(carry):
+                xb = crop(x_pad[i], o)
+                return step(carry, jnp.where(flip_all, xb[:, :, ::-1, :], xb), y[i], hp)
+            zero = jnp.zeros((), jnp.float32)
+            carry, (loss, acc) = jax.lax.cond(active, go, lambda carry: (carry, (zero, zero)), carry)
+            return carry, (loss, acc, active.astype(jnp.float32))
+
+        return jax.lax.scan(body, carry, (idx, offsets))
+    return epoch
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+def tta_logits(model, params, state, x, level: int = 2):
+    """airbench's test-time augmentation of eval-mode logits (module docstring): level 0 the plain
+    logits, 1 the mean with the mirror's, 2 that averaged half and half with the mirrored means of
+    the images translated by one pixel up-left and down-right (reflect padding)."""
+    net = lambda v: model.apply(params, state, v, False, None)[0]  # noqa: E731
+    mirror = lambda v: 0.5 * net(v) + 0.5 * net(v[:, :, ::-1, :])  # noqa: E731
+    if level == 0:
+        return net(x)
+    if level == 1:
+        return mirror(x)
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = 0.5 * (mirror(xp[:, :h, :w]) + mirror(xp[:, 2:h + 2, 2:w + 2]))
+    return 0.5 * mirror(x) + 0.5 * shifted
+
+
+def accuracy(model, params, state, x, y, level, chunk) -> float:
+    f = jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
+    hits = sum(int(jnp.sum(f(params, state, jnp.asarray(x[i:i + chunk])) == jnp.asarray(y[i:i + chunk])))
+               for i in range(0, len(y), chunk))
+    return hits / len(y)
+
+
+# ------------------------------------------------------------------------------ a dataset's runs
+
+def _reflect_pad(x, pad):
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else x
+
+
+def init_run(model, cfg, seed, x_train):
+    """``(params, state, x_padded)`` of one run: the initial network with the whitening layer set
+    from the first ``cfg.whiten_images`` training images (bias 0, as airbench's), and the training
+    images flipped at random once (half of them) and reflect-padded for the crops."""
+    key = jax.random.PRNGKey(seed)
+    params, state = model.init(key)
+    params[0] = {"W": jnp.asarray(whiten(x_train[: cfg.whiten_images]), jnp.float32),
+                 "b": jnp.zeros_like(params[0]["b"])}
+    x = jnp.asarray(x_train)
+    mirror = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (x.shape[0], 1, 1, 1))
+    return params, state, _reflect_pad(jnp.where(mirror, x[:, :, ::-1, :], x), cfg.translate)
+
+
+def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
+    """Every seed of ``dataset`` trained as one program (``jax.vmap`` over the runs)."""
+    seeds = cfg.seeds(dataset)
+    split_seed = (lambda s: s) if dataset == "cifar2" else (lambda s: 0)
+    val_size = None if dataset == "cifar2" else 0  # CIFAR-10: airbench trains on all 50,000
+    splits = {s: data.load(dataset, seed=split_seed(s), layout="nhwc", data_dir=cfg.data_dir, val_size=val_size,
+                           train_size=cfg.train_size) for s in seeds}
+    model = models.airbench(cfg.widths, CLASSES[dataset], label_smoothing=cfg.label_smoothing)
+    runs = [init_run(model, cfg, s, splits[s].train.x) for s in seeds]
+    first = splits[seeds[0]].train
+    check = hand_vs_autodiff(model, runs[0][0], runs[0][1], first.x[:8], first.y[:8])
+    n_train = len(first.y)
+    steps = n_train // cfg.batch_size
+    if steps < 1:
+        raise ValueError(f"{dataset}: {n_train} training images make no batch of {cfg.batch_size}")
+    hp, total = hyperparams(cfg, steps)
+    role_tree = roles(model, runs[0][0])
+    opt = make_optimizer(role_tree)
+    stack = train.stack_params
+    params, state = stack([r[0] for r in runs]), stack([r[1] for r in runs])
+    ema = jax.tree_util.tree_map(jnp.copy, (params, state))  # its own buffers: the carry is donated
+    carry = (params, jax.vmap(opt.init)(params), state, ema, jnp.zeros((len(seeds),), jnp.int32))
+    x_pad, y = jnp.stack([r[2] for r in runs]), jnp.stack([jnp.asarray(splits[s].train.y) for s in seeds])
+    epoch = make_epoch(make_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps, total, cfg.translate)
+    epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 2))(jnp.asarray(seeds))
+    n_epochs = math.ceil(cfg.epochs)
+    hp_at = lambda e: hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs))  # noqa: E731
+    t0 = time.time()
+    compiled = epoch.lower(carry, x_pad, y, hp_at(0), jnp.asarray(False), keys).compile()
+    compile_s = time.time() - t0
+    curves, epoch_times = [], []
+    for e in range(n_epochs):
+        t = time.time()
+        k_e = jax.vmap(lambda k: jax.random.fold_in(k, e))(keys)
+        carry, (loss, acc, active) = compiled(carry, x_pad, y, hp_at(e), jnp.asarray(e % 2 == 1), k_e)
+        act = np.asarray(active)
+        lo, ac = (np.asarray(v).sum(-1) / np.maximum(act.sum(-1), 1) for v in (loss, acc))
+        epoch_times.append(time.time() - t)
+        curves.append({"train_loss": lo.tolist(), "train_acc": ac.tolist(), "steps": int(act[0].sum())})
+        if verbose:
+            log(f"  {dataset} epoch {e + 1}/{n_epochs}: train loss {np.mean(lo):.4f} acc {np.mean(ac):.4f} "
+                f"({epoch_times[-1]:.1f} s)")
+    train_s = time.time() - t0 - compile_s
+    params, _, state, _, count = carry
+    out = []
+    for i, s in enumerate(seeds):
+        p, st, sp = train.unstack_params(params, i), train.unstack_params(state, i), splits[s]
+        t = time.time()
+        r = {"seed": s, "steps": int(count[i]),
+             "test_acc_tta": accuracy(model, p, st, sp.test.x, sp.test.y, cfg.tta_level, cfg.eval_chunk),
+             "tta_eval_s": time.time() - t,
+             "test_acc_plain": accuracy(model, p, st, sp.test.x, sp.test.y, 0, cfg.eval_chunk)}
+        if len(sp.val.y):
+            r["val_acc_tta"] = accuracy(model, p, st, sp.val.x, sp.val.y, cfg.tta_level, cfg.eval_chunk)
+        r["train_loss_curve"] = [c["train_loss"][i] for c in curves]
+        r["train_acc_curve"] = [c["train_acc"][i] for c in curves]
+        out.append(r)
+        if verbose:
+            log(f"  {dataset} seed {s}: test accuracy {r['test_acc_tta']:.4f} with test-time augmentation, "
+                f"{r['test_acc_plain']:.4f} without")
+    tests = np.array([r["test_acc_tta"] for r in out])
+    return {"dataset": dataset, "layers": model.describe(), "n_params": models.count_params(runs[0][0]),
+            "train_flops_per_image": model.train_flops(1), "seeds": list(seeds), "n_train": n_train,
+            "steps_per_epoch": steps, "total_steps": total, "hand_vs_autodiff": check, "runs": out,
+            "test_acc_mean": float(tests.mean()), "test_acc_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
+            "compile_s": compile_s, "train_s": train_s, "epoch_s": epoch_times}
+
+
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
+    cfg = AirbenchConfig.make(config)
+    t0, prov = time.time(), provenance()
+    d_out = outdir("airbench", out) if out is not False else None
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
+    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
+                      log if verbose else None)
+    done = part.each(list(cfg.datasets), lambda ds: train_runs(ds, cfg, log, verbose), "airbench", quiet=not verbose,
+                     say=lambda ds: log(f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)"))
+    res = {"experiment": "airbench", "config": cfg.to_dict(), "datasets": done,
+           "note": "airbench94's recipe, not tuned here; the test set read once per run, after training",
+           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
+    write("airbench", out, res)
+    return res
+
+
+def summary(res) -> list[dict]:
+    rows = []
+    for ds, r in res["datasets"].items():
+        n = len(r["runs"])
+        rows.append({"dataset": ds, "model": "airbench94 network", "params": r["n_params"],
+                     "steps": r["total_steps"], "seeds": n,
+                     "test acc (TTA), mean +- std": (f"{r['test_acc_mean']:.4f} +- {r['test_acc_std']:.4f}" if n > 1
+                                                     else f"{r['test_acc_mean']:.4f} (1 seed)"),
+                     "per seed": ", ".join(f"{x['test_acc_tta']:.4f}" for x in r["runs"]),
+                     "without TTA": ", ".join(f"{x['test_acc_plain']:.4f}" for x in r["runs"]),
+                     "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
+                     "train time": f"{r['train_s'] / 60:.0f} min"})
+    return rows
