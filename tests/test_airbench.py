@@ -160,16 +160,20 @@ def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
     assert not np.allclose(ours["0.bias"].numpy(), 0)  # the whitening bias trained, then froze
 
 
-def test_a_short_run_on_a_slice_learns_and_reports():
+def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     require_real_data("cifar2")
     res = airbench.run({"datasets": ["cifar2"], "cifar2_seeds": [0, 1], "widths": [8, 16, 16], "train_size": 1024,
-                        "batch_size": 256, "epochs": 2.5, "whiten_images": 500}, out=False, verbose=False)
+                        "batch_size": 256, "epochs": 2.5, "whiten_images": 500, "together": 1}, out=False,
+                       verbose=False)
     r = res["datasets"]["cifar2"]
     assert r["total_steps"] == 10 and [x["steps"] for x in r["runs"]] == [10, 10]
     assert r["hand_vs_autodiff"]["max_rel"] < 1e-10
     accs = [x["test_acc_tta"] for x in r["runs"]]
     assert min(accs) > 0.7 and accs[0] != accs[1]  # well above chance (0.5); the seeds differ
     assert airbench.summary(res)[0]["seeds"] == 2
+    from jaxgd.experiments import writeup
+    part = writeup._readme_airbench(res, tmp_path)
+    assert "airbench94" in part and f"{r['test_acc_mean']:.4f}" in part
 
 
 def test_bad_configs_are_refused():

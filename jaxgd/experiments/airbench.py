@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers as L, models, optim, schedules, train
-from jaxgd.experiments.common import PartialRun, hand_vs_autodiff, outdir, provenance, write
+from jaxgd.experiments.common import hand_vs_autodiff, run_datasets
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 
 DATASETS = ("cifar10", "cifar2")
@@ -383,18 +383,10 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = AirbenchConfig.make(config)
-    t0, prov = time.time(), provenance()
-    d_out = outdir("airbench", out) if out is not False else None
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
-    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
-                      log if verbose else None)
-    done = part.each(list(cfg.datasets), lambda ds: train_runs(ds, cfg, log, verbose), "airbench", quiet=not verbose,
-                     say=lambda ds: log(f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)"))
-    res = {"experiment": "airbench", "config": cfg.to_dict(), "datasets": done,
-           "note": "airbench94's recipe, not tuned here; the test set read once per run, after training",
-           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
-    write("airbench", out, res)
-    return res
+    return run_datasets("airbench", cfg, lambda ds: train_runs(ds, cfg, log, verbose),
+                        "airbench94's recipe, not tuned here; the test set read once per run, after training",
+                        desc="airbench", say=lambda ds: f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)",
+                        out=out, force=force, verbose=verbose, log=log)
 
 
 def summary(res) -> list[dict]:

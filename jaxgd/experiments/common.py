@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -254,6 +255,24 @@ def hand_vs_autodiff(model, params, state, x, y) -> dict:
         rel = [float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), checker.ZERO_FLOOR * top)
                for a, b in zip(h, t)]
     return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
+
+
+def run_datasets(name, cfg, train, note, *, desc, say, out=None, force=False, verbose=True, log=print,
+                 figures=lambda res: ()) -> dict:
+    """An experiment run over ``cfg.datasets``: ``train(dataset)`` for each, saved as soon as it
+    finishes (``PartialRun``: a stopped run resumes at the next dataset), then the results
+    ``{experiment, config, datasets, note, reused, wall_time_s, provenance}`` written with
+    ``figures(res)`` (``(file, draw(path))`` pairs). ``say(dataset)`` is the line announcing each."""
+    t0, prov = time.time(), provenance()
+    d_out = outdir(name, out) if out is not False else None
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
+    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
+                      log if verbose else None)
+    done = part.each(list(cfg.datasets), train, desc, quiet=not verbose, say=lambda ds: log(say(ds)))
+    res = {"experiment": name, "config": cfg.to_dict(), "datasets": done, "note": note,
+           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
+    write(name, out, res, figures=figures(res))
+    return res
 
 
 def _resume_key(settings: dict) -> dict:

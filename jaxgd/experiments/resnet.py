@@ -21,8 +21,8 @@ import time
 import jax
 
 from jaxgd import augment, data, models, optim, progress, train
-from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, hand_vs_autodiff, improved_step, outdir,
-                                     provenance, seed_runs, stack_splits, warmup_cosine, write)
+from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, hand_vs_autodiff, improved_step, run_datasets, seed_runs,
+                                     stack_splits, warmup_cosine)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 
 DATASETS = ("cifar2", "cifar10")
@@ -99,20 +99,13 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = ResnetConfig.make(config)
-    t0, prov = time.time(), provenance()
-    d_out = outdir("resnet", out) if out is not False else None
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
-    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
-                      log if verbose else None)
-    done = part.each(list(cfg.datasets), lambda ds: train_one(ds, cfg, verbose, log), "ResNet", quiet=not verbose,
-                     say=lambda ds: log(f"training on {ds} ({cfg.epochs(ds)} epochs x {len(cfg.seeds(ds))} seeds)"))
-    res = {"experiment": "resnet", "config": cfg.to_dict(), "datasets": done,
-           "note": "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
-                   "per seed, at that epoch",
-           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
     from jaxgd import plots
-    write("resnet", out, res, figures=[("curves.png", lambda path: plots.resnet_curves(res, path))])
-    return res
+    return run_datasets("resnet", cfg, lambda ds: train_one(ds, cfg, verbose, log),
+                        "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
+                        "per seed, at that epoch", desc="ResNet",
+                        say=lambda ds: f"training on {ds} ({cfg.epochs(ds)} epochs x {len(cfg.seeds(ds))} seeds)",
+                        out=out, force=force, verbose=verbose, log=log,
+                        figures=lambda res: [("curves.png", lambda path: plots.resnet_curves(res, path))])
 
 
 def summary(res) -> list[dict]:

@@ -250,7 +250,23 @@ def _readme_airbench(r, out) -> str:
             f"{c['translate']}-pixel translations, {c['epochs']:g} epochs of batch {c['batch_size']}, test-time "
             f"augmentation at level {c['tta_level']}; the recipe is airbench94's, not tuned here, and the test set is "
             f"read once per run, after training; float32 on `{p.get('device')}`, {hours:.1f} h of training. "
-            f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r)))
+            f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r))
+            + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json"))))
+
+
+def _airbench_speed(b) -> str:
+    """The airbench epoch's speed line, from ``jaxgd bench --sections matmul airbench_epoch`` run into
+    results/airbench (beside the main bench, whose other sections it does not rerun)."""
+    sec = b["sections"]["airbench_epoch"]
+    rows = {r["name"].split(",")[0]: r for r in sec["rows"]}
+    ratio = sec["ratios"].get("jaxgd/airbench PyTorch epoch")
+    p = b["provenance"]
+    parts = [f"{name}: {r['median_s']:.1f} s" + (f" ({r['fraction_of_peak']:.2f} of the matmul peak)"
+                                                 if "fraction_of_peak" in r else "") for name, r in rows.items()]
+    return (f"\n\nSpeed on `{b['device_name']}` ({p.get('cpu_model', p.get('device'))}), {b['config']['n_airbench']} images "
+            f"per epoch, median of {b['config']['repeats']}, interleaved: " + "; ".join(parts)
+            + (f"; **jaxgd/airbench PyTorch epoch {ratio:.2f}** (target <= 1.0)" if ratio else "")
+            + f" (`results/airbench/bench/{b['device_name']}.json`, commit {p.get('commit')}).")
 
 
 # the README's results block: one part per results file, in this order, then one per bench device
