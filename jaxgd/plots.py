@@ -263,6 +263,27 @@ def resnet_curves(res, path):
     return _save(fig, path)
 
 
+def airbench_curves(res, path):
+    """airbench94 by hand: training accuracy (solid) and loss (dashed, right axis) per epoch of each
+    run (the training batches' own, in training mode, augmented), one panel per dataset."""
+    sets = res["datasets"]
+    fig, axes = _subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+    for ax, (ds, r) in zip(axes[0], sets.items()):
+        loss_ax = ax.twinx()
+        for run in r["runs"]:
+            a, tl = np.asarray(run["train_acc_curve"], float), np.asarray(run["train_loss_curve"], float)
+            e = np.arange(1, len(a) + 1)
+            line, = ax.plot(e, a, label=f"seed {run['seed']}: test {run['test_acc_tta']:.4f} (TTA)")
+            loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
+        ax.set_title(f"{ds}: airbench94's network, {r['total_steps']} steps", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training accuracy (solid)")
+        loss_ax.set_ylabel("training loss, smoothed labels (dashed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def zoo_seeds(res, path):
     """MNIST improved protocol: each model's test accuracy per seed (dots) and their mean (bar),
     one panel per family, with the family's target (dashed)."""

@@ -174,6 +174,8 @@ def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     from jaxgd.experiments import writeup
     part = writeup._readme_airbench(res, tmp_path)
     assert "airbench94" in part and f"{r['test_acc_mean']:.4f}" in part
+    from jaxgd import plots
+    assert plots.airbench_curves(res, tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_bad_configs_are_refused():

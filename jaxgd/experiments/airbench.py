@@ -383,10 +383,12 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = AirbenchConfig.make(config)
+    from jaxgd import plots
     return run_datasets("airbench", cfg, lambda ds: train_runs(ds, cfg, log, verbose),
                         "airbench94's recipe, not tuned here; the test set read once per run, after training",
                         desc="airbench", say=lambda ds: f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)",
-                        out=out, force=force, verbose=verbose, log=log)
+                        out=out, force=force, verbose=verbose, log=log,
+                        figures=lambda res: [("curves.png", lambda path: plots.airbench_curves(res, path))])
 
 
 def summary(res) -> list[dict]:

@@ -33,7 +33,7 @@ EXPERIMENTS = {
     "resnet": (resnet, "resnet/results.json",
                {"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 1024}, {},
                ["resnet/curves.png"]),
-    "airbench": (airbench, "airbench/results.json", None, {}, []),  # hours on a CPU: not in the quick profile
+    "airbench": (airbench, "airbench/results.json", None, {}, ["airbench/curves.png"]),  # hours on a CPU: not in the quick profile
     "bench": (bench, "bench/{device}.json",
               {"repeats": 5, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
                "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "torch_compile": False}, {},

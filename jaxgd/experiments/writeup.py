@@ -251,7 +251,8 @@ def _readme_airbench(r, out) -> str:
             f"augmentation at level {c['tta_level']}; the recipe is airbench94's, not tuned here, and the test set is "
             f"read once per run, after training; float32 on `{p.get('device')}`, {hours:.1f} h of training. "
             f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r))
-            + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json"))))
+            + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json")))
+            + ("\n\n![airbench curves](results/airbench/curves.png)" if (out / "airbench/curves.png").exists() else ""))
 
 
 def _airbench_speed(b) -> str:
