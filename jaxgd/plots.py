@@ -239,49 +239,46 @@ def seed_curves(res, path):
     return _save(fig, path)
 
 
-def resnet_curves(res, path):
-    """ResNet: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one
-    panel per dataset, one line per seed with its best epoch marked."""
-    from jaxgd.models import resnet_depth
+def _seed_curves(res, path, curve, ylabel, loss_label, label, title, best=False):
+    """One panel per dataset of ``res["datasets"]``, one line per run: its ``curve`` per epoch
+    (solid, with the best epoch marked if ``best``) and its training loss (dashed, right axis)."""
     sets = res["datasets"]
-    depth = resnet_depth(res["config"]["widths"], res["config"]["blocks"])
     fig, axes = _subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
     for ax, (ds, r) in zip(axes[0], sets.items()):
         loss_ax = ax.twinx()
         for run in r["runs"]:
-            v, tl = np.asarray(run["val_curve"], float), np.asarray(run["train_loss_curve"], float)
+            v, tl = np.asarray(run[curve], float), np.asarray(run["train_loss_curve"], float)
             e = np.arange(1, len(v) + 1)
-            line, = ax.plot(e, v, label=f"seed {run['seed']}: test {run['test_acc']:.4f}")
-            ax.plot([run["best_epoch"]], [run["val_acc"]], "o", color=line.get_color())
+            line, = ax.plot(e, v, label=label(run))
+            if best:
+                ax.plot([run["best_epoch"]], [run["val_acc"]], "o", color=line.get_color())
             loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
-        ax.set_title(f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)", fontsize=9)
+        ax.set_title(title(ds, r), fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (solid)")
-        loss_ax.set_ylabel("training loss (dashed)")
+        ax.set_ylabel(ylabel)
+        loss_ax.set_ylabel(loss_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def resnet_curves(res, path):
+    """ResNet: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one
+    panel per dataset, one line per seed with its best epoch marked."""
+    from jaxgd.models import resnet_depth
+    depth = resnet_depth(res["config"]["widths"], res["config"]["blocks"])
+    return _seed_curves(res, path, "val_curve", "validation accuracy (solid)", "training loss (dashed)",
+                        lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
+                        lambda ds, r: f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)", best=True)
 
 
 def airbench_curves(res, path):
     """airbench94 by hand: training accuracy (solid) and loss (dashed, right axis) per epoch of each
     run (the training batches' own, in training mode, augmented), one panel per dataset."""
-    sets = res["datasets"]
-    fig, axes = _subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
-    for ax, (ds, r) in zip(axes[0], sets.items()):
-        loss_ax = ax.twinx()
-        for run in r["runs"]:
-            a, tl = np.asarray(run["train_acc_curve"], float), np.asarray(run["train_loss_curve"], float)
-            e = np.arange(1, len(a) + 1)
-            line, = ax.plot(e, a, label=f"seed {run['seed']}: test {run['test_acc_tta']:.4f} (TTA)")
-            loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
-        ax.set_title(f"{ds}: airbench94's network, {r['total_steps']} steps", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training accuracy (solid)")
-        loss_ax.set_ylabel("training loss, smoothed labels (dashed)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return _seed_curves(res, path, "train_acc_curve", "training accuracy (solid)",
+                        "training loss, smoothed labels (dashed)",
+                        lambda run: f"seed {run['seed']}: test {run['test_acc_tta']:.4f} (TTA)",
+                        lambda ds, r: f"{ds}: airbench94's network, {r['total_steps']} steps")
 
 
 def zoo_seeds(res, path):

@@ -243,13 +243,17 @@ def _readme_airbench(r, out) -> str:
     """airbench94's README part: the recipe in a sentence, its table, and what it is compared with."""
     c, p = r["config"], r["provenance"]
     hours = sum(d["train_s"] for d in r["datasets"].values()) / 3600
+    k = {d.get("together") for d in r["datasets"].values()}
+    together = "every dataset's seeds as one program" if k == {None} or c.get("together") is None else (
+        f"{c['together']} seed(s) per program")
     return (f"**airbench94's network and recipe, every gradient by hand** (`jaxgd airbench`; `models.airbench`, the "
             f"network of the CIFAR-10 speed record, Jordan 2024, arXiv 2404.00498, trained by the hand reverse pass "
             f"and the hand SGD: whitening from the patch covariance, label smoothing {c['label_smoothing']:g}, Nesterov "
             f"SGD with airbench's two parameter groups, triangle schedule, lookahead, alternating flips, "
             f"{c['translate']}-pixel translations, {c['epochs']:g} epochs of batch {c['batch_size']}, test-time "
             f"augmentation at level {c['tta_level']}; the recipe is airbench94's, not tuned here, and the test set is "
-            f"read once per run, after training; float32 on `{p.get('device')}`, {hours:.1f} h of training. "
+            f"read once per run, after training; float32 on `{p.get('device')}` ({p.get('cpu_model')}), {hours:.1f} h of "
+            f"training, {together}, shared part of the time with other runs. "
             f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r))
             + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json")))
             + ("\n\n![airbench curves](results/airbench/curves.png)" if (out / "airbench/curves.png").exists() else ""))
@@ -259,7 +263,7 @@ def _airbench_speed(b) -> str:
     """The airbench epoch's speed line, from ``jaxgd bench --sections matmul airbench_epoch`` run into
     results/airbench (beside the main bench, whose other sections it does not rerun)."""
     sec = b["sections"]["airbench_epoch"]
-    rows = {r["name"].split(",")[0]: r for r in sec["rows"]}
+    rows = {r["name"].split(" (")[0]: r for r in sec["rows"]}
     ratio = sec["ratios"].get("jaxgd/airbench PyTorch epoch")
     p = b["provenance"]
     parts = [f"{name}: {r['median_s']:.1f} s" + (f" ({r['fraction_of_peak']:.2f} of the matmul peak)"
