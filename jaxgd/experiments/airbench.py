@@ -34,6 +34,7 @@ each with its own initialisation, flips, crops and batch order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, NamedTuple
@@ -272,8 +273,14 @@ def tta_logits(model, params, state, x, level: int = 2):
     return 0.5 * mirror(x) + 0.5 * shifted
 
 
+@functools.cache
+def _predict(model, level):
+    """The compiled class prediction with test-time augmentation ``level`` (one per model and level)."""
+    return jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
+
+
 def accuracy(model, params, state, x, y, level, chunk) -> float:
-    f = jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
+    f = _predict(model, level)
     hits = sum(int(jnp.sum(f(params, state, jnp.asarray(x[i:i + chunk])) == jnp.asarray(y[i:i + chunk])))
                for i in range(0, len(y), chunk))
     return hits / len(y)
