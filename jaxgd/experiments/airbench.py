@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers as L, models, optim, schedules, train
+from jaxgd import data, layers as L, losses, models, optim, schedules, train
 from jaxgd.experiments.common import hand_vs_autodiff, run_datasets
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 
@@ -222,7 +222,7 @@ def make_step(model, optimizer, total_steps: int, lookahead_every: int = 5):
         ema = jax.tree_util.tree_map(lambda e, n: jnp.where(look, n, e), ema, _lerp(ema, (params, mstate), 1.0 - decay(c)))
         params, mstate = jax.tree_util.tree_map(lambda e, n: jnp.where(look | (c >= total_steps), e, n),
                                                 ema, (params, mstate))
-        return (params, opt_state, mstate, ema, c), (loss / yb.shape[0], jnp.mean(jnp.argmax(logits, -1) == yb))
+        return (params, opt_state, mstate, ema, c), (loss / yb.shape[0], losses.accuracy(logits, yb))
     return step
 
 
@@ -268,7 +268,7 @@ def tta_logits(model, params, state, x, level: int = 2):
     if level == 1:
         return mirror(x)
     h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    xp = _reflect_pad(x, 1)
     shifted = 0.5 * (mirror(xp[:, :h, :w]) + mirror(xp[:, 2:h + 2, 2:w + 2]))
     return 0.5 * mirror(x) + 0.5 * shifted
 
