@@ -178,8 +178,7 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
     return {"rows": rows, "ratios": ratios}
 
 
-# peer -> the start of its rows' names: the eager PyTorch loop (the faster of its malloc rows),
-# torch.compile, and flax + optax + jax.grad
+# peer -> the start of its rows' names: the eager PyTorch loop, torch.compile, and flax + optax + jax.grad
 PEERS = {"torch": "PyTorch eager", "torch.compile": "PyTorch torch.compile", "flax+optax": "flax + optax"}
 
 

@@ -2,8 +2,8 @@
 would (an optional extra: ``pip install 'jaxgd[torch]'``; nothing here is imported without it).
 
 ``loop`` is PyTorch's usual epoch (shuffle, zero_grad, forward, cross_entropy, backward, SGD step),
-``fit`` the same with ``fit``'s per-epoch validation, ``rows`` the bench rows of a loop (under two
-malloc settings on a CPU), ``conv_parts`` the MNIST CNN's second convolution part by part. Each
+``fit`` the same with ``fit``'s per-epoch validation, ``rows`` the bench rows of a loop,
+``conv_parts`` the MNIST CNN's second convolution part by part. Each
 runs beside JAX: on the CPU, or on CUDA when JAX is on a GPU (``device``), at the float32
 precision JAX used (``precision_like``).
 """
@@ -64,31 +64,27 @@ def cnn():
 
 
 def rows(what, make_model, xt, yt, batch_size, flops, hp) -> list[tuple]:
-    """``[(row, fn), ...]``: the PyTorch loop under glibc malloc's mmap threshold fixed at its
-    initial 128 KiB, and raised to 1 GiB, so that freed blocks are reused instead of mmapped afresh
-    (with page faults) every step, as jemalloc/tcmalloc would. How much that matters differs from
-    machine to machine (the two rows show it here); the ratios use the faster row. Each run sets
-    its threshold, so the two can be interleaved. On CUDA (host malloc does not touch the loop's
-    tensors) or without glibc: one row, malloc as found."""
-    if device() == "cuda" or mmap_threshold(1).libc is None:
-        return [({"name": f"PyTorch eager loop, {what}", "torch_device": device(), "flops": flops},
-                 loop(make_model(), xt, yt, batch_size, hp))]
-    return [({"name": f"PyTorch eager loop (malloc mmap threshold {label}), {what}", "torch_device": "cpu",
-              "flops": flops}, under(mmap_threshold(nbytes), loop(make_model(), xt, yt, batch_size, hp)))
-            for label, nbytes in (("128 KiB", 128 * 1024), ("1 GiB", 1 << 30))]
+    """``[(row, fn)]``: the PyTorch loop, with malloc as the process found it.
+
+    No row here changes malloc, because no change is undone when the row ends: one ``mallopt``
+    call fixes glibc's mmap and trim thresholds for the whole process (its dynamic thresholds are
+    off for good), so it would change every row timed after it. An earlier version of this bench
+    timed PyTorch under ``mallopt(M_MMAP_THRESHOLD)`` at 128 KiB and at 1 GiB; after the first such
+    row, every JAX row of the run paid page faults that a fresh process does not. On a 2-core AMD
+    EPYC, jaxgd's MLP epoch at batch 256 took 0.46 s in a fresh process and 0.65 s after
+    ``mallopt(M_MMAP_THRESHOLD, 128 KiB)``, and PyTorch's took 0.56 s and 0.89 s."""
+    return [({"name": f"PyTorch eager loop, {what}", "torch_device": device(), "flops": flops},
+             loop(make_model(), xt, yt, batch_size, hp))]
 
 
 def compiled_row(what, make_model, xt, yt, batch_size, flops, hp) -> tuple:
     """``(row, fn)``: the usual loop over a ``torch.compile``-d model (default mode on a CPU,
     ``"reduce-overhead"``, CUDA graphs, on CUDA). Its compile time is what the first epoch took
-    beyond the second (inductor compiles the forward and backward on the first step); on a CPU it
-    runs under the 1 GiB malloc mmap threshold, the faster setting of ``rows``."""
+    beyond the second (inductor compiles the forward and backward on the first step)."""
     import torch
     on_cuda = device() == "cuda"
     model = torch.compile(make_model().to(device()), mode="reduce-overhead" if on_cuda else None)
     run = loop(model, xt, yt, batch_size, hp)
-    if not on_cuda and mmap_threshold(1).libc is not None:
-        run = under(mmap_threshold(1 << 30), run)
     t = time.perf_counter()
     run()
     first = time.perf_counter() - t
@@ -106,26 +102,6 @@ def under(context, fn):
         with context:
             fn()
     return run
-
-
-class mmap_threshold:
-    """Set glibc's M_MMAP_THRESHOLD for the block, then fix it at glibc's initial 128 KiB;
-    ``None`` changes nothing. Yields whether it could (False where there is no glibc)."""
-    def __init__(self, nbytes):
-        self.nbytes, self.libc = nbytes, None
-        if nbytes is not None:
-            try:
-                import ctypes
-                self.libc = ctypes.CDLL("libc.so.6")
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self.libc is not None and self.libc.mallopt(-3, self.nbytes) == 1  # M_MMAP_THRESHOLD = -3
-
-    def __exit__(self, *exc):
-        if self.libc is not None:
-            self.libc.mallopt(-3, 128 * 1024)
 
 
 def loop(model, xt, yt, batch_size, hp):
