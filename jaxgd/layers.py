@@ -277,16 +277,22 @@ def conv_out_size(n: int, k: int, stride: int = 1, pad: int | None = None) -> in
     return (n + 2 * pad - k) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
-    """The ``kh*kw`` shifted views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``,
-    "same") on each side, taken every ``stride`` pixels, concatenated on the channel axis:
-    ``(n, h_out, w_out, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
+def _shifted_views(x, kh: int, kw: int, stride: int = 1, pad: int | None = None) -> list:
+    """The ``kh*kw`` views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``, "same"),
+    each shifted by one kernel tap and taken every ``stride`` pixels, in (row, column) order."""
     h, w = x.shape[1:3]
     ph, pw = (kh // 2, kw // 2) if pad is None else (pad, pad)
     ho, wo = conv_out_size(h, kh, stride, ph), conv_out_size(w, kw, stride, pw)
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    return jnp.concatenate([xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-                            for i in range(kh) for j in range(kw)], axis=-1)
+    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
+    """The ``kh*kw`` shifted views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``,
+    "same") on each side, taken every ``stride`` pixels, concatenated on the channel axis:
+    ``(n, h_out, w_out, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
+    return jnp.concatenate(_shifted_views(x, kh, kw, stride, pad), axis=-1)
 
 
 def _conv(x, W, stride=1, pad=None):
@@ -295,10 +301,18 @@ def _conv(x, W, stride=1, pad=None):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None):
+WEIGHT_GRADS = ("im2col", "taps")
+
+
+def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by: str = "im2col"):
     """``dW = im2col(x)^T dy`` of a convolution (the same strided, padded views the forward
-    multiplies), reshaped to ``w_shape`` (HWIO)."""
+    multiplies), reshaped to ``w_shape`` (HWIO). ``by="im2col"`` builds the im2col matrix and does
+    one matmul; ``by="taps"`` does one matmul per kernel tap, ``view_ij^T dy`` for the input
+    shifted by tap ``(i, j)`` (the same products, never the ``kh*kw`` times larger matrix)."""
     kh, kw, c_in, c_out = w_shape
+    if by == "taps":
+        d = dy.reshape(-1, c_out)
+        return jnp.stack([v.reshape(-1, c_in).T @ d for v in _shifted_views(x, kh, kw, stride, pad)]).reshape(w_shape)
     cols = im2col(x, kh, kw, stride, pad)
     return (cols.reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
 
@@ -337,6 +351,8 @@ class Conv2D(Layer):
     - ``impl="im2col"``: ``im2col(x) @ W.reshape(kh*kw*c_in, c_out)``, one matmul.
 
     ``bias=False`` leaves the bias out (before a batch norm, which removes it anyway).
+    ``weight_grad`` is how ``dW`` is computed (``conv_weight_grad``'s ``by``): the im2col matrix
+    (the default) or one matmul per kernel tap.
     ``init_scheme="dirac"``: PyTorch's default, then the first ``min(c_in, c_out)`` filters set to
     the identity (``torch.nn.init.dirac_``: filter ``i`` passes channel ``i`` through its centre),
     so that the convolution starts close to the identity map (airbench's convolutions).
@@ -363,6 +379,7 @@ class Conv2D(Layer):
     stride: int = 1
     padding: str = "same"
     bias: bool = True
+    weight_grad: str = "im2col"
 
     def __post_init__(self):
         if self.init_scheme not in INITS + ("dirac",):
@@ -376,6 +393,8 @@ class Conv2D(Layer):
             raise ValueError(f"conv2d stride must be an integer >= 1, got {self.stride!r}")
         if self.impl not in CONV_IMPLS:
             raise ValueError(f"unknown conv impl {self.impl!r}; choose from {CONV_IMPLS}")
+        if self.weight_grad not in WEIGHT_GRADS:
+            raise ValueError(f"unknown conv weight_grad {self.weight_grad!r}; choose from {WEIGHT_GRADS}")
 
     @property
     def pad(self) -> int | None:
@@ -417,7 +436,7 @@ class Conv2D(Layer):
 
     def backward(self, params, x, dy):
         W = params["W"]
-        grads = {"W": conv_weight_grad(x, dy, W.shape, self.stride, self.pad),
+        grads = {"W": conv_weight_grad(x, dy, W.shape, self.stride, self.pad, self.weight_grad),
                  **({"b": jnp.sum(dy, axis=(0, 1, 2))} if self.bias else {})}
         return grads, conv_input_grad(dy, W, self.stride, self.pad, x.shape[1:3])
 
@@ -427,7 +446,8 @@ class Conv2D(Layer):
 
     def __str__(self):
         extra = (f", stride={self.stride}" if self.stride != 1 else "") + (
-            f", padding={self.padding!r}" if self.padding != "same" else "") + ("" if self.bias else ", bias=False")
+            f", padding={self.padding!r}" if self.padding != "same" else "") + ("" if self.bias else ", bias=False") + (
+            f", weight_grad={self.weight_grad!r}" if self.weight_grad != "im2col" else "")
         return f"conv2d({self.features}, {self.size}, {self.impl!r}, {self.init_scheme!r}{extra})"
 
 
@@ -701,8 +721,8 @@ def dense(features: int, init: str = "torch", *, bias: bool = True) -> Dense:
 
 
 def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch", *, stride: int = 1,
-           padding: str = "same", bias: bool = True) -> Conv2D:
-    return Conv2D(features, size, impl, init, stride, padding, bias)
+           padding: str = "same", bias: bool = True, weight_grad: str = "im2col") -> Conv2D:
+    return Conv2D(features, size, impl, init, stride, padding, bias, weight_grad)
 
 
 def max_pool(size: int = 2, crop: bool = False) -> MaxPool:

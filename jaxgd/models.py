@@ -240,7 +240,8 @@ AIRBENCH_WIDTHS = (64, 256, 256)
 
 
 def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn_momentum: float = 0.4,
-             logit_scale: float = 1 / 9, label_smoothing: float = 0.2) -> Model:
+             logit_scale: float = 1 / 9, label_smoothing: float = 0.2, conv_impl: str = "im2col",
+             weight_grad: str = "im2col") -> Model:
     """The network of airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU",
     arXiv 2404.00498; KellerJordan/cifar10-airbench), a plain chain:
 
@@ -256,6 +257,9 @@ def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn
     momentum 0.4 = 1 - airbench's 0.6); its scale stays 1 (airbench does not train it: the
     optimizer leaves it out) and its shift trains. The loss is airbench's: cross-entropy summed over
     the batch with label smoothing 0.2. Every gradient is the hand reverse pass of these layers.
+    ``conv_impl`` and ``weight_grad`` choose how the 3x3 convolutions compute their forward and
+    their ``dW`` (``layers.conv2d``'s ``impl`` and ``weight_grad``): the same network either way,
+    equal up to rounding; ``jaxgd bench``'s ``airbench_epoch`` section times both settings.
     """
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1 or classes < 1:
@@ -263,8 +267,8 @@ def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn
     c = int(in_shape[-1])
     layers = [L.conv2d(2 * c * 2 * 2, 2, padding="valid"), L.gelu()]
     for w in widths:
-        layers += [L.conv2d(w, 3, init="dirac", bias=False), L.max_pool(2, crop=True),
-                   L.batch_norm(bn_momentum, 1e-12), L.gelu(),
-                   L.conv2d(w, 3, init="dirac", bias=False), L.batch_norm(bn_momentum, 1e-12), L.gelu()]
+        conv = L.conv2d(w, 3, conv_impl, init="dirac", bias=False, weight_grad=weight_grad)
+        layers += [conv, L.max_pool(2, crop=True), L.batch_norm(bn_momentum, 1e-12), L.gelu(),
+                   conv, L.batch_norm(bn_momentum, 1e-12), L.gelu()]
     layers += [L.max_pool(3, crop=True), L.flatten(), L.dense(classes, bias=False), L.scale(logit_scale)]
     return Model(tuple(layers), in_shape, losses.CrossEntropy(label_smoothing, "sum"))

@@ -103,6 +103,21 @@ def test_the_networks_hand_gradient_is_jax_grads_in_float64():
     assert all(r["verdict"] != "wrong" for r in report.rows), str(report)
 
 
+def test_the_other_conv_arithmetic_gives_the_same_gradient():
+    """``models.airbench(conv_impl="lax", weight_grad="taps")``, which the bench's ``airbench_epoch``
+    times beside the default: the same network, its hand gradient equal to the default's in float64."""
+    with jax.enable_x64(True):
+        base, other = models.airbench((4, 8, 8), 10), models.airbench((4, 8, 8), 10, conv_impl="lax", weight_grad="taps")
+        assert [str(a) for a in base.layers] != [str(b) for b in other.layers]
+        params, state = base.init(jax.random.PRNGKey(0), jnp.float64)
+        x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3), jnp.float64)
+        y = jnp.arange(4) % 10
+        (la, _, ga, _), (lb, _, gb, _) = (m.grad(params, state, x, y, None) for m in (base, other))
+        assert float(la) == pytest.approx(float(lb), rel=1e-12)
+        for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+
 def _small(**kw):
     return airbench.AirbenchConfig.make({"widths": (4, 8, 8), "batch_size": 16, "epochs": 1.5,
                                          "whiten_bias_epochs": 1, **kw})

@@ -28,6 +28,10 @@ CASES = [
     (L.conv2d(3, 3, stride=2, padding="valid"), (7, 6, 2), 2, False),
     (L.conv2d(3, 3, "lax", stride=2, padding="valid"), (8, 7, 2), 2, False),
     (L.conv2d(4, 1, stride=2), (6, 6, 3), 2, False),
+    # dW one matmul per kernel tap: "same", strided, "valid"
+    (L.conv2d(4, 3, weight_grad="taps"), (6, 5, 2), 2, False),
+    (L.conv2d(3, 3, "lax", stride=2, weight_grad="taps"), (7, 6, 2), 2, False),
+    (L.conv2d(4, 2, padding="valid", weight_grad="taps"), (5, 6, 3), 2, False),
     (L.avg_pool(2), (4, 6, 3), 2, False), (L.avg_pool(3), (6, 3, 2), 2, False),
     (L.global_avg_pool(), (4, 5, 3), 3, False),
     (L.leaky_relu(0.1), (6,), 4, False), (L.gelu(), (6,), 4, False), (L.gelu(approximate=True), (6,), 4, False),
@@ -221,6 +225,21 @@ def test_batch_norm_matches_torch_forward_backward_and_running_stats():
         np.testing.assert_allclose(s["var"], bn_t.running_var.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("size,stride,padding", [(3, 1, "same"), (5, 1, "same"), (3, 2, "same"), (3, 2, "valid"),
+                                                 (2, 1, "valid")])
+def test_conv_weight_grad_by_taps_equals_by_im2col(size, stride, padding):
+    """The two ways to ``dW`` sum the same products: equal to rounding in float32."""
+    layer = L.conv2d(6, size, stride=stride, padding=padding)
+    kx, kd = jax.random.split(jax.random.PRNGKey(2))
+    x = jax.random.normal(kx, (3, 9, 8, 5))
+    out = layer.out_shape(x.shape[1:])
+    dy = jax.random.normal(kd, (3,) + out)
+    w_shape = (size, size, 5, 6)
+    a = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad)
+    b = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="taps")
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_strided_and_valid_convs_equal_lax_conv():
     """Both forwards against lax.conv with explicit symmetric padding (PyTorch's ``padding=k//2``
     convention for "same" with a stride, not XLA's asymmetric "SAME")."""
@@ -308,6 +327,7 @@ def test_residual_block_adds_gradients_where_the_paths_meet():
     (lambda: L.max_pool(2), (5, 4, 1), "divisible"),
     (lambda: L.conv2d(3, 4), None, "odd kernel"),
     (lambda: L.conv2d(3, 3, "fft"), None, "impl"),
+    (lambda: L.conv2d(3, 3, weight_grad="fft"), None, "weight_grad"),
     (lambda: L.Activation("swish"), None, "unknown activation"),
     (lambda: L.dense(3, "xavier"), (4,), "unknown init"),
     (lambda: L.conv2d(3, 3, stride=0), None, "stride must be an integer >= 1"),
