@@ -24,8 +24,8 @@ Sections:
                    jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv
                    and im2col) and with ``jax.grad``, vs the same three peers.
    ``conv_parts``  where that epoch's time goes: the CNN's second convolution (85% of its
-                   training FLOPs) part by part, forward, weight gradient and input gradient,
-                   vs PyTorch's (oneDNN) kernels for each, on the same tensors.
+                   training FLOPs) part by part, forward, weight gradient (two ways) and input
+                   gradient, vs PyTorch's (oneDNN) kernels for each, on the same tensors.
 5. ``matmul``      the fastest of 1024^3, 2048^3, 4096^3 float32 matmuls (jitted): the machine's
                    reference GFLOP/s; every training loop above reports its achieved GFLOP/s
                    as a fraction of it (FLOPs: ``models.Model.train_flops``, the dense and conv
@@ -38,6 +38,10 @@ Sections:
                    processes, first with an empty persistent compilation cache, then with the
                    cache the first filled; the seconds each spends getting compiled programs
                    (``jaxgd.compile_cache``).
+9. ``airbench_epoch`` (only when named) one training epoch of airbench94's network and recipe
+                   at batch 1,024: jaxgd's compiled epoch (and the same network with its 3x3
+                   convolutions computed by ``lax.conv`` and per-tap weight gradients) beside
+                   airbench's own PyTorch loop (``experiments.airbench_torch``).
 7. ``grid``        (only when named: minutes on a CPU) the INF265 reports' whole CIFAR-2 grid
                    (``cifar2.GRID``, 18 configs x ``grid_epochs`` at batch 64, validation after
                    every epoch) as one ``fit``: wall time from the call to the last epoch,
@@ -73,14 +77,16 @@ from jaxgd.experiments.timing import device_name
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "compile_cache",
             "airbench_epoch", "grid")
-DEFAULT_SECTIONS = SECTIONS[:-1]  # the grid section only when named
+ONLY_WHEN_NAMED = ("airbench_epoch", "grid")  # minutes and several GB each on a CPU
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ONLY_WHEN_NAMED)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig(Config):
     NAME = "bench"
     repeats: int = option(5, "timed runs per row (median, min, max), after one untimed warm-up", check=at_least(1))
-    sections: tuple[str, ...] = option(DEFAULT_SECTIONS, "sections to run ('grid' only when named)", choices=SECTIONS)
+    sections: tuple[str, ...] = option(DEFAULT_SECTIONS, "sections to run ('airbench_epoch' and 'grid' only when named)",
+                                        choices=SECTIONS)
     batch_sizes: tuple[int, ...] = option((64, 256), "MLP epoch batch sizes", check=at_least(1))
     n_mlp: int = option(9000, "MLP epoch samples (CIFAR-2's training set)", check=at_least(1))
     n_cnn: int = option(6000, "CNN epoch samples", check=at_least(1))
@@ -416,6 +422,7 @@ def bench_conv_parts(cfg, have_torch) -> dict:
     compiled over ``CONV_STEPS`` minibatches in one scan, time per minibatch: the forward (im2col,
     jaxgd's default, and lax.conv), the weight gradient (``layers.conv_weight_grad``, one matmul of
     the im2col columns) and the input gradient (``layers.conv_input_grad``, a lax.conv); then
+    the weight gradient by kernel taps (``conv_weight_grad(by="taps")``); then
     PyTorch's forward, weight gradient and input gradient (``aten.convolution_backward``) of the
     same tensors. The ``conv2 ... jaxgd/torch`` ratios say which part the CNN epoch loses in."""
     from jaxgd import layers as L
@@ -439,7 +446,9 @@ def bench_conv_parts(cfg, have_torch) -> dict:
               lambda x, dy, W: L.conv2d(c_out, 3, "im2col").forward({"W": W, "b": b}, {}, x)[0]),
              ("conv2 forward, lax.conv", lambda x, dy, W: L.conv2d(c_out, 3, "lax").forward({"W": W, "b": b}, {}, x)[0]),
              ("conv2 weight gradient, im2col matmul", lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape)),
-             ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W))]
+             ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W)),
+             ("conv2 weight gradient, one matmul per kernel tap",
+              lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape, by="taps"))]
     specs = [({"name": f"{name}, bs {bs}", "flops": flops}, lambda f=scanned(part): timing.block(f(xs, dys, W)))
              for name, part in parts]
     if have_torch:
@@ -453,6 +462,7 @@ def bench_conv_parts(cfg, have_torch) -> dict:
         ratios["conv2 forward jaxgd/torch"] = rows[0]["median_s"] / med["conv2 forward"]
         ratios["conv2 weight gradient jaxgd/torch"] = rows[2]["median_s"] / med["conv2 weight gradient"]
         ratios["conv2 input gradient jaxgd/torch"] = rows[3]["median_s"] / med["conv2 input gradient"]
+        ratios["conv2 weight gradient by taps jaxgd/torch"] = rows[4]["median_s"] / med["conv2 weight gradient"]
     return {"rows": rows, "ratios": ratios}
 
 
@@ -499,7 +509,9 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
     batch size 1,024 with its whole recipe (crops, flips, two parameter groups, lookahead): jaxgd's
     compiled epoch on the hand reverse pass (``experiments.airbench.make_epoch``) beside airbench's
     own PyTorch loop (``experiments.airbench_torch``, the pinned copy; eager, as airbench94 runs),
-    from the same initial network, interleaved."""
+    from the same initial network, interleaved. A second jaxgd row trains the same network with its
+    3x3 convolutions computed another way (``AIRBENCH_FAST``: ``lax.conv``'s forward, ``dW`` one
+    matmul per kernel tap), the same arithmetic up to rounding."""
     from jaxgd.experiments import airbench
     n, bs = cfg.n_airbench, 1024
     rng = np.random.default_rng(0)
@@ -511,14 +523,17 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
     steps = n // bs
     hp, _ = airbench.hyperparams(acfg, 10 * steps)  # a schedule as long as airbench's 9.9 epochs; all steps active
     opt = airbench.make_optimizer(airbench.roles(model, params))
-    epoch = airbench.make_epoch(airbench.make_step(model, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
     carry = (params, opt.init(params), state, jax.tree_util.tree_map(jnp.copy, (params, state)), jnp.zeros((), jnp.int32))
     args = (x_pad, jnp.asarray(y), hp._replace(whiten_on=jnp.asarray(True)), jnp.asarray(False), jax.random.PRNGKey(1))
-    t = time.perf_counter()
-    compiled = jax.jit(epoch).lower(carry, *args).compile()
     flops = model.train_flops(steps * bs)
-    specs = [({"name": f"jaxgd airbench epoch (hand backprop, compiled), {n} images bs {bs}",
-               "compile_s": time.perf_counter() - t, "flops": flops}, timing.training(compiled, carry, *args))]
+    specs = []
+    for label, m in (("jaxgd airbench epoch", model),
+                     (f"jaxgd airbench epoch, {AIRBENCH_FAST[0]}", models.airbench(**AIRBENCH_FAST[1]))):
+        epoch = airbench.make_epoch(airbench.make_step(m, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
+        t = time.perf_counter()
+        compiled = jax.jit(epoch).lower(carry, *args).compile()
+        specs.append(({"name": f"{label} (hand backprop, compiled), {n} images bs {bs}",
+                       "compile_s": time.perf_counter() - t, "flops": flops}, timing.training(compiled, carry, *args)))
     if have_torch:
         import torch
 
@@ -532,8 +547,14 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
         specs.append(({"name": f"airbench94 PyTorch epoch (autograd, eager; airbench 0.1.8's loop), {n} images bs {bs}",
                        "flops": flops}, lambda: AT.train_epoch(trainer, padded, labels, next(count) % 2, bs)))
     rows = timing.rows(specs, cfg.repeats)
-    ratios = {"jaxgd/airbench PyTorch epoch": rows[0]["median_s"] / rows[1]["median_s"]} if have_torch else {}
+    ratios = {"jaxgd/airbench PyTorch epoch": rows[0]["median_s"] / rows[2]["median_s"],
+              f"jaxgd ({AIRBENCH_FAST[0]})/airbench PyTorch epoch": rows[1]["median_s"] / rows[2]["median_s"]
+              } if have_torch else {}
     return {"rows": rows, "ratios": ratios}
+
+
+# the airbench_epoch section's second jaxgd row: its label and models.airbench's keywords
+AIRBENCH_FAST = ("lax.conv forward and dW by taps", {"conv_impl": "lax", "weight_grad": "taps"})
 
 
 SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),

@@ -265,13 +265,14 @@ def _airbench_speed(b) -> str:
     sec = b["sections"]["airbench_epoch"]
     rows = {r["name"].split(" (")[0]: r for r in sec["rows"]}
     ratio = sec["ratios"].get("jaxgd/airbench PyTorch epoch")
+    others = [f"{k} {v:.2f}" for k, v in sec["ratios"].items() if k != "jaxgd/airbench PyTorch epoch"]
     p = b["provenance"]
     parts = [f"{name}: {r['median_s']:.1f} s" + (f" ({r['fraction_of_peak']:.2f} of the matmul peak)"
                                                  if "fraction_of_peak" in r else "") for name, r in rows.items()]
     return (f"\n\nSpeed on `{b['device_name']}` ({p.get('cpu_model', p.get('device'))}), {b['config']['n_airbench']} images "
             f"per epoch, median of {b['config']['repeats']}, interleaved: " + "; ".join(parts)
             + (f"; **jaxgd/airbench PyTorch epoch {ratio:.2f}** (target <= 1.0)" if ratio else "")
-            + f" (`results/airbench/bench/{b['device_name']}.json`, commit {p.get('commit')}).")
+            + "".join(f"; {o}" for o in others) + f" (`results/airbench/bench/{b['device_name']}.json`, commit {p.get('commit')}).")
 
 
 # the README's results block: one part per results file, in this order, then one per bench device
