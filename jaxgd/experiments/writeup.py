@@ -255,6 +255,7 @@ def _readme_airbench(r, out) -> str:
             f"read once per run, after training; float32 on `{p.get('device')}` ({p.get('cpu_model')}), {hours:.1f} h of "
             f"training, {together}, shared part of the time with other runs. "
             f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r))
+            + (f"\n\n{_reused_line(r['reused'])}" if r.get("reused") else "")
             + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json")))
             + ("\n\n![airbench curves](results/airbench/curves.png)" if (out / "airbench/curves.png").exists() else ""))
 
