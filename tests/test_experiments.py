@@ -141,6 +141,24 @@ def test_bench_rows_and_ratios(tmp_path):
         bench.run({"sections": ("gpu_magic",)}, out=False)
 
 
+def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_path):
+    from jaxgd.experiments import bench, common, writeup
+    first = bench.run({"repeats": 1, "sections": ("matmul",), "matmul_sizes": (128,)}, out=tmp_path, verbose=False)
+    path = tmp_path / "bench" / f"{first['device_name']}.json"
+    old = common.load_json(path)
+    old["provenance"]["commit"] = "earlier"  # as if from an older commit
+    common.save_json(path, old)
+    res = bench.run({"repeats": 1, "sections": ("grad",), "keep": str(path), "torch": False}, out=tmp_path, verbose=False)
+    assert list(res["sections"]) == ["matmul", "grad"]  # in the bench's order
+    assert res["sections"]["matmul"] == old["sections"]["matmul"] and res["reused"] == {"matmul": old["provenance"]}
+    assert "Kept from an earlier run (not rerun by the run below): matmul (commit earlier" in writeup._kept_line(res)
+    with pytest.raises(FileNotFoundError, match="no such bench results file"):
+        bench.run({"sections": ("grad",), "keep": str(tmp_path / "nope.json")}, out=False)
+    common.save_json(tmp_path / "other.json", {"experiment": "cifar2"})
+    with pytest.raises(ValueError, match="not a bench result of this device"):
+        bench.run({"sections": ("grad",), "keep": str(tmp_path / "other.json")}, out=False)
+
+
 def test_bench_grid_section_times_the_inf265_grid_as_one_fit(tmp_path):
     from jaxgd.experiments import bench
     res = bench.run({"sections": ("grid",), "grid_epochs": 1, "n_mlp": 128, "torch": False}, out=False, verbose=False)

@@ -70,7 +70,7 @@ from jaxgd import compile_cache, models, optim, parallel, train
 from jaxgd.experiments import flax_peers, timing, torch_peers
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
-from jaxgd.experiments.common import outdir, provenance, write
+from jaxgd.experiments.common import load_json, outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
 from jaxgd.experiments.timing import device_name
 
@@ -107,6 +107,9 @@ class BenchConfig(Config):
                              check=at_least(1024))
     scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
                                                             "devices on a CPU, real ones elsewhere)", check=at_least(1))
+    keep: str | None = option(None, "an earlier bench results file of this device: its sections this run does "
+                                    "not run are kept as they are, with that run's provenance (under 'reused')",
+                              metavar="FILE")
 
 
 CONFIG = BenchConfig
@@ -580,9 +583,12 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     torch_precision = None if torch is None else torch_peers.precision_like(torch, probe)
     prov = provenance()
     sections = {}
+    kept, reused = _kept_sections(cfg)
 
     def result():
-        return {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": sections,
+        every = {n: sections.get(n, kept.get(n)) for n in SECTIONS if n in sections or n in kept}
+        return {"experiment": "bench", "device_name": device_name(), "config": cfg.to_dict(), "sections": every,
+                "reused": reused,
                 "timing": "interleaved",  # how the rows were timed (older results lack the field: one row after another)
                 "targets": TARGETS, "torch": None if torch is None else
                 {"version": torch.__version__, "threads": torch.get_num_threads(), "device": torch_peers.device(),
@@ -616,6 +622,21 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     if out is not False:
         (outdir("bench", out) / f"{res['device_name']}_partial.json").unlink(missing_ok=True)
     return res
+
+
+def _kept_sections(cfg) -> tuple[dict, dict]:
+    """``(sections, provenance of each)`` kept from ``cfg.keep``: those this run does not run."""
+    if cfg.keep is None:
+        return {}, {}
+    path = Path(cfg.keep)
+    if not path.is_file():
+        raise FileNotFoundError(f"--keep {path}: no such bench results file")
+    old = load_json(path)
+    if old.get("experiment") != "bench" or old.get("device_name") != device_name():
+        raise ValueError(f"--keep {path}: not a bench result of this device ({device_name()}); it says "
+                         f"{old.get('experiment')!r} on {old.get('device_name')!r}")
+    kept = {n: s for n, s in old["sections"].items() if n not in cfg.sections}
+    return kept, {n: (old.get("reused") or {}).get(n, old["provenance"]) for n in kept}
 
 
 def table(sections) -> list[dict]:

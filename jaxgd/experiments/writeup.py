@@ -235,7 +235,7 @@ def _readme_bench(r, out, stem) -> str:
               else "each row's runs timed one after another")
     return (f"**Speed** on `{r['device_name']}` ({r['provenance']['device']}; ratios measured side by side "
             f"in one run of `jaxgd bench`, {timing}, median of {r['config']['repeats']}; lower is faster "
-            "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r)) + _bench_provenance(r)
+            "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r)) + _kept_line(r) + _bench_provenance(r)
             + f"\n\n![bench](results/bench/{stem}.png)")
 
 
@@ -298,6 +298,15 @@ def readme_results(base=None) -> str:
     benches = sorted((out / "bench").glob("*.json")) if (out / "bench").exists() else []
     parts += [_readme_bench(common.load_json(f), out, f.stem) for f in benches]
     return "\n\n".join(parts)
+
+
+def _kept_line(r) -> str:
+    """The sections a bench kept from an earlier run (``--keep``), with that run's commit, CPU and date."""
+    runs = {}
+    for name, p in (r.get("reused") or {}).items():
+        runs.setdefault((p.get("commit"), p.get("cpu_model") or p.get("device"), p.get("date")), []).append(name)
+    return "".join(f"\n\nKept from an earlier run (not rerun by the run below): {', '.join(names)} (commit {c}, {where}, "
+                   f"{date})." for (c, where, date), names in runs.items())
 
 
 def _bench_provenance(r) -> str:
