@@ -310,6 +310,8 @@ def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by
     one matmul; ``by="taps"`` does one matmul per kernel tap, ``view_ij^T dy`` for the input
     shifted by tap ``(i, j)`` (the same products, never the ``kh*kw`` times larger matrix)."""
     kh, kw, c_in, c_out = w_shape
+    if by not in WEIGHT_GRADS:
+        raise ValueError(f"conv_weight_grad by must be one of {WEIGHT_GRADS}, got {by!r}")
     if by == "taps":
         d = dy.reshape(-1, c_out)
         return jnp.stack([v.reshape(-1, c_in).T @ d for v in _shifted_views(x, kh, kw, stride, pad)]).reshape(w_shape)

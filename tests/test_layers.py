@@ -238,6 +238,8 @@ def test_conv_weight_grad_by_taps_equals_by_im2col(size, stride, padding):
     a = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad)
     b = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="taps")
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="by must be one of"):
+        L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="fft")
 
 
 def test_strided_and_valid_convs_equal_lax_conv():
