@@ -26,8 +26,9 @@ compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the 
   (random directions).
 - The forward's output shape and dtype, the new state's, and each gradient's shape and dtype; in
   eval mode, the state must come back unchanged.
-- The backward run under ``jit`` and under ``vmap`` (two problems stacked) must give what it gives
-  eagerly.
+- The backward must run under ``jit`` (every comparison above is compiled; a backward that cannot
+  be traced is run eagerly instead, and the check says why it fails under jit) and under ``vmap``
+  (two problems stacked) must give what it gives one problem at a time.
 - A model, in training: ``model.grad`` (its loss's hand derivative, then the reverse pass) against
   ``jax.grad`` of the loss, on random labels (or targets).
 
@@ -36,9 +37,15 @@ true gradient (transposed, summed over the wrong axis, a constant factor such as
 or -1, all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks,
 ties, or the padded border). Findings across gradients and modes (the input gradient right but a
 parameter's wrong; right in eval but wrong in training) come after.
+
+A check is a few compiled programs per mode and dtype (the forward, ``jax.vjp`` and the hand
+backward as one; the backward under ``vmap``; the finite-difference stencils; a model's loss
+gradients), drawn on one problem made on the host, and kept for the process: a second check of the
+same subject on the same shapes compiles nothing. The bench's ``startup`` section counts them.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 
@@ -322,13 +329,13 @@ def check(subject, in_shape=None, *, x=None, batch=None, modes=MODES, dtypes=DTY
         if d not in DTYPES:
             raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
     n = int(np.shape(x)[0]) if x is not None else batch or _batch_size([sub.in_shape, sub.out_shape])
-    key = jax.random.PRNGKey(seed)
+    problem = _problem(sub, n, x, seed)
     results = {}  # (mode, dtype) -> per-leaf comparisons
     checks, findings = [], []
     for dtype in dtypes:
         with jax.enable_x64(dtype == "float64"):
             for mode in modes:
-                results[mode, dtype] = _check_one(sub, n, x, mode, dtype, key, fd_per_leaf, checks)
+                results[mode, dtype] = _check_one(subject, sub, n, problem, mode, dtype, fd_per_leaf, checks)
     rows = []
     names = next(iter(results.values()))["names"]
     for mode in modes:
@@ -394,20 +401,157 @@ def _leaf_names(params):
     return [f"param {n}" if n else "param" for n in gradcheck.leaf_names(params)] + ["x"]
 
 
-def _check_one(sub, n, x_given, mode, dtype, key, fd_per_leaf, checks):
+# ------------------------------------------------------------------------------ compiled pieces
+
+_UNTRACEABLE = (jax.errors.JAXTypeError,)  # np.* on a tracer, a Python branch on a value, ...
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 64
+
+
+class _Programs:
+    """The jitted pieces of checking one subject in one mode and dtype, built once per
+    ``(subject, in_shape, batch, mode, dtype)`` (``_programs``): a second check of the same layer
+    and shape compiles nothing. ``both`` runs the forward, ``jax.vjp`` of it and the hand backward in one program (or ``truth``
+    without the hand backward, where that cannot be traced: it then runs eagerly); ``stacked``
+    runs the backward under ``vmap``; ``fd`` the finite-difference stencils; ``loss_grads`` a
+    model's hand loss gradient beside ``jax.grad``'s."""
+
+    def __init__(self, sub, n, train, dtype):
+        self.sub, self.n, self.train, self.dt = sub, n, train, jnp.dtype(dtype)
+        self.both, self.truth = jax.jit(self._both), jax.jit(self._truth)
+        self.stacked = jax.jit(jax.vmap(self.hand, in_axes=(None, None, 0, 0, None)))
+        self.fd = jax.jit(self._fd)
+        self.loss_grads = jax.jit(self._loss_grads)
+        self.untraceable = None  # why the hand backward cannot be traced, once that is known
+
+    def run(self, p, state, x, c, key, with_hand=True):
+        """``(y, new_state, jax.vjp's gradients, the hand gradients)``, compiled as one program
+        when the backward can be traced; otherwise the backward runs eagerly (``None`` without
+        ``with_hand``) and ``untraceable`` holds the error it raised under jit."""
+        if self.untraceable is None:
+            try:
+                return self.both(p, state, x, c, key)
+            except _UNTRACEABLE as e:
+                self.untraceable = e
+        y, new_state, true = self.truth(p, state, x, c, key)
+        return y, new_state, true, self.hand(p, state, x, c, key) if with_hand else None
+
+    def forward(self, p, state, x, key):
+        return self.sub.forward(p, state, x, self.train, key)
+
+    def hand(self, p, state, x, c, key):
+        return self.sub.backward(p, self.forward(p, state, x, key)[2], c)
+
+    def _truth(self, p, state, x, c, key):
+        y, new_state, _ = self.forward(p, state, x, key)
+        true = jax.vjp(lambda p, x: self.forward(p, state, x, key)[0], p, x)[1](c)
+        return y, new_state, true
+
+    def _both(self, p, state, x, c, key):
+        return self._truth(p, state, x, c, key) + (self.hand(p, state, x, c, key),)
+
+    def _fd(self, p, state, x, c, key, index):
+        from jaxgd import layers as L
+        sub = self.sub
+
+        def loss(px):
+            return jnp.sum(c * self.forward(px[0], state, px[1], key)[0])
+
+        def kinks(px):
+            res = self.forward(px[0], state, px[1], key)[2]
+            return gradcheck.kinks(sub.layers, res if sub.model is not None else [res])
+        has_kinks = sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation))
+                                       for l in L.walk(sub.layers))
+        return gradcheck.fd_estimates(loss, (p, x), index, FD_H, 4, kinks if has_kinks else None)
+
+    def _loss_grads(self, p, state, x, y, key):
+        from jaxgd import losses
+        model = self.sub.model
+        loss_fn, _ = losses.get_loss(model.loss)
+        hand = model.grad(p, state, x, y, key)[2]
+        return hand, jax.grad(lambda p: loss_fn(model.forward(p, state, x, True, key)[0], y))(p)
+
+
+def _problem(sub, n, x_given, seed):
+    """The problem every mode and dtype checks, drawn once, in float64 and on the host: the
+    parameters and state from the subject's own ``init`` (moved off constant values), the input
+    (or ``x_given``), the cotangent ``c``, a second problem stacked on the first for ``vmap``, and
+    a model's random labels or targets. NumPy draws what the subject does not, so drawing compiles
+    no program of its own (a jitted ``jax.random`` call takes a fifth of a second to compile on CPU)."""
+    k_init, k_fwd = jax.random.split(jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        params, state = _cast(_numpy(sub.init(k_init, jnp.float64)), np.float64)
+        x = (np.asarray(x_given, np.float64) if x_given is not None
+             else rng.standard_normal((n,) + sub.in_shape))
+        y = jax.eval_shape(lambda p, s, x: sub.forward(p, s, x, True, k_fwd)[0], params, state, x)
+    params, state = _off_constant(params, rng), _off_constant(state, rng)
+    c = rng.standard_normal(y.shape)
+    pb = {"params": params, "state": state, "x": x, "c": c, "key": np.asarray(k_fwd),
+          "x2": np.stack([x, rng.standard_normal(x.shape)]), "c2": np.stack([c, rng.standard_normal(c.shape)])}
+    if sub.model is not None:  # random labels (or targets) for the loss gradient
+        pb["y"] = (rng.integers(0, y.shape[-1], y.shape[:1]).astype(np.int32) if _takes_labels(sub.model)
+                   else rng.standard_normal(y.shape))
+    return pb
+
+
+def _off_constant(tree, rng):
+    """``gradcheck.off_constant`` on the host: leaves whose entries are all equal (ones, zeros:
+    initial scales, shifts, running statistics) moved to random values, positive ones kept positive."""
+    def move(a):
+        if not (np.issubdtype(a.dtype, np.floating) and a.size and np.all(a == a.flat[0])):
+            return a
+        z = rng.standard_normal(a.shape)
+        return a * np.exp(0.3 * z) if a.flat[0] > 0 else a + 0.3 * z
+    return jax.tree_util.tree_map(move, tree)
+
+
+def _cast(tree, dtype):
+    """Floating leaves as ``dtype``, on the host (``gradcheck.cast`` compiles a conversion per shape)."""
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a, tree)
+
+
+def _takes_labels(model):
+    from jaxgd import losses
+    return losses.takes_labels(model.loss)
+
+
+def _programs(obj, sub, n, mode, dtype) -> _Programs:
+    """The compiled pieces for this check, from a small cache keyed on the subject (layers and
+    models are frozen dataclasses: equal hyperparameters, equal key) and the problem's shapes."""
+    key = (type(obj), obj, sub.in_shape, n, mode, dtype)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable subject is compiled afresh each time
+        return _Programs(sub, n, mode == "train", dtype)
+    if key not in _CACHE:
+        _CACHE[key] = _Programs(sub, n, mode == "train", dtype)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+def _numpy(tree):
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
     dt = jnp.dtype(dtype)
+    progs = _programs(obj, sub, n, mode, dtype)
     train = mode == "train"
-    k_init, k_x, k_c, k_fwd, k_p, k_v = jax.random.split(key, 6)
-    params, state = gradcheck.cast(sub.init(k_init, dt), dt)
-    params, state = gradcheck.off_constant(params, k_p), gradcheck.off_constant(state, jax.random.fold_in(k_p, 1))
-    x = (jnp.asarray(x_given, dt) if x_given is not None
-         else jax.random.normal(k_x, (n,) + sub.in_shape, dt))
-    fwd_key = k_fwd
 
     def note(name, ok, detail=""):
         checks.append({"name": f"{name} ({mode}, {dtype})", "ok": bool(ok), "detail": detail})
 
-    y, new_state, res = sub.forward(params, state, x, train, fwd_key)
+    pb = _cast(problem, dt)
+    params, state, x, c, fwd_key = pb["params"], pb["state"], pb["x"], pb["c"], pb["key"]
+    y, new_state, true, got = progs.run(params, state, x, c, fwd_key)
+    if progs.untraceable is not None:  # the backward ran eagerly: say why it cannot run under jit
+        note("jit", False, "fails under jit: " + _explain(progs.untraceable))
+    else:
+        note("jit", True)
+    run = lambda x, c, p=params, with_hand=True: progs.run(p, state, x, c, fwd_key, with_hand)  # noqa: E731
     want = (n,) + tuple(sub.out_shape) if sub.out_shape is not None else y.shape
     note("output shape and dtype", y.shape == want and y.dtype == dt,
          f"the forward returns {y.shape} {y.dtype}, expected {want} {dt}")
@@ -416,21 +560,10 @@ def _check_one(sub, n, x_given, mode, dtype, key, fd_per_leaf, checks):
                     for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state))))
     note("state shape and dtype", s_ok, "the new state has another structure, shape or dtype than the state")
     if not train and s_ok:
-        same = all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(new_state),
-                                                          jax.tree_util.tree_leaves(state)))
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_state),
+                                                        jax.tree_util.tree_leaves(state)))
         note("state unchanged in eval", same, "state updated in eval mode: running statistics must move in training "
                                               "only")
-    c = jax.random.normal(k_c, y.shape, dt)
-
-    def f(p, x):
-        return sub.forward(p, state, x, train, fwd_key)[0]
-
-    def hand(p, x, c):
-        _, _, r = sub.forward(p, state, x, train, fwd_key)
-        return sub.backward(p, r, c)
-
-    true = jax.vjp(f, params, x)[1](c)
-    got = hand(params, x, c)
     names = _leaf_names(params)
     leaves_t = jax.tree_util.tree_leaves(true)
     try:
@@ -443,7 +576,8 @@ def _check_one(sub, n, x_given, mode, dtype, key, fd_per_leaf, checks):
                                           f"{jax.tree_util.tree_structure(got)}")
     tol = TOLERANCES[dtype]
     x_np = np.asarray(x)
-    allow = _allowances(leaves_t, tol, _float64_reference(f, params, x, c) if dtype == "float32" else None)
+    ref = _float64_reference(obj, sub, n, mode, (params, state, x, c, fwd_key)) if dtype == "float32" else None
+    allow = _allowances(leaves_t, tol, None if ref is None else jax.tree_util.tree_leaves(ref[2]))
     leaves = []
     for i, (name, t) in enumerate(zip(names, leaves_t)):
         h = np.asarray(leaves_h[i]) if struct_ok else np.zeros(0)
@@ -461,26 +595,16 @@ def _check_one(sub, n, x_given, mode, dtype, key, fd_per_leaf, checks):
             leaf["cause"] = "the backward returned another structure than (dparams, dx)"
         elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
             ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np,
-                   "coupling": (lambda: _coupling(hand, f, params, x, c)) if name == "x" else None}
+                   "coupling": (lambda: _coupling(run, x, c)) if name == "x" else None}
             leaf["cause"] = diagnose(h, t, ctx)
         leaves.append(leaf)
     if dtype == "float64" and struct_ok:
-        _finite_differences(sub, params, state, x, c, train, fwd_key, fd_per_leaf, leaves, leaves_h)
-        try:
-            # check_vjp steps eps along a random normal direction over every coordinate, of norm
-            # ~sqrt(size): keep the step itself near the finite differences' h
-            size = sum(np.size(a) for a in jax.tree_util.tree_leaves((params, x)))
-            check_vjp(f, lambda p, x: (f(p, x), lambda ct: hand(p, x, ct)), (params, x),
-                      atol=1e-6, rtol=1e-6, eps=min(1e-5, FD_H / np.sqrt(size)))
-            note("check_vjp", True)
-        except AssertionError as e:
-            note("check_vjp", False, "jax.test_util.check_vjp: " + str(e).strip().splitlines()[0][:200])
-        except Exception as e:  # noqa: BLE001 (a broken backward may fail any way)
-            note("check_vjp", False, f"jax.test_util.check_vjp raised {type(e).__name__}: {str(e)[:200]}")
+        _finite_differences(progs, (params, state, x, c, fwd_key), np.asarray(y), fd_per_leaf, leaves, leaves_h)
+        _check_vjp(run, params, x, c, note)
     if struct_ok:
-        _transforms(hand, params, x, c, got, k_v, note, allow["abs"])
+        _stacked(progs, params, state, fwd_key, pb["x2"], pb["c2"], got, run, note, allow["abs"])
     if sub.model is not None and train:
-        _loss_gradient(sub.model, params, state, x, fwd_key, jax.random.fold_in(k_c, 1), dtype, note)
+        _loss_gradient(obj, sub, n, progs, params, state, x, pb["y"], fwd_key, dtype, note)
     return {"names": names, "leaves": leaves}
 
 
@@ -488,11 +612,12 @@ def _maxabs(a) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0))
 
 
-def _float64_reference(fn, params, x, c):
-    """``jax.vjp`` of ``fn`` at the same (float32) point, computed in float64: the leaves."""
+def _float64_reference(obj, sub, n, mode, args):
+    """The float64 programs of the same check run at the float32 problem's point (cast exactly):
+    ``(y, new_state, jax.vjp's gradients[, hand])`` in float64."""
     with jax.enable_x64(True):
-        p, x, c = gradcheck.cast((params, x, c), jnp.float64)
-        return jax.tree_util.tree_leaves(jax.vjp(fn, p, x)[1](c))
+        args64 = _cast(_numpy(args), np.float64)
+        return _programs(obj, sub, n, mode, "float64").run(*args64, with_hand=False)
 
 
 def _allowances(true, tol, ref=None):
@@ -509,91 +634,83 @@ def _allowances(true, tol, ref=None):
     return {"floor": floor, "abs": out}
 
 
-def _loss_gradient(model, params, state, x, key, k_y, dtype, note):
+def _loss_gradient(obj, sub, n, progs, params, state, x, y, key, dtype, note):
     """A model's whole training gradient, ``model.grad`` (the loss's hand derivative, then the
     reverse pass), against ``jax.grad`` of the loss of the forward, on random targets."""
-    from jaxgd import losses
-    loss_fn, _ = losses.get_loss(model.loss)
-    out = model.forward(params, state, x, True, key)[0]
-    if losses.takes_labels(model.loss):
-        y = jax.random.randint(k_y, out.shape[:1], 0, out.shape[-1])
-    else:
-        y = jax.random.normal(k_y, out.shape, out.dtype)
-    hand = model.grad(params, state, x, y, key)[2]
-
-    def true_grad(p, x, ct):  # ct: the loss's scale (1), so that _float64_reference applies
-        return jax.grad(lambda p: ct * loss_fn(model.forward(p, state, x, True, key)[0], y))(p)
-    true = jax.tree_util.tree_leaves(true_grad(params, x, 1.0))
+    hand, true = (jax.tree_util.tree_leaves(t) for t in progs.loss_grads(params, state, x, y, key))
     ref = None
     if dtype == "float32":
         with jax.enable_x64(True):
-            p64, x64 = gradcheck.cast((params, x), jnp.float64)
-            ref = jax.tree_util.tree_leaves(true_grad(p64, x64, 1.0))
+            args64 = _cast(_numpy((params, state, x, y, key)), np.float64)
+            ref = jax.tree_util.tree_leaves(_programs(obj, sub, n, "train", "float64").loss_grads(*args64)[1])
     allow = _allowances(true, TOLERANCES[dtype], ref)["abs"]
-    bad = [name for name, h, t, lim in zip(gradcheck.leaf_names(params), jax.tree_util.tree_leaves(hand), true, allow)
+    bad = [name for name, h, t, lim in zip(gradcheck.leaf_names(params), hand, true, allow)
            if np.shape(h) != np.shape(t) or _maxabs(np.asarray(h, np.float64) - np.asarray(t)) > lim]
-    note("loss gradient", not bad, f"model.grad differs from jax.grad of the {model.loss} loss at {', '.join(bad)}: "
-                                   "with the reverse pass right, the loss's hand derivative (losses.LOSSES) is wrong")
+    note("loss gradient", not bad, f"model.grad differs from jax.grad of the {sub.model.loss} loss at "
+                                   f"{', '.join(bad)}: with the reverse pass right, the loss's hand derivative "
+                                   "(losses.LOSSES) is wrong")
 
 
-def _coupling(hand, f, params, x, c):
+def _coupling(run, x, c):
     """Whether changing the cotangent of example 0 changes the input gradient of other examples,
     by the hand backward and by ``jax.vjp``."""
-    c2 = c.at[0].add(1.0)
     others = lambda a, b: bool(np.any(np.asarray(a)[1:] != np.asarray(b)[1:]))  # noqa: E731
-    vjp = jax.vjp(f, params, x)[1]
-    return (others(hand(params, x, c)[1], hand(params, x, c2)[1]),
-            others(vjp(c)[1], vjp(c2)[1]))
+    (*_, true, hand), (*_, true2, hand2) = run(x, c), run(x, c + (np.arange(len(c)) == 0).reshape((-1,) + (1,) * (c.ndim - 1)))
+    return others(hand[1], hand2[1]), others(true[1], true2[1])
 
 
-def _finite_differences(sub, params, state, x, c, train, key, per_leaf, leaves, leaves_h):
-    from jaxgd import layers as L
-
-    def loss(px):
-        return jnp.sum(c * sub.forward(px[0], state, px[1], train, key)[0])
-
-    def kinks(px):
-        return gradcheck.kinks(sub.layers, _residuals(sub, px[0], state, px[1], train, key))
-    has_kinks = sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation)) for l in L.walk(sub.layers))
-    pattern = kinks if has_kinks else None
+def _finite_differences(progs, args, y, per_leaf, leaves, leaves_h):
+    """Central differences of ``L = sum(c * y)`` at ``per_leaf`` sampled coordinates of each leaf,
+    the stencils that cross a kink left out, against the hand gradient (INF265's relative error)."""
+    params, _, x, c, _ = args
     # the quotient's rounding: ten ulps of the terms of L, over h; below it, FD cannot tell 0 from noise
-    terms = jnp.sum(jnp.abs(c * sub.forward(params, state, x, train, key)[0]))
-    noise = 10 * float(np.finfo(np.float64).eps * terms) / FD_H
+    noise = 10 * float(np.finfo(np.float64).eps * np.sum(np.abs(np.asarray(c) * y))) / FD_H
     eps = max(FD_EPS, noise / FD_TOLERANCE)
     coords = gradcheck.sample_coordinates((params, x), per_leaf, seed=0)
-    fd, valid = gradcheck.finite_difference_grads(loss, (params, x), coords, FD_H, 4, pattern)
+    est, valid = progs.fd(*args, gradcheck.flat_index((params, x), coords))
+    fd, valid = gradcheck.split_by_leaf(est, coords), gradcheck.split_by_leaf(valid, coords)
     shapes = [np.shape(a) for a in jax.tree_util.tree_leaves((params, x))]
     for leaf, h, shape, co, est, ok in zip(leaves, leaves_h, shapes, coords, fd, valid):
         h = np.asarray(h)
         if h.shape != shape:  # a wrong shape is diagnosed already
             continue
-        e = np.asarray(gradcheck.rel_error(h.reshape(-1)[co], est, eps))[ok]
+        a = h.reshape(-1)[co].astype(np.float64)
+        e = (np.abs(a - est) / np.maximum(eps, np.abs(a) + np.abs(est)))[ok]  # gradcheck.rel_error, in NumPy
         leaf["fd_rel"] = float(e.max()) if e.size else 0.0
         leaf["fd_wrong"] = leaf["fd_rel"] > FD_TOLERANCE
 
 
-def _residuals(sub, p, state, x, train, key):
-    res = sub.forward(p, state, x, train, key)[2]
-    return res if sub.model is not None else [res]
+def _check_vjp(run, params, x, c, note):
+    """``jax.test_util.check_vjp`` (random directions), on NumPy values through the compiled
+    forward and backward: its own arithmetic is NumPy's, so it compiles nothing more."""
+    def f(p, x):
+        return np.asarray(run(x, c, p, with_hand=False)[0])
+
+    def f_vjp(p, x):
+        return f(p, x), lambda ct: _numpy(run(x, ct)[3])
+    p_np, x_np = _numpy(params), np.asarray(x)
+    try:
+        # check_vjp steps eps along a random normal direction over every coordinate, of norm
+        # ~sqrt(size): keep the step itself near the finite differences' h
+        size = sum(np.size(a) for a in jax.tree_util.tree_leaves((p_np, x_np)))
+        check_vjp(f, f_vjp, (p_np, x_np), atol=1e-6, rtol=1e-6, eps=min(1e-5, FD_H / np.sqrt(size)))
+        note("check_vjp", True)
+    except AssertionError as e:
+        note("check_vjp", False, "jax.test_util.check_vjp: " + str(e).strip().splitlines()[0][:200])
+    except Exception as e:  # noqa: BLE001 (a broken backward may fail any way)
+        note("check_vjp", False, f"jax.test_util.check_vjp raised {type(e).__name__}: {str(e)[:200]}")
 
 
-def _transforms(hand, params, x, c, eager, key, note, allow):
-    """The backward under ``jit``, and under ``vmap`` over two stacked problems, against eager:
-    within the leaf's allowance against ``jax.vjp`` (``_allowances``)."""
+def _stacked(progs, params, state, key, x2, c2, eager, run, note, allow):
+    """The backward under ``vmap`` over two stacked problems against one problem at a time: within
+    the leaf's allowance against ``jax.vjp`` (``_allowances``)."""
     def agree(a, b):
         return all(np.shape(u) == np.shape(v) and _maxabs(np.asarray(u, np.float64) - np.asarray(v)) <= lim
                    for u, v, lim in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), allow))
     try:
-        ok = agree(jax.jit(hand)(params, x, c), eager)
-        note("jit", ok, "under jit the backward gives other numbers than eagerly")
-    except Exception as e:  # noqa: BLE001
-        note("jit", False, "fails under jit: " + _explain(e))
-    x2 = jnp.stack([x, jax.random.normal(key, x.shape, x.dtype)])
-    c2 = jnp.stack([c, jax.random.normal(jax.random.fold_in(key, 1), c.shape, c.dtype)])
-    try:
-        batched = jax.jit(jax.vmap(hand, in_axes=(None, 0, 0)))(params, x2, c2)
+        batched = _numpy(progs.stacked(params, state, x2, c2, key))
         one = jax.tree_util.tree_map(lambda a: a[0], batched)
-        two = hand(params, x2[1], c2[1])
+        two = run(x2[1], c2[1])[3]
         note("vmap", agree(one, eager) and agree(jax.tree_util.tree_map(lambda a: a[1], batched), two),
              "under vmap the backward gives other numbers than one problem at a time")
     except Exception as e:  # noqa: BLE001

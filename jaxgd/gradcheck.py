@@ -80,6 +80,37 @@ def _same(a, b):
     return jnp.all(jnp.stack(eq)) if eq else jnp.bool_(True)
 
 
+def fd_estimates(f, params, index, h, order=2, pattern=None):
+    """Central differences of ``f`` along the flat coordinates ``index`` (an integer array into
+    ``ravel_pytree(params)``), one after another with ``lax.map``: ``(estimates, valid)``. Traceable,
+    so a caller can compile it once with its own arguments (``jaxgd.check`` does); see
+    ``finite_difference_grads`` for ``pattern``."""
+    flat, unravel = ravel_pytree(params)
+
+    def one(i):
+        e = jnp.zeros_like(flat).at[i].set(1.0)
+        at = lambda s: unravel(flat + s * e)  # noqa: E731
+        estimate = central_difference(lambda s: f(at(s)), h, order)
+        if pattern is None:
+            return estimate, jnp.bool_(True)
+        centre = pattern(at(0.0))
+        return estimate, jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
+    return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
+
+
+def flat_index(params, coords) -> np.ndarray:
+    """``coords`` (one index array per leaf, see ``sample_coordinates``) as indices into the
+    flattened ``params`` (``ravel_pytree``'s order)."""
+    sizes = [x.size for x in jax.tree_util.tree_leaves(params)]
+    offsets = np.cumsum([0] + sizes[:-1])
+    return np.concatenate([o + c for o, c in zip(offsets, coords)]).astype(np.int32)
+
+
+def split_by_leaf(values, coords) -> list[np.ndarray]:
+    """A flat array of per-coordinate values cut back into one array per leaf."""
+    return np.split(np.asarray(values), np.cumsum([len(c) for c in coords])[:-1])
+
+
 def finite_difference_grads(f, params, coords, h, order=2, pattern=None):
     """Central differences (see ``central_difference``) along each given flat coordinate of each leaf.
 
@@ -89,26 +120,9 @@ def finite_difference_grads(f, params, coords, h, order=2, pattern=None):
     the centre straddles a kink, and reads a mix of two slopes instead of the derivative.
     Returns ``(estimates, valid)``, one array of each per leaf (``valid`` all True without ``pattern``).
     """
-    flat, unravel = ravel_pytree(params)
-    sizes = [x.size for x in jax.tree_util.tree_leaves(params)]
-    offsets = np.cumsum([0] + sizes[:-1])
-    index = jnp.asarray(np.concatenate([o + c for o, c in zip(offsets, coords)]))
-
-    @jax.jit
-    def all_fd(flat, index):
-        def one(i):
-            e = jnp.zeros_like(flat).at[i].set(1.0)
-            at = lambda s: unravel(flat + s * e)  # noqa: E731
-            estimate = central_difference(lambda s: f(at(s)), h, order)
-            if pattern is None:
-                return estimate, jnp.bool_(True)
-            centre = pattern(at(0.0))
-            return estimate, jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
-        return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
-
-    values, valid = (np.asarray(a) for a in all_fd(flat, index))
-    cuts = np.cumsum([len(c) for c in coords])[:-1]
-    return np.split(values, cuts), np.split(valid, cuts)
+    values, valid = jax.jit(lambda p, i: fd_estimates(f, p, i, h, order, pattern))(
+        params, jnp.asarray(flat_index(params, coords)))
+    return split_by_leaf(values, coords), split_by_leaf(valid, coords)
 
 
 def directional_derivatives(f, grads, params, h, seed=0, order=2, pattern=None):
@@ -203,14 +217,16 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
 
 def off_constant(tree, key):
     """Leaves whose entries are all equal (ones, zeros: initial scales, shifts, running statistics)
-    moved to random values, positive ones kept positive."""
+    moved to random values, positive ones kept positive. Traceable: the choice is a ``jnp.where``."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = []
     for i, a in enumerate(leaves):
         a = jnp.asarray(a)
-        if jnp.issubdtype(a.dtype, jnp.floating) and a.size and bool(jnp.all(a == a.reshape(-1)[0])):
+        if jnp.issubdtype(a.dtype, jnp.floating) and a.size:
+            first = a.reshape(-1)[0]
             z = jax.random.normal(jax.random.fold_in(key, i), a.shape, a.dtype)
-            a = a * jnp.exp(0.3 * z) if float(a.reshape(-1)[0]) > 0 else a + 0.3 * z
+            moved = jnp.where(first > 0, a * jnp.exp(0.3 * z), a + 0.3 * z)
+            a = jnp.where(jnp.all(a == first), moved, a)
         out.append(a)
     return jax.tree_util.tree_unflatten(treedef, out)
 

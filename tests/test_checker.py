@@ -106,3 +106,28 @@ def test_the_readme_example_prints_what_the_readme_shows(capsys):
     shown = block.split("```text\n")[1].split("```")[0]
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == shown.strip()
+
+
+def _programs_compiled(fn):
+    """How many XLA programs ``fn()`` compiles (JAX's own compilation events)."""
+    from jax._src import monitoring
+    n = [0]
+
+    def count(event, duration, **kw):
+        n[0] += event == "/jax/core/compile/backend_compile_duration"
+    monitoring.register_event_duration_secs_listener(count)
+    try:
+        fn()
+    finally:
+        monitoring.unregister_event_duration_listener(count)
+    return n[0]
+
+
+def test_a_check_is_a_few_programs_and_a_second_one_none():
+    """One check of a dense layer is a handful of compiled programs (it was 133 eager ones), and
+    checking the same layer on the same shapes again in the process compiles nothing."""
+    first = _programs_compiled(lambda: jaxgd.check(L.dense(3), (2,)))
+    assert 0 < first <= 20
+    assert _programs_compiled(lambda: jaxgd.check(L.dense(3), (2,))) == 0
+    # a model: its loss gradients too, still a few programs per mode and dtype
+    assert _programs_compiled(lambda: jaxgd.check(models.mlp((3, 4, 2)))) <= 30
