@@ -465,6 +465,11 @@ def _pooled_shape(name, size, in_shape, crop=False):
     return (in_shape[0] // size, in_shape[1] // size, in_shape[2])
 
 
+def _index_dtype(count: int) -> jnp.dtype:
+    """The narrowest signed integer that holds the indices 0 .. count - 1."""
+    return next(jnp.dtype(t) for t in (jnp.int8, jnp.int16, jnp.int32) if count - 1 <= jnp.iinfo(t).max)
+
+
 @dataclasses.dataclass(frozen=True)
 class MaxPool(Layer):
     """Non-overlapping ``size`` x ``size`` max-pooling of NHWC input (height and width divisible by
@@ -479,7 +484,7 @@ class MaxPool(Layer):
     ``jnp.max`` instead splits ``dy`` equally among tied maxima; the forward here selects with
     ``jnp.where``, so that ``jax.grad`` of it follows the same first-maximum rule: ties are common
     in real images, in saturated regions, and in a dirac-initialised network they reach every
-    layer). Residual: the winner's index per window (int8).
+    layer). Residual: the winner's index per window (int8, or wider for windows of over 127 elements).
 
     The index is kept rather than recomputed as ``x == max(x)``: under jit, XLA may recompute ``x``
     inside two fusions that round differently, and an equality test can then select no element.
@@ -497,10 +502,11 @@ class MaxPool(Layer):
         hs, ws = h // s, w // s
         residual_shape = jnp.zeros((0, h - hs * s, w - ws * s), jnp.int8)  # what the crop left out
         x6 = x[:, :hs * s, :ws * s].reshape(n, hs, s, ws, s, c)
-        best, idx = x6[:, :, 0, :, 0, :], jnp.zeros((n, h // s, w // s, c), jnp.int8)
+        index = _index_dtype(s * s)
+        best, idx = x6[:, :, 0, :, 0, :], jnp.zeros((n, h // s, w // s, c), index)
         for k in range(1, s * s):
             v = x6[:, :, k // s, :, k % s, :]
-            idx = jnp.where(v > best, jnp.int8(k), idx)
+            idx = jnp.where(v > best, index.type(k), idx)
             best = jnp.where(v > best, v, best)  # not jnp.maximum: its derivative splits ties
         return best, state, (idx, residual_shape) if self.crop else idx
 

@@ -459,7 +459,7 @@ def _check_labels(model, y, split, per_config=False):
     y = np.asarray(y)
     if per_config:
         y = y.reshape((-1,) + y.shape[2:])
-    if getattr(model, "loss", None) != "cross_entropy" or y.ndim != 1:
+    if not losses.takes_labels(getattr(model, "loss", None)) or y.ndim != 1:
         return
     shapes = getattr(model, "shapes", None)
     losses.check_labels(y, shapes()[-1][-1] if shapes else None, f"{split} labels")

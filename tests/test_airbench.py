@@ -198,3 +198,45 @@ def test_bad_configs_are_refused():
     for bad in ({"widths": (8, 8)}, {"cifar2_seeds": ()}, {"momentum": 1.0}, {"tta_level": 3}):
         with pytest.raises((ConfigError, ValueError)):
             airbench.AirbenchConfig.make({"datasets": ["cifar2"], **bad})
+
+
+def test_whitening_augmentation_and_tta_equal_airbenchs_pytorch():
+    """The parts of the recipe the step test does not reach, against the pinned airbench copy in
+    float64: the whitening filters, the reflect padding, the crops and the test-time augmentation."""
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]')")
+    from jaxgd.experiments import airbench_torch as AT
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 32, 32, 3)) @ rng.normal(size=(3, 3))  # correlated channels
+    # whitening: the same filters, each up to the sign eigh gives its eigenvector
+    net = AT.make_net((4, 8, 8), 10, dtype=torch.float64)
+    AT.init_whitening_conv(net[0], AT.nchw(x, torch.float64))
+    theirs = net[0].weight.detach().numpy()  # OIHW
+    ours = airbench.whiten(x).transpose(3, 2, 0, 1)
+    signs = np.sign(np.sum(ours * theirs, axis=(1, 2, 3)))
+    assert np.all(signs != 0)
+    # airbench's get_patches casts to float32, so its covariance and filters carry float32 rounding
+    np.testing.assert_allclose(ours * signs[:, None, None, None], theirs, rtol=0, atol=1e-3 * np.abs(theirs).max())
+    # reflect padding and crops: airbench's batch_crop, each image's shift read back from its output
+    pad = 2
+    with jax.enable_x64(True):
+        padded = np.asarray(airbench._reflect_pad(jnp.asarray(x), pad))
+        tpad = torch.nn.functional.pad(AT.nchw(x, torch.float64), (pad,) * 4, "reflect")
+        np.testing.assert_array_equal(padded, tpad.permute(0, 2, 3, 1).numpy())
+        torch.manual_seed(0)
+        cropped = AT.batch_crop(tpad, 32).permute(0, 2, 3, 1).numpy()
+        windows = {(a, b): np.asarray(airbench.crop(jnp.asarray(padded), jnp.tile(jnp.array([a, b]), (24, 1)), pad))
+                   for a in range(2 * pad + 1) for b in range(2 * pad + 1)}
+        offsets = [next(o for o, w in windows.items() if np.array_equal(w[i], cropped[i])) for i in range(24)]
+        assert len(set(offsets)) > 5  # the shifts vary, and each is one of jaxgd's offsets
+        np.testing.assert_array_equal(np.asarray(airbench.crop(jnp.asarray(padded), jnp.asarray(offsets), pad)),
+                                      cropped)
+    # test-time augmentation, levels 0, 1 and 2, on the same network
+    model = models.airbench((4, 8, 8), 10)
+    params, state, _ = airbench.init_run(model, _small(), 0, x)
+    with jax.enable_x64(True):
+        p64, s64 = gradcheck.cast((params, state), jnp.float64)
+        AT.load_jaxgd(net, p64, s64)
+        for level in (0, 1, 2):
+            ours = np.asarray(airbench.tta_logits(model, p64, s64, jnp.asarray(x), level))
+            theirs = AT.infer(net, AT.nchw(x, torch.float64), level).numpy()
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9 * np.abs(theirs).max(), err_msg=level)

@@ -150,6 +150,19 @@ def test_max_pool_ties_go_to_the_first_maximum():
     np.testing.assert_array_equal(np.asarray(g), np.asarray(dx))
 
 
+def test_max_pool_of_large_windows_keeps_every_index():
+    """A 12x12 window has 144 elements: the winner's index no longer fits int8 (it wrapped around
+    silently and the gradient went to the wrong element)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 3))
+    pool = L.max_pool(12)
+    _, _, idx = pool.forward({}, {}, x)
+    assert jnp.iinfo(idx.dtype).max >= 143
+    dy = jax.random.normal(jax.random.PRNGKey(1), (2, 1, 1, 3))
+    dx = pool.backward({}, idx, dy)[1]
+    g = jax.grad(lambda x: jnp.sum(jnp.max(x, axis=(1, 2), keepdims=True) * dy))(x)  # no ties in random data
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(g))
+
+
 def test_max_pool_ties_match_torch():
     torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
     x = np.round(np.random.default_rng(0).normal(size=(2, 4, 6, 3)), 0).astype(np.float32)  # many ties

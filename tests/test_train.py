@@ -1,11 +1,13 @@
 """Hand SGD == optax twin (== torch), vmapped configs == alone, hand backprop fit == jax.grad fit."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import models, optim, train
+from jaxgd import losses, models, optim, train
 
 
 def _problem(n=256, d=20, k=3, seed=0):
@@ -174,11 +176,16 @@ def test_bad_fit_arguments(kw, match):
 
 def test_numpy_integers_are_accepted_and_bad_labels_refused():
     tr, params = _problem()
-    train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=np.int64(1), batch_size=np.int64(32))
+    hist = train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=np.int64(2),
+                     batch_size=np.int64(32))[2]
+    assert len(hist.train_loss) == 2 and hist.train_loss[1] < hist.train_loss[0]
     x, y = tr
-    for bad, match in ((np.where(y == 0, 7, y), r"\[0, 3\)"), (y.astype(np.float32), "integer")):
-        with pytest.raises(ValueError, match=match):
-            train.fit(MODEL, params, (x, bad), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)
+    # every loss that takes class labels checks them, a CrossEntropy object as well as the name
+    smoothed = dataclasses.replace(MODEL, loss=losses.CrossEntropy(0.1))
+    for model in (MODEL, smoothed):
+        for bad, match in ((np.where(y == 0, 7, y), r"\[0, 3\)"), (y.astype(np.float32), "integer")):
+            with pytest.raises(ValueError, match=match):
+                train.fit(model, params, (x, bad), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)
 
 
 def test_one_hot_targets_train_like_integer_labels():

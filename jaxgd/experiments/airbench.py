@@ -226,6 +226,13 @@ def make_step(model, optimizer, total_steps: int, lookahead_every: int = 5):
     return step
 
 
+def crop(x_pad, offsets, pad: int):
+    """Each of the images ``x_pad`` (reflect-padded by ``pad``) cropped back to its size at its
+    offset ``(row, column)`` in ``[0, 2 pad]``: airbench's ``batch_crop`` with shift ``offset - pad``."""
+    h, w, c = x_pad.shape[1] - 2 * pad, x_pad.shape[2] - 2 * pad, x_pad.shape[3]
+    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(x_pad, offsets)
+
+
 def make_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: int, pad: int):
     """``epoch(carry, x_padded, y, hparams, flip_all, key) -> (carry, (loss, acc, active))`` of one
     run: ``step`` (``make_step``'s) ``lax.scan``-ned over ``steps_per_epoch`` minibatches of a
@@ -237,15 +244,13 @@ def make_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: int, pa
         idx = jax.random.permutation(k_perm, y.shape[0])[: steps_per_epoch * batch_size]
         idx = idx.reshape(steps_per_epoch, batch_size)
         offsets = jax.random.randint(k_crop, (steps_per_epoch, batch_size, 2), 0, 2 * pad + 1)
-        h, w, c = x_pad.shape[1] - 2 * pad, x_pad.shape[2] - 2 * pad, x_pad.shape[3]
-        crop = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))
 
         def body(carry, inp):
             i, o = inp
             active = carry[-1] < total_steps
 
             def go(carry):
-                xb = crop(x_pad[i], o)
+                xb = crop(x_pad[i], o, pad)
                 return step(carry, jnp.where(flip_all, xb[:, :, ::-1, :], xb), y[i], hp)
             zero = jnp.zeros((), jnp.float32)
             carry, (loss, acc) = jax.lax.cond(active, go, lambda carry: (carry, (zero, zero)), carry)

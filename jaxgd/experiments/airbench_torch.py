@@ -1,9 +1,51 @@
-"""airbench94 in PyTorch, the reference jaxgd's ``experiments.airbench`` is compared with: a pinned
-copy of the parts of airbench 0.1.8 (``airbench/lib_airbench94.py`` and ``airbench/utils.py`` of the
-``airbench`` package on PyPI, Keller Jordan, MIT licence; KellerJordan/cifar10-airbench) that build
-the network and take a training step, changed only to run on any device and dtype (the original
-calls ``.half().cuda()``) and to take the batches it is given. Imported by the bench and the tests,
-never by the library; needs ``torch`` (``pip install 'jaxgd[torch]'``).
+"""airbench94 in PyTorch, the reference jaxgd's ``experiments.airbench`` is compared with: a modified
+copy of parts of airbench 0.1.8 (``airbench/lib_airbench94.py`` and ``airbench/utils.py`` of the
+``airbench`` package on PyPI; KellerJordan/cifar10-airbench on GitHub), under airbench's MIT licence,
+whose notice follows verbatim. Imported by the bench and the tests, never by the library; needs
+``torch`` (``pip install -e '.[torch]'``).
+
+    Copyright (c) 2024 Keller Jordan
+
+    Permission is hereby granted, free of charge, to any person obtaining
+    a copy of this software and associated documentation files (the
+    "Software"), to deal in the Software without restriction, including
+    without limitation the rights to use, copy, modify, merge, publish,
+    distribute, sublicense, and/or sell copies of the Software, and to
+    permit persons to whom the Software is furnished to do so, subject to
+    the following conditions:
+
+    The above copyright notice and this permission notice shall be
+    included in all copies or substantial portions of the Software.
+
+    THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND,
+    EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
+    MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+    NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE
+    LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION
+    OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION
+    WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+
+What was changed from airbench 0.1.8:
+
+- Taken: ``Flatten``, ``Mul``, ``BatchNorm``, ``Conv``, ``ConvGroup`` and ``make_net94`` (as
+  ``make_net``) from ``lib_airbench94.py``; ``get_patches``, ``get_whitening_parameters``,
+  ``init_whitening_conv``, ``LookaheadState``, ``batch_crop``, ``infer``'s test-time augmentation
+  (as ``infer``) and the parts of ``train`` and ``CifarLoader.__iter__`` below from ``utils.py``. Left
+  out: the ``hyp`` dict (its values are the defaults here), ``CifarLoader``'s loading and
+  normalisation, cutout, ``evaluate``, logging, CUDA timing events and the warm-up run.
+- ``make_net``: the widths as a tuple, ``classes``, ``scaling_factor`` and ``dtype`` as arguments;
+  ``.to(dtype)`` instead of ``.half().cuda()``, and no float32 cast of the batch-norm layers.
+- ``LookaheadState.update``: lerps float64 tensors too.
+- ``triangle``: a module-level function (``train`` defines it inside).
+- ``Trainer``: ``train``'s optimizer, schedules and lookahead set up in ``__init__``, the body of its
+  loop over batches as ``step`` (one given batch), the whitening bias's freeze as ``start_epoch``;
+  ``total_steps`` is ``train``'s ``ceil(len(train_loader) * epochs)`` from the sizes.
+- ``train_epoch``: ``CifarLoader.__iter__`` with translate and alternating flip, on images already
+  normalised, flipped and reflect-padded (what its first epoch computes), then ``Trainer.step``.
+- ``infer``: the test-time augmentation of ``utils.infer`` on a given tensor, without the
+  2,000-image split.
+- PEP 8 spacing and shorter comments throughout.
+- Added (jaxgd's own): ``load_jaxgd`` and ``nchw``, to start from jaxgd's parameters and images.
 """
 from __future__ import annotations
 
@@ -11,6 +53,7 @@ from math import ceil
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -209,6 +252,33 @@ def train_epoch(trainer, padded, labels, epoch, batch_size, crop_size=32, whiten
     for i in range(len(images) // batch_size):
         idxs = indices[i * batch_size:(i + 1) * batch_size]
         trainer.step(images[idxs], labels[idxs])
+
+
+def infer(model, inputs, tta_level=0):
+    """airbench's ``infer`` on one tensor of normalised images: logits with test-time augmentation
+    (0: none, 1: mirror, 2: mirror and translate)."""
+    def infer_basic(inputs, net):
+        return net(inputs).clone()
+
+    def infer_mirror(inputs, net):
+        return 0.5 * net(inputs) + 0.5 * net(inputs.flip(-1))
+
+    def infer_mirror_translate(inputs, net):
+        logits = infer_mirror(inputs, net)
+        pad = 1
+        padded_inputs = F.pad(inputs, (pad,) * 4, "reflect")
+        inputs_translate_list = [
+            padded_inputs[:, :, 0:32, 0:32],
+            padded_inputs[:, :, 2:34, 2:34],
+        ]
+        logits_translate_list = [infer_mirror(inputs_translate, net) for inputs_translate in inputs_translate_list]
+        logits_translate = torch.stack(logits_translate_list).mean(0)
+        return 0.5 * logits + 0.5 * logits_translate
+
+    model.eval()
+    infer_fn = [infer_basic, infer_mirror, infer_mirror_translate][tta_level]
+    with torch.no_grad():
+        return infer_fn(inputs, model)
 
 
 # ------------------------------------------------------------------------------ from jaxgd's parameters
