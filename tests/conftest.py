@@ -1,3 +1,4 @@
+import importlib
 import os
 
 import jax
@@ -31,3 +32,16 @@ def require_real_data(name, tfds=False):
         if IN_CI:
             pytest.fail(f"CI must have the real TFDS data, not only the export {found}")
         pytest.skip(f"only a decoded export of {name} is here ({found}); this test reads TFDS")
+
+
+def require_peer(name):
+    """The peer library a cross-check compares with (``torch``, ``flax``): skipped where it is not
+    installed, but in CI a cross-check must run, so there its absence fails the test."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if IN_CI:
+            pytest.fail(f"CI must run the cross-checks, but {name} does not import ({e}): .ci/run installs "
+                        "the 'peers' extra")
+        pytest.skip(f"{name} is not installed here: pip install -e '.[peers]' runs this cross-check",
+                    allow_module_level=True)

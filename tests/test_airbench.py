@@ -9,7 +9,7 @@ import pytest
 from jaxgd import checker, gradcheck, layers as L, losses, models, schedules
 from jaxgd.experiments import airbench
 
-from conftest import require_real_data
+from conftest import require_peer, require_real_data
 
 
 @pytest.mark.parametrize("layer,shape", [
@@ -52,7 +52,7 @@ def test_smoothed_summed_cross_entropy_and_its_derivative():
         assert float(ce(z, y)) == pytest.approx(float(-jnp.sum(q * jax.nn.log_softmax(z))), rel=1e-13)
         mean = losses.CrossEntropy(0.2)
         assert float(mean(z, y)) == pytest.approx(float(ce(z, y)) / 6, rel=1e-13)
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     t = torch.tensor(np.asarray(z, np.float64), requires_grad=True)
     ref = torch.nn.CrossEntropyLoss(label_smoothing=0.2, reduction="sum")(t, torch.tensor(np.asarray(y)))
     ref.backward()
@@ -139,7 +139,7 @@ def test_the_optimizer_freezes_what_airbench_freezes():
 
 
 def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     from jaxgd.experiments import airbench_torch as AT
     cfg = _small()
     model = models.airbench(cfg.widths, 10)
@@ -203,7 +203,7 @@ def test_bad_configs_are_refused():
 def test_whitening_augmentation_and_tta_equal_airbenchs_pytorch():
     """The parts of the recipe the step test does not reach, against the pinned airbench copy in
     float64: the whitening filters, the reflect padding, the crops and the test-time augmentation."""
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]')")
+    torch = require_peer("torch")
     from jaxgd.experiments import airbench_torch as AT
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 32, 32, 3)) @ rng.normal(size=(3, 3))  # correlated channels

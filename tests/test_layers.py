@@ -9,6 +9,8 @@ from jax.test_util import check_vjp
 from jaxgd import gradcheck
 from jaxgd import layers as L
 
+from conftest import require_peer
+
 # (layer, per-example input shape, batch size, train); train mode only where it changes the layer
 CASES = [
     (L.dense(5), (7,), 4, False),
@@ -164,7 +166,7 @@ def test_max_pool_of_large_windows_keeps_every_index():
 
 
 def test_max_pool_ties_match_torch():
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     x = np.round(np.random.default_rng(0).normal(size=(2, 4, 6, 3)), 0).astype(np.float32)  # many ties
     dy = np.random.default_rng(1).normal(size=(2, 2, 3, 3)).astype(np.float32)
     y, _, res = L.max_pool(2).forward({}, {}, jnp.asarray(x))
@@ -216,7 +218,7 @@ def test_batch_norm_statistics_and_too_small_batch():
 
 
 def test_batch_norm_matches_torch_forward_backward_and_running_stats():
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     rng = np.random.default_rng(0)
     bn_t = torch.nn.BatchNorm1d(6).double()
     bn = L.batch_norm()
@@ -298,7 +300,7 @@ def _to_nhwc(t):
 ], ids=lambda v: str(v) if isinstance(v, (L.Layer, tuple)) else "")
 def test_new_layers_match_torch_forward_and_backward(layer, shape, torch_fn):
     """PyTorch (float64, NCHW) computes the same output and the same gradients."""
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     with jax.enable_x64(True):
         params, state, x = gradcheck.cast(_setup(layer, shape, 3), jnp.float64)
         y, _, res = layer.forward(params, state, x)
@@ -366,7 +368,7 @@ def test_bad_layers_give_clear_errors(make, shape, match):
 def test_bench_conv_parts_time_what_pytorch_computes():
     """The bench's ``conv_parts`` rows compare jaxgd's conv forward, weight gradient and input
     gradient with PyTorch's on the same tensors: the three give the same numbers."""
-    torch = pytest.importorskip("torch")
+    torch = require_peer("torch")
     from jaxgd.experiments.torch_peers import conv_parts
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
     xs, dys = jax.random.normal(k1, (2, 4, 6, 6, 3)), jax.random.normal(k2, (2, 4, 6, 6, 5))

@@ -7,6 +7,8 @@ import pytest
 
 from jaxgd import models, optim, schedules, train
 
+from conftest import require_peer
+
 MODEL = models.mlp((6, 5, 3), "relu")
 STEPS = 300
 
@@ -102,7 +104,7 @@ def _torch_run(torch, params, grads, lr, mom, wd, damp, nesterov, mask, sched):
     (True, None, 0.9, 1e-3, 0.0, "one_cycle"),
 ])
 def test_hand_sgd_equals_torch(nesterov, mask, mom, wd, damp, sched):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     params = [l for l in _params64() if l]
     grads = _grads(params)
     hp = optim.sgd_hyperparams(0.05, mom, wd, damp, schedule=_schedule(sched))

@@ -7,7 +7,9 @@ import pytest
 
 from jaxgd import models, optim, train
 
-pytest.importorskip("flax", reason="the bench's flax peer is an optional extra: pip install 'jaxgd[peers]'")
+from conftest import require_peer
+
+require_peer("flax")
 
 
 def test_the_flax_epoch_trains_the_same_mlp_as_jaxgds():

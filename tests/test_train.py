@@ -9,6 +9,8 @@ import pytest
 
 from jaxgd import losses, models, optim, train
 
+from conftest import require_peer
+
 
 def _problem(n=256, d=20, k=3, seed=0):
     kx, kw = jax.random.split(jax.random.PRNGKey(seed))
@@ -56,7 +58,7 @@ def test_first_step_rule_and_formula():
 
 def test_matches_torch_sgd_in_float64():
     """sgd_hyperparams keeps lr = 0.01 exact in a float64 run (not float32's 0.0099999997...)."""
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxgd[torch]')")
+    torch = require_peer("torch")
     _, params = _problem()
     params = [p for p in params if p]
     tp = [torch.tensor(np.asarray(l[k]), dtype=torch.float64, requires_grad=True) for l in params for k in ("W", "b")]
