@@ -136,3 +136,11 @@ def test_readme_examples_run(monkeypatch):
     ns = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i + 1}", "exec"), ns)
+
+
+def test_a_full_profile_only_experiment_in_the_quick_profile_is_one_line(tmp_path, capsys):
+    """Not a traceback, and the command it suggests exists."""
+    assert cli.main(["reproduce", "--quick", "--only", "airbench", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "jaxgd reproduce --full --only airbench" in err[0], err
+    cli.parser().parse_args(["reproduce", "--full", "--only", "airbench"])  # the suggested flags parse

@@ -1,4 +1,6 @@
 """Experiments end to end on small slices of the real data."""
+import json
+
 import jax
 import pytest
 
@@ -76,6 +78,15 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert f"bench/{timing.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
+    # a result of another config, or of other code, is rerun rather than reported as this run's
+    path = tmp_path / "quick" / reproduce.files("matrix_chain")[0]
+    kept = json.loads(path.read_text())
+    for changed in ({**kept, "config": {**kept["config"], "iters": 1}},
+                    {**kept, "provenance": {**kept["provenance"], "code_fingerprint": "0" * 16}}):
+        path.write_text(json.dumps(changed))
+        said = []
+        again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=said.append)
+        assert again["matrix_chain"].startswith("ok") and any("rerunning" in s for s in said), (again, said)
 
 
 def test_cifar10_softmax_cost_decreases_on_a_real_slice():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jaxgd.experiments import (airbench, bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
                                data_report, gradcheck, matrix_chain, mnist_improved, mnist_zoo, resnet)
+from jaxgd.experiments.config import ConfigError
 
 # name -> (module, results file, quick config, full config, figures); a quick config of None: full profile only
 EXPERIMENTS = {
@@ -64,8 +65,8 @@ def config(name, profile, data_dir=None):
     """The typed config an experiment runs with in ``profile``."""
     mod, _, quick, full, _ = EXPERIMENTS[name]
     if profile == "quick" and quick is None:
-        raise ValueError(f"{name} runs in the full profile only (jaxgd reproduce --profile full --only {name}, "
-                         f"or jaxgd {name.replace('_', '-')})")
+        raise ConfigError(f"{name} runs in the full profile only: jaxgd reproduce --full --only {name}, "
+                          f"or jaxgd {name.replace('_', '-')}")
     extra = {"data_dir": data_dir} if data_dir and name in NEEDS else {}
     return mod.CONFIG.make(quick if profile == "quick" else full, **extra)
 

@@ -6,6 +6,7 @@ configs, a few minutes on a 2-core CPU; results/quick/, labelled quick).
 from __future__ import annotations
 
 import inspect
+import json
 import time
 import traceback
 from jaxgd import data, parallel, progress
@@ -29,11 +30,28 @@ def resumable(name) -> bool:
     return "force" in inspect.signature(EXPERIMENTS[name][0].run).parameters
 
 
+def _done(path, cfg, log) -> bool:
+    """Whether ``path`` holds a finished result of ``cfg`` computed by this code (the config
+    stored in it, the data folder aside, and its provenance's ``code_fingerprint``); a result of
+    another config or other code is rerun, never reported as this one."""
+    prev = common.read_result(path, log)
+    if prev is None:
+        return False
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "data_dir"}  # noqa: E731
+    if strip(prev.get("config")) != strip(json.loads(json.dumps(cfg.to_dict()))):
+        log(f"{path} was computed with another config: rerunning it")
+        return False
+    if (prev.get("provenance") or {}).get("code_fingerprint") != common.code_fingerprint():
+        log(f"{path} was computed by other code (its code_fingerprint differs): rerunning it")
+        return False
+    return True
+
+
 def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, log=print, quiet=False) -> dict:
     """Run the experiments (all, or ``only``) of ``profile`` into ``root(profile, base)`` and write
     its REPORT.md (and, for the full profile in the default place, the README's results block).
-    A finished experiment (a readable results file) is skipped unless ``force``; a corrupt one is
-    set aside and rerun. Progress bars show unless ``quiet`` (see ``jaxgd.progress``). Every config is built, and every dataset found (or found downloadable),
+    A finished experiment (a readable results file of the same config, by this code: ``_done``) is
+    skipped unless ``force``; a corrupt one is set aside and rerun. Progress bars show unless ``quiet`` (see ``jaxgd.progress``). Every config is built, and every dataset found (or found downloadable),
     before anything runs: a bad config or missing data fails in seconds, not after an hour."""
     if profile not in ("quick", "full"):
         raise ValueError(f"profile must be 'quick' or 'full', got {profile!r}")
@@ -42,17 +60,17 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
         if n not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")
     out = root(profile, base)
+    cfgs = {n: config(n, profile, data_dir) for n in names}
     todo = {}
     status = {}
-    finished = [n for n in names if not force and parallel.is_writer()
-                and common.read_result(out / files(n)[0], log) is not None]
+    finished = [n for n in names if not force and parallel.is_writer() and _done(out / files(n)[0], cfgs[n], log)]
     finished = parallel.broadcast_json(finished)  # every process of a multi-host run decides alike
     for n in names:
         if n in finished:
-            log(f"[{n}] done already ({out / files(n)[0]}); --force reruns it")
+            log(f"[{n}] done already ({out / files(n)[0]}, by this code and config); --force reruns it")
             status[n] = "skipped (done)"
         else:
-            todo[n] = config(n, profile, data_dir)
+            todo[n] = cfgs[n]
     for ds in dict.fromkeys(d for n, cfg in todo.items() for d in NEEDS.get(n, ())
                             if not hasattr(cfg, "datasets") or d in cfg.datasets):
         data.check_available(ds, data_dir)
