@@ -146,6 +146,20 @@ def shape_mismatch(h, t, ctx):
     return f"wrong shape: {h.shape} instead of {t.shape}"
 
 
+def transposed(h, t, ctx):
+    """The right shape, but the true gradient with axes of equal length swapped (``dy^T x`` where
+    ``x^T dy`` is meant, with as many inputs as outputs; a kernel's rows and columns): the shape
+    cannot show it."""
+    if h.shape != t.shape or h.ndim < 2:
+        return None
+    for perm in itertools.permutations(range(h.ndim)):
+        if (perm != tuple(range(h.ndim)) and tuple(h.shape[i] for i in perm) == h.shape
+                and _close(np.transpose(h, perm), t, 1e-4)):
+            return ("transposed: hand.T equals the true gradient (e.g. dy^T x where x^T dy is meant)"
+                    if h.ndim == 2 else f"axes permuted: hand.transpose{perm} equals the true gradient")
+    return None
+
+
 def wrong_dtype(h, t, ctx):
     """Right shape, another dtype (a hard-coded float32, a NumPy float64)."""
     if h.dtype != ctx["dtype"]:
@@ -241,7 +255,7 @@ def some_coordinates(h, t, ctx):
 
 
 # Tried in this order on a wrong gradient: the first that fits is its suspected cause.
-DIAGNOSES = (shape_mismatch, wrong_dtype, all_zero, constant_factor, mixes_examples, broadcast_mistake,
+DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, mixes_examples, broadcast_mistake,
              some_coordinates)
 
 

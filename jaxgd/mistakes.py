@@ -173,6 +173,7 @@ class Mistake:
 
 GALLERY = (
     Mistake("transposed weight gradient", DenseTransposed(5), (7,), "transposed"),
+    Mistake("transposed square weight gradient", DenseTransposed(5), (5,), "transposed"),
     Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size"),
     Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch"),
     Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),

@@ -32,6 +32,15 @@ def test_cifar2_grid_resumes_and_marks_divergence(tmp_path):
     assert any("configs 3..3 of 3" in line for line in logs)
 
 
+def test_cifar2_labels_tell_close_configs_apart():
+    """The label is the grid's resume key: configs closer than %g's 6 digits collided, and one
+    config's result stood for the other's."""
+    assert cifar2.label((0.01, 0.9, 0.0)) == "lr=0.01 momentum=0.9 wd=0"  # the committed labels stay
+    close = [(0.01, 0.9, 0.0), (0.0100001, 0.9, 0.0), (0.01, 0.9, 1e-9), (0.01, 0.9000001, 0.0)]
+    assert len({cifar2.label(g) for g in close}) == len(close)
+    assert all(float(cifar2.label(g).split()[0][3:]) == g[0] for g in close)
+
+
 def test_cifar2_bad_grid_fails_before_training():
     with pytest.raises(ValueError, match="momentum"):
         cifar2.run({"grid": [(0.01, 1.5, 0.0)]}, out=False)

@@ -61,9 +61,17 @@ class Cifar2Config(Config):
 CONFIG = Cifar2Config
 
 
+def _num(v) -> str:
+    """``v`` as ``%g`` where that reads back as ``v`` exactly, else in full (``repr``)."""
+    short = f"{v:g}"
+    return short if float(short) == float(v) else repr(float(v))
+
+
 def label(cfg) -> str:
+    """A config's name, and its key in the results and the resume file: distinct configs get
+    distinct labels (``%g`` alone rounds to 6 digits, so 0.0100001 and 0.01 collided)."""
     lr, m, wd = cfg
-    return f"lr={lr:g} momentum={m:g} wd={wd:g}"
+    return f"lr={_num(lr)} momentum={_num(m)} wd={_num(wd)}"
 
 
 def _fit(d, params, grid, cfg, step=train.Step(), progress=None):
