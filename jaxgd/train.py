@@ -259,6 +259,19 @@ class Monitor:
                              f"select={self.select!r}")
 
 
+def data_key(seed):
+    """The stream ``fit`` draws from (epoch ``e``'s batch order, dropout masks and augmentation from
+    ``fold_in(data_key(seed), e)``): the second half of a split of ``PRNGKey(seed)``, so that it
+    never meets the keys ``model.init(PRNGKey(seed))`` gives its layers (``fold_in(PRNGKey(seed), i)``).
+    Before, epoch ``e`` shuffled with ``fold_in(PRNGKey(seed), e)``, layer ``e``'s init key."""
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
+
+
+def epoch_key(seed, epoch: int):
+    """``fit``'s key for ``epoch`` (from 0) of a run with ``seed``."""
+    return jax.random.fold_in(data_key(seed), epoch)
+
+
 def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int, batch_size: int,
         seed=0, model_state=None, step=Step(), configs=Configs(), monitor=Monitor(), progress=None,
         callback=None):
@@ -267,7 +280,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once); the loss is ``model.loss``.
     ``hparams`` comes from ``optim.sgd_hyperparams``: 1-D hyperparameters train one config per
     entry in one program (``params`` and ``model_state`` stacked on axis 0, ``stack_params``), and
-    ``seed`` may then be one integer per config (batch order, dropout, augmentation). ``step``
+    ``seed`` may then be one integer per config (batch order, dropout, augmentation: ``data_key``,
+    a stream apart from the initial weights' ``PRNGKey(seed)``). ``step``
     (``Step``) says how a minibatch becomes an update, ``configs`` (``Configs``) how the configs
     share the program and the devices, ``monitor`` (``Monitor``) what is measured and kept.
     ``progress(metrics)`` gets a dict after each epoch (``jaxgd.progress.epoch_logger`` shows it;
@@ -285,7 +299,7 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     epoch_fn, eval_fn = make_epoch(step_fn, int(batch_size)), make_eval(model, step.l2)
     if n_cfg is not None:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=seeds is not None)
-    base = jax.random.PRNGKey(seed) if seeds is None else jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
     data = tuple(jnp.asarray(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
     if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
         params, model_state, hparams, base, data = parallel.lay_out(

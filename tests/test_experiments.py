@@ -231,3 +231,15 @@ def test_cifar2_improved_seed_reads_its_own_normalisation_of_the_test_set():
     both = cifar2_improved.run(cfg, out=False, verbose=False)["runs"][1]
     alone = cifar2_improved.run({**cfg, "seeds": (3,)}, out=False, verbose=False)["runs"][0]
     assert both["seed"] == alone["seed"] == 3 and abs(both["test_acc"] - alone["test_acc"]) < 1e-6
+
+
+def test_a_result_computed_before_a_fix_says_so():
+    """A results file whose provenance lacks a fix that changes its experiment's numbers is marked
+    in REPORT.md and the README; one computed with every fix is not."""
+    from jaxgd.experiments import common, writeup
+    old = {"provenance": {"commit": "abc1234"}}
+    assert common.predates("cifar2", old) and not common.predates("matrix_chain", old)
+    assert not common.predates("cifar2", {"provenance": {"fixes": sorted(common.FIXES)}})
+    assert common.provenance()["fixes"] == sorted(common.FIXES)  # what a run records
+    line = writeup._predates_line("cifar2", old)
+    assert "abc1234" in line and "--only cifar2 --force" in line and "data_key" in line

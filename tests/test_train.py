@@ -131,9 +131,8 @@ def test_the_parts_wired_by_hand_are_fit():
         step = train.make_step(train.make_grad_fn(MODEL), optim.HAND_SGD, augment=flip)
         epoch, evaluate = train.share_configs(train.make_epoch(step, 32), train.make_eval(MODEL), share)
         carry = (ps, jax.vmap(optim.HAND_SGD.init)(ps), MODEL.empty_state())
-        key = jax.random.PRNGKey(4)
         p_hand, _, h_hand = train.run_epochs(epoch, evaluate, carry, (*tr, *val), hp,
-                                             lambda e: jax.random.fold_in(key, e), 3, n_cfg=3, monitor=monitor)
+                                             lambda e: train.epoch_key(4, e), 3, n_cfg=3, monitor=monitor)
         chex.assert_trees_all_equal(p_hand, p_fit)
         for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
             np.testing.assert_array_equal(getattr(h_hand, k), getattr(h_fit, k))
@@ -197,3 +196,20 @@ def test_one_hot_targets_train_like_integer_labels():
     _, _, h_hot = train.fit(MODEL, params, (x, np.eye(3, dtype=np.float32)[y]), hparams=hp, epochs=2, batch_size=32)
     np.testing.assert_allclose(h_hot.train_loss, h_int.train_loss, rtol=1e-6)
 
+
+
+def test_fit_never_shuffles_with_a_key_init_gave_a_layer():
+    """Epoch e's key and layer i's init key come from separate streams of the same seed: before,
+    epoch e shuffled with fold_in(PRNGKey(seed), e), which is layer e's init key."""
+    for seed in (0, 1, 7):
+        layer_keys = {tuple(np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), i)).tolist()) for i in range(20)}
+        epoch_keys = {tuple(np.asarray(train.epoch_key(seed, e)).tolist()) for e in range(20)}
+        assert not layer_keys & epoch_keys and len(epoch_keys) == 20
+    # and fit uses those keys: a one-epoch fit is the epoch run with epoch_key(seed, 0)
+    tr, params = _problem()
+    hp = optim.sgd_hyperparams(0.1, 0.9)
+    p_fit = train.fit(MODEL, params, tr, hparams=hp, epochs=1, batch_size=32, seed=3)[0]
+    epoch = jax.jit(train.make_epoch(train.make_step(train.make_grad_fn(MODEL), optim.HAND_SGD), 32))
+    (p_hand, _, _), _ = epoch((params, optim.HAND_SGD.init(params), MODEL.empty_state()), *tr, hp,
+                              train.epoch_key(3, 0))
+    chex.assert_trees_all_equal(p_hand, p_fit)

@@ -62,6 +62,25 @@ def device_label() -> str:
     return f"{dev.platform}:{getattr(dev, 'device_kind', '')}"
 
 
+# Fixes that change what an experiment computes, which a committed result may predate: name ->
+# (what changed, the experiments whose numbers it changes). A result stores the names of the fixes
+# its code had (provenance "fixes"); REPORT.md and the README mark a result that lacks one of its
+# experiment's (``predates``).
+FIXES = {
+    "key_streams": ("fit drew each epoch's batch order, dropout and augmentation from fold_in(PRNGKey(seed), e), "
+                    "layer e's initialisation key; it now has a stream of its own (train.data_key)",
+                    ("cifar2", "cifar2_improved", "cifar10_softmax", "cifar10_improved", "mnist_zoo",
+                     "mnist_improved", "resnet")),
+}
+
+
+def predates(name, res) -> list[str]:
+    """What changed since ``res`` (a results file of experiment ``name``) was computed: the
+    ``FIXES`` of ``name`` its provenance does not list."""
+    have = set((res.get("provenance") or {}).get("fixes") or ())
+    return [what for fix, (what, names) in FIXES.items() if name in names and fix not in have]
+
+
 def provenance() -> dict:
     """Versions, device, commit and date: stored beside every result."""
     import chex
@@ -102,6 +121,7 @@ def provenance() -> dict:
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "code_fingerprint": code_fingerprint(),
+        "fixes": sorted(FIXES),
         "versions": {"jax": jax.__version__, "optax": optax.__version__, "chex": chex.__version__,
                      "numpy": np.__version__, "tensorflow_datasets": tfds_version,
                      "matplotlib": matplotlib.__version__},

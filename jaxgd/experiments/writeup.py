@@ -78,6 +78,7 @@ def _report_section(n, out, res) -> list[str]:
                   f"by at most {res['hand_vs_optax']['max_abs_loss_curve_diff']:.1e}.", ""]
     if res.get("reused"):
         lines += [_reused_line(res["reused"]), ""]
+    lines += [_predates_line(n, res), ""] if common.predates(n, res) else []
     lines += [f"![{f}]({f})" for f in figs if (out / f).exists()] + [""]
     p = res.get("provenance", {})
     lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
@@ -201,7 +202,9 @@ def _readme_mnist_zoo(r, out) -> str:
     return (f"**MNIST model zoo** (CSI 5340 homework 2; 60,000 train / 10,000 test, {c['epochs']} epochs, "
             f"batch {c['batch_size']}, hand SGD lr {c['lr']:g} momentum {c['momentum']:g} weight decay "
             f"{c['weight_decay']:g}, one setting for all nine, gradients: {c.get('grads', 'autodiff')}; "
-            "architectures in `jaxgd.models.mnist_zoo`):\n\n"
+            "architectures in `jaxgd.models.mnist_zoo`; test acc is the last epoch's, as the homework's protocol: "
+            "the test set is read after every epoch for the curves, so the peak of that curve is no held-out "
+            "result):\n\n"
             + markdown_table(rows) + _zoo_hand_vs_autodiff(r)
             + "\n\n![plain models](results/mnist/variant_plain.png)\n![CNN variants](results/mnist/family_cnn.png)"
             + ("\n![hand vs jax.grad](results/mnist/hand_vs_autodiff.png)"
@@ -291,10 +294,24 @@ README_PARTS = (
 )
 
 
+def _predates_line(name, res) -> str:
+    """The warning on a result computed before a fix that changes its numbers (``common.FIXES``)."""
+    p = res.get("provenance") or {}
+    return (f"**Computed before a fix** (commit {p.get('commit')}): " + "; ".join(common.predates(name, res))
+            + f". These numbers are the old code's; `jaxgd reproduce --full --only {name} --force` recomputes them.")
+
+
 def readme_results(base=None) -> str:
-    """The README's results section, generated from the full profile's JSON files (``README_PARTS``)."""
+    """The README's results section, generated from the full profile's JSON files (``README_PARTS``),
+    each part marked when its result predates a fix that changes it (``common.predates``)."""
     out = root("full", base)
-    parts = [part(common.load_json(out / f), out) for f, part in README_PARTS if (out / f).exists()]
+    name_of = {EXPERIMENTS[n][1]: n for n in EXPERIMENTS}
+    parts = []
+    for f, part in README_PARTS:
+        if (out / f).exists():
+            res = common.load_json(out / f)
+            stale = common.predates(name_of.get(f), res)
+            parts.append(part(res, out) + (f"\n\n{_predates_line(name_of[f], res)}" if stale else ""))
     benches = sorted((out / "bench").glob("*.json")) if (out / "bench").exists() else []
     parts += [_readme_bench(common.load_json(f), out, f.stem) for f in benches]
     return "\n\n".join(parts)
