@@ -258,9 +258,21 @@ def _readme_airbench(r, out) -> str:
             f"read once per run, after training; float32 on `{p.get('device')}` ({p.get('cpu_model')}), {hours:.1f} h of "
             f"training, {together}, shared part of the time with other runs. "
             f"For comparison, {COMPARE_WITH['airbench']}):\n\n" + markdown_table(airbench.summary(r))
+            + _airbench_seeds(r)
             + (f"\n\n{_reused_line(r['reused'])}" if r.get("reused") else "")
             + "".join(_airbench_speed(common.load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json")))
             + ("\n\n![airbench curves](results/airbench/curves.png)" if (out / "airbench/curves.png").exists() else ""))
+
+
+def _airbench_seeds(r) -> str:
+    """What a dataset's few seeds say against a target stated as a mean over 3 seeds."""
+    few = [(ds, d) for ds, d in r["datasets"].items() if len(d["runs"]) < 3]
+    return "".join(
+        f"\n\n{ds}: {len(d['runs'])} seed(s), {d['test_acc_mean']:.4f}: "
+        + ("one run is one draw (airbench94's own runs spread around their mean of 0.9401), so " if len(d["runs"]) == 1
+           else "")
+        + "the target, a mean over 3 seeds, is not tested by this result."
+        for ds, d in few)
 
 
 def _airbench_speed(b) -> str:
