@@ -136,6 +136,11 @@ def test_readme_examples_run(monkeypatch):
     ns = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i + 1}", "exec"), ns)
+    # what the blocks say they compute, they compute
+    hist = ns["hist"]  # "fit, taken apart": two configs as one program, 2 epochs (run_epochs is not cut)
+    assert np.shape(hist.train_loss) == (2, 2) and np.all(np.isfinite(hist.train_loss))
+    assert ns["out_shape"] == (28, 28, 8) and ns["dx"].shape == ns["x"].shape  # a layer on its own
+    assert jax.tree_util.tree_structure(ns["dp"]) == jax.tree_util.tree_structure(ns["p"])
 
 
 def test_a_full_profile_only_experiment_in_the_quick_profile_is_one_line(tmp_path, capsys):

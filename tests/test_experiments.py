@@ -4,7 +4,7 @@ import json
 import jax
 import pytest
 
-from conftest import require_real_data
+from conftest import require_peer, require_real_data
 from jaxgd.experiments import cifar2
 
 
@@ -180,11 +180,21 @@ def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_pa
 
 
 def test_bench_grid_section_times_the_inf265_grid_as_one_fit(tmp_path):
+    """jaxgd's one fit of the 18 distinct INF265 configs beside PyTorch's configs one after another
+    (2 of them timed, their mean scaled to the 18), and the ratio of the two."""
     from jaxgd.experiments import bench
-    res = bench.run({"sections": ("grid",), "grid_epochs": 1, "n_mlp": 128, "torch": False}, out=False, verbose=False)
-    (row,) = res["sections"]["grid"]["rows"]
-    assert row["name"].startswith("jaxgd: 18 configs x 1 epochs") and row["compile_s"] < row["median_s"]
-    assert res["sections"]["grid"]["ratios"] == {"INF265 grid wall s, jaxgd": row["median_s"]}
+    from jaxgd.experiments.cifar2 import GRID
+    require_peer("torch")
+    res = bench.run({"sections": ("grid",), "grid_epochs": 1, "n_mlp": 128, "grid_torch_configs": 2}, out=False,
+                    verbose=False)
+    ours, theirs = res["sections"]["grid"]["rows"]
+    k = len(set(GRID))
+    assert k == 18 and ours["name"].startswith(f"jaxgd: {k} configs x 1 epochs")
+    assert 0 < ours["compile_s"] < ours["median_s"]  # the wall time includes the one compilation
+    assert theirs["name"].startswith(f"PyTorch: {k} configs one after another") and len(theirs["times_s"]) == 2
+    assert theirs["median_s"] == pytest.approx(k * sum(theirs["times_s"]) / 2)
+    ratios = res["sections"]["grid"]["ratios"]
+    assert ratios["INF265 grid jaxgd/torch"] == pytest.approx(ours["median_s"] / theirs["median_s"])
     defaults = bench.BenchConfig.make({}).sections
     assert "grid" not in defaults and "airbench_epoch" not in defaults  # minutes on a CPU: only when named
 

@@ -25,11 +25,11 @@ def test_select_returns_the_best_epochs_parameters():
     best, _, hb = train.fit(MODEL, params, (x, y), (xv, yv), monitor=train.Monitor(select="val_loss"), **kw)
     e = hb.best_epoch
     assert e == int(np.nanargmin(h.val_loss)) + 1  # the same run: same curves
+    assert e < 12 and h.val_loss[-1] > h.val_loss[e - 1]  # this run's best epoch is not its last
     np.testing.assert_array_equal(hb.val_loss, h.val_loss)
     loss, _ = train.make_eval(MODEL)(best, None, jnp.asarray(xv), jnp.asarray(yv))
-    assert float(loss) == pytest.approx(float(h.val_loss[e - 1]), rel=1e-6)
-    if e < 12:
-        assert not np.allclose(np.asarray(best[0]["W"]), np.asarray(last[0]["W"]))
+    assert float(loss) == pytest.approx(float(h.val_loss[e - 1]), rel=1e-6)  # the best epoch's parameters...
+    assert not np.allclose(np.asarray(best[0]["W"]), np.asarray(last[0]["W"]))  # ... not the last epoch's
 
 
 def test_patience_stops_a_config_while_the_others_go_on():
