@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from jaxgd import data
@@ -29,6 +30,9 @@ from jaxgd.experiments.common import CorruptFileError
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kw):
         super().__init__(*args, allow_abbrev=False, **kw)  # --iter must not run --iters
+        # a value such as "-0.01,0.9,0" (a grid config) is a value, not a flag: argparse's own rule
+        # knows only plain negative numbers, and answered "expected at least one argument"
+        self._negative_number_matcher = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 
     def error(self, message):  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -74,8 +74,11 @@ DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.
 
 
 def _how_to_prepare(tfds_name):
-    return (f"Prepare it once on a machine with internet access: pip install 'jaxgd[prepare]' "
-            f"(TensorFlow is needed only for this step) and load it once (jaxgd.data.load or any "
+    import importlib.util
+    have_tf = importlib.util.find_spec("tensorflow") is not None
+    install = ("" if have_tf else "pip install -e '.[prepare]' in the jaxgd checkout (TensorFlow is needed only for "
+               "this step) and ")
+    return (f"Prepare it once on a machine with internet access: {install}load it once (jaxgd.data.load or any "
             f"experiment), or run python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
             f"file_format='array_record').download_and_prepare()\"; or point TFDS_DATA_DIR / "
             f"--data-dir at a folder that already holds {tfds_name}/<version>/.")

@@ -43,8 +43,10 @@ def _short(v):
 def epoch_logger(desc="epochs", epochs=None, quiet=False, log=None, val_name="val"):
     """A ``fit(progress=...)`` callback: a bar over the epochs with the latest train/val metrics
     (for several configs, their range), or, where bars are off, one ``log`` line per epoch
-    (nothing if ``log`` is None or ``quiet``). ``val_name`` names the held-out set shown (e.g. ``"test"`` where
-    fit's ``val`` is the test set). Call ``.close()`` when the fit is done."""
+    (nothing if ``log`` is None or ``quiet``), led by ``desc`` where one is given, so that the
+    blocks of several fits in one run say which is which. ``val_name`` names the held-out set
+    shown (e.g. ``"test"`` where fit's ``val`` is the test set). Call ``.close()`` when the fit is
+    done."""
     b = bar(epochs, desc, quiet, leave=False, unit="epoch")
 
     def progress(m):
@@ -57,7 +59,8 @@ def epoch_logger(desc="epochs", epochs=None, quiet=False, log=None, val_name="va
             b.set_postfix(shown, refresh=False)
             b.update(1)
         elif log is not None and not quiet:
-            log(f"epoch {m['epoch']:3d}/{m['epochs']}  " + "  ".join(f"{k} {v}" for k, v in shown.items())
+            log(("" if desc == "epochs" else f"[{desc}] ") + f"epoch {m['epoch']:3d}/{m['epochs']}  "
+                + "  ".join(f"{k} {v}" for k, v in shown.items())
                 + f"  {m['epoch_time']:.2f}s")
     progress.close = b.close
     return progress

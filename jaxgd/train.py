@@ -360,8 +360,29 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
     if n_run != n_cfg or not all(getattr(a, "is_fully_addressable", True)
                                  for a in jax.tree_util.tree_leaves((params_out, state_out))):
         params_out, state_out = jax.tree_util.tree_map(real, parallel.fetch((params_out, state_out)))
-    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra,
-                                          **track.summary(n_cfg))
+    summary = track.summary(n_cfg)
+    _warn_diverged(summary["diverged_at"], hparams, n_cfg)
+    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra, **summary)
+
+
+class DivergedWarning(UserWarning):
+    """A config's training loss stopped being finite (``History.diverged_at``)."""
+
+
+def _warn_diverged(diverged_at, hparams, n_cfg):
+    """Tell the user, once per fit, which configs diverged: fit prints nothing, and a NaN curve
+    otherwise ends a run without a word."""
+    import warnings
+    at = diverged_at if n_cfg else [diverged_at]
+    bad = [(i, e) for i, e in enumerate(at) if e is not None]
+    if not bad:
+        return
+    lrs = np.atleast_1d(np.asarray(parallel.fetch(hparams.lr)))
+    which = "; ".join(f"config {i} (learning rate {float(lrs[i]):g}) at epoch {e}" for i, e in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    warnings.warn(f"fit: the training loss stopped being finite for {len(bad)} of {len(at)} config(s): {which}{more}; "
+                  "their later numbers are NaN (History.diverged_at). A smaller learning rate usually fixes this.",
+                  DivergedWarning, stacklevel=4)
 
 
 def _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor):

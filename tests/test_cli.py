@@ -73,7 +73,7 @@ def test_epoch_lines_name_the_held_out_set(monkeypatch):
     show({"epoch": 1, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": [0.9, 0.95],
           "epoch_time": 1.0})
     show.close()
-    assert lines == ["epoch   1/2  train_loss 0.5  train_acc 0.8  test_loss 0.25  test_acc 0.9..0.95  1.00s"]
+    assert lines == ["[x] epoch   1/2  train_loss 0.5  train_acc 0.8  test_loss 0.25  test_acc 0.9..0.95  1.00s"]
     quiet = progress.epoch_logger("x", 2, quiet=True, log=lines.append)
     quiet({"epoch": 2, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": 0.9,
            "epoch_time": 1.0})
@@ -149,3 +149,12 @@ def test_a_full_profile_only_experiment_in_the_quick_profile_is_one_line(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "jaxgd reproduce --full --only airbench" in err[0], err
     cli.parser().parse_args(["reproduce", "--full", "--only", "airbench"])  # the suggested flags parse
+
+
+def test_a_grid_value_with_a_minus_sign_is_a_value_not_a_flag(capsys):
+    """argparse read "-0.01,0.9,0" as a flag ("expected at least one argument"); the value's own
+    check must answer, as it does for --grid=-0.01,0.9,0."""
+    for argv in (["cifar2", "--grid", "-0.01,0.9,0"], ["cifar2", "--grid=-0.01,0.9,0"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "learning rate must be finite and > 0, got -0.01" in err[0], err

@@ -211,7 +211,7 @@ def test_no_network_is_found_in_seconds_when_tensorflow_could_download(tmp_path,
 def test_offline_with_real_tensorflow_fails_in_seconds(tmp_path, monkeypatch):
     import importlib.util
     if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("TensorFlow is not installed here (pip install 'jaxgd[prepare]'); the offline check "
+        pytest.skip("TensorFlow is not installed here (pip install -e '.[prepare]' in the jaxgd checkout); the offline check "
                     "without it is test_first_command_without_data_or_network_fails_within_10_s")
     monkeypatch.setitem(data.DOWNLOAD_HOSTS, "mnist", "no-such-host.invalid")
     t = time.time()

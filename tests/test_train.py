@@ -213,3 +213,15 @@ def test_fit_never_shuffles_with_a_key_init_gave_a_layer():
     (p_hand, _, _), _ = epoch((params, optim.HAND_SGD.init(params), MODEL.empty_state()), *tr, hp,
                               train.epoch_key(3, 0))
     chex.assert_trees_all_equal(p_hand, p_fit)
+
+
+def test_a_diverging_fit_says_so():
+    """fit prints nothing, but a run whose loss turns NaN must not end without a word."""
+    tr, params = _problem()
+    with pytest.warns(train.DivergedWarning, match=r"1 of 1 config\(s\): config 0 \(learning rate 1e\+06\) at epoch"):
+        hist = train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(1e6), epochs=3, batch_size=32)[2]
+    assert hist.diverged_at is not None
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", train.DivergedWarning)  # a healthy run: no warning
+        train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)

@@ -21,7 +21,7 @@
 #
 # with learning rate $\eta$, momentum $\mu$, dampening $\tau$. We write it, prove it equal to
 # jaxgd's ([`optim.sgd`](../jaxgd/optim.py)), to optax's `add_decayed_weights` + `sgd`, and to
-# `torch.optim.SGD` (if PyTorch is installed: `pip install 'jaxgd[torch]'`), then watch what
+# `torch.optim.SGD` (if PyTorch is installed: `pip install -e '.[peers]' in the jaxgd checkout`), then watch what
 # momentum, Nesterov and dampening do on a valley.
 
 # %%

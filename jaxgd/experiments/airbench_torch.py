@@ -2,7 +2,7 @@
 copy of parts of airbench 0.1.8 (``airbench/lib_airbench94.py`` and ``airbench/utils.py`` of the
 ``airbench`` package on PyPI; KellerJordan/cifar10-airbench on GitHub), under airbench's MIT licence,
 whose notice follows verbatim. Imported by the bench and the tests, never by the library; needs
-``torch`` (``pip install -e '.[torch]'``).
+``torch`` (``pip install -e '.[peers]' in the jaxgd checkout``).
 
     Copyright (c) 2024 Keller Jordan
 

@@ -95,9 +95,9 @@ class BenchConfig(Config):
     matmul_sizes: tuple[int, ...] = option((1024, 2048, 4096), "square matmul sizes for the peak", check=at_least(1))
     cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
     n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
-    torch: bool = option(True, "time the PyTorch loops too (needs pip install 'jaxgd[torch]')")
+    torch: bool = option(True, "time the PyTorch loops too (needs the peers extra: pip install -e '.[peers]')")
     torch_compile: bool = option(True, "with torch, also the torch.compile-d loops (compiling takes a minute or so)")
-    flax: bool = option(True, "time flax + optax + jax.grad epochs too (needs pip install 'jaxgd[peers]')")
+    flax: bool = option(True, "time flax + optax + jax.grad epochs too (needs the peers extra: pip install -e '.[peers]')")
     grid_epochs: int = option(30, "epochs per config of the grid section (the INF265 reports' 30)", check=at_least(1))
     grid_torch_configs: int = option(3, "grid configs PyTorch trains (timed; their mean is scaled to the whole grid)",
                                      check=at_least(1))
@@ -574,10 +574,11 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     cfg = BenchConfig.make(config)
     torch = torch_peers.available(cfg.torch)
     if verbose and cfg.torch and torch is None:
-        log("torch not installed (or not for this device): the PyTorch rows are left out (pip install 'jaxgd[peers]')")
+        log("torch not installed (or not for this device): the PyTorch rows are left out "
+            "(pip install -e '.[peers]' in the jaxgd checkout)")
     flax = flax_peers.available() if cfg.flax else None
     if verbose and cfg.flax and flax is None:
-        log("flax not installed: the flax + optax rows are left out (pip install 'jaxgd[peers]')")
+        log("flax not installed: the flax + optax rows are left out (pip install -e '.[peers]' in the jaxgd checkout)")
     t0 = time.time()
     probe = timing.precision_probe()
     torch_precision = None if torch is None else torch_peers.precision_like(torch, probe)

@@ -1,7 +1,7 @@
 """The bench's JAX peer: the same models trained the way a JAX user would write them without
 jaxgd, with flax (linen) modules, ``jax.grad`` and optax's SGD, and the epoch compiled as one
-``lax.scan`` like jaxgd's (an optional extra: ``pip install 'jaxgd[peers]'``; nothing here is
-imported without it).
+``lax.scan`` like jaxgd's (an optional extra: ``pip install -e '.[peers]'`` in the jaxgd checkout;
+nothing here is imported without it).
 
 The update is optax's ``add_decayed_weights`` + ``sgd(momentum)``, which the tests prove equal to
 jaxgd's hand SGD (PyTorch's rule); the loss is optax's integer-label softmax cross-entropy, batch

@@ -1,5 +1,6 @@
 """The bench's PyTorch peers: the same models, loops and SGD as jaxgd's, written as a PyTorch user
-would (an optional extra: ``pip install 'jaxgd[torch]'``; nothing here is imported without it).
+would (an optional extra: ``pip install -e '.[peers]'`` in the jaxgd checkout; nothing here is imported
+without it).
 
 ``loop`` is PyTorch's usual epoch (shuffle, zero_grad, forward, cross_entropy, backward, SGD step),
 ``fit`` the same with ``fit``'s per-epoch validation, ``rows`` the bench rows of a loop,
