@@ -17,6 +17,7 @@ Compiled programs are kept on disk for the next run (``jaxgd.compile_cache``; ``
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -59,6 +60,14 @@ COMMANDS = {
 }
 
 
+def _plain(doc: str) -> str:
+    """A docstring as --help text: no reStructuredText markup (``x`` -> x), no sentence about what
+    the function returns (a command prints, it does not return), paragraphs kept."""
+    text = re.sub(r"``([^`]*)``", r"\1", inspect.cleandoc(doc or ""))
+    text = re.sub(r"\s*Returns [^.]*\.", "", text)
+    return text.strip()
+
+
 def _common(p, resumable=False):
     p.add_argument("--results", default=None, metavar="DIR", help="results root (default: ./results)")
     p.add_argument("--quiet", action="store_true",
@@ -90,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("reproduce", help="run every experiment and write REPORT.md",
-                       description=reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_plain(reproduce.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_const", dest="profile", const="quick",
                    help="fewer epochs and configs, a few minutes on a 2-core CPU -> results/quick/ (default)")
@@ -104,8 +113,7 @@ def parser() -> argparse.ArgumentParser:
 
     for name, (exp, what) in COMMANDS.items():
         mod = reproduce.EXPERIMENTS[exp][0]
-        p = sub.add_parser(name, aliases=[exp] if exp != name else [], help=what,
-                           description=f"{what}. {mod.__doc__.splitlines()[0]}")
+        p = sub.add_parser(name, aliases=[exp] if exp != name else [], help=what, description=f"{what}.")
         C.add_flags(p, mod.CONFIG)
         if name == "cifar2":
             p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
@@ -114,11 +122,11 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset reports and decoded exports").add_subparsers(dest="data_command", required=True,
                                                                       metavar="report|export", parser_class=_Parser)
     p = d.add_parser("report", help="split sizes, class counts, pixel statistics, sample images",
-                     description=data_report.__doc__)
+                     description=_plain(data_report.__doc__))
     C.add_flags(p, data_report.CONFIG)
     _common(p)
     p = d.add_parser("export", help="write decoded datasets to one .npz each, readable without TFDS",
-                     description=data.export.__doc__)
+                     description=_plain(data.export.__doc__))
     p.add_argument("datasets", nargs="+", choices=sorted(data.DATASETS), metavar="DATASET",
                    help=f"any of {', '.join(sorted(data.DATASETS))}")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to write jaxgd-decoded-<name>.npz into; "

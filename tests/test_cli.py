@@ -24,12 +24,17 @@ def test_jaxgd_is_on_path_and_python_m_works():
         assert r.returncode == 0 and "reproduce" in r.stdout and "mnist-zoo" in r.stdout, r
 
 
-@pytest.mark.parametrize("argv", [["reproduce"], ["data", "report"]] + [[c] for c in cli.COMMANDS])
+@pytest.mark.parametrize("argv", [["reproduce"], ["data", "report"], ["data", "export"]] + [[c] for c in cli.COMMANDS])
 def test_every_subcommand_has_help_with_defaults(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv + ["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
+    assert "``" not in out and "Returns" not in out  # plain text, not a docstring's markup
+    if argv[0] in cli.COMMANDS:  # the one-line description, said once
+        assert " ".join(out.split()).count(" ".join(cli.COMMANDS[argv[0]][1].split()[:4])) == 1, out
+    if argv[:2] == ["data", "export"]:
+        return
     assert "--results" in out and "--quiet" in out
     if argv[0] not in ("reproduce",):
         assert "(default: " in out  # generated from the experiment's typed config
