@@ -138,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import logging
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's warnings: the command says what matters itself
     p = parser()
     a = p.parse_args(argv)
     prog = f"jaxgd {a.command.replace('_', '-')}"

@@ -193,9 +193,21 @@ def test_first_command_without_data_or_network_fails_within_10_s(tmp_path):
     out, err = p.communicate(timeout=60)
     assert time.time() - t < 10, err
     assert p.returncode == 1
-    assert "not prepared" in err and "does not exist" in err and "jaxgd[prepare]" in err
+    assert "not prepared" in err and "does not exist" in err and "pip install -e '.[prepare]'" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "results" / "quick" / "gradcheck").exists()  # nothing ran before the check
+
+
+def test_an_unfinished_preparation_is_one_line_without_absl_warnings_before_it(tmp_path):
+    """TFDS warned through absl ('Variant folder ... has no dataset_info.json') before jaxgd's own
+    message; the command's answer is its one line."""
+    (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
+    p = _jaxgd("mnist-zoo", "--epochs", "1", "--results", str(tmp_path / "results"),
+               env={"TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAXGD_CACHE_DIR": str(tmp_path / "cache"),
+                    "JAXGD_OFFLINE": "1"})
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "has no dataset_info.json" in err
+    assert len(err.strip().splitlines()) == 1 and "absl" not in err, err
 
 
 def test_no_network_is_found_in_seconds_when_tensorflow_could_download(tmp_path, monkeypatch):
