@@ -110,17 +110,10 @@ def test_the_readme_example_prints_what_the_readme_shows(capsys):
 
 def _programs_compiled(fn):
     """How many XLA programs ``fn()`` compiles (JAX's own compilation events)."""
-    from jax._src import monitoring
-    n = [0]
-
-    def count(event, duration, **kw):
-        n[0] += event == "/jax/core/compile/backend_compile_duration"
-    monitoring.register_event_duration_secs_listener(count)
-    try:
+    from jaxgd.compile_cache import CompileClock
+    with CompileClock() as clock:
         fn()
-    finally:
-        monitoring.unregister_event_duration_listener(count)
-    return n[0]
+    return clock.compiles
 
 
 def test_a_check_is_a_few_programs_and_a_second_one_none():

@@ -19,10 +19,20 @@ __all__ = ["EXPERIMENTS", "NEEDS", "config", "readme_results", "resumable", "roo
 
 def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     """Run experiment ``name`` with its typed ``cfg``, passing ``force``, ``verbose`` and ``log``
-    to its ``run`` where it takes them (only the resumable ones take ``force``)."""
+    to its ``run`` where it takes them (only the resumable ones take ``force``). The programs it
+    compiled and the seconds that took (``compile_cache.CompileClock``) are added to its results
+    file as ``compilation``."""
+    from jaxgd.compile_cache import CompileClock
     run = EXPERIMENTS[name][0].run
     takes = inspect.signature(run).parameters
-    return run(cfg, out=out, **{k: v for k, v in (("force", force), ("verbose", verbose), ("log", log)) if k in takes})
+    with CompileClock() as clock:
+        res = run(cfg, out=out, **{k: v for k, v in (("force", force), ("verbose", verbose), ("log", log))
+                                   if k in takes})
+    path = common.results_root(out) / files(name)[0]
+    if isinstance(res, dict) and out is not False and parallel.is_writer() and path.exists():
+        res["compilation"] = clock.as_dict()
+        common.save_json(path, {**common.load_json(path), "compilation": res["compilation"]})
+    return res
 
 
 def resumable(name) -> bool:

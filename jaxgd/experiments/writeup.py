@@ -83,8 +83,10 @@ def _report_section(n, out, res) -> list[str]:
     lines += [_predates_line(n, res), ""] if common.predates(n, res) else []
     lines += [f"![{f}]({f})" for f in figs if (out / f).exists()] + [""]
     p = res.get("provenance", {})
+    comp = res.get("compilation")
+    compiled = f", {comp['programs']} programs compiled in {comp['compile_s']:.0f} s" if comp else ""
     lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
-              f"{p.get('date')}, wall time {res.get('wall_time_s', 0):.0f} s, config "
+              f"{p.get('date')}, wall time {res.get('wall_time_s', 0):.0f} s{compiled}, config "
               f"`{ {k: v for k, v in res.get('config', {}).items() if k != 'grid'} }`</sub>", ""]
     return lines
 
