@@ -256,3 +256,18 @@ def test_a_result_computed_before_a_fix_says_so():
     assert common.provenance()["fixes"] == sorted(common.FIXES)  # what a run records
     line = writeup._predates_line("cifar2", old)
     assert "abc1234" in line and "--only cifar2 --force" in line and "data_key" in line
+
+
+def test_startup_section_measures_fresh_processes(monkeypatch):
+    """The startup probes run in fresh processes, empty cache then warm: a check's first call
+    compiles its programs, its second call in the same process none, and peak memory is read."""
+    from jaxgd.experiments import bench, startup
+    monkeypatch.setattr(startup, "PROBES", {"import jaxgd": None,
+                                            "check(dense(4), (3,))": startup.PROBES["check(dense(4), (3,))"],
+                                            "check(conv2d(8, 3), (8, 8, 3))": startup.PROBES["check(dense(4), (3,))"]})
+    res = startup.bench_startup(bench.BenchConfig.make({"sections": ("startup",)}))
+    cold, warm = (r for r in res["rows"] if r["name"].startswith("check(dense(4), (3,))"))
+    assert 0 < cold["first_programs"] <= 20 and cold["second_programs"] == 0
+    assert warm["first_cache_loads"] > cold["first_cache_loads"]  # the second process found what the first compiled
+    assert all(r["peak_rss_mb"] > 50 for r in res["rows"])
+    assert res["ratios"]["startup: check(dense) programs"] == cold["first_programs"]

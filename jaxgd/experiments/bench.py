@@ -38,6 +38,10 @@ Sections:
                    processes, first with an empty persistent compilation cache, then with the
                    cache the first filled; the seconds each spends getting compiled programs
                    (``jaxgd.compile_cache``).
+10. ``startup``     ``import jaxgd`` and ``jaxgd.check`` of a dense and of a conv layer in fresh
+                   processes, empty cache then warm: seconds, programs compiled, peak memory, the
+                   second call's too; beside another jaxgd tree's (``startup_baseline``) if given
+                   (``experiments.startup``).
 9. ``airbench_epoch`` (only when named) one training epoch of airbench94's network and recipe
                    at batch 1,024: jaxgd's compiled epoch (and the same network with its 3x3
                    convolutions computed by ``lax.conv`` and per-tap weight gradients) beside
@@ -67,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import compile_cache, models, optim, parallel, train
-from jaxgd.experiments import flax_peers, timing, torch_peers
+from jaxgd.experiments import flax_peers, startup, timing, torch_peers
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import load_json, outdir, provenance, write
@@ -76,7 +80,7 @@ from jaxgd.experiments.timing import device_name
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
 SECTIONS = ("matmul", "mlp_epoch", "grad", "configs", "cnn_epoch", "conv_parts", "scaling", "compile_cache",
-            "airbench_epoch", "grid")
+            "startup", "airbench_epoch", "grid")
 ONLY_WHEN_NAMED = ("airbench_epoch", "grid")  # minutes and several GB each on a CPU
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ONLY_WHEN_NAMED)
 
@@ -107,6 +111,9 @@ class BenchConfig(Config):
                              check=at_least(1024))
     scaling_devices: tuple[int, ...] = option((1, 2, 4, 8), "device counts of the scaling section (forced CPU "
                                                             "devices on a CPU, real ones elsewhere)", check=at_least(1))
+    startup_baseline: str | None = option(None, "another jaxgd source tree (e.g. a git worktree of an older commit) "
+                                                "whose startup the startup section measures beside this one's",
+                                          metavar="DIR")
     keep: str | None = option(None, "an earlier bench results file of this device: its sections this run does "
                                     "not run are kept as they are, with that run's provenance (under 'reused')",
                               metavar="FILE")
@@ -120,7 +127,9 @@ TARGETS = {"jaxgd/torch bs64": "<= 0.5", "jaxgd/torch bs256": "<= 0.9", "hand/ja
            "jaxgd/torch.compile bs64": "<= 1.0", "jaxgd/torch.compile bs256": "<= 1.0",
            "jaxgd/flax+optax bs64": "<= 1.0", "jaxgd/flax+optax bs256": "<= 1.0",
            "compile s, warm cache / empty cache": "<= 0.2", "jaxgd/airbench PyTorch epoch": "<= 1.0",
-           "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5"}
+           "best training loop / matmul peak": ">= 0.8", "CNN epoch / matmul peak": ">= 0.5",
+           "startup: check(dense) s, empty cache": "<= 2", "startup: check(dense) programs": "<= 20",
+           "startup: check(dense) second call s": "<= 0.3", "startup: check(conv2d) s, empty cache": "<= 4"}
 
 
 def _mlp_data(n, seed=0):
@@ -563,7 +572,8 @@ AIRBENCH_FAST = ("lax.conv forward and dW by taps", {"conv_impl": "lax", "weight
 SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),
                 "configs": lambda cfg, _: bench_configs(cfg), "cnn_epoch": bench_cnn_epoch,
                 "conv_parts": bench_conv_parts, "scaling": lambda cfg, _: bench_scaling(cfg),
-                "compile_cache": bench_compile_cache, "airbench_epoch": bench_airbench_epoch, "grid": bench_grid}
+                "compile_cache": bench_compile_cache, "startup": startup.bench_startup,
+                "airbench_epoch": bench_airbench_epoch, "grid": bench_grid}
 assert set(SECTION_RUNS) == set(SECTIONS)
 
 
