@@ -241,6 +241,11 @@ def some_coordinates(h, t, ctx):
                     "border: the padding is handled wrongly (e.g. an input gradient computed without it)")
     x = ctx.get("x")
     if ctx["is_input"] and x is not None and x.shape == h.shape:
+        for side, where in (("negative", x < 0), ("positive", x > 0)):
+            if np.array_equal(bad, where):
+                return (f"{k} of {size} coordinates wrong ({listed}), exactly those where the input is {side}: "
+                        f"the backward of the forward's x {'<' if side == 'negative' else '>'} 0 branch (e.g. a slope "
+                        "forgotten)")
         xb = x[bad]
         if np.all(xb == 0):
             return (f"only {k} of {size} coordinates wrong ({listed}), all where the input is exactly 0: "

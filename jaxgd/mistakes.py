@@ -140,6 +140,13 @@ class ReLUAtZero(L.Layer):
         return {}, dy * (x >= 0).astype(dy.dtype)
 
 
+class LeakyReLUSlopeForgotten(L.LeakyReLU):
+    """A plain ReLU's backward: the negative branch's slope forgotten."""
+
+    def backward(self, params, y, dy):
+        return {}, jnp.where(y > 0, dy, 0.0)
+
+
 class LeakyReLUWithNumPy(L.LeakyReLU):
     """The backward written with NumPy: right eagerly, but it cannot be traced (jit, vmap, scan)."""
 
@@ -187,6 +194,7 @@ GALLERY = (
     Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
     Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
     Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True),
+    Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative"),
     Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy"),
     Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64"),
 )
