@@ -79,9 +79,14 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         monkeypatch.setitem(reproduce.EXPERIMENTS, name, (mod, rfile, cfg, full, figs))
     status = reproduce.run_all("quick", only=list(small), base=tmp_path, log=lambda s: None)
     assert all(s.startswith("ok") for s in status.values()), status
-    for name in small:  # each result says what it compiled (the CompileClock of its run)
-        comp = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())["compilation"]
-        assert comp["programs"] > 0 and comp["compile_s"] > 0, (name, comp)
+    for name in small:  # each result says what it compiled (the CompileClock of its run) and how long it took
+        res = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())
+        assert res["compilation"]["programs"] > 0 and res["compilation"]["compile_s"] > 0, (name, res["compilation"])
+        assert status[name] == f"ok ({res['run_wall_s']:.0f} s)"  # the time said is the time recorded...
+    report = (tmp_path / "quick" / "REPORT.md").read_text()
+    for name in small:  # ... and the time REPORT.md prints
+        section = report.split(f"## {name}\n")[1].split("\n## ")[0]
+        assert f"wall time {status[name][4:-3]} s" in section, (name, status[name])
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report

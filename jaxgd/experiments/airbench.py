@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers as L, losses, models, optim, schedules, train
-from jaxgd.experiments.common import hand_vs_autodiff, run_datasets
+from jaxgd.experiments.common import duration, hand_vs_autodiff, run_datasets
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 
 DATASETS = ("cifar10", "cifar2")
@@ -421,5 +421,5 @@ def summary(res) -> list[dict]:
                      "per seed": ", ".join(f"{x['test_acc_tta']:.4f}" for x in r["runs"]),
                      "without TTA": ", ".join(f"{x['test_acc_plain']:.4f}" for x in r["runs"]),
                      "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
-                     "train time": f"{r['train_s'] / 60:.0f} min wall, {_median_epoch(r):.0f} s per epoch"})
+                     "train time": f"{duration(r['train_s'])} wall, {_median_epoch(r):.0f} s per epoch"})
     return rows

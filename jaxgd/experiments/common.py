@@ -81,6 +81,11 @@ def predates(name, res) -> list[str]:
     return [what for fix, (what, names) in FIXES.items() if name in names and fix not in have]
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them in a table: "95 s" under two minutes, else "12 min"."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def provenance() -> dict:
     """Versions, device, commit and date: stored beside every result."""
     import chex

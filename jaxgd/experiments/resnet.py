@@ -21,8 +21,8 @@ import time
 import jax
 
 from jaxgd import augment, data, models, optim, progress, train
-from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, hand_vs_autodiff, improved_step, run_datasets, seed_runs,
-                                     stack_splits, warmup_cosine)
+from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, duration, hand_vs_autodiff, improved_step,
+                                     run_datasets, seed_runs, stack_splits, warmup_cosine)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 
 DATASETS = ("cifar2", "cifar10")
@@ -118,5 +118,5 @@ def summary(res) -> list[dict]:
                                                if len(r["runs"]) > 1 else f"{r['test_acc_mean']:.4f} (1 seed)"),
                      "per seed": ", ".join(f"{x['test_acc']:.4f}" for x in r["runs"]),
                      "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
-                     "train time": f"{r['train_time_s'] / 60:.0f} min"})
+                     "train time": duration(r["train_time_s"])})
     return rows

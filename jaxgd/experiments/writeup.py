@@ -85,8 +85,9 @@ def _report_section(n, out, res) -> list[str]:
     p = res.get("provenance", {})
     comp = res.get("compilation")
     compiled = f", {comp['programs']} programs compiled in {comp['compile_s']:.0f} s" if comp else ""
+    wall = res.get("run_wall_s", res.get("wall_time_s"))  # the whole run's, as run_all says, where recorded
     lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
-              f"{p.get('date')}, wall time {res.get('wall_time_s', 0):.0f} s{compiled}, config "
+              f"{p.get('date')}, wall time {'not recorded' if wall is None else f'{wall:.0f} s'}{compiled}, config "
               f"`{ {k: v for k, v in res.get('config', {}).items() if k != 'grid'} }`</sub>", ""]
     return lines
 
@@ -243,7 +244,30 @@ def _readme_bench(r, out, stem) -> str:
     return (f"**Speed** on `{r['device_name']}` ({r['provenance']['device']}; ratios measured side by side "
             f"in one run of `jaxgd bench`, {timing}, median of {r['config']['repeats']}; lower is faster "
             "unless the target says >=):\n\n" + markdown_table(bench.ratio_rows(r)) + _kept_line(r) + _bench_provenance(r)
-            + f"\n\n![bench](results/bench/{stem}.png)")
+            + _startup_table(r) + f"\n\n![bench](results/bench/{stem}.png)")
+
+
+def _startup_table(r) -> str:
+    """The startup section as a before/after table: each probe's seconds, programs compiled and
+    peak memory in a fresh process with an empty compilation cache (and with a warm one), for this
+    run's code and, where measured, the baseline tree's (``bench --startup-baseline``)."""
+    sec = r["sections"].get("startup")
+    if not sec:
+        return ""
+    commit = r["provenance"].get("commit")
+    rows = []
+    for row in sec["rows"]:
+        probe, rest = row["name"].split(", a fresh process, ")
+        state, _, base = rest.partition(" [baseline ")
+        rows.append({"probe": probe, "cache": state.replace(" cache", ""),
+                     "code": f"baseline {base.rstrip(']')}" if base else f"this ({commit})",
+                     "seconds": row["median_s"], "programs compiled": row.get("first_programs", 0),
+                     "second call s": row.get("second_s", ""), "peak RSS MB": round(row["peak_rss_mb"])})
+    rows.sort(key=lambda x: (x["probe"], x["cache"], not x["code"].startswith("baseline")))
+    return ("\n\n**Startup** (`jaxgd bench --sections startup`): each probe in a fresh process, with an empty "
+            "compilation cache and then with the cache the first filled; seconds of the probe itself (after the "
+            "interpreter started), programs compiled (or loaded from the cache), the same check called again in the "
+            "same process, and the process's peak memory:\n\n" + markdown_table(rows))
 
 
 def _readme_airbench(r, out) -> str:
