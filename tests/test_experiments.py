@@ -89,6 +89,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         assert f"wall time {status[name][4:-3]} s" in section, (name, status[name])
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
+    summary = report.split("## Summary")[1].split("\n## ")[0]  # a newcomer's opening: what passed, what applies
+    assert "not expected to meet them" in summary and "gradient checks passed" in summary
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
     assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
     assert "## resnet" in report and "resnet/curves.png" in report and "ResNet-6" in report
