@@ -52,7 +52,11 @@ if stmt != "None":
         out[call + "_s"] = time.perf_counter() - t
         out[call + "_programs"] = events["programs"] - before["programs"]
         out[call + "_cache_loads"] = events["loads"] - before["loads"]
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # this process's own peak: ru_maxrss can start at the forking parent's, VmHWM is the exec'd image's
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    out["peak_rss_mb"] = int(hwm.split()[1]) / 1024
+except (OSError, IndexError):
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
 
