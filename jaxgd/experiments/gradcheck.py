@@ -193,7 +193,11 @@ def summary(res) -> list[dict]:
     row passes on its comparison with ``jax.grad``, and its cells say so."""
     def judged(r, key, value):
         return value if gradcheck.TOLERANCES[r["dtype"]][key] is not None else f"{value:.3g} (not judged)"
-    return [{"model": r["model"], "loss": r["loss"], "dtype": r["dtype"], "stencil": f"{r['order']}-point, h={r['h']:g}",
+    def model(r):  # a model's whole layer list is its case name and a count in the table (JSON keeps it all)
+        n = r["model"].count(" - ") + 1
+        return r["model"] if n < 5 else f"{r['name']} ({n} layers: {r['model'].split(' - ')[0]} ... " \
+                                        f"{r['model'].split(' - ')[-1]})"
+    return [{"model": model(r), "loss": r["loss"], "dtype": r["dtype"], "stencil": f"{r['order']}-point, h={r['h']:g}",
              "max rel err vs FD": judged(r, "fd", r["fd_max"]),
              "max rel err (random direction)": judged(r, "directional", r["directional_max"]),
              "max rel err vs jax.grad": r["autodiff_max"], "pass": "yes" if r["passed"] else "NO"}
