@@ -2,7 +2,8 @@
 
 Bars are on only where someone watches: when stderr is a terminal (``JAXGD_PROGRESS=1`` forces
 them on, ``=0`` off), and never with ``quiet``. They only display: nothing they do reaches a
-result. Without bars, ``epoch_logger`` prints one line per epoch instead (if asked to).
+result. Without bars, ``epoch_logger`` and ``items`` print one line per epoch or item instead
+(if asked to).
 """
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def bar(total, desc, quiet=False, leave=True, unit="it"):
     it = None if isinstance(total, int) or total is None else total
     return tqdm(it, total=len(it) if it is not None and hasattr(it, "__len__") else total, desc=desc,
                 leave=leave, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not enabled(quiet))
+
+
+def items(seq, desc, quiet=False, log=None, name=str):
+    """``seq`` with progress: a bar where bars are on, else one ``log`` line after each item with
+    its name, the seconds so far and an estimate of the seconds left (nothing if ``log`` is None or
+    ``quiet``), so that a long loop in a log file never sits silent."""
+    import time
+    seq = list(seq)
+    b = bar(seq, desc, quiet, unit="item")
+    t0 = time.perf_counter()
+    for i, item in enumerate(b, 1):
+        yield item
+        if b.disable and log is not None and not quiet:
+            spent = time.perf_counter() - t0
+            log(f"[{desc}] {i}/{len(seq)} {name(item)} done, {spent:.0f} s so far, about "
+                f"{spent / i * (len(seq) - i):.0f} s left")
 
 
 def _short(v):

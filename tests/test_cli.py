@@ -163,3 +163,17 @@ def test_a_grid_value_with_a_minus_sign_is_a_value_not_a_flag(capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "learning rate must be finite and > 0, got -0.01" in err[0], err
+
+
+def test_a_long_loop_says_each_item_in_a_log(monkeypatch):
+    """In a log (no terminal, so no bar) a loop such as the gradient checks prints a line per item
+    with an estimate of what is left, instead of sitting silent for minutes (gradcheck.run uses it)."""
+    monkeypatch.setenv("JAXGD_PROGRESS", "0")
+    lines = []
+    seen = list(progress.items(["a", "b", "c"], "gradient checks", log=lines.append, name=str.upper))
+    assert seen == ["a", "b", "c"] and len(lines) == 3
+    assert lines[0].startswith("[gradient checks] 1/3 A done, ") and lines[2].endswith("about 0 s left")
+    assert not list(progress.items([], "x", log=lines.append)) and len(lines) == 3
+    quiet = []
+    list(progress.items(["a"], "x", quiet=True, log=quiet.append))
+    assert quiet == []

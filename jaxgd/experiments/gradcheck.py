@@ -163,7 +163,7 @@ def cases(quick=False):
     return out
 
 
-def run(config=None, out=None, verbose=True) -> dict:
+def run(config=None, out=None, verbose=True, log=print) -> dict:
     cfg = GradcheckConfig.make(config)
     todo = cases(cfg.quick)
     if cfg.only is not None:
@@ -173,7 +173,7 @@ def run(config=None, out=None, verbose=True) -> dict:
         todo = [c for c in todo if c["name"] in cfg.only]
     t0, prov = time.time(), provenance()  # the code as it was when the checks started
     rows = []
-    for c in progress.bar(todo, "gradient checks", quiet=not verbose, unit="model"):
+    for c in progress.items(todo, "gradient checks", quiet=not verbose, log=log, name=lambda c: c["name"]):
         for dtype in (jnp.float64, jnp.float32):
             is64 = dtype == jnp.float64
             rep = gradcheck.check_gradients(c["loss_fn"], c["grad_fn"], c["params"], *c["args"], dtype=dtype,
