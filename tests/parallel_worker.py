@@ -54,7 +54,7 @@ def data_parallel(name, how):
     params, state = model.init(jax.random.PRNGKey(0))
     mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if how == "sharded" else None
     p, s, h = train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.05, 0.9, 5e-4), epochs=1,
-                        batch_size=64, model_state=state, configs=train.Configs(mesh=mesh))
+                        batch_size=128, model_state=state, configs=train.Configs(mesh=mesh))
     return {**_out(p, h), "state": [np.asarray(a, np.float64).tolist() for a in jax.tree_util.tree_leaves(s)]}
 
 

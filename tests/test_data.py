@@ -121,7 +121,9 @@ def test_missing_data_fails_fast_with_instructions(tmp_path, monkeypatch):
         data.load("cifar2", data_dir=tmp_path / "nowhere", cache=False)
     assert time.time() - t < 10
     msg = str(e.value)
-    assert "cifar10" in msg and "nowhere" in msg and "jaxgd[prepare]" in msg
+    assert "cifar10" in msg and "nowhere" in msg and "pip install -e '.[prepare]'" in msg
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: object())  # TensorFlow installed:
+    assert "pip install" not in data._how_to_prepare("cifar10")  # no install hint, only how to prepare
     with pytest.raises(data.DataNotFoundError, match="not prepared"):
         data.find_prepared("mnist", tmp_path)
 
