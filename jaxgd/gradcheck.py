@@ -217,16 +217,14 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
 
 def off_constant(tree, key):
     """Leaves whose entries are all equal (ones, zeros: initial scales, shifts, running statistics)
-    moved to random values, positive ones kept positive. Traceable: the choice is a ``jnp.where``."""
+    moved to random values, positive ones kept positive."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = []
     for i, a in enumerate(leaves):
         a = jnp.asarray(a)
-        if jnp.issubdtype(a.dtype, jnp.floating) and a.size:
-            first = a.reshape(-1)[0]
+        if jnp.issubdtype(a.dtype, jnp.floating) and a.size and bool(jnp.all(a == a.reshape(-1)[0])):
             z = jax.random.normal(jax.random.fold_in(key, i), a.shape, a.dtype)
-            moved = jnp.where(first > 0, a * jnp.exp(0.3 * z), a + 0.3 * z)
-            a = jnp.where(jnp.all(a == first), moved, a)
+            a = a * jnp.exp(0.3 * z) if float(a.reshape(-1)[0]) > 0 else a + 0.3 * z
         out.append(a)
     return jax.tree_util.tree_unflatten(treedef, out)
 
