@@ -509,7 +509,8 @@ def _problem(sub, n, x_given, seed):
     pb = {"params": params, "state": state, "x": x, "c": c, "key": np.asarray(k_fwd),
           "x2": np.stack([x, rng.standard_normal(x.shape)]), "c2": np.stack([c, rng.standard_normal(c.shape)])}
     if sub.model is not None:  # random labels (or targets) for the loss gradient
-        pb["y"] = (rng.integers(0, y.shape[-1], y.shape[:1]).astype(np.int32) if _takes_labels(sub.model)
+        from jaxgd import losses
+        pb["y"] = (rng.integers(0, y.shape[-1], y.shape[:1]).astype(np.int32) if losses.takes_labels(sub.model.loss)
                    else rng.standard_normal(y.shape))
     return pb
 
@@ -528,11 +529,6 @@ def _off_constant(tree, rng):
 def _cast(tree, dtype):
     """Floating leaves as ``dtype``, on the host (``gradcheck.cast`` compiles a conversion per shape)."""
     return jax.tree_util.tree_map(lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a, tree)
-
-
-def _takes_labels(model):
-    from jaxgd import losses
-    return losses.takes_labels(model.loss)
 
 
 def _programs(obj, sub, n, mode, dtype) -> _Programs:
