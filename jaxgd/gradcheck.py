@@ -111,44 +111,44 @@ def split_by_leaf(values, coords) -> list[np.ndarray]:
     return np.split(np.asarray(values), np.cumsum([len(c) for c in coords])[:-1])
 
 
-def finite_difference_grads(f, params, coords, h, order=2, pattern=None):
-    """Central differences (see ``central_difference``) along each given flat coordinate of each leaf.
-
-    ``f`` maps params to a scalar; ``coords`` is one index array per leaf (see
-    ``sample_coordinates``). ``pattern``, if given, maps params to the discrete choices of the
-    forward pass (ReLU signs, max-pool winners): a stencil whose points see another pattern than
-    the centre straddles a kink, and reads a mix of two slopes instead of the derivative.
-    Returns ``(estimates, valid)``, one array of each per leaf (``valid`` all True without ``pattern``).
-    """
-    values, valid = jax.jit(lambda p, i: fd_estimates(f, p, i, h, order, pattern))(
-        params, jnp.asarray(flat_index(params, coords)))
-    return split_by_leaf(values, coords), split_by_leaf(valid, coords)
+def random_directions(params, seed=0) -> np.ndarray:
+    """One random unit direction per leaf, drawn on the host (NumPy, seeded) and laid end to end in
+    ``ravel_pytree(params)``'s order: the directions ``directional_estimates`` differentiates along."""
+    rng = np.random.default_rng(seed)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+    dirs = [rng.standard_normal(x.size) for x in leaves]
+    return np.concatenate([(v / np.linalg.norm(v)).astype(x.dtype) for v, x in zip(dirs, leaves)])
 
 
-def directional_derivatives(f, grads, params, h, seed=0, order=2, pattern=None):
-    """For each leaf, a random unit direction v: ``(<g, v>, d/ds f(p + s v), valid)`` by central
-    differences, ``valid`` False where the stencil straddles a kink (see ``finite_difference_grads``).
+def directional_estimates(f, grads, params, directions, h, order=2, pattern=None):
+    """Along each leaf's direction v (``random_directions``; zero on the other leaves):
+    ``(<g, v>, d/ds f(p + s v), valid)`` by central differences, one leaf after another with
+    ``lax.map``; ``valid`` is False where the stencil straddles a kink (see ``fd_estimates``). Traceable.
 
     One random direction per leaf checks every coordinate at once, like
-    ``jax.test_util.check_grads``, in two evaluations of ``f``.
+    ``jax.test_util.check_grads``, in ``order`` evaluations of ``f``.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    g_leaves = jax.tree_util.tree_leaves(grads)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    f = jax.jit(f)
-    same = jax.jit(lambda a, b: _same(pattern(a), pattern(b))) if pattern is not None else None
-    out = []
-    for i, (leaf, g, k) in enumerate(zip(leaves, g_leaves, keys)):
-        v = jax.random.normal(k, leaf.shape, leaf.dtype)
-        v = v / jnp.linalg.norm(v)
+    leaves = jax.tree_util.tree_leaves(params)
+    owner = jnp.asarray(np.repeat(np.arange(len(leaves)), [x.size for x in leaves]))  # the leaf of each coordinate
+    flat, unravel = ravel_pytree(params)
+    g_flat, _ = ravel_pytree(grads)
 
-        def at(s):
-            new = list(leaves)
-            new[i] = leaf + s * v
-            return jax.tree_util.tree_unflatten(treedef, new)
-        valid = same is None or all(bool(same(at(k * h), params)) for k in STENCIL_POINTS[order])
-        out.append((float(jnp.sum(g * v)), float(central_difference(lambda s: f(at(s)), h, order)), valid))
-    return out
+    def one(i):
+        v = jnp.where(owner == i, directions, 0)
+        at = lambda s: unravel(flat + s * v)  # noqa: E731
+        numeric = central_difference(lambda s: f(at(s)), h, order)
+        valid = jnp.bool_(True)
+        if pattern is not None:
+            centre = pattern(at(0.0))
+            valid = jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
+        return jnp.sum(g_flat * v), numeric, valid
+    return jax.lax.map(one, jnp.arange(len(leaves)))
+
+
+def _numpy_rel_error(g_a, g_n, eps):
+    """``rel_error`` on the host, in the arrays' own dtype."""
+    g_a, g_n = np.asarray(g_a), np.asarray(g_n)
+    return np.abs(g_a - g_n) / np.maximum(np.asarray(eps, g_a.dtype), np.abs(g_a) + np.abs(g_n))
 
 
 def compare_to_autodiff(grads, f, params, eps=1e-12):
@@ -164,6 +164,16 @@ def cast(tree, dtype):
     return jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
         tree)
+
+
+def _host_cast(tree, dtype):
+    """``cast`` done by NumPy on the host: no device program per leaf shape. Scalars become arrays."""
+    def one(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
+        a = np.asarray(x)
+        return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a
+    return jax.tree_util.tree_map(one, tree)
 
 
 def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, eps=None, order=4,
@@ -182,30 +192,41 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     pass's discrete choices (``model_kinks``): finite differences whose stencil changes them are
     left out of the maxima and counted (``fd_kinked``). Returns a report with per-leaf errors and
     ``fd_max``, ``autodiff_max``, ``directional_max``.
+
+    Everything on the device is one compiled program (the hand gradient, ``jax.grad``, the finite
+    differences and the directional derivatives); the errors are computed on the host.
     """
     is64 = jnp.dtype(dtype) == jnp.float64
     h = (1e-4 if is64 else 1e-2) if h is None else h
     eps = (1e-12 if is64 else 1e-6) if eps is None else eps
-    with jax.enable_x64(is64):
-        params, args = cast(params, dtype), cast(args, dtype)
+
+    def measure(params, args, index, directions):
         f = lambda p: loss_fn(p, *args)  # noqa: E731
-        grads = jax.jit(lambda p: grad_fn(p, *args))(params)
         pattern = None if pattern_fn is None else (lambda p: pattern_fn(p, *args))
+        grads = grad_fn(params, *args)
+        fd, valid = fd_estimates(f, params, index, h, order, pattern)
+        dirs = directional_estimates(f, grads, params, directions, h, order, pattern) if directional else None
+        return grads, jax.grad(f)(params), fd, valid, dirs
+
+    with jax.enable_x64(is64):
+        params, args = _host_cast(params, dtype), _host_cast(args, dtype)
         coords = sample_coordinates(params, max_per_leaf, seed)
-        fd, valid = finite_difference_grads(f, params, coords, h, order, pattern)
-        auto = compare_to_autodiff(grads, f, params, eps)
-        dirs = directional_derivatives(f, grads, params, h, seed, order, pattern) if directional else None
-        leaves = []
-        for i, (name, g, c, n, ok) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads), coords,
-                                                     fd, valid)):
-            e = np.asarray(rel_error(np.asarray(g).reshape(-1)[c], n, eps))[ok]
-            leaf = {"name": name, "size": int(g.size), "fd_checked": int(ok.sum()), "fd_kinked": int((~ok).sum()),
-                    "fd_max": float(e.max()) if e.size else 0.0, "fd_mean": float(e.mean()) if e.size else 0.0,
-                    "autodiff_max": auto[i]["max"], "autodiff_mean": auto[i]["mean"]}
-            if dirs:
-                leaf["directional"] = {"analytic": dirs[i][0], "numeric": dirs[i][1], "straddles_kink": not dirs[i][2],
-                                       "rel": float(rel_error(*dirs[i][:2], eps)) if dirs[i][2] else 0.0}
-            leaves.append(leaf)
+        grads, auto, fd, valid, dirs = jax.device_get(jax.jit(measure)(
+            params, args, flat_index(params, coords), random_directions(params, seed)))
+    fd, valid = split_by_leaf(fd, coords), split_by_leaf(valid, coords)
+    leaves = []
+    for i, (name, g, a, c, n, ok) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads),
+                                                    jax.tree_util.tree_leaves(auto), coords, fd, valid)):
+        e = _numpy_rel_error(np.asarray(g).reshape(-1)[c], n, eps)[ok]
+        ea = _numpy_rel_error(g, a, eps)
+        leaf = {"name": name, "size": int(g.size), "fd_checked": int(ok.sum()), "fd_kinked": int((~ok).sum()),
+                "fd_max": float(e.max()) if e.size else 0.0, "fd_mean": float(e.mean()) if e.size else 0.0,
+                "autodiff_max": float(ea.max()), "autodiff_mean": float(ea.mean())}
+        if directional:
+            analytic, numeric, ok_dir = (float(dirs[0][i]), float(dirs[1][i]), bool(dirs[2][i]))
+            leaf["directional"] = {"analytic": analytic, "numeric": numeric, "straddles_kink": not ok_dir,
+                                   "rel": float(_numpy_rel_error(dirs[0][i], dirs[1][i], eps)) if ok_dir else 0.0}
+        leaves.append(leaf)
     report = {"dtype": jnp.dtype(dtype).name, "h": h, "order": order, "eps": eps, "leaves": leaves,
               "fd_kinked": sum(l["fd_kinked"] for l in leaves),
               "fd_max": max(l["fd_max"] for l in leaves),

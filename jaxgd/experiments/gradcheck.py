@@ -23,8 +23,8 @@ from jaxgd.experiments.config import Config, ConfigError, option
 @dataclasses.dataclass(frozen=True)
 class GradcheckConfig(Config):
     NAME = "gradcheck"
-    quick: bool = option(False, "three layers and one MNIST model instead of all of them, and no "
-                                "1.6M-parameter CIFAR-2 MLP")
+    quick: bool = option(False, "one case per layer kind (QUICK_LAYERS) and one MNIST model instead of all "
+                                "of them; no ResNet-8 and no 1.6M-parameter CIFAR-2 MLP")
     only: tuple[str, ...] | None = option(None, "run only the checks of these names (see the results' 'name')")
 
 
@@ -96,6 +96,12 @@ LAYER_CASES = [
 ]
 
 
+# One case per layer kind, for the quick profile: ResNet-8's blocks are here as the two residual cases.
+QUICK_LAYERS = ("dense", "relu", "leaky-relu", "gelu-exact", "softmax", "conv3x3-im2col", "maxpool2", "avgpool2",
+                "global-avgpool", "flatten", "dropout-train", "batchnorm-train", "layernorm",
+                "residual-identity-train", "residual-projection", "fan-in-concat")
+
+
 def _layer_case(name, layer, shape, n, train):
     """One layer alone, its parameters and running statistics moved off their constant initial
     values (a scale of ones hides a missing factor); stencils across a ReLU or max-pool kink are
@@ -137,8 +143,7 @@ def cases(quick=False):
                     "loss_fn": backprop.matrix_chain_loss, "grad_fn": backprop.matrix_chain_grads,
                     "params": backprop.init_matrix_chain(kp, K), "args": (jax.random.normal(kx, (K,)),),
                     "max_per_leaf": None})
-    quick_layers = ("conv3x3-im2col", "maxpool2", "batchnorm-train")
-    out += [_layer_case(*c) for c in LAYER_CASES if not quick or c[0] in quick_layers]
+    out += [_layer_case(*c) for c in LAYER_CASES if not quick or c[0] in QUICK_LAYERS]
     zoo = [("cnn", "batchnorm")] if quick else [(f, v) for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS]
     for f, v in zoo:
         # h = 1e-6: tens of thousands of ReLU inputs, and a stencil that straddles a kink (|z| < 2h)
@@ -151,10 +156,11 @@ def cases(quick=False):
         # places: eps = 1e-2 there, i.e. components below 1e-2 within 1e-6 absolute.
         out.append(_model_case(f"mnist-{f}-{v}", models.mnist_zoo(f, v), batch=4, max_per_leaf=8, h=1e-6,
                                eps=1e-3, eps32=1e-2))
-    # the residual network: the same floors as the batch-norm models above (a conv bias right before
-    # batch norm has gradient exactly 0)
-    out.append(_model_case("cifar10-resnet8", models.resnet(), batch=4, max_per_leaf=8, h=1e-6, eps=1e-3, eps32=1e-2))
     if not quick:
+        # the residual network: the same floors as the batch-norm models above (a conv bias right before
+        # batch norm has gradient exactly 0)
+        out.append(_model_case("cifar10-resnet8", models.resnet(), batch=4, max_per_leaf=8, h=1e-6, eps=1e-3,
+                               eps32=1e-2))
         # 1.6M parameters: 40 sampled coordinates per leaf + one random direction per leaf.
         # eps = 1e-5 as for the layers: a weight into a ReLU unit that is off for all 16 examples has
         # gradient exactly 0, where a central difference at h = 1e-4 reads ~1e-12 of rounding.
