@@ -82,13 +82,19 @@ def test_backward_equals_vjp_and_finite_differences_float64(layer, shape, n, tra
 @pytest.mark.parametrize("layer,shape,n,train", CASES, ids=IDS)
 def test_backward_equals_vjp_float32(layer, shape, n, train):
     params, state, x = _setup(layer, shape, n)
-    y, _, res = layer.forward(params, state, x, train=train, key=KEY)
-    c = jax.random.normal(jax.random.PRNGKey(4), y.shape)
-    _, vjp = jax.vjp(lambda p, x: layer.forward(p, state, x, train=train, key=KEY)[0], params, x)
+    c = jax.random.normal(jax.random.PRNGKey(4), jax.eval_shape(
+        lambda: layer.forward(params, state, x, train=train, key=KEY)[0]).shape)
+
+    @jax.jit  # both gradients in one program, not op by op
+    def both(params, x, c):
+        _, _, res = layer.forward(params, state, x, train=train, key=KEY)
+        _, vjp = jax.vjp(lambda p, x: layer.forward(p, state, x, train=train, key=KEY)[0], params, x)
+        return layer.backward(params, res, c), vjp(c)
+    hand, auto = jax.device_get(both(params, x, c))
     # (the denominator floored at 1, the cotangent's scale: with a batch of 2, x_hat = +-1 whatever x
     # is, so batch norm's dx is ~0 and float32 leaves ~1e-6 of rounding there)
-    errs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / max(float(jnp.max(jnp.abs(b))), 1.0)),
-                                  layer.backward(params, res, c), vjp(c))
+    errs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1.0)),
+                                  hand, auto)
     assert max(jax.tree_util.tree_leaves(errs), default=0.0) <= 1e-4, errs
 
 
@@ -98,12 +104,14 @@ def test_check_vjp(layer, shape, n, train):
     with jax.enable_x64(True):
         params, state, x = gradcheck.cast(_setup(layer, shape, n), jnp.float64)
 
-        def f(p, x):
-            return layer.forward(p, state, x, train=train, key=KEY)[0]
+        # forward and backward each one compiled program (check_vjp calls them a few times)
+        f = jax.jit(lambda p, x: layer.forward(p, state, x, train=train, key=KEY)[0])
+        forward = jax.jit(lambda p, x: layer.forward(p, state, x, train=train, key=KEY)[::2])
+        backward = jax.jit(layer.backward)
 
         def f_vjp(p, x):
-            y, _, res = layer.forward(p, state, x, train=train, key=KEY)
-            return y, lambda dy: layer.backward(p, res, dy)
+            y, res = forward(p, x)
+            return y, lambda dy: backward(p, res, dy)
         check_vjp(f, f_vjp, (params, x), atol=1e-6, rtol=1e-6, eps=1e-5)
 
 
@@ -111,14 +119,18 @@ def test_check_vjp(layer, shape, n, train):
 def test_custom_vjp_wrapper_is_a_third_path(layer, shape, n, train):
     """jax.grad through hand_vjp(layer) gives the hand backward, and the forward is unchanged."""
     params, state, x = _setup(layer, shape, n)
-    if True:
-        wrapped = L.hand_vjp(layer, train)
+    wrapped = L.hand_vjp(layer, train)
+
+    @jax.jit  # one program: the wrapped and the plain forward, jax.grad through the wrapper, the hand backward
+    def paths(params, x, c):
         y, s = wrapped(params, state, x, KEY)
         y_ref, s_ref, res = layer.forward(params, state, x, train=train, key=KEY)
-        chex.assert_trees_all_equal((y, s), (y_ref, s_ref))
-        c = jax.random.normal(jax.random.PRNGKey(9), y.shape)
         got = jax.grad(lambda p, x: jnp.sum(c * wrapped(p, state, x, KEY)[0]), argnums=(0, 1))(params, x)
-        chex.assert_trees_all_close(got, layer.backward(params, res, c), rtol=1e-6, atol=1e-6)
+        return (y, s), (y_ref, s_ref), got, layer.backward(params, res, c)
+    c = jax.random.normal(jax.random.PRNGKey(9), jax.eval_shape(lambda: wrapped(params, state, x, KEY)[0]).shape)
+    out, ref, got, hand = paths(params, x, c)
+    chex.assert_trees_all_equal(out, ref)
+    chex.assert_trees_all_close(got, hand, rtol=1e-6, atol=1e-6)
 
 
 def test_conv_implementations_equal_lax_conv():
