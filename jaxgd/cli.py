@@ -169,8 +169,18 @@ def main(argv=None) -> int:
         f"the cache in {c['cache_load_s']:.1f} s; cache {cache or 'off'})")
     if a.compile_report:
         from jaxgd._files import atomic_write
-        atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache)}))
+        atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache),
+                                                   "peak_rss_mb": _peak_rss_mb()}))
     return rc
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (Linux's VmHWM), None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def _run(a, log) -> int:

@@ -166,7 +166,7 @@ def cast(tree, dtype):
         tree)
 
 
-def _host_cast(tree, dtype):
+def host_cast(tree, dtype):
     """``cast`` done by NumPy on the host: no device program per leaf shape. Scalars become arrays."""
     def one(x):
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -209,7 +209,7 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
         return grads, jax.grad(f)(params), fd, valid, dirs
 
     with jax.enable_x64(is64):
-        params, args = _host_cast(params, dtype), _host_cast(args, dtype)
+        params, args = host_cast(params, dtype), host_cast(args, dtype)
         coords = sample_coordinates(params, max_per_leaf, seed)
         grads, auto, fd, valid, dirs = jax.device_get(jax.jit(measure)(
             params, args, flat_index(params, coords), random_directions(params, seed)))

@@ -530,9 +530,15 @@ def share_configs(epoch_fn, eval_fn, how="map", per_config_data=False, per_confi
 
 def stack_params(trees):
     """Stack equal-structure pytrees on a new leading axis (the configs axis of a vmapped fit)."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+    return _stack(list(trees))
 
 
 def unstack_params(tree, i):
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
+    """Entry ``i`` of every leaf of a stacked pytree (the inverse of ``stack_params``)."""
+    return _unstack(tree, i)
+
+
+# one compiled program per tree structure, not one per leaf shape as op-by-op stacking and indexing
+_stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
+_unstack = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree))
 

@@ -45,3 +45,11 @@ def require_peer(name):
                         "the 'peers' extra")
         pytest.skip(f"{name} is not installed here: pip install -e '.[peers]' runs this cross-check",
                     allow_module_level=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module's compiled programs are dropped when it ends: a test run's memory stays that of
+    its largest module, not of all of them together."""
+    yield
+    jax.clear_caches()

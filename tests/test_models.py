@@ -40,9 +40,9 @@ def test_zoo_hand_gradient_equals_autodiff_and_vjp_paths(family, variant):
         x, y = _batch(model)
         x = x.astype(jnp.float64)
         key = jax.random.PRNGKey(7)
-        hand = train.make_grad_fn(model, grads="hand")(params, state, x, y, key)
+        hand = jax.jit(train.make_grad_fn(model, grads="hand"))(params, state, x, y, key)
         for how in ("autodiff", "vjp"):
-            other = train.make_grad_fn(model, grads=how)(params, state, x, y, key)
+            other = jax.jit(train.make_grad_fn(model, grads=how))(params, state, x, y, key)
             np.testing.assert_allclose(other[0], hand[0], rtol=1e-12)
             assert _normwise(hand[2], other[2]) <= 1e-12, how
             chex.assert_trees_all_close(other[3], hand[3], rtol=1e-12)  # the same new batch-norm state
@@ -245,9 +245,9 @@ def test_resnet_hand_gradient_equals_autodiff_and_vjp_paths():
         params, state = gradcheck.cast(model.init(jax.random.PRNGKey(0)), jnp.float64)
         x, y = _batch(model, n=5)
         x = x.astype(jnp.float64)
-        hand = train.make_grad_fn(model, grads="hand")(params, state, x, y, None)
+        hand = jax.jit(train.make_grad_fn(model, grads="hand"))(params, state, x, y, None)
         for how in ("autodiff", "vjp"):
-            other = train.make_grad_fn(model, grads=how)(params, state, x, y, None)
+            other = jax.jit(train.make_grad_fn(model, grads=how))(params, state, x, y, None)
             np.testing.assert_allclose(other[0], hand[0], rtol=1e-12)
             assert _normwise(hand[2], other[2]) <= 1e-12, how
             chex.assert_trees_all_close(other[3], hand[3], rtol=1e-12)

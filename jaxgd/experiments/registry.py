@@ -36,7 +36,7 @@ EXPERIMENTS = {
                ["resnet/curves.png"]),
     "airbench": (airbench, "airbench/results.json", None, {}, ["airbench/curves.png"]),  # hours on a CPU: not in the quick profile
     "bench": (bench, "bench/{device}.json",
-              {"repeats": 5, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
+              {"repeats": 3, "sections": ("matmul", "mlp_epoch", "cnn_epoch"), "batch_sizes": (256,),
                "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "torch_compile": False}, {},
               ["bench/{device}.png"]),
 }
