@@ -32,9 +32,9 @@ def passed(report) -> bool:
 
 
 def rel_error(g_a, g_n, eps=1e-12):
-    """Elementwise ``|g_a - g_n| / max(eps, |g_a| + |g_n|)``."""
-    g_a, g_n = jnp.asarray(g_a), jnp.asarray(g_n)
-    return jnp.abs(g_a - g_n) / jnp.maximum(eps, jnp.abs(g_a) + jnp.abs(g_n))
+    """Elementwise ``|g_a - g_n| / max(eps, |g_a| + |g_n|)``, on the host (NumPy), in the arrays' dtype."""
+    g_a, g_n = np.asarray(g_a), np.asarray(g_n)
+    return np.abs(g_a - g_n) / np.maximum(eps, np.abs(g_a) + np.abs(g_n))
 
 
 def leaf_names(tree) -> list[str]:
@@ -145,20 +145,6 @@ def directional_estimates(f, grads, params, directions, h, order=2, pattern=None
     return jax.lax.map(one, jnp.arange(len(leaves)))
 
 
-def _numpy_rel_error(g_a, g_n, eps):
-    """``rel_error`` on the host, in the arrays' own dtype."""
-    g_a, g_n = np.asarray(g_a), np.asarray(g_n)
-    return np.abs(g_a - g_n) / np.maximum(np.asarray(eps, g_a.dtype), np.abs(g_a) + np.abs(g_n))
-
-
-def compare_to_autodiff(grads, f, params, eps=1e-12):
-    """Per leaf ``{"max", "mean"}`` of ``rel_error(grads, jax.grad(f)(params))``."""
-    auto = jax.jit(jax.grad(f))(params)
-    errs = jax.tree_util.tree_map(lambda a, b: rel_error(a, b, eps), grads, auto)
-    return [{"name": n, "max": float(jnp.max(e)), "mean": float(jnp.mean(e))}
-            for n, e in zip(leaf_names(params), jax.tree_util.tree_leaves(errs))]
-
-
 def cast(tree, dtype):
     """Floating leaves of ``tree`` as ``dtype``; other leaves (integer labels, keys) as they are."""
     return jax.tree_util.tree_map(
@@ -217,15 +203,15 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     leaves = []
     for i, (name, g, a, c, n, ok) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads),
                                                     jax.tree_util.tree_leaves(auto), coords, fd, valid)):
-        e = _numpy_rel_error(np.asarray(g).reshape(-1)[c], n, eps)[ok]
-        ea = _numpy_rel_error(g, a, eps)
+        e = rel_error(np.asarray(g).reshape(-1)[c], n, eps)[ok]
+        ea = rel_error(g, a, eps)
         leaf = {"name": name, "size": int(g.size), "fd_checked": int(ok.sum()), "fd_kinked": int((~ok).sum()),
                 "fd_max": float(e.max()) if e.size else 0.0, "fd_mean": float(e.mean()) if e.size else 0.0,
                 "autodiff_max": float(ea.max()), "autodiff_mean": float(ea.mean())}
         if directional:
             analytic, numeric, ok_dir = (float(dirs[0][i]), float(dirs[1][i]), bool(dirs[2][i]))
             leaf["directional"] = {"analytic": analytic, "numeric": numeric, "straddles_kink": not ok_dir,
-                                   "rel": float(_numpy_rel_error(dirs[0][i], dirs[1][i], eps)) if ok_dir else 0.0}
+                                   "rel": float(rel_error(dirs[0][i], dirs[1][i], eps)) if ok_dir else 0.0}
         leaves.append(leaf)
     report = {"dtype": jnp.dtype(dtype).name, "h": h, "order": order, "eps": eps, "leaves": leaves,
               "fd_kinked": sum(l["fd_kinked"] for l in leaves),
