@@ -504,7 +504,7 @@ def _problem(sub, n, x_given, seed):
         x = (np.asarray(x_given, np.float64) if x_given is not None
              else rng.standard_normal((n,) + sub.in_shape))
         y = jax.eval_shape(lambda p, s, x: sub.forward(p, s, x, True, k_fwd)[0], params, state, x)
-    params, state = _off_constant(params, rng), _off_constant(state, rng)
+    params, state = gradcheck.off_constant(params, rng), gradcheck.off_constant(state, rng)
     c = rng.standard_normal(y.shape)
     pb = {"params": params, "state": state, "x": x, "c": c, "key": np.asarray(k_fwd),
           "x2": np.stack([x, rng.standard_normal(x.shape)]), "c2": np.stack([c, rng.standard_normal(c.shape)])}
@@ -513,17 +513,6 @@ def _problem(sub, n, x_given, seed):
         pb["y"] = (rng.integers(0, y.shape[-1], y.shape[:1]).astype(np.int32) if losses.takes_labels(sub.model.loss)
                    else rng.standard_normal(y.shape))
     return pb
-
-
-def _off_constant(tree, rng):
-    """``gradcheck.off_constant`` on the host: leaves whose entries are all equal (ones, zeros:
-    initial scales, shifts, running statistics) moved to random values, positive ones kept positive."""
-    def move(a):
-        if not (np.issubdtype(a.dtype, np.floating) and a.size and np.all(a == a.flat[0])):
-            return a
-        z = rng.standard_normal(a.shape)
-        return a * np.exp(0.3 * z) if a.flat[0] > 0 else a + 0.3 * z
-    return jax.tree_util.tree_map(move, tree)
 
 
 def _cast(tree, dtype):

@@ -222,18 +222,20 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     return report
 
 
-def off_constant(tree, key):
+def off_constant(tree, rng):
     """Leaves whose entries are all equal (ones, zeros: initial scales, shifts, running statistics)
-    moved to random values, positive ones kept positive."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    out = []
-    for i, a in enumerate(leaves):
-        a = jnp.asarray(a)
-        if jnp.issubdtype(a.dtype, jnp.floating) and a.size and bool(jnp.all(a == a.reshape(-1)[0])):
-            z = jax.random.normal(jax.random.fold_in(key, i), a.shape, a.dtype)
-            a = a * jnp.exp(0.3 * z) if float(a.reshape(-1)[0]) > 0 else a + 0.3 * z
-        out.append(a)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    moved to random values, positive ones kept positive; on the host, as NumPy arrays. ``rng`` is a
+    ``numpy.random.Generator`` or a seed. Drawing with NumPy compiles nothing (a ``jax.random``
+    draw compiles a program for every shape it is asked for)."""
+    rng = np.random.default_rng(rng)
+
+    def move(a):
+        a = np.asarray(a)
+        if not (np.issubdtype(a.dtype, np.floating) and a.size and np.all(a == a.flat[0])):
+            return a
+        z = rng.standard_normal(a.shape).astype(a.dtype)
+        return a * np.exp(0.3 * z) if a.flat[0] > 0 else a + 0.3 * z
+    return jax.tree_util.tree_map(move, tree)
 
 
 def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
@@ -242,7 +244,7 @@ def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
     its hand gradient ``layer.backward(params, residuals, c)``. Returns ``(loss_fn, grad_fn, args)``
     for ``check_gradients(loss_fn, grad_fn, (params, x), *args)``."""
     y = jax.eval_shape(lambda p, s, x: layer.forward(p, s, x, train=train, key=key)[0], params, state, x)
-    c = jax.random.normal(jax.random.PRNGKey(seed), y.shape)
+    c = np.random.default_rng(seed).standard_normal(y.shape)  # drawn on the host: no program to compile
 
     def loss_fn(px, state, c):
         return jnp.sum(c * layer.forward(px[0], state, px[1], train=train, key=key)[0])

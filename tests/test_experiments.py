@@ -182,6 +182,10 @@ def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_pa
     assert list(res["sections"]) == ["matmul", "grad"]  # in the bench's order
     assert res["sections"]["matmul"] == old["sections"]["matmul"] and res["reused"] == {"matmul": old["provenance"]}
     assert "Kept from an earlier run (not rerun by the run below): matmul (commit earlier" in writeup._kept_line(res)
+    again = bench.run({"repeats": 1, "sections": ("matmul",), "matmul_sizes": (128,), "keep": str(path)},
+                      out=False, verbose=False)  # a rerun section keeps what it measured before, with that commit
+    assert again["sections"]["matmul"]["before"] == {"commit": "earlier", "rows": old["sections"]["matmul"]["rows"],
+                                                     "ratios": old["sections"]["matmul"]["ratios"]}
     with pytest.raises(FileNotFoundError, match="no such bench results file"):
         bench.run({"sections": ("grad",), "keep": str(tmp_path / "nope.json")}, out=False)
     common.save_json(tmp_path / "other.json", {"experiment": "cifar2"})

@@ -602,7 +602,7 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     torch_precision = None if torch is None else torch_peers.precision_like(torch, probe)
     prov = provenance()
     sections = {}
-    kept, reused = _kept_sections(cfg)
+    kept, reused, before = _kept_sections(cfg)
 
     def result():
         every = {n: sections.get(n, kept.get(n)) for n in SECTIONS if n in sections or n in kept}
@@ -620,6 +620,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
         if verbose:
             log(f"[bench] {name} ...")
         sections[name] = SECTION_RUNS[name](cfg, torch is not None)
+        if name in before:
+            sections[name]["before"] = before[name]
         if verbose:
             from jaxgd.report import print_table
             print_table(table({name: sections[name]}))
@@ -643,10 +645,12 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
     return res
 
 
-def _kept_sections(cfg) -> tuple[dict, dict]:
-    """``(sections, provenance of each)`` kept from ``cfg.keep``: those this run does not run."""
+def _kept_sections(cfg) -> tuple[dict, dict, dict]:
+    """``(sections, provenance of each, before)`` from ``cfg.keep``: the sections this run does not
+    run, where each came from, and each section it runs again as ``{commit, rows, ratios}`` (a
+    rerun section keeps its previous measurement beside the new one: a change's before and after)."""
     if cfg.keep is None:
-        return {}, {}
+        return {}, {}, {}
     path = Path(cfg.keep)
     if not path.is_file():
         raise FileNotFoundError(f"--keep {path}: no such bench results file")
@@ -654,8 +658,11 @@ def _kept_sections(cfg) -> tuple[dict, dict]:
     if old.get("experiment") != "bench" or old.get("device_name") != device_name():
         raise ValueError(f"--keep {path}: not a bench result of this device ({device_name()}); it says "
                          f"{old.get('experiment')!r} on {old.get('device_name')!r}")
+    origin = {n: (old.get("reused") or {}).get(n, old["provenance"]) for n in old["sections"]}
     kept = {n: s for n, s in old["sections"].items() if n not in cfg.sections}
-    return kept, {n: (old.get("reused") or {}).get(n, old["provenance"]) for n in kept}
+    before = {n: {"commit": origin[n].get("commit"), "rows": s["rows"], "ratios": s["ratios"]}
+              for n, s in old["sections"].items() if n in cfg.sections}
+    return kept, {n: origin[n] for n in kept}, before
 
 
 def table(sections) -> list[dict]:

@@ -287,20 +287,31 @@ def _startup_table(r) -> str:
     sec = r["sections"].get("startup")
     if not sec:
         return ""
-    commit = r["provenance"].get("commit")
+    def commit(section):  # a section kept from an earlier run (bench --keep) has that run's commit
+        return (r.get("reused") or {}).get(section, r["provenance"]).get("commit")
     rows = []
     for row in sec["rows"]:
         probe, rest = row["name"].split(", a fresh process, ")
         state, _, base = rest.partition(" [baseline ")
         rows.append({"probe": probe, "cache": state.replace(" cache", ""),
-                     "code": f"baseline {base.rstrip(']')}" if base else f"this ({commit})",
+                     "code": f"baseline {base.rstrip(']')}" if base else f"this ({commit('startup')})",
                      "seconds": row["median_s"], "programs compiled": row.get("first_programs", 0),
                      "second call s": row.get("second_s", ""), "peak RSS MB": round(row["peak_rss_mb"])})
+    for sec_name, code in (("compile_cache", None), ("compile_cache", "before")):  # the quick profile's whole run
+        cc = r["sections"].get(sec_name)
+        cc = cc and (cc.get(code) if code else cc)
+        for row in (cc or {}).get("rows", []):
+            command, state = row["name"].split(", a fresh process, ")
+            rows.append({"probe": command, "cache": state.split(" cache")[0],
+                         "code": f"baseline {cc['commit']}" if code else f"this ({commit('compile_cache')})",
+                         "seconds": row["wall_s"], "programs compiled": row["programs"], "second call s": "",
+                         "peak RSS MB": round(row["peak_rss_mb"]) if row.get("peak_rss_mb") else ""})
     rows.sort(key=lambda x: (x["probe"], x["cache"], not x["code"].startswith("baseline")))
     return ("\n\n**Startup** (`jaxgd bench --sections startup`): each probe in a fresh process, with an empty "
             "compilation cache and then with the cache the first filled; seconds of the probe itself (after the "
             "interpreter started), programs compiled (or loaded from the cache), the same check called again in the "
-            "same process, and the process's peak memory:\n\n" + markdown_table(rows))
+            "same process, and the process's peak memory; `jaxgd reproduce --quick` is the bench's compile_cache "
+            "section, its seconds the whole command's wall time:\n\n" + markdown_table(rows))
 
 
 def _readme_airbench(r, out) -> str:
