@@ -35,8 +35,10 @@ compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the 
 Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, tried against the
 true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
 or -1, all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks,
-ties, or the padded border). Findings across gradients and modes (the input gradient right but a
-parameter's wrong; right in eval but wrong in training) come after.
+ties, or the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
+the true one, printed only when applying it to the true gradient gives the hand one; where none
+does, the diagnosis says the cause is not recognised. Findings across gradients and modes (the
+input gradient right but a parameter's wrong; right in eval but wrong in training) come after.
 
 A check is a few compiled programs per mode and dtype (the forward, ``jax.vjp`` and the hand
 backward as one; the backward under ``vmap``; the finite-difference stencils; a model's loss
@@ -140,10 +142,29 @@ def shape_mismatch(h, t, ctx):
         if _close(h.mean(0), t, 1e-4):
             return (f"not reduced over the batch: hand keeps the batch axis (shape {h.shape}); its mean over axis 0 "
                     "equals the true gradient")
-    if n in h.shape and n not in t.shape:
-        return (f"reduced over the wrong axis: shape {h.shape} instead of {t.shape}, and {n} is the batch size "
-                "(it sums over the features and keeps the batch)")
+    wrong_axis = _reduced_over(h, t, ctx.get("c"))
+    if wrong_axis:
+        return wrong_axis
     return f"wrong shape: {h.shape} instead of {t.shape}"
+
+
+def _reduced_over(h, t, c):
+    """For a gradient that is the cotangent ``dy`` summed over some axes (a bias's): the axes of
+    ``dy`` whose sum gives ``hand``, when they are not the ones whose sum gives the true gradient."""
+    if c is None:
+        return None
+    c = np.asarray(c, np.float64)
+    sums = {axes: c.sum(axis=axes) for k in range(1, c.ndim) for axes in itertools.combinations(range(c.ndim), k)}
+    true_axes = [a for a, v in sums.items() if _close(v, t, 1e-6)]
+    hand_axes = [a for a, v in sums.items() if _close(v, h, 1e-6)]
+    if true_axes and hand_axes and hand_axes[0] not in true_axes:
+        return (f"reduced over the wrong axis: hand is dy summed over axis {_axes(hand_axes[0])} (shape {h.shape}), "
+                f"the true gradient dy summed over axis {_axes(true_axes[0])} (shape {t.shape})")
+    return None
+
+
+def _axes(axes) -> str:
+    return str(axes[0]) if len(axes) == 1 else str(axes)
 
 
 def transposed(h, t, ctx):
@@ -209,14 +230,23 @@ def mixes_examples(h, t, ctx):
     return None
 
 
+def _rounding(h, t) -> float:
+    """A few ulps of the true gradient's scale in hand's dtype: differences below are rounding."""
+    dtype = h.dtype if np.issubdtype(h.dtype, np.floating) else np.float64
+    return 16 * float(np.finfo(dtype).eps) * float(np.max(np.abs(t), initial=0.0))
+
+
 def broadcast_mistake(h, t, ctx):
-    """``hand - true`` is the same along an axis: a term broadcast (or reduced) over the wrong axis."""
-    d = h - t
+    """``hand - true`` is the same along an axis: a term broadcast (or reduced) over the wrong axis.
+    Verified: ``true`` plus that one term, broadcast along the axis, gives ``hand`` to within a
+    millionth of the error itself or the dtype's rounding (a single wrong entry, however small, is
+    not a broadcast)."""
+    d = np.asarray(h, np.float64) - np.asarray(t, np.float64)
     if h.ndim < 2 or not np.any(d):
         return None
-    scale = max(np.max(np.abs(t)), 1e-300)
     for axis in range(h.ndim):
-        if h.shape[axis] > 1 and np.max(np.ptp(d, axis=axis)) <= 1e-6 * scale:
+        term = d.mean(axis=axis, keepdims=True)
+        if h.shape[axis] > 1 and np.max(np.abs(d - term)) <= max(1e-6 * np.max(np.abs(d)), _rounding(h, t)):
             return (f"a broadcasting mistake: hand - true is the same at every index of axis {axis} (length "
                     f"{h.shape[axis]}): a term broadcast over that axis, or reduced over the wrong one")
     return None
@@ -225,11 +255,13 @@ def broadcast_mistake(h, t, ctx):
 def some_coordinates(h, t, ctx):
     """Only some coordinates wrong: named when they are where the input is exactly 0 (a ReLU
     kink), where it has ties (a max-pool tie), or on the border of an image (the padding)."""
-    scale = max(np.max(np.abs(t)), 1e-300)
-    bad = np.abs(h - t) > ctx["tol"] * scale
+    d = np.abs(np.asarray(h, np.float64) - np.asarray(t, np.float64))
+    # wrong: an error above a thousandth of the largest one and above the dtype's rounding, so a
+    # single coordinate is found however small its error
+    bad = d > max(1e-3 * np.max(d, initial=0.0), _rounding(h, t))
     k, size = int(bad.sum()), bad.size
-    if not k or k == size:
-        return None
+    if not k or k == size or np.max(d[~bad]) > ctx["tol"] * max(np.max(np.abs(t)), 1e-300):
+        return None  # (the rest must be right: then hand is the true gradient with those k entries changed)
     where = np.argwhere(bad)
     listed = ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if k > 3 else "")
     if h.ndim == 4 and min(h.shape[1:3]) > 2:
@@ -274,7 +306,8 @@ def diagnose(hand, true, ctx) -> str:
             cause = None
         if cause:
             return cause
-    return "wrong by no known pattern (not transposed, not a constant factor, not a broadcast, not a few coordinates)"
+    return ("wrong, cause not recognised: no known mistake (a transpose, a constant factor, a broadcast term, a few "
+            "wrong coordinates) turns the true gradient into hand's")
 
 
 # ------------------------------------------------------------------------------ the report
@@ -598,7 +631,7 @@ def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
         if not struct_ok:
             leaf["cause"] = "the backward returned another structure than (dparams, dx)"
         elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
-            ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np,
+            ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np, "c": np.asarray(c),
                    "coupling": (lambda: _coupling(run, x, c)) if name == "x" else None}
             leaf["cause"] = diagnose(h, t, ctx)
         leaves.append(leaf)

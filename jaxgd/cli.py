@@ -102,8 +102,9 @@ def parser() -> argparse.ArgumentParser:
                        description=_plain(reproduce.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_const", dest="profile", const="quick",
-                   help="fewer epochs and configs -> results/quick/ (default); about 20 min on a 2-core CPU with an "
-                        "empty compilation cache, 10 with a warm one (the bench's compile_cache section)")
+                   help="fewer epochs and configs -> results/quick/ (default); about %d min on a 2-core CPU with an "
+                        "empty compilation cache, %d with a warm one (the bench's compile_cache section)"
+                        % reproduce.QUICK_MINUTES)
     g.add_argument("--full", action="store_const", dest="profile", const="full",
                    help="the course reports' protocols -> results/ (over an hour on a 2-core CPU)")
     p.add_argument("--only", nargs="+", choices=list(reproduce.EXPERIMENTS), metavar="EXPERIMENT",

@@ -43,6 +43,14 @@ class DenseBiasNotSummed(L.Dense):
         return {**g, "b": dy}, dx
 
 
+class DenseOneEntryOff(L.Dense):
+    """``dW`` right but for one entry, off by a ten-thousandth of the largest: a typo in an index."""
+
+    def backward(self, params, x, dy):
+        g, dx = super().backward(params, x, dy)
+        return {**g, "W": g["W"].at[1, 2].add(1e-4 * jnp.max(jnp.abs(g["W"])))}, dx
+
+
 class DenseBiasWrongAxis(L.Dense):
     """``db = sum(dy, axis=1)``: summed over the features instead of the batch."""
 
@@ -184,6 +192,7 @@ GALLERY = (
     Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size"),
     Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch"),
     Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),
+    Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)"),
     Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere"),
     Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped"),
     Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing"),

@@ -51,6 +51,27 @@ def test_every_gallery_mistake_fails_with_its_diagnosis(m):
     assert any(m.expect in cause for cause in report.causes()), report
 
 
+def test_a_diagnosis_is_printed_only_when_it_reproduces_hand_from_true():
+    """Each cause is a hypothesis checked on the arrays: where none reproduces the hand gradient,
+    the report says so and names no pattern as ruled out."""
+    from jaxgd.checker import diagnose
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((5, 5))
+    ctx = {"batch": 3, "dtype": np.dtype(np.float64), "tol": 1e-10, "is_input": False, "x": None, "c": None}
+    unrelated = diagnose(t * rng.uniform(0.5, 1.5, t.shape), t, ctx)
+    assert unrelated.startswith("wrong, cause not recognised") and "not transposed" not in unrelated
+    one = t.copy()
+    one[1, 2] += 1e-9  # one entry, an error far smaller than the rest of the gradient: not a broadcast
+    assert diagnose(one, t, ctx) == "only 1 of 25 coordinates wrong: (1, 2)"
+    row = t + rng.standard_normal((1, 5))  # one term broadcast over axis 0
+    assert "same at every index of axis 0" in diagnose(row, t, ctx)
+    assert "transposed" in diagnose(t.T, t, ctx)
+    c = rng.standard_normal((3, 5))  # a bias's cotangent: dy summed over the features is not a wrong shape only
+    assert diagnose(c.sum(1), c.sum(0), {**ctx, "c": c}).startswith("reduced over the wrong axis: hand is dy summed "
+                                                                   "over axis 1")
+    assert diagnose(rng.standard_normal(3), c.sum(0), {**ctx, "c": c}) == "wrong shape: (3,) instead of (5,)"
+
+
 def test_a_wrong_layer_inside_a_model_is_found_by_its_leaf():
     model = models.Model((mistakes.DenseMean(4), L.tanh(), L.dense(2)), (5,))
     report = jaxgd.check(model, dtypes=("float64",))

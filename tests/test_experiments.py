@@ -185,7 +185,8 @@ def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_pa
     again = bench.run({"repeats": 1, "sections": ("matmul",), "matmul_sizes": (128,), "keep": str(path)},
                       out=False, verbose=False)  # a rerun section keeps what it measured before, with that commit
     assert again["sections"]["matmul"]["before"] == {"commit": "earlier", "rows": old["sections"]["matmul"]["rows"],
-                                                     "ratios": old["sections"]["matmul"]["ratios"]}
+                                                     "ratios": old["sections"]["matmul"]["ratios"],
+                                                     "cpu_model": old["provenance"]["cpu_model"]}
     with pytest.raises(FileNotFoundError, match="no such bench results file"):
         bench.run({"sections": ("grad",), "keep": str(tmp_path / "nope.json")}, out=False)
     common.save_json(tmp_path / "other.json", {"experiment": "cifar2"})
@@ -282,3 +283,16 @@ def test_startup_section_measures_fresh_processes(monkeypatch):
     assert warm["first_cache_loads"] > cold["first_cache_loads"]  # the second process found what the first compiled
     assert all(r["peak_rss_mb"] > 50 for r in res["rows"])
     assert res["ratios"]["startup: check(dense) programs"] == cold["first_programs"]
+
+
+def test_the_quick_profiles_stated_duration_is_the_benchs():
+    """`jaxgd reproduce --help` and the run's first line state QUICK_MINUTES: the committed bench's
+    measured wall time of the quick profile (empty cache, warm cache), rounded up to the minute."""
+    import math
+    from pathlib import Path
+
+    from jaxgd.experiments import common, reproduce
+    r = common.load_json(Path(__file__).parents[1] / "results" / "bench" / "cpu-2core.json")
+    ratios = r["sections"]["compile_cache"]["ratios"]
+    assert reproduce.QUICK_MINUTES == tuple(math.ceil(ratios[f"cache_command wall s, {c} cache"] / 60)
+                                            for c in ("empty", "warm"))

@@ -660,7 +660,8 @@ def _kept_sections(cfg) -> tuple[dict, dict, dict]:
                          f"{old.get('experiment')!r} on {old.get('device_name')!r}")
     origin = {n: (old.get("reused") or {}).get(n, old["provenance"]) for n in old["sections"]}
     kept = {n: s for n, s in old["sections"].items() if n not in cfg.sections}
-    before = {n: {"commit": origin[n].get("commit"), "rows": s["rows"], "ratios": s["ratios"]}
+    before = {n: {"commit": origin[n].get("commit"), "cpu_model": origin[n].get("cpu_model"), "rows": s["rows"],
+                  "ratios": s["ratios"]}
               for n, s in old["sections"].items() if n in cfg.sections}
     return kept, {n: origin[n] for n in kept}, before
 

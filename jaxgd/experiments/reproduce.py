@@ -1,9 +1,10 @@
 """Run every experiment and write results/REPORT.md (the engine behind ``jaxgd reproduce``).
 
 Profiles: ``full`` (the course reports' protocols; results/) and ``quick`` (fewer epochs and
-configs; results/quick/, labelled quick): about 20 min on a 2-core CPU with an empty compilation
-cache and 10 with a warm one, as the bench's compile_cache section measured it (1,172 s and 573 s at
-401680b).
+configs; results/quick/, labelled quick): ``QUICK_MINUTES`` on a 2-core CPU with an empty
+compilation cache and with a warm one, as the bench's compile_cache section measures it (its
+ratios ``cache_command wall s, empty cache`` and ``cache_command wall s, warm cache`` in
+results/bench/cpu-2core.json).
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from jaxgd.experiments import common
 from jaxgd.experiments.registry import EXPERIMENTS, NEEDS, config, files, in_profile, root
 from jaxgd.experiments.writeup import readme_results, update_readme, write_report
 
-__all__ = ["EXPERIMENTS", "NEEDS", "config", "readme_results", "resumable", "root", "run_all", "run_one",
+# minutes of `jaxgd reproduce --quick` on a 2-core CPU (empty compilation cache, warm cache): the bench's
+# compile_cache section rounded up; a test keeps them equal to results/bench/cpu-2core.json
+QUICK_MINUTES = (6, 3)
+
+__all__ = ["EXPERIMENTS", "QUICK_MINUTES", "NEEDS", "config", "readme_results", "resumable", "root", "run_all", "run_one",
            "update_readme", "write_report"]
 
 def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
@@ -89,6 +94,9 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     for ds in dict.fromkeys(d for n, cfg in todo.items() for d in NEEDS.get(n, ())
                             if not hasattr(cfg, "datasets") or d in cfg.datasets):
         data.check_available(ds, data_dir)
+    if profile == "quick" and not only and len(todo) == len(names):
+        log(f"[reproduce] the quick profile: about {QUICK_MINUTES[0]} min on a 2-core CPU the first time, "
+            f"{QUICK_MINUTES[1]} once its programs are in the compilation cache")
     for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
         log(f"[{n}] running ({profile})")
         t = time.time()

@@ -303,7 +303,9 @@ def _startup_table(r) -> str:
         for row in (cc or {}).get("rows", []):
             command, state = row["name"].split(", a fresh process, ")
             rows.append({"probe": command, "cache": state.split(" cache")[0],
-                         "code": f"baseline {cc['commit']}" if code else f"this ({commit('compile_cache')})",
+                         "code": (f"baseline {cc['commit']}" + (f" ({cc['cpu_model']})" if cc.get("cpu_model") not in
+                                  (None, r["provenance"].get("cpu_model")) else "")) if code
+                                 else f"this ({commit('compile_cache')})",
                          "seconds": row["wall_s"], "programs compiled": row["programs"], "second call s": "",
                          "peak RSS MB": round(row["peak_rss_mb"]) if row.get("peak_rss_mb") else ""})
     rows.sort(key=lambda x: (x["probe"], x["cache"], not x["code"].startswith("baseline")))
