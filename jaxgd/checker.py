@@ -96,6 +96,9 @@ def _subject(obj, in_shape):
         return _Subject(" - ".join(obj.describe()), obj.in_shape, obj.shapes()[-1], obj.init,
                         lambda p, s, x, train, key: obj.forward(p, s, x, train, key),
                         lambda p, r, dy: obj.backward(p, r, dy, with_input=True), obj.layers, obj)
+    if callable(obj) and not hasattr(obj, "backward"):
+        raise TypeError(f"check({getattr(obj, '__name__', obj)!r}, ...): nothing to check, it has no custom derivative "
+                        "rule (jax.custom_vjp or jax.custom_jvp) and is not a layer: JAX derives its gradient itself")
     for attr in ("init", "forward", "backward"):
         if not callable(getattr(obj, attr, None)):
             raise TypeError(f"check needs a layer (init, forward, backward: see jaxgd.layers) or a models.Model; "
@@ -325,11 +328,12 @@ class Report:
     rows: tuple
     findings: tuple
     checks: tuple
+    on: str | None = None  # what a function was checked at (``check(f, *args)``), instead of a batch
 
     def as_dict(self) -> dict:
         return {"subject": self.subject, "in_shape": list(self.in_shape), "batch": self.batch,
                 "passed": self.passed, "rows": [dict(r) for r in self.rows],
-                "findings": list(self.findings), "checks": [dict(c) for c in self.checks]}
+                "findings": list(self.findings), "checks": [dict(c) for c in self.checks], "on": self.on}
 
     def causes(self) -> list[str]:
         return [f["cause"] for f in self.findings]
@@ -338,7 +342,8 @@ class Report:
         n_wrong = sum(r["verdict"] == "wrong" for r in self.rows)
         head = "PASSED" if self.passed else f"FAILED ({n_wrong} of {len(self.rows)} gradients wrong)" if n_wrong \
             else "FAILED"
-        lines = [f"check {self.subject} on a batch of {self.batch} x {self.in_shape}: {head}", ""]
+        at = self.on or f"on a batch of {self.batch} x {self.in_shape}"
+        lines = [f"check {self.subject} {at}: {head}", ""]
         cols = ("gradient", "mode", "verdict", "float64 abs", "float64 rel", "float32 rel", "finite diff rel")
         table = [cols] + [(r["leaf"], r["mode"], r["verdict"], _num(r.get("float64_abs")), _num(r.get("float64_rel")),
                            _num(r.get("float32_rel")), _num(r.get("fd_rel"))) for r in self.rows]
@@ -346,9 +351,9 @@ class Report:
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
         failed = [c for c in self.checks if not c["ok"]]
         lines.append("")
+        kinds = dict.fromkeys(c["name"].split(" (")[0] for c in self.checks)
         lines.append(f"checks: {len(self.checks) - len(failed)} of {len(self.checks)} passed"
-                     + ("" if failed else " (shapes and dtypes, eval-mode state, check_vjp, jit, vmap, a model's "
-                                          "loss gradient)"))
+                     + ("" if failed else f" ({', '.join(kinds)})"))
         for f in self.findings:
             lines.append(f"- {f['where']}: {f['cause']}")
         return "\n".join(lines)
@@ -360,12 +365,26 @@ def _num(v):
 
 # ------------------------------------------------------------------------------ the check
 
-def check(subject, in_shape=None, *, x=None, batch=None, modes=MODES, dtypes=DTYPES, seed=0,
+def check(subject, *args, in_shape=None, x=None, batch=None, modes=MODES, dtypes=DTYPES, seed=0,
           fd_per_leaf=FD_PER_LEAF) -> Report:
     """Check ``subject``'s hand backward (a layer with jaxgd's contract, or a ``models.Model``) on
-    random examples of per-example shape ``in_shape`` (a model knows its own), or on ``x``
-    (with its batch axis; e.g. inputs with exact zeros, to look at the kinks). Returns a
-    ``Report``; ``print`` it for the verdict. See the module docstring for what is compared."""
+    random examples of per-example shape ``in_shape`` (``check(layer, (6,))``; a model knows its
+    own), or on ``x`` (with its batch axis; e.g. inputs with exact zeros, to look at the kinks).
+    ``check(f, *args)`` checks a ``jax.custom_vjp`` or ``jax.custom_jvp`` function's rule at
+    ``args`` instead (``check_function``). Returns a ``Report``; ``print`` it for the verdict. See
+    the module docstring for what is compared."""
+    if _custom_rule(subject) is not None:
+        if x is not None or batch is not None or in_shape is not None or tuple(modes) != MODES:
+            raise ValueError("check(f, *args) of a function takes its example arguments, not in_shape, x, batch or "
+                             "modes")
+        return check_function(subject, *args, dtypes=dtypes, seed=seed, fd_per_leaf=fd_per_leaf)
+    if len(args) > 1:
+        raise TypeError(f"check({subject!r}, ...) takes one input shape for a layer, got {len(args)} arguments; "
+                        "example arguments are for jax.custom_vjp / custom_jvp functions")
+    if args:
+        if in_shape is not None:
+            raise TypeError("check: the input shape is given twice (positionally and as in_shape=)")
+        in_shape = args[0]
     if x is not None:
         if in_shape is not None and tuple(in_shape) != tuple(np.shape(x)[1:]):
             raise ValueError(f"x has per-example shape {tuple(np.shape(x)[1:])} but in_shape is {tuple(in_shape)}: "
@@ -764,4 +783,193 @@ def _explain(e) -> str:
     return f"{name}: {first}"
 
 
-__all__ = ["check", "diagnose", "Report", "DIAGNOSES", "TOLERANCES"]
+__all__ = ["check", "check_function", "diagnose", "Report", "DIAGNOSES", "TOLERANCES"]
+
+
+# ------------------------------------------------------------------------------ a JAX function's custom rule
+
+FD_ONLY_MAX = 4096  # coordinates: where autodiff of the primal fails, the truth is this many central differences at most
+
+
+def _custom_rule(f):
+    """``(kind, primal, nondiff_argnums)`` of a ``jax.custom_vjp`` or ``jax.custom_jvp`` function, else None."""
+    for kind in ("custom_vjp", "custom_jvp"):
+        if isinstance(f, getattr(jax, kind)):
+            return kind, f.fun, tuple(f.nondiff_argnums)
+    return None
+
+
+class _Function:
+    """A function with a custom derivative as the scalar problem ``L(v) = sum_i sum(c_i * y_i)``
+    over its floating argument leaves ``v`` (the other arguments held fixed), ``y = f(args)``:
+    ``jax.grad(L)`` through ``f`` uses its custom rule (the hand gradient); through the primal, plain
+    autodiff (the truth)."""
+
+    def __init__(self, f, args):
+        self.kind, self.primal, self.nondiff = _custom_rule(f)
+        self.f, self.args = f, tuple(args)
+        self.diff = [i for i in range(len(args)) if i not in self.nondiff]
+        leaves, self.treedef = jax.tree_util.tree_flatten([args[i] for i in self.diff])
+        self.is_var = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in leaves]
+        self.leaves = [np.asarray(a) for a in leaves]
+        names = gradcheck.leaf_names([args[i] for i in self.diff])
+        self.names = [f"arg {self.diff[int(n.split('.')[0])]}" + (n[n.index("."):] if "." in n else "")
+                      for n, v in zip(names, self.is_var) if v]
+
+    def call(self, g, v):
+        """``g`` at the arguments with the floating leaves ``v``."""
+        it, full = iter(v), list(self.args)
+        leaves = [next(it) if var else a for a, var in zip(self.leaves, self.is_var)]
+        for i, a in zip(self.diff, jax.tree_util.tree_unflatten(self.treedef, leaves)):
+            full[i] = a
+        return g(*full)
+
+    def loss(self, g, v, c):
+        outs = [o for o in jax.tree_util.tree_leaves(self.call(g, v)) if jnp.issubdtype(jnp.asarray(o).dtype, jnp.floating)]
+        return sum(jnp.sum(ci * o) for ci, o in zip(c, outs))
+
+    def variables(self, dtype):
+        return [a.astype(dtype) for a, var in zip(self.leaves, self.is_var) if var]
+
+
+def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> Report:
+    """``check(f, *args)`` for ``f`` a ``jax.custom_vjp`` or ``jax.custom_jvp`` function: its rule's
+    gradient of ``sum(c * f(args))`` (a random cotangent ``c`` on every floating output) with
+    respect to every floating argument leaf, against autodiff of the primal ``f.fun`` (the function
+    with its rule stripped) or, where that cannot be differentiated, float64 central differences;
+    in each dtype, with finite differences in float64, under ``jit`` and ``vmap``. One row per
+    argument leaf; integer arguments and ``nondiff_argnums`` are held fixed."""
+    if _custom_rule(f) is None:
+        raise TypeError(f"check({getattr(f, '__name__', f)!r}, ...): nothing to check, it has no custom derivative "
+                        "rule (jax.custom_vjp or jax.custom_jvp): JAX derives its gradient itself")
+    fn = _Function(f, args)
+    if not fn.names:
+        raise ValueError("check(f, *args): no floating argument to differentiate; give float arrays")
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        out = jax.eval_shape(lambda v: fn.call(f, v), fn.variables(np.float64))
+    outs = [o for o in jax.tree_util.tree_leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
+    if not outs:
+        raise ValueError("check(f, *args): f returns no floating output, so there is no gradient to check")
+    c = [rng.standard_normal(o.shape) for o in outs]
+    # a second point for vmap, near the given one with the same signs (it stays in f's domain: a sqrt, a log)
+    v2 = [a * rng.uniform(0.9, 1.1, a.shape) for a in fn.variables(np.float64)]
+    c2 = [rng.standard_normal(ci.shape) for ci in c]
+    mode = fn.kind.removeprefix("custom_")
+    checks, results = [], {}
+    for dtype in dtypes:
+        with jax.enable_x64(dtype == "float64"):
+            results[dtype] = _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks)
+    rows, findings = [], []
+    for i, name in enumerate(fn.names):
+        row, wrong, exact = {"leaf": name, "mode": mode}, [], True
+        for dtype in dtypes:
+            r = results[dtype][i]
+            row[f"{dtype}_abs"], row[f"{dtype}_rel"] = r["abs"], r["rel"]
+            exact &= r["abs"] == 0
+            if r["cause"]:
+                wrong.append((dtype, r))
+            if dtype == "float64":
+                row["fd_rel"] = r.get("fd_rel")
+        row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
+        rows.append(row)
+        if wrong:
+            dtype, r = wrong[0]
+            worst = f"; worst at {r['index']}: hand {r['hand_at']:.6g}, true {r['true_at']:.6g}" if "index" in r else ""
+            findings.append({"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
+                             "index": r.get("index"), "hand": r.get("hand_at"), "true": r.get("true_at"),
+                             "cause": r["cause"] + worst})
+    findings += [{"where": ch["name"], "cause": ch["detail"]} for ch in checks if not ch["ok"]]
+    passed = all(r["verdict"] != "wrong" for r in rows) and all(ch["ok"] for ch in checks)
+    shapes = tuple(tuple(np.shape(a)) for a in fn.leaves)
+    name = f"{fn.kind} {getattr(f, '__name__', None) or getattr(fn.primal, '__name__', 'function')}"
+    return Report(name, shapes, 0, passed, tuple(rows), tuple(findings), tuple(checks),
+                  on="at arguments of shapes " + ", ".join(str(s) for s in shapes))
+
+
+def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list[dict]:
+    """One dtype: the hand and true gradients, their comparison per leaf, and the jit, vmap and
+    (float64) finite-difference checks."""
+    dt = jnp.dtype(dtype)
+
+    def note(name, ok, detail=""):
+        checks.append({"name": f"{name} ({mode}, {dtype})", "ok": bool(ok), "detail": detail})
+    v, c = fn.variables(dt), [ci.astype(dt) for ci in c]
+    hand_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.f, v, c))(v)  # noqa: E731
+    true_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.primal, v, c))(v)  # noqa: E731
+    try:
+        true = _numpy(jax.jit(true_of)(v, c))
+    except Exception:  # noqa: BLE001  (the primal has no derivative JAX can take: central differences)
+        true = _fd_truth(fn, v, c) if dtype == "float64" else None
+    if true is None:  # float32 without autodiff: float64's differences at the float32 point
+        with jax.enable_x64(True):
+            true = [t.astype(dt) for t in _fd_truth(fn, [a.astype(np.float64) for a in v],
+                                                    [ci.astype(np.float64) for ci in c])]
+    try:
+        hand = _numpy(jax.jit(hand_of)(v, c))
+        note("jit", True)
+    except Exception as e:  # noqa: BLE001
+        note("jit", False, "fails under jit: " + _explain(e))
+        try:
+            hand = _numpy(hand_of(v, c))
+        except Exception as e2:  # noqa: BLE001
+            note("custom rule runs", False, "the rule raised: " + _explain(e2))
+            return [{"abs": None, "rel": None, "cause": "the rule raised an error (see the checks)"} for _ in true]
+    ref = None
+    if dtype == "float32":
+        with jax.enable_x64(True):
+            try:
+                ref = _numpy(jax.jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
+            except Exception:  # noqa: BLE001
+                ref = None
+    allow = _allowances(true, TOLERANCES[dtype], ref)
+    leaves = []
+    for i, (h, t, x) in enumerate(zip(hand, true, v)):
+        h, t = np.asarray(h), np.asarray(t)
+        r = {"abs": None, "rel": None, "cause": None}
+        if h.shape == t.shape:
+            diff = np.abs(h.astype(np.float64) - t.astype(np.float64))
+            r["abs"] = float(diff.max(initial=0.0))
+            r["rel"] = r["abs"] / max(float(np.max(np.abs(t), initial=0.0)), allow["floor"]) if r["abs"] else 0.0
+            if diff.size:
+                j = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                r.update(index=tuple(int(k) for k in j), hand_at=float(h[j]), true_at=float(t[j]))
+        if h.shape != t.shape or h.dtype != dt or r["abs"] > allow["abs"][i]:
+            batch = int(np.shape(x)[0]) if np.ndim(x) else 1
+            r["cause"] = diagnose(h, t, {"batch": batch, "dtype": dt, "tol": TOLERANCES[dtype], "is_input": True,
+                                         "x": np.asarray(x), "c": None, "coupling": None})
+        leaves.append(r)
+    if dtype == "float64":
+        coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
+        est, _ = jax.jit(lambda v, c, index: gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index,
+                                                                   FD_H, 4))(v, c, gradcheck.flat_index(v, coords))
+        noise = 10 * float(np.finfo(np.float64).eps) * sum(float(np.sum(np.abs(ci))) for ci in c) / FD_H
+        eps = max(FD_EPS, noise / FD_TOLERANCE)
+        for r, h, x, co, e in zip(leaves, hand, v, coords, gradcheck.split_by_leaf(est, coords)):
+            if np.shape(h) == np.shape(x):
+                r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], e, eps), initial=0.0))
+    try:  # vmap: the rule on two stacked points, against each point alone
+        stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])  # noqa: E731
+        vs, cs = [stack(a, b) for a, b in zip(v, v2)], [stack(a, b) for a, b in zip(c, c2)]
+        batched = _numpy(jax.jit(jax.vmap(hand_of))(vs, cs))
+        alone = _numpy(jax.jit(hand_of)([a[1] for a in vs], [ci[1] for ci in cs]))
+        same = all(np.shape(b[0]) == np.shape(h) and _maxabs(np.asarray(b[0], np.float64) - h) <= lim
+                   and _maxabs(np.asarray(b[1], np.float64) - a) <= lim
+                   for b, h, a, lim in zip(batched, hand, alone, allow["abs"]))
+        note("vmap", same, "under vmap the rule gives other numbers than one point at a time")
+    except Exception as e:  # noqa: BLE001
+        note("vmap", False, "fails under vmap: " + _explain(e))
+    return leaves
+
+
+def _fd_truth(fn, v, c) -> list[np.ndarray]:
+    """The gradient of ``L`` by float64 central differences at every coordinate (the truth where
+    the primal cannot be differentiated by JAX)."""
+    size = sum(a.size for a in v)
+    if size > FD_ONLY_MAX:
+        raise ValueError(f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
+                         f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments")
+    coords = [np.arange(a.size) for a in v]
+    est, _ = jax.jit(lambda v, c, index: gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H,
+                                                                4))(v, c, gradcheck.flat_index(v, coords))
+    return [e.reshape(a.shape) for e, a in zip(gradcheck.split_by_leaf(est, coords), v)]

@@ -1,5 +1,6 @@
 """jaxgd.check: every built-in layer and model passes it, every mistake of the gallery fails it
 with the right diagnosis, and bad arguments get clear errors."""
+import functools
 import json
 
 import jax
@@ -145,3 +146,107 @@ def test_a_check_is_a_few_programs_and_a_second_one_none():
     assert _programs_compiled(lambda: jaxgd.check(L.dense(3), (2,))) == 0
     # a model: its loss gradients too, still a few programs per mode and dtype
     assert _programs_compiled(lambda: jaxgd.check(models.mlp((3, 4, 2)))) <= 30
+
+
+# ---------------------------------------------------------------- check(f, *args): a function's custom rule
+
+@jax.custom_vjp
+def _logsumexp(x):
+    m = jax.numpy.max(x, -1, keepdims=True)
+    return (m + jax.numpy.log(jax.numpy.sum(jax.numpy.exp(x - m), -1, keepdims=True)))[..., 0]
+
+
+def _lse_fwd(x):
+    y = _logsumexp(x)
+    return y, (x, y)
+
+
+_logsumexp.defvjp(_lse_fwd, lambda res, g: (g[..., None] * jax.numpy.exp(res[0] - res[1][..., None]),))
+
+
+@jax.custom_vjp
+def _lse_doubled(x):  # the same primal, a rule off by a factor 2
+    return _logsumexp.fun(x)
+
+
+_lse_doubled.defvjp(_lse_fwd, lambda res, g: (2 * g[..., None] * jax.numpy.exp(res[0] - res[1][..., None]),))
+
+
+def test_a_right_custom_vjp_passes_and_a_wrong_one_is_diagnosed():
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    report = jaxgd.check(_logsumexp, x)
+    assert report.passed, report
+    assert [r["leaf"] for r in report.rows] == ["arg 0"] and report.rows[0]["mode"] == "vjp"
+    assert {c["name"].split(" (")[0] for c in report.checks} == {"jit", "vmap"}
+    wrong = jaxgd.check(_lse_doubled, x)
+    assert not wrong.passed and wrong.rows[0]["verdict"] == "wrong"
+    assert any("off by a constant factor 2" in c for c in wrong.causes()), wrong
+
+
+@jax.custom_jvp
+def _softplus(x):
+    return jax.numpy.logaddexp(x, 0.0)
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _softplus(x), jax.nn.sigmoid(x) * t
+
+
+@jax.custom_jvp
+def _softplus_wrong(x):
+    return jax.numpy.logaddexp(x, 0.0)
+
+
+@_softplus_wrong.defjvp
+def _softplus_wrong_jvp(primals, tangents):  # the slope where x < 0 forgotten: 1 there
+    (x,), (t,) = primals, tangents
+    return _softplus_wrong(x), jax.numpy.where(x > 0, jax.nn.sigmoid(x), 1.0) * t
+
+
+def test_custom_jvp_rules_are_checked_through_their_transpose():
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    assert jaxgd.check(_softplus, x).passed
+    report = jaxgd.check(_softplus_wrong, x)
+    assert not report.passed and report.rows[0]["mode"] == "jvp"
+    assert any("where the input is negative" in c for c in report.causes()), report
+
+
+def test_nondiff_arguments_integer_arguments_and_several_outputs():
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def f(x, idx, power):  # idx: integer, held fixed; two outputs
+        return x[idx] ** power, {"w": jax.numpy.sin(x)}
+
+    def fwd(x, idx, power):
+        return f(x, idx, power), (x, idx)
+
+    def bwd(power, res, g):
+        x, idx = res
+        dx = jax.numpy.zeros_like(x).at[idx].add(power * x[idx] ** (power - 1) * g[0]) + jax.numpy.cos(x) * g[1]["w"]
+        return dx, np.zeros(idx.shape, jax.dtypes.float0)
+    f.defvjp(fwd, bwd)
+    report = jaxgd.check(f, np.linspace(0.5, 2.0, 6), np.array([0, 3, 3]), 3)
+    assert report.passed, report
+    assert [r["leaf"] for r in report.rows] == ["arg 0"]  # the integer argument has no gradient row
+
+
+def test_a_primal_jax_cannot_differentiate_is_checked_against_finite_differences():
+    @jax.custom_vjp
+    def root(x):  # sqrt by Newton's iteration in a while_loop: reverse mode cannot go through it
+        return jax.lax.while_loop(lambda y: jax.numpy.max(jax.numpy.abs(y * y - x)) > 1e-12,
+                                  lambda y: 0.5 * (y + x / y), x)
+
+    def fwd(x):
+        y = root(x)
+        return y, y
+    root.defvjp(fwd, lambda y, g: (g / (2 * y),))
+    report = jaxgd.check(root, np.linspace(1.0, 3.0, 5), dtypes=("float64",))
+    assert report.passed and report.rows[0]["verdict"] == "close", report
+
+
+def test_check_of_a_function_without_a_custom_rule_says_there_is_nothing_to_check():
+    with pytest.raises(TypeError, match="nothing to check, it has no custom derivative rule"):
+        jaxgd.check(jax.numpy.sin, np.ones(3))
+    with pytest.raises(ValueError, match="takes its example arguments"):
+        jaxgd.check(_logsumexp, np.ones((2, 3)), batch=4)

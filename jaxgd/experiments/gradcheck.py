@@ -129,7 +129,11 @@ def _layer_case(name, layer, shape, n, train):
         return gradcheck.kinks([layer], [layer.forward(px[0], state, px[1], train=train, key=key)[2]])
     return {"name": f"layer-{name}", "model": f"{layer} ({'train' if train else 'eval'}) on {(n,) + shape}",
             "loss": "sum(c * y), c ~ N(0, 1)", "loss_fn": loss_fn, "grad_fn": grad_fn, "params": (params, x),
-            "args": args, "max_per_leaf": None, "eps64": 1e-5, "pattern_fn": kinks}
+            "args": args, "max_per_leaf": None, "eps64": 1e-5, "pattern_fn": kinks,
+            # float32 (judged against jax.grad): a component that cancels to near 0 (a strided conv's dx
+            # sums taps of both signs) carries float32 rounding of its terms, ~1e-7: eps = 1e-3 judges
+            # components below 1e-3 within 1e-7 absolute, the rest within 1e-4 relative
+            "eps32": 1e-3}
 
 
 def cases(quick=False):
