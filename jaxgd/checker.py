@@ -411,34 +411,38 @@ def check(subject, *args, in_shape=None, x=None, batch=None, modes=MODES, dtypes
     names = next(iter(results.values()))["names"]
     for mode in modes:
         for i, name in enumerate(names):
-            row = {"leaf": name, "mode": mode}
-            wrong = []
-            exact = True
-            for dtype in dtypes:
-                c = results[mode, dtype]["leaves"][i]
-                row[f"{dtype}_abs"], row[f"{dtype}_rel"] = c["abs"], c["rel"]
-                exact &= c["abs"] == 0
-                if c["cause"]:
-                    wrong.append((dtype, c))
-                if dtype == "float64":
-                    row["fd_rel"] = c.get("fd_rel")
-                    if c.get("fd_wrong") and not c["cause"]:
-                        wrong.append((dtype, {**c, "cause": f"finite differences disagree (max rel {c['fd_rel']:.1e}) "
-                                                            "although jax.vjp agrees: is the forward differentiable "
-                                                            "here (a kink inside the stencil)?"}))
-            row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
+            row, finding = _row(name, mode, {dtype: results[mode, dtype]["leaves"][i] for dtype in dtypes}, "jax.vjp")
             rows.append(row)
-            if wrong:
-                dtype, c = wrong[0]
-                worst = (f"; worst at {c['index']}: hand {c['hand_at']:.6g}, true {c['true_at']:.6g}"
-                         if c.get("index") is not None else "")
-                findings.append({"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
-                                 "index": c.get("index"), "hand": c.get("hand_at"), "true": c.get("true_at"),
-                                 "cause": c["cause"] + worst})
+            findings += [finding] if finding else []
     findings += _cross_findings(rows, modes, names)
     findings += [{"where": c["name"], "cause": c["detail"]} for c in checks if not c["ok"]]
     passed = all(r["verdict"] != "wrong" for r in rows) and all(c["ok"] for c in checks)
     return Report(sub.name, sub.in_shape, n, passed, tuple(rows), tuple(findings), tuple(checks))
+
+
+def _row(name, mode, per_dtype, truth) -> tuple[dict, dict | None]:
+    """A gradient's row of the report (its errors in each dtype, the finite differences' in float64,
+    and its verdict) and its finding when wrong: the first dtype's cause and worst index."""
+    row, wrong, exact = {"leaf": name, "mode": mode}, [], True
+    for dtype, c in per_dtype.items():
+        row[f"{dtype}_abs"], row[f"{dtype}_rel"] = c["abs"], c["rel"]
+        exact &= c["abs"] == 0
+        if c["cause"]:
+            wrong.append((dtype, c))
+        if dtype == "float64":
+            row["fd_rel"] = c.get("fd_rel")
+            if c.get("fd_rel") is not None and c["fd_rel"] > FD_TOLERANCE and not c["cause"]:
+                wrong.append((dtype, {**c, "cause": f"finite differences disagree (max rel {c['fd_rel']:.1e}) "
+                                                    f"although {truth} agrees: is the forward differentiable "
+                                                    "here (a kink inside the stencil)?"}))
+    row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
+    if not wrong:
+        return row, None
+    dtype, c = wrong[0]
+    worst = f"; worst at {c['index']}: hand {c['hand_at']:.6g}, true {c['true_at']:.6g}" if c.get("index") is not None \
+        else ""
+    return row, {"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
+                 "index": c.get("index"), "hand": c.get("hand_at"), "true": c.get("true_at"), "cause": c["cause"] + worst}
 
 
 def _cross_findings(rows, modes, names):
@@ -733,7 +737,6 @@ def _finite_differences(progs, args, y, per_leaf, leaves, leaves_h):
         a = h.reshape(-1)[co].astype(np.float64)
         e = gradcheck.rel_error(a, est, eps)[ok]
         leaf["fd_rel"] = float(e.max()) if e.size else 0.0
-        leaf["fd_wrong"] = leaf["fd_rel"] > FD_TOLERANCE
 
 
 def _check_vjp(run, params, x, c, note):
@@ -808,6 +811,7 @@ class _Function:
     def __init__(self, f, args):
         self.kind, self.primal, self.nondiff = _custom_rule(f)
         self.f, self.args = f, tuple(args)
+        self.primal_name = f"{getattr(self.primal, '__name__', 'the primal')} (f.fun)"
         self.diff = [i for i in range(len(args)) if i not in self.nondiff]
         leaves, self.treedef = jax.tree_util.tree_flatten([args[i] for i in self.diff])
         self.is_var = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in leaves]
@@ -862,23 +866,9 @@ def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> 
             results[dtype] = _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks)
     rows, findings = [], []
     for i, name in enumerate(fn.names):
-        row, wrong, exact = {"leaf": name, "mode": mode}, [], True
-        for dtype in dtypes:
-            r = results[dtype][i]
-            row[f"{dtype}_abs"], row[f"{dtype}_rel"] = r["abs"], r["rel"]
-            exact &= r["abs"] == 0
-            if r["cause"]:
-                wrong.append((dtype, r))
-            if dtype == "float64":
-                row["fd_rel"] = r.get("fd_rel")
-        row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
+        row, finding = _row(name, mode, {dtype: results[dtype][i] for dtype in dtypes}, f"autodiff of {fn.primal_name}")
         rows.append(row)
-        if wrong:
-            dtype, r = wrong[0]
-            worst = f"; worst at {r['index']}: hand {r['hand_at']:.6g}, true {r['true_at']:.6g}" if "index" in r else ""
-            findings.append({"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
-                             "index": r.get("index"), "hand": r.get("hand_at"), "true": r.get("true_at"),
-                             "cause": r["cause"] + worst})
+        findings += [finding] if finding else []
     findings += [{"where": ch["name"], "cause": ch["detail"]} for ch in checks if not ch["ok"]]
     passed = all(r["verdict"] != "wrong" for r in rows) and all(ch["ok"] for ch in checks)
     shapes = tuple(tuple(np.shape(a)) for a in fn.leaves)

@@ -47,7 +47,9 @@ def _wait_for_models(partial, n, proc, timeout=300):
 def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tmp_path, sig):
     require_real_data("mnist")
     partial = tmp_path / "mnist" / "models_partial.json"
-    proc = _jaxgd("mnist-zoo", *ZOO, "--results", str(tmp_path))
+    # no compilation cache: the models left each compile for a second or more, so the signal lands
+    # while they run (with a warm cache the last two can finish within the first signal's 0.5 s)
+    proc = _jaxgd("mnist-zoo", *ZOO, "--results", str(tmp_path), env={"JAXGD_COMPILE_CACHE": "off"})
     _wait_for_models(partial, 1, proc)
     for _ in range(600):  # again while it runs: an interrupt that lands in a finalizer is ignored by Python
         proc.send_signal(sig)
