@@ -5,7 +5,7 @@ models and the generic reverse pass), ``losses``, ``backprop`` (derivations done
 ``gradcheck``, ``checker`` (``jaxgd.check``: one call proves a hand backward and diagnoses a
 wrong one), ``optim`` (hand SGD + optax twin), ``train`` (the training loop), ``data``.
 """
-from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, train  # noqa: F401
+from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, testing, train  # noqa: F401
 from jaxgd.checker import Report, check  # noqa: F401
 
 __all__ = ["backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "Report", "train"]

@@ -250,3 +250,14 @@ def test_check_of_a_function_without_a_custom_rule_says_there_is_nothing_to_chec
         jaxgd.check(jax.numpy.sin, np.ones(3))
     with pytest.raises(ValueError, match="takes its example arguments"):
         jaxgd.check(_logsumexp, np.ones((2, 3)), batch=4)
+
+
+def test_assert_backward_correct_raises_with_the_verdict_as_its_message():
+    from jaxgd.testing import assert_backward_correct
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    assert assert_backward_correct(_logsumexp, x).passed
+    assert assert_backward_correct(L.dense(3), (4,)).passed
+    with pytest.raises(AssertionError, match="(?s)FAILED.*off by a constant factor 2"):
+        assert_backward_correct(_lse_doubled, x)
+    with pytest.raises(AssertionError, match="(?s)FAILED.*transposed"):
+        assert_backward_correct(mistakes.DenseTransposed(5), (7,))
