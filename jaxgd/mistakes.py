@@ -7,6 +7,10 @@ mistake and ``jaxgd.layers`` is the bug itself.
 
     for m in GALLERY:
         print(m.name, "->", jaxgd.check(m.layer, m.in_shape, x=m.x()).causes())
+
+``FUNCTION_GALLERY`` does the same for ``jax.custom_vjp`` / ``custom_jvp`` rules (a factor, a sign,
+a dropped or transposed cotangent, a broadcast argument's cotangent not summed, a slope or a mean
+term forgotten, a nondiff argument's factor), checked as ``jaxgd.check(m.f, *m.args(rng))``.
 """
 from __future__ import annotations
 
@@ -206,4 +210,102 @@ GALLERY = (
     Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative"),
     Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy"),
     Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64"),
+)
+
+
+# ------------------------------------------------------------------------------ wrong custom rules
+
+def _vjp(primal, bwd, nondiff_argnums=()):
+    """``primal`` as a ``jax.custom_vjp`` whose forward saves its arguments and whose backward is
+    ``bwd(*args, g)``: the mistakes below differ from the right rule only in ``bwd``."""
+    f = jax.custom_vjp(primal, nondiff_argnums=nondiff_argnums)
+    f.defvjp(lambda *a: (f(*a), a), lambda *r: bwd(*r[:-2], *r[-2], r[-1]))
+    f.__name__ = primal.__name__
+    return f
+
+
+def _lse(x):
+    m = jnp.max(x, -1, keepdims=True)
+    return (m + jnp.log(jnp.sum(jnp.exp(x - m), -1, keepdims=True)))[..., 0]
+
+
+def _softmax(x):
+    return jnp.exp(x - _lse(x)[..., None])
+
+
+def _scaled(x, s):
+    return x * s
+
+
+def _affine(x, w):
+    return x @ w
+
+
+def _shift(x, b):
+    return x + b
+
+
+def _softplus(x):
+    return jnp.logaddexp(x, 0.0)
+
+
+def _power(x, p):
+    return x ** p
+
+
+def _power_bwd(p, res, g):  # the exponent's factor p forgotten: x^(p-1) where p x^(p-1) belongs
+    (x, _), = (res,)
+    return (g * x ** (p - 1),)
+
+
+def _standardize(x):
+    return (x - x.mean(-1, keepdims=True))
+
+
+_power_vjp = jax.custom_vjp(_power, nondiff_argnums=(1,))
+_power_vjp.defvjp(lambda x, p: (x ** p, (x, p)), _power_bwd)
+
+
+@jax.custom_jvp
+def softplus_slope_forgotten(x):
+    return jnp.logaddexp(x, 0.0)
+
+
+@softplus_slope_forgotten.defjvp
+def _softplus_slope_forgotten_jvp(primals, tangents):  # sigmoid(x) kept only where x > 0: 1 elsewhere
+    (x,), (t,) = primals, tangents
+    return softplus_slope_forgotten(x), jnp.where(x > 0, jax.nn.sigmoid(x), 1.0) * t
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionMistake:
+    """One wrong ``custom_vjp`` / ``custom_jvp`` rule: the function, its example arguments (a
+    function of a NumPy ``Generator``), and a phrase the check's diagnosis must contain."""
+    name: str
+    f: object
+    args: object
+    expect: str
+
+
+_X = lambda r: (r.standard_normal((3, 5)),)  # noqa: E731
+FUNCTION_GALLERY = (
+    FunctionMistake("log-sum-exp's rule doubled", _vjp(_lse, lambda x, g: (2 * g[..., None] * _softmax(x),)), _X,
+                    "off by a constant factor 2"),
+    FunctionMistake("sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped"),
+    FunctionMistake("an argument's cotangent dropped", _vjp(_scaled, lambda x, s, g: (g * s, jnp.zeros_like(s))),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))), "zero everywhere"),
+    FunctionMistake("a square weight's gradient transposed",
+                    _vjp(_affine, lambda x, w, g: (g @ w.T, (x.T @ g).T)),
+                    lambda r: (r.standard_normal((4, 5)), r.standard_normal((5, 5))), "transposed"),
+    FunctionMistake("a mean over the batch where the function sums",
+                    _vjp(_shift, lambda x, b, g: (g, g.mean(0))),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "1 / the batch size 3"),
+    FunctionMistake("a broadcast bias's cotangent not summed", _vjp(_shift, lambda x, b, g: (g, g)),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "for argument 1, whose type is"),
+    FunctionMistake("softplus's slope forgotten where x < 0", softplus_slope_forgotten, _X,
+                    "where the input is negative"),
+    FunctionMistake("centering's mean term forgotten", _vjp(_standardize, lambda x, g: (g,)), _X,
+                    "same at every index of axis 1"),
+    FunctionMistake("a nondiff exponent's factor forgotten", _power_vjp, lambda r: (r.uniform(0.5, 2.0, (3, 5)), 4),
+                    "off by a constant factor: hand = 0.25 * true"),
 )

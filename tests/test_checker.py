@@ -261,3 +261,33 @@ def test_assert_backward_correct_raises_with_the_verdict_as_its_message():
         assert_backward_correct(_lse_doubled, x)
     with pytest.raises(AssertionError, match="(?s)FAILED.*transposed"):
         assert_backward_correct(mistakes.DenseTransposed(5), (7,))
+
+
+@pytest.mark.parametrize("m", mistakes.FUNCTION_GALLERY, ids=[m.name for m in mistakes.FUNCTION_GALLERY])
+def test_every_wrong_custom_rule_fails_with_its_diagnosis(m):
+    report = jaxgd.check(m.f, *m.args(np.random.default_rng(0)))
+    assert not report.passed, report
+    assert any(m.expect in cause for cause in report.causes()), report
+
+
+def test_the_custom_rules_of_jaxs_own_docs_pass():
+    """The custom_jvp and custom_vjp examples of JAX's "Custom derivative rules" tutorial."""
+    @jax.custom_jvp
+    def log1pexp(x):
+        return jax.numpy.log(1.0 + jax.numpy.exp(x))
+
+    @log1pexp.defjvp
+    def log1pexp_jvp(primals, tangents):
+        x, = primals
+        x_dot, = tangents
+        return log1pexp(x), (1 - 1 / (1 + jax.numpy.exp(x))) * x_dot
+
+    @jax.custom_vjp
+    def f(x, y):
+        return jax.numpy.sin(x) * y
+
+    f.defvjp(lambda x, y: (f(x, y), (jax.numpy.cos(x), jax.numpy.sin(x), y)),
+             lambda res, g: (res[0] * g * res[2], res[1] * g))
+    rng = np.random.default_rng(3)
+    assert jaxgd.check(log1pexp, rng.standard_normal(6)).passed
+    assert jaxgd.check(f, rng.standard_normal((2, 3)), rng.standard_normal((2, 3))).passed
