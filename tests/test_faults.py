@@ -24,8 +24,16 @@ ZOO = ["--models", "softmax/plain", "mlp/plain", "mlp/dropout", "cnn/plain", "--
 
 
 def _jaxgd(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "jaxgd", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    # A child inherits an ignored SIGINT, and Python then leaves it ignored: in a full suite this
+    # pytest-xdist worker's SIGINT was found ignored (SIG_IGN), and the interrupted run finished. A
+    # Python handler is not inherited (the child starts with the default), so set one around the spawn.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "jaxgd", *args], env={**os.environ, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
 
 
 def _wait_for_models(partial, n, proc, timeout=300):
