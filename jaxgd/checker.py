@@ -934,11 +934,10 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         leaves.append(r)
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
-        est, _ = jax.jit(lambda v, c, index: gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index,
-                                                                   FD_H, 4))(v, c, gradcheck.flat_index(v, coords))
+        est = _fd_estimates(fn, v, c, coords)
         noise = 10 * float(np.finfo(np.float64).eps) * sum(float(np.sum(np.abs(ci))) for ci in c) / FD_H
         eps = max(FD_EPS, noise / FD_TOLERANCE)
-        for r, h, x, co, e in zip(leaves, hand, v, coords, gradcheck.split_by_leaf(est, coords)):
+        for r, h, x, co, e in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
                 r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], e, eps), initial=0.0))
     try:  # vmap: the rule on two stacked points, against each point alone
@@ -975,6 +974,12 @@ def _fd_truth(fn, v, c) -> list[np.ndarray]:
         raise ValueError(f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
                          f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments")
     coords = [np.arange(a.size) for a in v]
+    return [e.reshape(a.shape) for e, a in zip(_fd_estimates(fn, v, c, coords), v)]
+
+
+def _fd_estimates(fn, v, c, coords) -> list[np.ndarray]:
+    """Float64 central differences of ``L`` through the primal at ``coords`` (one index array per
+    leaf), one compiled program; one array of estimates per leaf."""
     est, _ = jax.jit(lambda v, c, index: gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H,
                                                                 4))(v, c, gradcheck.flat_index(v, coords))
-    return [e.reshape(a.shape) for e, a in zip(gradcheck.split_by_leaf(est, coords), v)]
+    return gradcheck.split_by_leaf(est, coords)
