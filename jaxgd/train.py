@@ -155,6 +155,7 @@ class History(NamedTuple):
     extra: list  # what fit's callback returned after each epoch
     best_epoch: Any = None  # with select=: the epoch (1-based) whose parameters fit returned, per config
     stopped_at: Any = None  # with patience=: the epoch after which a config stopped, per config, or None
+    step_loss: Any = None  # with step_losses=: per epoch, every minibatch's training loss (per config)
 
     def as_dict(self):
         return {k: (np.asarray(v).tolist() if isinstance(v, list) else v) for k, v in self._asdict().items()}
@@ -246,10 +247,13 @@ class Monitor:
     ``select`` (one of ``SELECT``, e.g. ``"val_acc"``) returns each config's parameters and model
     state from its best epoch by that metric (``History.best_epoch``) instead of the last;
     ``patience`` then stops a config after that many epochs without a better value: it stops
-    changing (its later metrics are NaN; ``History.stopped_at``) while the others go on."""
+    changing (its later metrics are NaN; ``History.stopped_at``) while the others go on.
+    ``step_losses`` also keeps every minibatch's training loss (``History.step_loss``), from the
+    same program: the running means are unchanged."""
     eval_train: bool = False
     select: str | None = None
     patience: int | None = None
+    step_losses: bool = False
 
     def __post_init__(self):
         if self.select is not None and self.select not in SELECT:
@@ -296,7 +300,8 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
     step_fn, opt = step.build(model, hparams, configs.batch_sharding())
-    epoch_fn, eval_fn = make_epoch(step_fn, int(batch_size)), make_eval(model, step.l2)
+    epoch_fn = make_epoch(step_fn, int(batch_size), per_step=monitor.step_losses)
+    epoch_fn, eval_fn = (_with_means(epoch_fn) if monitor.step_losses else epoch_fn), make_eval(model, step.l2)
     if n_cfg is not None:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=seeds is not None)
     base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
@@ -312,13 +317,23 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
                       n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback)
 
 
+def _with_means(epoch):
+    """A ``per_step`` epoch that returns the running means as ``make_epoch`` computes them, and the
+    per-step losses: ``(carry, (mean loss, mean accuracy, losses))``."""
+    def run(*args):
+        carry, (vals, accs) = epoch(*args)
+        return carry, (jnp.mean(vals), jnp.mean(accs), vals)
+    return run
+
+
 def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg=None, monitor=Monitor(),
                progress=None, callback=None):
     """The epoch loop of ``fit``: compile ``epoch_fn`` once, then per epoch train, evaluate, track
     (``Tracker``), report; returns ``(params, model_state, History)``.
 
     ``carry = (params, opt_state, model_state)``; ``data = (x, y)`` or ``(x, y, x_val, y_val)``,
-    on the device; ``key_of(e)`` is epoch ``e``'s key. With ``n_cfg`` configs (None: one) every
+    on the device; ``key_of(e)`` is epoch ``e``'s key. ``epoch_fn`` may return the per-step losses
+    third (``(carry, (loss, accuracy, losses))``: ``History.step_loss``). With ``n_cfg`` configs (None: one) every
     leaf has a leading configs axis, possibly padded beyond ``n_cfg`` (a mesh's cfg axis): the
     padding is dropped from what is returned.
     """
@@ -332,12 +347,14 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
     hist = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")}
     real = (lambda a: a) if n_cfg is None else (lambda a: a[:n_cfg])  # padding dropped from the results
     best = (carry[0], carry[2])
-    extra = []
+    extra, step_loss = [], []
     for e in range(epochs):
         t = time.perf_counter()
-        new, (tl, ta) = epoch_fn(carry, x, y, hparams, key_of(e))
+        new, (tl, ta, *steps) = epoch_fn(carry, x, y, hparams, key_of(e))
         carry = new if monitor.patience is None else _where_configs(jnp.asarray(~track.stopped), new, carry)
         tl, ta = parallel.fetch((tl, ta))  # waits for the epoch
+        if steps:
+            step_loss.append(real(parallel.fetch(steps[0])))
         if monitor.eval_train:
             tl, ta = parallel.fetch(eval_fn(carry[0], carry[2], x, y))
         vl = va = np.full(track.shape, np.nan)
@@ -362,7 +379,8 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
         params_out, state_out = jax.tree_util.tree_map(real, parallel.fetch((params_out, state_out)))
     summary = track.summary(n_cfg)
     _warn_diverged(summary["diverged_at"], hparams, n_cfg)
-    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra, **summary)
+    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra, **summary,
+                                          step_loss=step_loss or None)
 
 
 class DivergedWarning(UserWarning):
@@ -474,9 +492,10 @@ class Tracker:
                 "stopped_at": per_config(self.stopped_at) if self.patience else None}
 
 
+@jax.jit
 def _where_configs(mask, new, old):
     """Per config (the leading axis of every leaf; a scalar mask for one config): ``new`` where
-    ``mask``, else ``old``."""
+    ``mask``, else ``old``. One compiled program per tree, not one per leaf shape."""
     def pick(a, b):
         m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - mask.ndim))
         return jnp.where(m, a, b)

@@ -67,6 +67,27 @@ def test_seeds_as_a_dimension_equal_each_seed_alone():
     assert len({float(np.asarray(h.val_loss)[-1, i]) for i in range(3)}) == 3
 
 
+def test_step_losses_are_the_epochs_own_and_change_nothing_else():
+    """Monitor(step_losses=True): every minibatch's loss, whose mean is the epoch's training loss,
+    from the same program: parameters and curves equal a run without it bit for bit."""
+    (x, y), (xv, yv) = _data(), _data(96, 1)
+    params, _ = MODEL.init(jax.random.PRNGKey(0))
+    for hp in (optim.sgd_hyperparams(0.1, 0.9), optim.sgd_hyperparams([0.1, 0.3], 0.9)):
+        p0 = params if np.ndim(hp.lr) == 0 else train.stack_params([params, params])
+        kw = dict(hparams=hp, epochs=3, batch_size=32)
+        p, _, h = train.fit(MODEL, p0, (x, y), (xv, yv), monitor=train.Monitor(step_losses=True), **kw)
+        q, _, g = train.fit(MODEL, p0, (x, y), (xv, yv), **kw)
+        assert g.step_loss is None and len(h.step_loss) == 3
+        steps = np.asarray(h.step_loss)  # epochs x (configs x) 6 minibatches
+        assert steps.shape == ((3, 6) if np.ndim(hp.lr) == 0 else (3, 2, 6))
+        np.testing.assert_allclose(steps.mean(-1), h.train_loss, rtol=1e-6)
+        np.testing.assert_array_equal(h.train_loss, g.train_loss)
+        np.testing.assert_array_equal(h.val_loss, g.val_loss)
+        for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q)):
+            np.testing.assert_array_equal(a, b)
+        assert not np.allclose(steps[0, ..., 0], steps[0, ..., -1])  # the loss moves within the epoch
+
+
 def test_flip_crop_is_seeded_and_stays_inside_the_padded_image():
     x = np.arange(2 * 32 * 32 * 3, dtype=np.float32).reshape(2, 32, 32, 3) + 1.0  # no zero pixel
     f = augment.flip_crop((32, 32, 3), pad=4)

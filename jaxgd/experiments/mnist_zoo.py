@@ -4,9 +4,9 @@ The models of CSI 5340 homework 2: softmax regression, an MLP and a CNN (``model
 states each architecture), each plain, with dropout and with batch norm, trained on the
 60,000 MNIST training images with the hand SGD (momentum + weight decay) and, by default, the
 hand-derived gradient (``models.Model.grad``: every layer's backward, batch norm's and
-dropout's included), all with one setting. Before training, each model also runs one epoch
-twice from the same init and batch order, with the hand gradient and with ``jax.grad``, and
-the two per-step loss curves are compared.
+dropout's included), all with one setting. Each model's first epoch is also run with ``jax.grad``
+from the same init and batch order, and the two per-step loss curves are compared (fit keeps
+its own first epoch's per-step losses: ``Monitor(step_losses=True)``).
 After every epoch the whole training set and the test set are evaluated in eval mode
 (dropout off, batch norm on its running statistics). The test curves are reported, never
 used to choose anything. Each finished model is saved at once, so a stopped run resumes.
@@ -63,14 +63,15 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     model = models.mnist_zoo(family, variant, cfg.conv_impl)
     params, state = model.init(jax.random.PRNGKey(cfg.seed))
     hp = optim.sgd_hyperparams(cfg.lr, cfg.momentum, cfg.weight_decay)
-    compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) if cfg.compare_epoch else None
     show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"),
                                  val_name="test")  # the zoo's protocol has no validation set: fit's val is test
     mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None
     _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed, model_state=state, step=train.Step(grads=cfg.grads),
-                        configs=train.Configs(mesh=mesh), monitor=train.Monitor(eval_train=True), progress=show)
+                        configs=train.Configs(mesh=mesh), progress=show,
+                        monitor=train.Monitor(eval_train=True, step_losses=cfg.compare_epoch))
     show.close()
+    compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, h.step_loss[0]) if cfg.compare_epoch else None
     h = h.as_dict()
     return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg.grads,
             "hand_vs_autodiff_epoch": compare,
@@ -80,18 +81,22 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
             "final_test_acc": h["val_acc"][-1], "target": TARGETS[family]}
 
 
-def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg) -> dict:
-    """One training epoch twice, from the same init and on the same minibatches (and dropout
-    masks): hand gradients and ``jax.grad``. Returns both per-step loss curves and their gap."""
+def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, fit_losses) -> dict:
+    """The first training epoch with hand gradients and with ``jax.grad``, from the same init
+    ``params, state`` and on the same minibatches (and dropout masks). ``fit_losses``: the
+    per-step losses of fit's own first epoch, which used ``cfg.grads``; the other curve is run
+    here. Returns both per-step loss curves and their gap."""
     x, y = jnp.asarray(d.train.x), jnp.asarray(d.train.y)
     key = train.epoch_key(cfg.seed, 0)  # fit's first epoch key
-    curves = {}
+    curves = {cfg.grads: np.asarray(fit_losses)}
     for how in ("hand", "autodiff"):
+        if how in curves:
+            continue
         step = train.make_step(train.make_grad_fn(model, grads=how), optim.HAND_SGD)
         epoch = train.make_epoch(step, cfg.batch_size, per_step=True)
-        carry = (params, optim.sgd_init(params), state)
-        _, (losses, _) = jax.jit(epoch)(carry, x, y, hp, key)
-        curves[how] = np.asarray(losses)
+        # one program: the optimizer's zero state is made inside it
+        first = jax.jit(lambda p, s, x, y, hp, k: epoch((p, optim.sgd_init(p), s), x, y, hp, k)[1][0])
+        curves[how] = np.asarray(first(params, state, x, y, hp, key))
     gap = np.abs(curves["hand"] - curves["autodiff"])
     return {"loss_hand": curves["hand"].tolist(), "loss_autodiff": curves["autodiff"].tolist(), "max_abs_diff": float(gap.max()),
             "max_rel_diff": float((gap / np.abs(curves["autodiff"])).max())}
