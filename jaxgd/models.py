@@ -54,7 +54,8 @@ class Model:
     def init(self, key, dtype=jnp.float32):
         """``(params, state)``: layer ``i`` initialises from ``fold_in(key, i)``. One compiled
         program per model and dtype, made once (run eagerly, the layers' draws compiled a few small
-        programs each); its values equal the eager ones bit for bit."""
+        programs each); its values equal ``init_eager``'s bit for bit (tests/test_models.py checks every
+        init scheme)."""
         try:
             init = _compiled_init(self, jnp.dtype(dtype))
         except TypeError:  # a layer that cannot be hashed: initialise op by op
