@@ -40,9 +40,7 @@ def init_linear(key, d_in: int, d_out: int, init: str = "torch", dtype=jnp.float
     """
     kw, kb = jax.random.split(key)
     if init == "he":
-        # the barrier keeps XLA from folding the scale into the draw inside a jitted init (Model.init),
-        # which changed last bits: jitted or op by op, the weights are the same
-        W = jax.lax.optimization_barrier(jax.random.normal(kw, (d_in, d_out), dtype)) * jnp.sqrt(2.0 / d_in).astype(dtype)
+        W = jax.random.normal(kw, (d_in, d_out), dtype) * jnp.sqrt(2.0 / d_in).astype(dtype)
         b = jnp.zeros((d_out,), dtype)
     elif init == "glorot":
         r = (6.0 / (d_in + d_out)) ** 0.5

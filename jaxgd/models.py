@@ -20,7 +20,6 @@ the nine MNIST models of CSI 5340 homework 2 (``mnist_zoo``) are all such models
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -52,18 +51,9 @@ class Model:
         return L.sequence_shapes(self.layers, self.in_shape)
 
     def init(self, key, dtype=jnp.float32):
-        """``(params, state)``: layer ``i`` initialises from ``fold_in(key, i)``. One compiled
-        program per model and dtype, made once (run eagerly, the layers' draws compiled a few small
-        programs each); its values equal ``init_eager``'s bit for bit (tests/test_models.py checks every
-        init scheme)."""
-        try:
-            init = _compiled_init(self, jnp.dtype(dtype))
-        except TypeError:  # a layer that cannot be hashed: initialise op by op
-            return self.init_eager(key, dtype)
-        return init(key)
-
-    def init_eager(self, key, dtype=jnp.float32):
-        """``init`` op by op, without compiling it as one program."""
+        """``(params, state)``: layer ``i`` initialises from ``fold_in(key, i)``. Op by op: as one
+        jitted program the zoo's nine inits compiled 3x longer (11 programs in 8 s against 26 small,
+        shared ones in 2.4 s)."""
         params, state, _ = L.sequence_init(self.layers, key, self.in_shape, dtype)
         return params, state
 
@@ -134,12 +124,6 @@ class Model:
 
     def describe(self) -> list[str]:
         return [str(layer) for layer in self.layers]
-
-
-@functools.lru_cache(maxsize=128)
-def _compiled_init(model: Model, dtype):
-    """``model.init`` for ``dtype`` as one jitted function, shared by equal models."""
-    return jax.jit(functools.partial(model.init_eager, dtype=dtype))
 
 
 def count_params(params) -> int:

@@ -318,13 +318,3 @@ def test_a_resnet_trains_through_fit_as_one_program_per_config(share):
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
         assert h.train_loss[-1] < h.train_loss[0]
 
-
-def test_the_compiled_init_equals_the_op_by_op_one_bit_for_bit():
-    """Model.init is one jitted program; the committed results were made by the op-by-op init, and
-    XLA once folded a constant scale into the draws (He init). Every init scheme and model kind."""
-    zoo = [models.mnist_zoo("cnn", v) for v in models.ZOO_VARIANTS] + [models.mnist_zoo("mlp", "batchnorm")]
-    schemes = [models.mlp((20, 16, 3), "relu", s) for s in L.INITS]
-    schemes += [models.Model([L.conv2d(4, 3, init=s), L.flatten(), L.dense(3, s if s != "dirac" else "he")], (6, 6, 3))
-                for s in L.INITS + ("dirac",)]
-    for model in zoo + schemes + [models.resnet((4, 8, 8)), models.airbench((8, 16, 16)), models.linear_softmax(20, 3)]:
-        chex.assert_trees_all_equal(model.init(jax.random.PRNGKey(1)), model.init_eager(jax.random.PRNGKey(1)))
