@@ -376,7 +376,7 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
     params, _, state, _, count = carry
     out = []
     for i, s in enumerate(seeds):
-        p, st, sp = train.unstack_params(params, i), train.unstack_params(state, i), splits[s]
+        (p, st), sp = train.unstack_params((params, state), i), splits[s]
         t = time.time()
         r = {"seed": s, "steps": int(count[i]),
              "test_acc_tta": accuracy(model, p, st, sp.test.x, sp.test.y, cfg.tta_level, cfg.eval_chunk),

@@ -82,9 +82,10 @@ def train_one(name, splits, stacked, cfg, verbose=False, log=print) -> dict:
                                schedule=warmup_cosine(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
     show = progress.epoch_logger(f"{name} x {n} seeds", epochs, quiet=not verbose,
                                  log=lambda s: log(f"  {name}: {s}"))
-    p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
+    params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
+    p, st, h = train.fit(model, params0, train_xy, val_xy, hparams=hp,
                          epochs=epochs, batch_size=cfg.batch_size, seed=list(cfg.seeds), configs=PER_SEED_DATA,
-                         model_state=train.stack_params([i[1] for i in inits]), monitor=BEST_BY_VAL,
+                         model_state=state0, monitor=BEST_BY_VAL,
                          step=improved_step(augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None),
                          progress=show)
     show.close()

@@ -84,9 +84,10 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
     show = progress.epoch_logger(f"{dataset} x {n} seeds", epochs, quiet=not verbose,
                                  log=lambda s: log(f"  {dataset}: {s}"))
     t0 = time.time()
-    p, st, h = train.fit(model, train.stack_params([i[0] for i in inits]), train_xy, val_xy, hparams=hp,
+    params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
+    p, st, h = train.fit(model, params0, train_xy, val_xy, hparams=hp,
                          epochs=epochs, batch_size=cfg.batch_size, seed=list(seeds), configs=PER_SEED_DATA,
-                         model_state=train.stack_params([i[1] for i in inits]), monitor=BEST_BY_VAL,
+                         model_state=state0, monitor=BEST_BY_VAL,
                          step=improved_step(augment.flip_crop((32, 32, 3), cfg.pad)), progress=show)
     show.close()
     runs, mean, std = seed_runs(model, p, st, h, splits, seeds, "train_loss")
