@@ -98,6 +98,8 @@ class BenchConfig(Config):
     n_configs: int = option(8, "SGD configs in the configs section", check=at_least(1))
     matmul_sizes: tuple[int, ...] = option((1024, 2048, 4096), "square matmul sizes for the peak", check=at_least(1))
     cnn_variants: bool = option(True, "also time the lax.conv forward and jax.grad CNN epochs")
+    eager: bool = option(True, "time the op-by-op JAX loop of the MLP epoch too (it compiles a small program "
+                               "per op and shape: most of the quick profile's bench programs)")
     n_lax_conv: int = option(1536, "samples of the (slow) jax.grad-through-lax.conv CNN epoch", check=at_least(1))
     torch: bool = option(True, "time the PyTorch loops too (needs the peers extra: pip install -e '.[peers]')")
     torch_compile: bool = option(True, "with torch, also the torch.compile-d loops (compiling takes a minute or so)")
@@ -143,8 +145,9 @@ def _mlp_data(n, seed=0):
 # ------------------------------------------------------------------------------------------
 # 1. the CIFAR-2 MLP epoch, four ways
 
-def _mlp_jax_loops(x, y, batch_size):
-    """``[(row, fn), ...]``: JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch."""
+def _mlp_jax_loops(x, y, batch_size, eager=True):
+    """``[(row, fn), ...]``: JAX eager (with ``eager``), a jitted step in a Python loop, jaxgd's
+    compiled epoch."""
     params, state = MLP.init(jax.random.PRNGKey(0))
     hp = optim.sgd_hyperparams(*HP)
     grad_fn = train.make_grad_fn(MLP, grads="hand")
@@ -165,7 +168,7 @@ def _mlp_jax_loops(x, y, batch_size):
         return run
 
     flops = MLP.train_flops(n_b * batch_size)
-    specs = [({"name": f"JAX eager, bs {batch_size}", "flops": flops}, loop(step))]
+    specs = [({"name": f"JAX eager, bs {batch_size}", "flops": flops}, loop(step))] if eager else []
     t = time.perf_counter()
     jstep = jax.jit(step).lower(params, opt.init(params), x[idx[0]], y[idx[0]]).compile()
     specs.append(({"name": f"JAX jitted step + Python loop, bs {batch_size}", "compile_s": time.perf_counter() - t,
@@ -189,13 +192,16 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
     rows, ratios = [], {}
     for bs in cfg.batch_sizes:
         flops = MLP.train_flops((cfg.n_mlp // bs) * bs)
-        specs = _mlp_jax_loops(x, y, bs) + _peer_rows(cfg, have_torch, f"bs {bs}", _torch_mlp, torch_peers.tensor,
+        specs = _mlp_jax_loops(x, y, bs, cfg.eager) + _peer_rows(cfg, have_torch, f"bs {bs}", _torch_mlp, torch_peers.tensor,
                                                       lambda: flax_peers.mlp(MLP_SIZES), x, y, bs, flops)
         jr = timing.rows(specs, cfg.repeats)
         rows += jr
-        ratios[f"jit step / compiled epoch bs{bs}"] = jr[1]["median_s"] / jr[2]["median_s"]
-        ratios[f"eager / compiled epoch bs{bs}"] = jr[0]["median_s"] / jr[2]["median_s"]
-        ratios.update(_peer_ratios(jr[2]["median_s"], jr, f" bs{bs}"))
+        t = {r["name"].split(",")[0]: r["median_s"] for r in jr}
+        epoch_s = t["jaxgd compiled epoch"]
+        ratios[f"jit step / compiled epoch bs{bs}"] = t["JAX jitted step + Python loop"] / epoch_s
+        if cfg.eager:
+            ratios[f"eager / compiled epoch bs{bs}"] = t["JAX eager"] / epoch_s
+        ratios.update(_peer_ratios(epoch_s, jr, f" bs{bs}"))
     return {"rows": rows, "ratios": ratios}
 
 

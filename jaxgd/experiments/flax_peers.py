@@ -82,7 +82,7 @@ def row(what, module, x, y, batch_size, hp, flops):
     """``(row, fn)`` for the bench: ``fn`` runs one more compiled epoch from where the last stopped."""
     from jaxgd.experiments import timing
     init, epoch = epoch_fn(module, hp, batch_size)
-    carry = init(jax.random.PRNGKey(0), x)
+    carry = jax.jit(init)(jax.random.PRNGKey(0), x)  # one program, not one per parameter and op
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = jax.jit(epoch).lower(carry, x, y, key).compile()

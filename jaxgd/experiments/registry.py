@@ -37,7 +37,7 @@ EXPERIMENTS = {
     "airbench": (airbench, "airbench/results.json", None, {}, ["airbench/curves.png"]),  # hours on a CPU: not in the quick profile
     "bench": (bench, "bench/{device}.json",
               {"repeats": 2, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,),
-               "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "torch_compile": False}, {},
+               "n_mlp": 3000, "n_cnn": 1536, "cnn_variants": False, "eager": False, "torch_compile": False}, {},
               ["bench/{device}.png"]),
 }
 
