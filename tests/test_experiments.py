@@ -187,6 +187,10 @@ def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_pa
     assert again["sections"]["matmul"]["before"] == {"commit": "earlier", "rows": old["sections"]["matmul"]["rows"],
                                                      "ratios": old["sections"]["matmul"]["ratios"],
                                                      "cpu_model": old["provenance"]["cpu_model"]}
+    common.save_json(path, again)  # rerun once more: the baseline stays the first measurement, not the last
+    third = bench.run({"repeats": 1, "sections": ("matmul",), "matmul_sizes": (128,), "keep": str(path)},
+                      out=False, verbose=False)
+    assert third["sections"]["matmul"]["before"] == again["sections"]["matmul"]["before"]
     with pytest.raises(FileNotFoundError, match="no such bench results file"):
         bench.run({"sections": ("grad",), "keep": str(tmp_path / "nope.json")}, out=False)
     common.save_json(tmp_path / "other.json", {"experiment": "cifar2"})

@@ -654,7 +654,8 @@ def run(config=None, out=None, verbose=True, log=print) -> dict:
 def _kept_sections(cfg) -> tuple[dict, dict, dict]:
     """``(sections, provenance of each, before)`` from ``cfg.keep``: the sections this run does not
     run, where each came from, and each section it runs again as ``{commit, rows, ratios}`` (a
-    rerun section keeps its previous measurement beside the new one: a change's before and after)."""
+    rerun section keeps its previous measurement beside the new one: a change's before and after;
+    where that measurement had a before of its own, that one stays, so the baseline is the first)."""
     if cfg.keep is None:
         return {}, {}, {}
     path = Path(cfg.keep)
@@ -666,8 +667,8 @@ def _kept_sections(cfg) -> tuple[dict, dict, dict]:
                          f"{old.get('experiment')!r} on {old.get('device_name')!r}")
     origin = {n: (old.get("reused") or {}).get(n, old["provenance"]) for n in old["sections"]}
     kept = {n: s for n, s in old["sections"].items() if n not in cfg.sections}
-    before = {n: {"commit": origin[n].get("commit"), "cpu_model": origin[n].get("cpu_model"), "rows": s["rows"],
-                  "ratios": s["ratios"]}
+    before = {n: s.get("before") or {"commit": origin[n].get("commit"), "cpu_model": origin[n].get("cpu_model"),
+                                     "rows": s["rows"], "ratios": s["ratios"]}
               for n, s in old["sections"].items() if n in cfg.sections}
     return kept, {n: origin[n] for n in kept}, before
 
