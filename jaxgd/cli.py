@@ -8,6 +8,8 @@
     jaxgd bench --sections matmul cnn_epoch
     jaxgd data report --datasets mnist
     jaxgd data export cifar2 mnist --to /tmp/decoded   # then --data-dir /tmp/decoded, no TFDS needed
+    jaxgd check my_layer.py:layer --in-shape 8,8,3     # a hand backward, checked (jaxgd.check)
+    jaxgd check my_ops.py:safe_norm --args 5 --json    # a jax.custom_vjp / custom_jvp rule
 
 An experiment's flags are generated from its typed config (``jaxgd.experiments.<name>.CONFIG``),
 so ``--help`` shows every field with its default. Results go to ``./results`` (or ``--results``).
@@ -121,6 +123,21 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
         _common(p, resumable=reproduce.resumable(exp))
 
+    p = sub.add_parser("check", help="check a hand-written backward: a jaxgd layer or model, or a jax.custom_vjp "
+                                     "/ custom_jvp function (jaxgd.check)", description=_plain(_CHECK_HELP),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="FILE.py:NAME", help="the object to check: NAME in a Python file, or in an "
+                                                          "importable module (package.module:NAME)")
+    p.add_argument("--in-shape", type=_shape, metavar="D,D,...", help="a layer's per-example input shape, e.g. 8,8,3")
+    p.add_argument("--args", type=_shape, nargs="+", metavar="SHAPE",
+                   help="a function's example arguments, as shapes (5 or 3,4; 'scalar' for ()): random normal "
+                        "arrays drawn with --seed")
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["float64", "float32"],
+                   help="precisions to check in (default: both)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random examples and cotangents")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    p.add_argument("--quiet", action="store_true", help="print only the report (no closing line on compilation)")
+
     d = sub.add_parser("data", help="dataset reports and decoded exports").add_subparsers(dest="data_command", required=True,
                                                                       metavar="report|export", parser_class=_Parser)
     p = d.add_parser("report", help="split sizes, class counts, pixel statistics, sample images",
@@ -137,6 +154,106 @@ def parser() -> argparse.ArgumentParser:
                                                     "~/tensorflow_datasets)")
     p.add_argument("--quiet", action="store_true", help="print only the files written")
     return top
+
+
+_CHECK_HELP = """Check a hand-written backward and say what is wrong with it (jaxgd.check).
+
+NAME is a jaxgd layer or model (give --in-shape for a layer), or a function with a
+jax.custom_vjp or jax.custom_jvp rule (give --args). Prints the report (or --json) and exits
+0 when every gradient is right, 1 when one is wrong, 2 when the target cannot be checked."""
+
+
+def _shape(text: str) -> tuple:
+    """A shape flag's value: '8,8,3' -> (8, 8, 3), 'scalar' -> ()."""
+    if text == "scalar":
+        return ()
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape: give positive sizes separated by commas, "
+                                         "e.g. 8,8,3 (or 'scalar')")
+    return dims
+
+
+class CheckTargetError(ValueError):
+    """``jaxgd check`` cannot load or check what it was given."""
+
+
+def _load_target(target: str):
+    """``FILE.py:NAME`` or ``package.module:NAME`` -> the object (NAME may be dotted)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+    where, sep, name = target.rpartition(":")
+    if not sep or not where or not name:
+        raise CheckTargetError(f"{target!r}: give FILE.py:NAME or package.module:NAME")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise CheckTargetError(f"{where}: no such file")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, str(path.resolve().parent))  # its own imports of files beside it
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.pop(0)
+        else:
+            module = importlib.import_module(where)
+    except CheckTargetError:
+        raise
+    except Exception as e:  # the user's file: say what failed, in one line
+        raise CheckTargetError(f"importing {where} failed: {type(e).__name__}: {e}") from e
+    obj = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CheckTargetError(f"{where} has no {name!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check(a) -> int:
+    """``jaxgd check``: the report of ``jaxgd.check`` on the target, as text or JSON."""
+    import numpy as np
+
+    from jaxgd import checker
+    obj = _load_target(a.target)
+    if isinstance(obj, type):
+        raise CheckTargetError(f"{a.target} is a class: name an instance of it (e.g. layer = {obj.__name__}(...) in "
+                               "a file)")
+    kw = {"seed": a.seed, **({"dtypes": tuple(a.dtypes)} if a.dtypes else {})}
+    if checker._custom_rule(obj) is not None:
+        if a.in_shape is not None:
+            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments "
+                                   "with --args, not --in-shape")
+        if not a.args:
+            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments as "
+                                   "shapes with --args (e.g. --args 5 or --args 3,4 4)")
+        rng = np.random.default_rng(a.seed)
+        report = checker.check(obj, *(rng.standard_normal(s) for s in a.args), **kw)
+    else:
+        if a.args:
+            raise CheckTargetError(f"{a.target} is not a function with a custom rule: --args is for jax.custom_vjp "
+                                   "/ custom_jvp functions; a layer takes --in-shape")
+        from jaxgd import models
+        is_layer = all(callable(getattr(obj, f, None)) for f in ("init", "forward", "backward"))
+        if not (is_layer or isinstance(obj, models.Model)):
+            what = "a function without a custom rule (jax.custom_vjp / custom_jvp): JAX derives its gradient itself, " \
+                   "there is nothing to check" if callable(obj) else \
+                   "not a layer (init, forward, backward: see jaxgd.layers), a models.Model or a custom-rule function"
+            raise CheckTargetError(f"{a.target} is a {type(obj).__name__}, {what}")
+        if a.in_shape is None and not isinstance(obj, models.Model) and hasattr(obj, "backward"):
+            raise CheckTargetError(f"{a.target} is a layer: give its per-example input shape with --in-shape "
+                                   "(e.g. --in-shape 6 or 8,8,3)")
+        try:
+            report = checker.check(obj, in_shape=a.in_shape, **kw)
+        except (TypeError, ValueError) as e:
+            raise CheckTargetError(str(e).splitlines()[0]) from e
+    print(json.dumps(report.as_dict(), indent=1, default=str) if a.json else report)
+    return 0 if report.passed else 1
 
 
 def main(argv=None) -> int:
@@ -161,6 +278,9 @@ def main(argv=None) -> int:
             rc = _run(a, log)
     except C.ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)  # the one line a failed command prints
+        return 2
+    except CheckTargetError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except (DataNotFoundError, CorruptFileError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -194,6 +314,8 @@ def _run(a, log) -> int:
             print(f"{name:16s} {s}")
         print(f"report: {reproduce.root(profile, a.results) / 'REPORT.md'}")
         return 0 if all(not s.startswith("FAILED") for s in status.values()) else 1
+    if a.command == "check":
+        return _check(a)
     if a.command == "data" and a.data_command == "export":
         for name in dict.fromkeys(a.datasets):
             path = data.export(name, a.to, data_dir=a.data_dir)

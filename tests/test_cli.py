@@ -177,3 +177,74 @@ def test_a_long_loop_says_each_item_in_a_log(monkeypatch):
     quiet = []
     list(progress.items(["a"], "x", quiet=True, log=quiet.append))
     assert quiet == []
+
+
+CHECK_FILE = '''
+import jax
+import jax.numpy as jnp
+from jaxgd import layers, mistakes
+
+dense = layers.dense(4)
+transposed = mistakes.DenseTransposed(5)
+
+
+@jax.custom_vjp
+def safe_norm(x):
+    return jnp.sqrt(jnp.sum(x ** 2))
+
+
+def _fwd(x):
+    n = safe_norm(x)
+    return n, (x, n)
+
+
+def _bwd(res, g):
+    x, n = res
+    return (2 * g * x / n,)  # wrong: d|x|/dx is x / |x|
+
+
+safe_norm.defvjp(_fwd, _bwd)
+not_a_layer = 3
+'''
+
+
+def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, capsys):
+    import json
+    f = tmp_path / "mine.py"
+    f.write_text(CHECK_FILE)
+    assert cli.main(["--no-compile-cache", "check", f"{f}:dense", "--in-shape", "3", "--dtypes", "float64"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": PASSED")
+    # the gallery's square transposed weight gradient: wrong, and said to be transposed
+    assert cli.main(["--no-compile-cache", "check", f"{f}:transposed", "--in-shape", "5", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is False and "transposed" in json.dumps(report)
+    assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--args", "5"]) == 1
+    assert "constant factor 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["{f}:nope", "--in-shape", "3"], "has no 'nope'"),
+    (["{d}/missing.py:x"], "no such file"),
+    (["{f}"], "give FILE.py:NAME"),
+    (["{f}:dense"], "give its per-example input shape with --in-shape"),
+    (["{f}:safe_norm"], "give its example arguments"),
+    (["{f}:safe_norm", "--in-shape", "3"], "not --in-shape"),
+    (["{f}:dense", "--args", "3"], "--args is for"),
+    (["{f}:not_a_layer", "--in-shape", "3"], "is a int, not a layer"),
+    (["jaxgd.mistakes:GALLERY", "--in-shape", "3"], "is a tuple, not a layer"),
+    (["jax.numpy:sin", "--in-shape", "3"], "JAX derives its gradient itself"),
+    (["{bad}:x"], "importing"),
+    (["{f}:dense", "--in-shape", "0,3"], "is not a shape"),
+    (["jaxgd.mistakes:DenseOneEntryOff", "--in-shape", "4"], "is a class"),
+])
+def test_check_command_refuses_what_it_cannot_check_in_one_line(tmp_path, capsys, argv, says):
+    f, bad = tmp_path / "mine.py", tmp_path / "broken.py"
+    f.write_text(CHECK_FILE)
+    bad.write_text("import no_such_module_here\n")
+    argv = [a.format(f=f, d=tmp_path, bad=bad) for a in argv]
+    try:
+        rc = cli.main(["--no-compile-cache", "check"] + argv)
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err

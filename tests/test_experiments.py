@@ -72,7 +72,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "resnet": {"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 256,
                    "batch_size": 64, "widths": (4, 8)},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
-                  "matmul_sizes": (64, 128), "torch": False},
+                  "matmul_sizes": (64, 128), "torch": False, "eager": False},
     }
     for name, cfg in small.items():
         mod, rfile, _, full, figs = reproduce.EXPERIMENTS[name]
@@ -169,6 +169,18 @@ def test_bench_rows_and_ratios(tmp_path):
     assert res["precision"]["float32_matmul_rel_error"] < 1e-2 and isinstance(res["precision"]["tf32_matmul"], bool)
     with pytest.raises(ValueError, match="is not one of"):
         bench.run({"sections": ("gpu_magic",)}, out=False)
+
+
+def test_bench_mlp_epoch_with_and_without_the_eager_loop():
+    from jaxgd.experiments import bench
+    for eager in (True, False):  # the quick profile leaves the op-by-op loop out: most of its bench programs
+        res = bench.run({"repeats": 1, "sections": ("mlp_epoch",), "batch_sizes": (256,), "n_mlp": 512,
+                         "torch": False, "flax": False, "eager": eager}, out=False, verbose=False)
+        sec = res["sections"]["mlp_epoch"]
+        assert [r["name"].split(",")[0] for r in sec["rows"]] == \
+            ["JAX eager"] * eager + ["JAX jitted step + Python loop", "jaxgd compiled epoch"]
+        assert set(sec["ratios"]) == {"jit step / compiled epoch bs256"} | ({"eager / compiled epoch bs256"} if eager else set())
+        assert all(v > 0 for v in sec["ratios"].values())
 
 
 def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_path):
