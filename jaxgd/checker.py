@@ -34,8 +34,9 @@ compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the 
 
 Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, tried against the
 true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
-or -1, all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks,
-ties, or the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
+or -1, the true gradient recomputed with a square weight transposed or a kernel flipped in space,
+all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
+the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
 the true one, printed only when applying it to the true gradient gives the hand one; where none
 does, the diagnosis says the cause is not recognised. Findings across gradients and modes (the
 input gradient right but a parameter's wrong; right in eval but wrong in training) come after.
@@ -184,6 +185,38 @@ def transposed(h, t, ctx):
     return None
 
 
+# a parameter changed as a backward's classic slip changes it: (test, change, what it means)
+PARAM_CHANGES = (
+    (lambda w: w.ndim == 2 and w.shape[0] == w.shape[1] > 1, lambda w: w.T,
+     "{p} transposed: the factor used where its transpose belongs (e.g. dy W where dy W^T is meant)"),
+    (lambda w: w.ndim == 4 and w.shape[0] * w.shape[1] > 1, lambda w: w[::-1, ::-1],
+     "the kernel {p} flipped in space: a correlation where the backward needs a convolution, or the reverse"),
+)
+
+
+def factor_changed(h, t, ctx):
+    """Verified: ``hand`` is the true gradient recomputed with one parameter changed by a classic
+    slip (``PARAM_CHANGES``: a square weight transposed, a kernel flipped in space), to within the
+    check's tolerance. Needs ``ctx["true_with"](params)``, the true gradients at other parameters."""
+    redo, params, leaf = ctx.get("true_with"), ctx.get("params"), ctx.get("leaf")
+    if redo is None or leaf is None:
+        return None
+    ws, tree = jax.tree_util.tree_flatten(params)
+    names = _leaf_names(params)
+    for j, w in enumerate(ws):
+        w = np.asarray(w)
+        for applies, change, text in PARAM_CHANGES:
+            if not applies(w):
+                continue
+            w2 = np.ascontiguousarray(change(w))
+            if np.array_equal(w2, w):
+                continue
+            alt = np.asarray(redo(jax.tree_util.tree_unflatten(tree, ws[:j] + [w2] + ws[j + 1:]))[leaf])
+            if _close(h, alt, ctx["tol"]) and not _close(t, alt, ctx["tol"]):
+                return "hand is the true gradient with " + text.format(p=names[j].removeprefix("param "))
+    return None
+
+
 def wrong_dtype(h, t, ctx):
     """Right shape, another dtype (a hard-coded float32, a NumPy float64)."""
     if h.dtype != ctx["dtype"]:
@@ -295,8 +328,8 @@ def some_coordinates(h, t, ctx):
 
 
 # Tried in this order on a wrong gradient: the first that fits is its suspected cause.
-DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, mixes_examples, broadcast_mistake,
-             some_coordinates)
+DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, factor_changed, mixes_examples,
+             broadcast_mistake, some_coordinates)
 
 
 def diagnose(hand, true, ctx) -> str:
@@ -655,6 +688,8 @@ def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
             leaf["cause"] = "the backward returned another structure than (dparams, dx)"
         elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
             ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np, "c": np.asarray(c),
+                   "params": params, "leaf": i,
+                   "true_with": lambda p: jax.tree_util.tree_leaves(run(x, c, p, with_hand=False)[2]),
                    "coupling": (lambda: _coupling(run, x, c)) if name == "x" else None}
             leaf["cause"] = diagnose(h, t, ctx)
         leaves.append(leaf)

@@ -55,6 +55,15 @@ class DenseOneEntryOff(L.Dense):
         return {**g, "W": g["W"].at[1, 2].add(1e-4 * jnp.max(jnp.abs(g["W"])))}, dx
 
 
+class DenseInputGradUntransposed(L.Dense):
+    """``dx = dy W`` where ``dy W^T`` is meant: shapes agree only for a square ``W``, so nothing
+    fails but the values."""
+
+    def backward(self, params, x, dy):
+        g, _ = super().backward(params, x, dy)
+        return g, dy @ params["W"]
+
+
 class DenseBiasWrongAxis(L.Dense):
     """``db = sum(dy, axis=1)``: summed over the features instead of the batch."""
 
@@ -140,6 +149,17 @@ class ConvValidInputGrad(L.Conv2D):
         return g, jnp.pad(dx, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
+class ConvInputGradUnflipped(L.Conv2D):
+    """``dx`` by correlating ``dy`` with the kernel as it is: the forward is a correlation, so its
+    input gradient is a convolution, i.e. a correlation with the kernel flipped in space."""
+
+    def backward(self, params, x, dy):
+        g, _ = super().backward(params, x, dy)
+        dx = jax.lax.conv_general_dilated(dy, params["W"].transpose(0, 1, 3, 2), (1, 1), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return g, dx
+
+
 @dataclasses.dataclass(frozen=True)
 class ReLUAtZero(L.Layer):
     """ReLU with ``dx = dy * (x >= 0)``: slope 1 at the kink, where ``jax.nn.relu`` (and PyTorch)
@@ -198,6 +218,7 @@ GALLERY = (
     Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),
     Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)"),
     Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere"),
+    Mistake("input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed"),
     Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped"),
     Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing"),
     Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples"),
@@ -206,6 +227,8 @@ GALLERY = (
             "right in eval mode, wrong in training mode"),
     Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
     Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
+    Mistake("conv input gradient with the kernel unflipped", ConvInputGradUnflipped(4, 3), (7, 6, 2),
+            "the kernel W flipped in space"),
     Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True),
     Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative"),
     Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy"),

@@ -143,7 +143,7 @@ plt.xlabel("x"), plt.ylabel("dy/dx"), plt.legend(), plt.title("leaky ReLU, slope
 plt.show()
 
 # %% [markdown]
-# `jaxgd.mistakes.GALLERY` holds seventeen more classic wrong backwards (transposed products, a mean
+# `jaxgd.mistakes.GALLERY` holds nineteen more classic wrong backwards (transposed products, a mean
 # where the loss sums, batch norm without the mean's path, ...), each with the diagnosis the check
 # gives. Next: [4. SGD with momentum by hand](04_sgd_by_hand.py).
 
