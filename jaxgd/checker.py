@@ -35,7 +35,8 @@ compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the 
 Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, tried against the
 true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
 or -1, the true gradient recomputed with a square weight transposed or a kernel flipped in space,
-all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
+``dy`` times a term of the input (``INPUT_TERMS``: GELU's ``x phi(x)`` forgotten) added, a
+coupling term through the output forgotten (softmax's ``y sum(dy y)``), all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
 the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
 the true one, printed only when applying it to the true gradient gives the hand one; where none
 does, the diagnosis says the cause is not recognised. Findings across gradients and modes (the
@@ -51,6 +52,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -288,6 +290,78 @@ def broadcast_mistake(h, t, ctx):
     return None
 
 
+def coupling_term(h, t, ctx):
+    """For the input gradient: ``hand - true = y * s`` with one number ``s`` per row of the last
+    axis (``y`` the output): the coupling term of a normalising layer forgotten or doubled, e.g.
+    softmax's ``- y sum(dy y)``. Verified: ``true + y * s`` gives ``hand`` within the tolerance."""
+    y, c = ctx.get("y"), ctx.get("c")
+    if not ctx["is_input"] or y is None or np.shape(y) != h.shape or h.ndim < 2 or h.shape[-1] < 2:
+        return None
+    y = np.asarray(y, np.float64)
+    d = np.asarray(h, np.float64) - np.asarray(t, np.float64)
+    yy = np.sum(y * y, -1, keepdims=True)
+    if not np.all(yy > 0):
+        return None
+    s = np.sum(d * y, -1, keepdims=True) / yy
+    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
+    if np.max(np.abs(s)) == 0 or np.max(np.abs(d - s * y)) > allowed:
+        return None
+    text = "hand - true = y * (one number per row of the last axis): a coupling term of the derivative"
+    if c is not None and np.shape(c) == h.shape:
+        dyy = np.sum(np.asarray(c, np.float64) * y, -1, keepdims=True)
+        for k, what in ((1.0, "forgotten"), (-1.0, "counted twice")):
+            if np.max(np.abs(d - k * dyy * y)) <= allowed:
+                return f"hand = true {'+' if k > 0 else '-'} y sum(dy y): softmax's coupling term {what}"
+    return text + " forgotten or scaled (softmax's y sum(dy y), a normalisation's mean terms)"
+
+
+def _phi(x):
+    return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
+def _sigmoid(x):
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+# elementwise terms an activation's derivative is made of: name -> f(x), on the host
+INPUT_TERMS = {
+    "x phi(x) (GELU's second term)": lambda x: x * _phi(x),
+    "phi(x), the normal density": _phi,
+    "Phi(x), the normal CDF": lambda x: 0.5 * (1 + np.vectorize(math.erf, otypes=[float])(x / np.sqrt(2))),
+    "x": lambda x: x,
+    "x^2": lambda x: x * x,
+    "sigmoid(x)": _sigmoid,
+    "sigmoid(x) (1 - sigmoid(x))": lambda x: _sigmoid(x) * (1 - _sigmoid(x)),
+    "tanh(x)": np.tanh,
+    "1 - tanh(x)^2": lambda x: 1 - np.tanh(x) ** 2,
+    "exp(x)": np.exp,
+}
+
+
+def input_term(h, t, ctx):
+    """For the input gradient of an elementwise layer: ``hand = true + k * dy * f(x)`` for one term
+    ``f`` of ``INPUT_TERMS`` and a constant ``k`` (fitted by least squares): a term of the
+    derivative forgotten (``k = -1``), doubled, or added. Verified: that formula gives ``hand``
+    within the check's tolerance."""
+    x, c = ctx.get("x"), ctx.get("c")
+    if not ctx["is_input"] or x is None or c is None or not (np.shape(x) == np.shape(c) == h.shape):
+        return None
+    x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)
+    d = np.asarray(h, np.float64) - np.asarray(t, np.float64)
+    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
+    for name, f in INPUT_TERMS.items():
+        term = c * f(x)
+        tt = float(np.sum(term * term))
+        if not np.isfinite(tt) or tt == 0:
+            continue
+        k = float(np.sum(d * term)) / tt
+        if abs(k) > 1e-6 and np.max(np.abs(d - k * term)) <= allowed:
+            what = "forgotten" if abs(k + 1) < 1e-3 else "counted twice" if abs(k - 1) < 1e-3 else f"scaled by {k + 1:.6g}"
+            return (f"hand = true {'-' if k < 0 else '+'} {abs(k):.6g} * dy * {name}: that term of the derivative "
+                    f"{what}")
+    return None
+
+
 def some_coordinates(h, t, ctx):
     """Only some coordinates wrong: named when they are where the input is exactly 0 (a ReLU
     kink), where it has ties (a max-pool tie), or on the border of an image (the padding)."""
@@ -329,7 +403,7 @@ def some_coordinates(h, t, ctx):
 
 # Tried in this order on a wrong gradient: the first that fits is its suspected cause.
 DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, factor_changed, mixes_examples,
-             broadcast_mistake, some_coordinates)
+             broadcast_mistake, coupling_term, input_term, some_coordinates)
 
 
 def diagnose(hand, true, ctx) -> str:
@@ -688,7 +762,7 @@ def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
             leaf["cause"] = "the backward returned another structure than (dparams, dx)"
         elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
             ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np, "c": np.asarray(c),
-                   "params": params, "leaf": i,
+                   "params": params, "leaf": i, "y": np.asarray(y),
                    "true_with": lambda p: jax.tree_util.tree_leaves(run(x, c, p, with_hand=False)[2]),
                    "coupling": (lambda: _coupling(run, x, c)) if name == "x" else None}
             leaf["cause"] = diagnose(h, t, ctx)
@@ -965,7 +1039,9 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
             # the batch: the first argument's leading axis (a bias's mean over it is the classic factor)
             batch = int(np.shape(v[0])[0]) if np.ndim(v[0]) else 1
             r["cause"] = diagnose(h, t, {"batch": batch, "dtype": dt, "tol": TOLERANCES[dtype], "is_input": True,
-                                         "x": np.asarray(x), "c": None, "coupling": None})
+                                         "x": np.asarray(x), "coupling": None,
+                                         # one argument and one output: dy for the elementwise-term family
+                                         "c": np.asarray(c[0]) if len(c) == 1 and len(v) == 1 else None})
         leaves.append(r)
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)

@@ -72,6 +72,13 @@ class DenseBiasWrongAxis(L.Dense):
         return {**g, "b": jnp.sum(dy, axis=1)}, dx
 
 
+class GELUTermForgotten(L.GELU):
+    """Exact GELU with ``f'(x) = Phi(x)``: the product rule's second term ``x phi(x)`` forgotten."""
+
+    def backward(self, params, x, dy):
+        return {}, dy * 0.5 * (1 + jax.lax.erf(x / jnp.sqrt(2.0).astype(x.dtype)))
+
+
 class DenseBiasForgotten(L.Dense):
     """``db = 0``: the bias gradient was never written."""
 
@@ -103,6 +110,13 @@ class SoftmaxWrongAxis(L.Softmax):
 
     def backward(self, params, y, dy):
         return {}, y * (dy - jnp.sum(dy * y, axis=0, keepdims=True))
+
+
+class SoftmaxCouplingForgotten(L.Softmax):
+    """``dx = y dy``: the diagonal of softmax's Jacobian only, its coupling ``- y sum(dy y)`` forgotten."""
+
+    def backward(self, params, y, dy):
+        return {}, y * dy
 
 
 class LayerNormMissingMean(L.LayerNorm):
@@ -218,10 +232,13 @@ GALLERY = (
     Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),
     Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)"),
     Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere"),
+    Mistake("GELU's x phi(x) forgotten", GELUTermForgotten(), (6,), "dy * x phi(x) (GELU's second term): that term of "
+            "the derivative forgotten"),
     Mistake("input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed"),
     Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped"),
     Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing"),
     Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples"),
+    Mistake("softmax's coupling term forgotten", SoftmaxCouplingForgotten(), (6,), "softmax's coupling term forgotten"),
     Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1"),
     Mistake("batch norm's statistics taken as constants", BatchNormConstantStatistics(), (4,),
             "right in eval mode, wrong in training mode"),
@@ -311,10 +328,16 @@ class FunctionMistake:
 
 
 _X = lambda r: (r.standard_normal((3, 5)),)  # noqa: E731
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
 FUNCTION_GALLERY = (
     FunctionMistake("log-sum-exp's rule doubled", _vjp(_lse, lambda x, g: (2 * g[..., None] * _softmax(x),)), _X,
                     "off by a constant factor 2"),
     FunctionMistake("sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped"),
+    FunctionMistake("GELU's rule without x phi(x)", _vjp(_gelu, lambda x, g: (g * jax.scipy.stats.norm.cdf(x),)), _X,
+                    "dy * x phi(x) (GELU's second term): that term of the derivative forgotten"),
     FunctionMistake("an argument's cotangent dropped", _vjp(_scaled, lambda x, s, g: (g * s, jnp.zeros_like(s))),
                     lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))), "zero everywhere"),
     FunctionMistake("a square weight's gradient transposed",

@@ -69,6 +69,8 @@ def test_03_your_own_layer():
     assert any("coordinates wrong" in s and "hand 0" in s for s in c["hasty_causes"])  # the text reads this
     assert any("wrong shape: (3, 7, 7, 2) instead of (3, 8, 8, 2)" in s for s in c["conv_8x8_causes"])
     assert any("error is in dx only" in s for s in c["conv_8x8_causes"])
+    assert not c["gelu_passed"] and c["gelu_fixed_passed"]  # the custom_vjp section: its forgotten term, named
+    assert any("that term of the derivative forgotten" in s and "x phi(x)" in s for s in c["gelu_causes"])
 
 
 def test_04_sgd_by_hand():

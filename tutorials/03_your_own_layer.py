@@ -143,11 +143,56 @@ plt.xlabel("x"), plt.ylabel("dy/dx"), plt.legend(), plt.title("leaky ReLU, slope
 plt.show()
 
 # %% [markdown]
-# `jaxgd.mistakes.GALLERY` holds nineteen more classic wrong backwards (transposed products, a mean
+# ## The same check for a `jax.custom_vjp`
+#
+# Outside jaxgd's layer contract, a JAX engineer writes a backward as a `jax.custom_vjp` rule: a
+# numerically stable op, a fused kernel. `jaxgd.check(f, *args)` checks such a rule at example
+# arguments against autodiff of the function with its rule stripped. Here is GELU,
+# $y = x\,\Phi(x)$, whose derivative by the product rule is $\Phi(x) + x\,\varphi(x)$, written
+# with the second term forgotten:
+
+# %%
+@jax.custom_vjp
+def my_gelu(x):
+    return x * jax.scipy.stats.norm.cdf(x)
+
+
+def my_gelu_fwd(x):
+    return my_gelu(x), x
+
+
+def my_gelu_bwd(x, g):
+    return (g * jax.scipy.stats.norm.cdf(x),)  # forgot + x * phi(x)
+
+
+my_gelu.defvjp(my_gelu_fwd, my_gelu_bwd)
+gelu_report = jaxgd.check(my_gelu, jnp.linspace(-3.0, 3.0, 12).reshape(3, 4))
+print(gelu_report)
+
+# %% [markdown]
+# The diagnosis was fitted and then verified: adding $-1 \cdot \bar y\, x\varphi(x)$ to the true
+# gradient gives the hand one to within the tolerance, so the check names the forgotten term. Put it
+# back and the rule passes:
+
+# %%
+def my_gelu_bwd_fixed(x, g):
+    return (g * (jax.scipy.stats.norm.cdf(x) + x * jax.scipy.stats.norm.pdf(x)),)
+
+
+my_gelu.defvjp(my_gelu_fwd, my_gelu_bwd_fixed)
+gelu_fixed = jaxgd.check(my_gelu, jnp.linspace(-3.0, 3.0, 12).reshape(3, 4))
+print(str(gelu_fixed).splitlines()[0])  # the verdict line
+
+# %% [markdown]
+# From a shell, `jaxgd check my_ops.py:my_gelu --args 3,4` runs the same check on a function in a
+# file (and `--in-shape 8,8,3` on a layer); in a test suite, `jaxgd.testing.assert_backward_correct`.
+#
+# `jaxgd.mistakes.GALLERY` holds twenty-one more classic wrong backwards (transposed products, a mean
 # where the loss sums, batch norm without the mean's path, ...), each with the diagnosis the check
 # gives. Next: [4. SGD with momentum by hand](04_sgd_by_hand.py).
 
 # %%
 CHECKS = {"hasty_passed": hasty.passed, "leaky_passed": leaky.passed, "conv_7x7_passed": on_7x7.passed,
           "conv_8x8_passed": on_8x8.passed, "fixed_passed": all(r.passed for r in fixed),
-          "hasty_causes": hasty.causes(), "conv_8x8_causes": on_8x8.causes()}
+          "hasty_causes": hasty.causes(), "conv_8x8_causes": on_8x8.causes(),
+          "gelu_passed": gelu_report.passed, "gelu_causes": gelu_report.causes(), "gelu_fixed_passed": gelu_fixed.passed}
