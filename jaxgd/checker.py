@@ -36,7 +36,8 @@ Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, t
 true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
 or -1, the true gradient recomputed with a square weight transposed or a kernel flipped in space,
 ``dy`` times a term of the input (``INPUT_TERMS``: GELU's ``x phi(x)`` forgotten) added, a
-coupling term through the output forgotten (softmax's ``y sum(dy y)``), all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
+coupling term through the output forgotten (softmax's ``y sum(dy y)``), a pooling's gradient
+spread over its window where it is routed to the maximum (or the reverse), all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
 the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
 the true one, printed only when applying it to the true gradient gives the hand one; where none
 does, the diagnosis says the cause is not recognised. Findings across gradients and modes (the
@@ -290,6 +291,29 @@ def broadcast_mistake(h, t, ctx):
     return None
 
 
+def pooling_swapped(h, t, ctx):
+    """For a pooling layer's input gradient: ``hand`` is the other pooling's true gradient at the
+    same input and ``dy``: spread evenly over each window where max pooling routes ``dy`` to the
+    window's maximum, or routed where average pooling spreads. Verified by computing it."""
+    from jaxgd import layers as L
+    layer, x, c = ctx.get("layer"), ctx.get("x"), ctx.get("c")
+    if not ctx["is_input"] or x is None or c is None or getattr(layer, "crop", False):
+        return None
+    if not isinstance(layer, (L.MaxPool, L.AvgPool)):
+        return None
+    is_max = isinstance(layer, L.MaxPool)
+    other = L.AvgPool(layer.size) if is_max else L.MaxPool(layer.size)
+    xj = jnp.asarray(x, ctx["dtype"])
+    _, vjp = jax.vjp(lambda v: other.forward({}, {}, v)[0], xj)
+    alt = np.asarray(vjp(jnp.asarray(c, ctx["dtype"]))[0])
+    if not _close(h, alt, ctx["tol"]) or _close(t, alt, ctx["tol"]):
+        return None
+    return ("hand is average pooling's gradient: dy spread evenly over each window, where max pooling routes it to "
+            "the window's maximum" if is_max else
+            "hand is max pooling's gradient: dy routed to each window's maximum, where average pooling spreads it "
+            "evenly over the window")
+
+
 def coupling_term(h, t, ctx):
     """For the input gradient: ``hand - true = y * s`` with one number ``s`` per row of the last
     axis (``y`` the output): the coupling term of a normalising layer forgotten or doubled, e.g.
@@ -403,7 +427,7 @@ def some_coordinates(h, t, ctx):
 
 # Tried in this order on a wrong gradient: the first that fits is its suspected cause.
 DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, factor_changed, mixes_examples,
-             broadcast_mistake, coupling_term, input_term, some_coordinates)
+             pooling_swapped, broadcast_mistake, coupling_term, input_term, some_coordinates)
 
 
 def diagnose(hand, true, ctx) -> str:
@@ -762,7 +786,7 @@ def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
             leaf["cause"] = "the backward returned another structure than (dparams, dx)"
         elif h.shape != t.shape or h.dtype != dt or leaf["abs"] > allow["abs"][i]:
             ctx = {"batch": n, "dtype": dt, "tol": tol, "is_input": name == "x", "x": x_np, "c": np.asarray(c),
-                   "params": params, "leaf": i, "y": np.asarray(y),
+                   "params": params, "leaf": i, "y": np.asarray(y), "layer": obj,
                    "true_with": lambda p: jax.tree_util.tree_leaves(run(x, c, p, with_hand=False)[2]),
                    "coupling": (lambda: _coupling(run, x, c)) if name == "x" else None}
             leaf["cause"] = diagnose(h, t, ctx)

@@ -174,6 +174,14 @@ class ConvInputGradUnflipped(L.Conv2D):
         return g, dx
 
 
+class MaxPoolSpread(L.MaxPool):
+    """Max pooling whose backward spreads ``dy / size^2`` over each window, as average pooling's
+    does, instead of routing it to the window's maximum."""
+
+    def backward(self, params, res, dy):
+        return L.AvgPool(self.size).backward(params, None, dy)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReLUAtZero(L.Layer):
     """ReLU with ``dx = dy * (x >= 0)``: slope 1 at the kink, where ``jax.nn.relu`` (and PyTorch)
@@ -244,6 +252,8 @@ GALLERY = (
             "right in eval mode, wrong in training mode"),
     Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
     Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
+    Mistake("max pooling's gradient spread over the window", MaxPoolSpread(2), (4, 4, 2), "spread evenly over each "
+            "window, where max pooling routes it"),
     Mistake("conv input gradient with the kernel unflipped", ConvInputGradUnflipped(4, 3), (7, 6, 2),
             "the kernel W flipped in space"),
     Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True),

@@ -73,6 +73,32 @@ def test_a_diagnosis_is_printed_only_when_it_reproduces_hand_from_true():
     assert diagnose(rng.standard_normal(3), c.sum(0), {**ctx, "c": c}) == "wrong shape: (3,) instead of (5,)"
 
 
+def test_new_families_name_a_cause_only_when_it_reproduces_hand():
+    """The fitted families (a term of the input, softmax's coupling) and the recomputed ones (a
+    parameter changed, the other pooling) stay silent on a gradient they do not reproduce, and the
+    pooling family works both ways (average pooling routed to the maximum: not in the gallery)."""
+    from jaxgd.checker import diagnose
+
+    class AvgPoolRouted(L.AvgPool):
+        def forward(self, params, state, x, *, train=False, key=None):
+            return super().forward(params, state, x, train=train, key=key)[0], state, x
+
+        def backward(self, params, x, dy):
+            _, vjp = jax.vjp(lambda v: L.MaxPool(self.size).forward({}, {}, v)[0], x)
+            return {}, vjp(dy)[0]
+    assert "max pooling's gradient: dy routed to each window's maximum" in jaxgd.check(AvgPoolRouted(2), (4, 4, 2)).causes()[0]
+    rng = np.random.default_rng(1)
+    x, c, t = (rng.standard_normal((3, 6)) for _ in range(3))
+    y = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    ctx = {"batch": 3, "dtype": np.dtype(np.float64), "tol": 1e-10, "is_input": True, "x": x, "c": c, "y": y}
+    near = t + c * x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi) * (1 + 1e-3 * rng.standard_normal(x.shape))
+    assert diagnose(near, t, ctx).startswith("wrong, cause not recognised")  # close to a term, not it
+    assert "x phi(x) (GELU's second term): that term of the derivative counted twice" in \
+        diagnose(t + c * x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), t, ctx)
+    assert diagnose(t - y * (c * y).sum(-1, keepdims=True), t, ctx).startswith("hand = true - y sum(dy y)")
+    assert "coupling term of the derivative forgotten or scaled" in diagnose(t + 0.3 * y, t, ctx)
+
+
 def test_a_wrong_layer_inside_a_model_is_found_by_its_leaf():
     model = models.Model((mistakes.DenseMean(4), L.tanh(), L.dense(2)), (5,))
     report = jaxgd.check(model, dtypes=("float64",))
