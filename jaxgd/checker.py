@@ -852,13 +852,18 @@ def _coupling(run, x, c):
     return others(hand[1], hand2[1]), others(true[1], true2[1])
 
 
+def _fd_eps(terms: float) -> float:
+    """The floor of finite differences' relative error for ``L = sum(c * y)`` whose terms have
+    absolute sum ``terms``: the quotient's rounding, ten ulps of those terms over ``FD_H``; below it
+    central differences cannot tell 0 from noise. The same for a layer and a custom-rule function."""
+    return max(FD_EPS, 10 * float(np.finfo(np.float64).eps) * terms / FD_H / FD_TOLERANCE)
+
+
 def _finite_differences(progs, args, y, per_leaf, leaves, leaves_h):
     """Central differences of ``L = sum(c * y)`` at ``per_leaf`` sampled coordinates of each leaf,
     the stencils that cross a kink left out, against the hand gradient (INF265's relative error)."""
     params, _, x, c, _ = args
-    # the quotient's rounding: ten ulps of the terms of L, over h; below it, FD cannot tell 0 from noise
-    noise = 10 * float(np.finfo(np.float64).eps * np.sum(np.abs(np.asarray(c) * y))) / FD_H
-    eps = max(FD_EPS, noise / FD_TOLERANCE)
+    eps = _fd_eps(float(np.sum(np.abs(np.asarray(c) * y))))
     coords = gradcheck.sample_coordinates((params, x), per_leaf, seed=0)
     est, valid = progs.fd(*args, gradcheck.flat_index((params, x), coords))
     fd, valid = gradcheck.split_by_leaf(est, coords), gradcheck.split_by_leaf(valid, coords)
@@ -961,9 +966,10 @@ class _Function:
             full[i] = a
         return g(*full)
 
-    def loss(self, g, v, c):
+    def loss(self, g, v, c, absolute=False):
+        """``L = sum(c * outputs)`` over the floating outputs (``sum |c * outputs|`` with ``absolute``)."""
         outs = [o for o in jax.tree_util.tree_leaves(self.call(g, v)) if jnp.issubdtype(jnp.asarray(o).dtype, jnp.floating)]
-        return sum(jnp.sum(ci * o) for ci, o in zip(c, outs))
+        return sum(jnp.sum(jnp.abs(ci * o) if absolute else ci * o) for ci, o in zip(c, outs))
 
     def variables(self, dtype):
         return [a.astype(dtype) for a, var in zip(self.leaves, self.is_var) if var]
@@ -1069,9 +1075,8 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         leaves.append(r)
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
-        est = _fd_estimates(fn, v, c, coords)
-        noise = 10 * float(np.finfo(np.float64).eps) * sum(float(np.sum(np.abs(ci))) for ci in c) / FD_H
-        eps = max(FD_EPS, noise / FD_TOLERANCE)
+        est, terms = _fd_estimates(fn, v, c, coords, with_terms=True)
+        eps = _fd_eps(terms)
         for r, h, x, co, e in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
                 r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], e, eps), initial=0.0))
@@ -1112,9 +1117,13 @@ def _fd_truth(fn, v, c) -> list[np.ndarray]:
     return [e.reshape(a.shape) for e, a in zip(_fd_estimates(fn, v, c, coords), v)]
 
 
-def _fd_estimates(fn, v, c, coords) -> list[np.ndarray]:
+def _fd_estimates(fn, v, c, coords, with_terms=False):
     """Float64 central differences of ``L`` through the primal at ``coords`` (one index array per
-    leaf), one compiled program; one array of estimates per leaf."""
-    est, _ = jax.jit(lambda v, c, index: gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H,
-                                                                4))(v, c, gradcheck.flat_index(v, coords))
-    return gradcheck.split_by_leaf(est, coords)
+    leaf), one compiled program; one array of estimates per leaf, and with ``with_terms`` the
+    absolute sum of ``L``'s terms ``sum |c * y|`` (``_fd_eps``) from the same program."""
+    def measure(v, c, index):
+        est, _ = gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H, 4)
+        return est, fn.loss(fn.primal, v, c, absolute=True)
+    est, terms = jax.jit(measure)(v, c, gradcheck.flat_index(v, coords))
+    est = gradcheck.split_by_leaf(est, coords)
+    return (est, float(terms)) if with_terms else est
