@@ -36,7 +36,8 @@ Each wrong gradient gets a diagnosis: the first of ``DIAGNOSES`` that fits it, t
 true gradient (transposed, summed over the wrong axis, a constant factor such as the batch size
 or -1, the true gradient recomputed with a square weight transposed or a kernel flipped in space,
 ``dy`` times a term of the input (``INPUT_TERMS``: GELU's ``x phi(x)`` forgotten) added, a
-coupling term through the output forgotten (softmax's ``y sum(dy y)``), a pooling's gradient
+coupling term through the output forgotten (softmax's ``y sum(dy y)``) or through the batch
+statistics (batch norm's ``mean(dy)`` and ``xhat mean(dy xhat)``), a pooling's gradient
 spread over its window where it is routed to the maximum (or the reverse), all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
 the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
 the true one, printed only when applying it to the true gradient gives the hand one; where none
@@ -339,6 +340,31 @@ def coupling_term(h, t, ctx):
     return text + " forgotten or scaled (softmax's y sum(dy y), a normalisation's mean terms)"
 
 
+def batch_statistics_terms(h, t, ctx):
+    """For the input gradient: ``hand - true = a + b * xhat`` for each feature over the batch
+    (``xhat`` the input standardised over the batch axis; least squares per feature, at least 3
+    examples): batch norm's terms through the batch mean and variance, ``mean(dy)`` and
+    ``xhat mean(dy xhat)``, forgotten or wrong. Verified: the fit reproduces ``hand`` within the
+    tolerance."""
+    x = ctx.get("x")
+    if not ctx["is_input"] or x is None or np.shape(x) != h.shape or h.ndim < 2 or h.shape[0] < 3:
+        return None
+    n = h.shape[0]
+    x2 = np.asarray(x, np.float64).reshape(n, -1)
+    d = (np.asarray(h, np.float64) - np.asarray(t, np.float64)).reshape(n, -1)
+    sd = x2.std(0)
+    if not np.all(sd > 0):
+        return None
+    xhat = (x2 - x2.mean(0)) / sd
+    a, b = d.mean(0), np.sum(d * xhat, 0) / np.sum(xhat * xhat, 0)
+    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
+    if np.max(np.abs(a)) + np.max(np.abs(b)) == 0 or np.max(np.abs(d - a - b * xhat)) > allowed:
+        return None
+    return ("hand - true = a + b * xhat for each feature over the batch (xhat: the input standardised over the batch): "
+            "the terms through the batch mean and variance, mean(dy) and xhat mean(dy xhat), forgotten or wrong "
+            "(the batch statistics treated as constants?)")
+
+
 def _phi(x):
     return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
 
@@ -427,7 +453,7 @@ def some_coordinates(h, t, ctx):
 
 # Tried in this order on a wrong gradient: the first that fits is its suspected cause.
 DIAGNOSES = (shape_mismatch, transposed, wrong_dtype, all_zero, constant_factor, factor_changed, mixes_examples,
-             pooling_swapped, broadcast_mistake, coupling_term, input_term, some_coordinates)
+             pooling_swapped, broadcast_mistake, coupling_term, batch_statistics_terms, input_term, some_coordinates)
 
 
 def diagnose(hand, true, ctx) -> str:

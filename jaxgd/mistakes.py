@@ -250,6 +250,8 @@ GALLERY = (
     Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1"),
     Mistake("batch norm's statistics taken as constants", BatchNormConstantStatistics(), (4,),
             "right in eval mode, wrong in training mode"),
+    Mistake("batch norm's mean and variance terms forgotten", BatchNormConstantStatistics(), (5,),
+            "the batch statistics treated as constants"),
     Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
     Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
     Mistake("max pooling's gradient spread over the window", MaxPoolSpread(2), (4, 4, 2), "spread evenly over each "

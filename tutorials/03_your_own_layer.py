@@ -187,7 +187,7 @@ print(str(gelu_fixed).splitlines()[0])  # the verdict line
 # From a shell, `jaxgd check my_ops.py:my_gelu --args 3,4` runs the same check on a function in a
 # file (and `--in-shape 8,8,3` on a layer); in a test suite, `jaxgd.testing.assert_backward_correct`.
 #
-# `jaxgd.mistakes.GALLERY` holds twenty-two more classic wrong backwards (transposed products, a mean
+# `jaxgd.mistakes.GALLERY` holds twenty-three more classic wrong backwards (transposed products, a mean
 # where the loss sums, batch norm without the mean's path, ...), each with the diagnosis the check
 # gives. Next: [4. SGD with momentum by hand](04_sgd_by_hand.py).
 
