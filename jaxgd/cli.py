@@ -132,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--args", type=_shape, nargs="+", metavar="SHAPE",
                    help="a function's example arguments, as shapes (5 or 3,4; 'scalar' for ()): random normal "
                         "arrays drawn with --seed")
+    p.add_argument("--example", metavar="FACTORY", help="a function's example arguments from FACTORY, a function of "
+                                                        "no arguments in the same file or module that returns them "
+                                                        "(a tuple, or one array)")
     p.add_argument("--dtypes", nargs="+", default=None, choices=["float64", "float32"],
                    help="precisions to check in (default: both)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random examples and cotangents")
@@ -228,16 +231,26 @@ def _check(a) -> int:
     if checker._custom_rule(obj) is not None:
         if a.in_shape is not None:
             raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments "
-                                   "with --args, not --in-shape")
-        if not a.args:
-            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments as "
-                                   "shapes with --args (e.g. --args 5 or --args 3,4 4)")
-        rng = np.random.default_rng(a.seed)
-        report = checker.check(obj, *(rng.standard_normal(s) for s in a.args), **kw)
+                                   "with --args or --example, not --in-shape")
+        if bool(a.args) == bool(a.example):
+            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments either "
+                                   "as shapes with --args (e.g. --args 5 or --args 3,4 4) or from a factory with "
+                                   "--example")
+        if a.example:
+            factory = _load_target(f"{a.target.rpartition(':')[0]}:{a.example}")
+            try:
+                args = factory()
+            except Exception as e:  # noqa: BLE001  (the user's factory: one line)
+                raise CheckTargetError(f"--example {a.example}() failed: {type(e).__name__}: {e}") from e
+            args = args if isinstance(args, tuple) else (args,)
+        else:
+            rng = np.random.default_rng(a.seed)
+            args = tuple(rng.standard_normal(s) for s in a.args)
+        report = checker.check(obj, *args, **kw)
     else:
-        if a.args:
-            raise CheckTargetError(f"{a.target} is not a function with a custom rule: --args is for jax.custom_vjp "
-                                   "/ custom_jvp functions; a layer takes --in-shape")
+        if a.args or a.example:
+            raise CheckTargetError(f"{a.target} is not a function with a custom rule: --args and --example are for "
+                                   "jax.custom_vjp / custom_jvp functions; a layer takes --in-shape")
         from jaxgd import models
         is_layer = all(callable(getattr(obj, f, None)) for f in ("init", "forward", "backward"))
         if not (is_layer or isinstance(obj, models.Model)):

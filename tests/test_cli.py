@@ -205,6 +205,14 @@ def _bwd(res, g):
 
 safe_norm.defvjp(_fwd, _bwd)
 not_a_layer = 3
+
+
+def norm_example():
+    return (jnp.arange(1.0, 6.0),)
+
+
+def broken_example():
+    raise RuntimeError("no data here")
 '''
 
 
@@ -220,6 +228,8 @@ def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, cap
     assert report["passed"] is False and "transposed" in json.dumps(report)
     assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--args", "5"]) == 1
     assert "constant factor 2" in capsys.readouterr().out
+    assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--example", "norm_example", "--quiet"]) == 1
+    assert "at arguments of shapes (5,)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -229,7 +239,10 @@ def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, cap
     (["{f}:dense"], "give its per-example input shape with --in-shape"),
     (["{f}:safe_norm"], "give its example arguments"),
     (["{f}:safe_norm", "--in-shape", "3"], "not --in-shape"),
-    (["{f}:dense", "--args", "3"], "--args is for"),
+    (["{f}:dense", "--args", "3"], "--args and --example are for"),
+    (["{f}:safe_norm", "--args", "5", "--example", "norm_example"], "either as shapes"),
+    (["{f}:safe_norm", "--example", "broken_example"], "--example broken_example() failed: RuntimeError: no data"),
+    (["{f}:safe_norm", "--example", "nothing"], "has no 'nothing'"),
     (["{f}:not_a_layer", "--in-shape", "3"], "is a int, not a layer"),
     (["jaxgd.mistakes:GALLERY", "--in-shape", "3"], "is a tuple, not a layer"),
     (["jax.numpy:sin", "--in-shape", "3"], "JAX derives its gradient itself"),
