@@ -263,11 +263,13 @@ class Monitor:
                              f"select={self.select!r}")
 
 
+@jax.jit
 def data_key(seed):
     """The stream ``fit`` draws from (epoch ``e``'s batch order, dropout masks and augmentation from
     ``fold_in(data_key(seed), e)``): the second half of a split of ``PRNGKey(seed)``, so that it
     never meets the keys ``model.init(PRNGKey(seed))`` gives its layers (``fold_in(PRNGKey(seed), i)``).
-    Before, epoch ``e`` shuffled with ``fold_in(PRNGKey(seed), e)``, layer ``e``'s init key."""
+    Before, epoch ``e`` shuffled with ``fold_in(PRNGKey(seed), e)``, layer ``e``'s init key. One
+    compiled program (integer arithmetic: the same key as op by op), vmapped over seeds as well."""
     return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
