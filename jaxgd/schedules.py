@@ -22,7 +22,7 @@ rate). ``factor(step)`` multiplies the base learning rate at 0-based step ``step
   ``peak_step = int(0.23 * total_steps)``).
 
 The step counts from the first update of a fit; with ``epochs`` epochs of ``b`` batches,
-``total_steps = epochs * b`` (``train.steps_per_epoch``).
+``total_steps = epochs * b``, ``b = n // batch_size`` (``train.make_epoch`` drops the last partial batch).
 """
 from __future__ import annotations
 

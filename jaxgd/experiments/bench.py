@@ -8,49 +8,47 @@ sections; ``timing`` the harness, ``torch_peers`` the PyTorch loops they are com
 real shapes, so no dataset is needed. Speed is compared only within one run: the ratios are what
 to quote, the absolute times drift from run to run.
 
-Sections:
-1. ``mlp_epoch``   CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
-                   JAX eager, a jitted step in a Python loop, jaxgd's compiled epoch (hand
-                   backprop + hand SGD), and the peers a user would pick instead: a PyTorch
-                   eager loop of the same model and SGD, the same loop over a ``torch.compile``-d
-                   model, and flax + optax + ``jax.grad`` with its epoch compiled as one scan
-                   (``torch_peers``, ``flax_peers``; each row only where installed).
-2. ``grad``        one gradient (hand backprop vs ``jax.grad``) of that MLP at batch 64 and of
-                   the MNIST CNN at batch 128. For the MLP, XLA compiles the two to the same
-                   matrix products (a test checks it), so ``hand/jax.grad MLP`` reads 1 up to noise.
-3. ``configs``     8 SGD configs: ``fit``'s default (lax.map on CPU, vmap on accelerators),
-                   explicit vmap, and 8 sequential fits; time per config-epoch.
-4. ``cnn_epoch``   the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
-                   jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv
-                   and im2col) and with ``jax.grad``, vs the same three peers.
-   ``conv_parts``  where that epoch's time goes: the CNN's second convolution (85% of its
-                   training FLOPs) part by part, forward, weight gradient (two ways) and input
-                   gradient, vs PyTorch's (oneDNN) kernels for each, on the same tensors.
-5. ``matmul``      the fastest of 1024^3, 2048^3, 4096^3 float32 matmuls (jitted): the machine's
-                   reference GFLOP/s; every training loop above reports its achieved GFLOP/s
-                   as a fraction of it (FLOPs: ``models.Model.train_flops``, the dense and conv
-                   multiply-adds of the forward, dW and dx, without the first layer's dx,
-                   which nobody computes).
-6. ``scaling``     configs/s of the 8-config grid with its configs sharded over 1/2/4/8 devices,
-                   and samples/s of the CNN with each minibatch sharded over them
-                   (``jaxgd.parallel``); forced CPU devices on a CPU (they share its cores).
-8. ``compile_cache`` ``cache_command`` (default ``jaxgd reproduce --quick``) in two fresh
-                   processes, first with an empty persistent compilation cache, then with the
-                   cache the first filled; the seconds each spends getting compiled programs
-                   (``jaxgd.compile_cache``).
-10. ``startup``     ``import jaxgd`` and ``jaxgd.check`` of a dense and of a conv layer in fresh
-                   processes, empty cache then warm: seconds, programs compiled, peak memory, the
-                   second call's too; beside another jaxgd tree's (``startup_baseline``) if given
-                   (``experiments.startup``).
-9. ``airbench_epoch`` (only when named) one training epoch of airbench94's network and recipe
-                   at batch 1,024: jaxgd's compiled epoch (and the same network with its 3x3
-                   convolutions computed by ``lax.conv`` and per-tap weight gradients) beside
-                   airbench's own PyTorch loop (``experiments.airbench_torch``).
-7. ``grid``        (only when named: minutes on a CPU) the INF265 reports' whole CIFAR-2 grid
-                   (``cifar2.GRID``, 18 configs x ``grid_epochs`` at batch 64, validation after
-                   every epoch) as one ``fit``: wall time from the call to the last epoch,
-                   compilation included, vs PyTorch training the same configs one after another
-                   (``grid_torch_configs`` of them timed, their mean scaled to the 18).
+Sections, in the order they run (``SECTIONS``):
+
+- ``matmul``: the fastest of 1024^3, 2048^3, 4096^3 float32 matmuls (jitted): the machine's
+  reference GFLOP/s; every training loop below reports its achieved GFLOP/s as a fraction of it
+  (FLOPs: ``models.Model.train_flops``, the dense and conv multiply-adds of the forward, dW and
+  dx, without the first layer's dx, which nobody computes).
+- ``mlp_epoch``: a CIFAR-2 MLP (3072-512-128-32-2) epoch of 9,000 samples at batch 64 and 256:
+  JAX eager (with ``eager``; it compiles a small program per op and shape), a jitted step in a
+  Python loop, jaxgd's compiled epoch (hand backprop + hand SGD), and the peers a user would pick
+  instead: a PyTorch eager loop of the same model and SGD, the same loop over a
+  ``torch.compile``-d model, and flax + optax + ``jax.grad`` with its epoch compiled as one scan
+  (``torch_peers``, ``flax_peers``; each row only where installed).
+- ``grad``: one gradient (hand backprop vs ``jax.grad``) of that MLP at batch 64 and of the MNIST
+  CNN at batch 128. For the MLP, XLA compiles the two to the same matrix products (a test checks
+  it), so ``hand/jax.grad MLP`` reads 1 up to noise.
+- ``configs``: 8 SGD configs: ``fit``'s default (lax.map on CPU, vmap on accelerators), explicit
+  vmap, and 8 sequential fits; time per config-epoch.
+- ``cnn_epoch``: the MNIST CNN (``models.mnist_zoo("cnn")``) on 6,000 samples at batch 128:
+  jaxgd's compiled epoch with hand gradients (both conv forwards, lax.conv and im2col) and with
+  ``jax.grad``, vs the same three peers.
+- ``conv_parts``: where that epoch's time goes: the CNN's second convolution (85% of its training
+  FLOPs) part by part, forward, weight gradient (two ways) and input gradient, vs PyTorch's
+  (oneDNN) kernels for each, on the same tensors.
+- ``scaling``: configs/s of the 8-config grid with its configs sharded over 1/2/4/8 devices, and
+  samples/s of the CNN with each minibatch sharded over them (``jaxgd.parallel``); forced CPU
+  devices on a CPU (they share its cores).
+- ``compile_cache``: ``cache_command`` (default ``jaxgd reproduce --quick``) in two fresh
+  processes, first with an empty persistent compilation cache, then with the cache the first
+  filled; the seconds each spends getting compiled programs (``jaxgd.compile_cache``).
+- ``startup``: ``import jaxgd`` and ``jaxgd.check`` of a dense and of a conv layer in fresh
+  processes, empty cache then warm: seconds, programs compiled, peak memory, the second call's
+  too; beside another jaxgd tree's (``startup_baseline``) if given (``experiments.startup``).
+- ``airbench_epoch`` (only when named): one training epoch of airbench94's network and recipe at
+  batch 1,024: jaxgd's compiled epoch (and the same network with its 3x3 convolutions computed
+  by ``lax.conv`` and per-tap weight gradients) beside airbench's own PyTorch loop
+  (``experiments.airbench_torch``).
+- ``grid`` (only when named: minutes on a CPU): the INF265 reports' whole CIFAR-2 grid
+  (``cifar2.GRID``, 18 configs x ``grid_epochs`` at batch 64, validation after every epoch) as
+  one ``fit``: wall time from the call to the last epoch, compilation included, vs PyTorch
+  training the same configs one after another (``grid_torch_configs`` of them timed, their mean
+  scaled to the 18).
 
 On a GPU, JAX may run float32 matmuls and convolutions in TF32; the ``matmul`` section measures
 which (``float32_matmul_rel_error``) and the PyTorch loops are set to the same precision.
@@ -143,7 +141,7 @@ def _mlp_data(n, seed=0):
 
 
 # ------------------------------------------------------------------------------------------
-# 1. the CIFAR-2 MLP epoch, four ways
+# mlp_epoch: the CIFAR-2 MLP epoch, four ways
 
 def _mlp_jax_loops(x, y, batch_size, eager=True):
     """``[(row, fn), ...]``: JAX eager (with ``eager``), a jitted step in a Python loop, jaxgd's
@@ -234,7 +232,7 @@ def _peer_ratios(jaxgd_s, rows, suffix) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# 2. hand backprop vs jax.grad
+# grad: hand backprop vs jax.grad
 
 def _cnn_data(n, seed=0):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
@@ -260,7 +258,7 @@ def bench_grad(cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# 3. many configs at once vs one after another
+# configs: many configs at once vs one after another
 
 def _grid(cfg):
     """The grid of the configs and scaling sections: ``n_configs`` CIFAR-2 MLP configs (lr from
@@ -303,7 +301,7 @@ def _epoch_times(h, per=1) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# 6. scaling over devices
+# scaling: over devices
 
 def scaling_point(devices, cfg) -> list[dict]:
     """With ``devices`` devices: the grid of ``n_configs`` CIFAR-2 MLP configs with its configs
@@ -359,7 +357,7 @@ def bench_scaling(cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# 7. the INF265 grid as one program vs PyTorch one config after another
+# grid: the INF265 grid as one program vs PyTorch one config after another
 
 def bench_grid(cfg, have_torch) -> dict:
     from jaxgd.experiments.cifar2 import GRID
@@ -391,7 +389,7 @@ def bench_grid(cfg, have_torch) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# 4. the MNIST CNN
+# cnn_epoch and conv_parts: the MNIST CNN
 
 def _cnn_epoch(model, params, x, y, batch_size, grads="hand"):
     """``(compile_s, fn)``, ``fn`` running one more compiled CNN epoch per call."""
@@ -490,7 +488,7 @@ def bench_conv_parts(cfg, have_torch) -> dict:
 # ------------------------------------------------------------------------------------------
 
 # ------------------------------------------------------------------------------------------
-# 8. the persistent compilation cache: the same command in fresh processes
+# compile_cache: the persistent compilation cache, the same command in fresh processes
 
 def bench_compile_cache(cfg, have_torch=False) -> dict:
     """``cache_command`` (a ``jaxgd`` command line) run in two fresh processes, one after the
