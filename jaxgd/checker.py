@@ -1129,6 +1129,11 @@ def _explain_rule(e) -> str:
         return (f"the bwd rule returns {m.group(2)} for argument {m.group(1)}, whose type is {m.group(3)}: each "
                 "cotangent must have its argument's shape and dtype (a broadcast argument's cotangent summed over "
                 "the broadcast axes)")
+    m = re.search(r"got bwd output structure (PyTreeDef\(.*?\)) for primal input structure (PyTreeDef\(.*?\))\.?$",
+                  str(e).strip())
+    if m:
+        return (f"the bwd rule returns the structure {m.group(1)} for arguments of structure {m.group(2)}: it must "
+                "return a tuple with one cotangent per argument of the primal (none for its nondiff_argnums)")
     return "the rule raised " + _explain(e)
 
 
