@@ -37,9 +37,9 @@ true gradient (transposed, summed over the wrong axis, a constant factor such as
 or -1, the true gradient recomputed with a square weight transposed or a kernel flipped in space,
 ``dy`` times a term of the input (``INPUT_TERMS``: GELU's ``x phi(x)`` forgotten) added, a
 coupling term through the output forgotten (softmax's ``y sum(dy y)``) or through the batch
-statistics (batch norm's ``mean(dy)`` and ``xhat mean(dy xhat)``), a pooling's gradient
-spread over its window where it is routed to the maximum (or the reverse), all zero, examples mixed, a broadcasting mistake, only some coordinates wrong: at kinks, ties, or
-the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
+statistics (batch norm's ``mean(dy)`` and ``xhat mean(dy xhat)``), a pooling's gradient spread
+over its window where it is routed to the maximum (or the reverse), all zero, examples mixed, a
+broadcasting mistake, only some coordinates wrong: at kinks, ties, or the padded border). A diagnosis is a hypothesis about how the hand gradient was made from
 the true one, printed only when applying it to the true gradient gives the hand one; where none
 does, the diagnosis says the cause is not recognised. Findings across gradients and modes (the
 input gradient right but a parameter's wrong; right in eval but wrong in training) come after.
@@ -315,6 +315,12 @@ def pooling_swapped(h, t, ctx):
             "evenly over the window")
 
 
+def _within(residual, t, tol) -> bool:
+    """A fitted hypothesis reproduces hand: ``|hand - (true + fit)|`` is within ``tol`` of the true
+    gradient's largest entry (the check's own tolerance)."""
+    return np.max(np.abs(residual), initial=0.0) <= tol * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
+
+
 def coupling_term(h, t, ctx):
     """For the input gradient: ``hand - true = y * s`` with one number ``s`` per row of the last
     axis (``y`` the output): the coupling term of a normalising layer forgotten or doubled, e.g.
@@ -328,14 +334,13 @@ def coupling_term(h, t, ctx):
     if not np.all(yy > 0):
         return None
     s = np.sum(d * y, -1, keepdims=True) / yy
-    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
-    if np.max(np.abs(s)) == 0 or np.max(np.abs(d - s * y)) > allowed:
+    if np.max(np.abs(s)) == 0 or not _within(d - s * y, t, ctx["tol"]):
         return None
     text = "hand - true = y * (one number per row of the last axis): a coupling term of the derivative"
     if c is not None and np.shape(c) == h.shape:
         dyy = np.sum(np.asarray(c, np.float64) * y, -1, keepdims=True)
         for k, what in ((1.0, "forgotten"), (-1.0, "counted twice")):
-            if np.max(np.abs(d - k * dyy * y)) <= allowed:
+            if _within(d - k * dyy * y, t, ctx["tol"]):
                 return f"hand = true {'+' if k > 0 else '-'} y sum(dy y): softmax's coupling term {what}"
     return text + " forgotten or scaled (softmax's y sum(dy y), a normalisation's mean terms)"
 
@@ -357,8 +362,7 @@ def batch_statistics_terms(h, t, ctx):
         return None
     xhat = (x2 - x2.mean(0)) / sd
     a, b = d.mean(0), np.sum(d * xhat, 0) / np.sum(xhat * xhat, 0)
-    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
-    if np.max(np.abs(a)) + np.max(np.abs(b)) == 0 or np.max(np.abs(d - a - b * xhat)) > allowed:
+    if np.max(np.abs(a)) + np.max(np.abs(b)) == 0 or not _within(d - a - b * xhat, t, ctx["tol"]):
         return None
     return ("hand - true = a + b * xhat for each feature over the batch (xhat: the input standardised over the batch): "
             "the terms through the batch mean and variance, mean(dy) and xhat mean(dy xhat), forgotten or wrong "
@@ -398,14 +402,13 @@ def input_term(h, t, ctx):
         return None
     x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)
     d = np.asarray(h, np.float64) - np.asarray(t, np.float64)
-    allowed = ctx["tol"] * max(float(np.max(np.abs(t), initial=0.0)), 1e-300)
     for name, f in INPUT_TERMS.items():
         term = c * f(x)
         tt = float(np.sum(term * term))
         if not np.isfinite(tt) or tt == 0:
             continue
         k = float(np.sum(d * term)) / tt
-        if abs(k) > 1e-6 and np.max(np.abs(d - k * term)) <= allowed:
+        if abs(k) > 1e-6 and _within(d - k * term, t, ctx["tol"]):
             what = "forgotten" if abs(k + 1) < 1e-3 else "counted twice" if abs(k - 1) < 1e-3 else f"scaled by {k + 1:.6g}"
             return (f"hand = true {'-' if k < 0 else '+'} {abs(k):.6g} * dy * {name}: that term of the derivative "
                     f"{what}")
@@ -1101,7 +1104,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         leaves.append(r)
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
-        est, terms = _fd_estimates(fn, v, c, coords, with_terms=True)
+        est, terms = _fd_estimates(fn, v, c, coords)
         eps = _fd_eps(terms)
         for r, h, x, co, e in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
@@ -1145,16 +1148,15 @@ def _fd_truth(fn, v, c) -> list[np.ndarray]:
         raise ValueError(f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
                          f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments")
     coords = [np.arange(a.size) for a in v]
-    return [e.reshape(a.shape) for e, a in zip(_fd_estimates(fn, v, c, coords), v)]
+    return [e.reshape(a.shape) for e, a in zip(_fd_estimates(fn, v, c, coords)[0], v)]
 
 
-def _fd_estimates(fn, v, c, coords, with_terms=False):
+def _fd_estimates(fn, v, c, coords):
     """Float64 central differences of ``L`` through the primal at ``coords`` (one index array per
-    leaf), one compiled program; one array of estimates per leaf, and with ``with_terms`` the
-    absolute sum of ``L``'s terms ``sum |c * y|`` (``_fd_eps``) from the same program."""
+    leaf), one compiled program: one array of estimates per leaf, and the absolute sum of ``L``'s
+    terms ``sum |c * y|`` (``_fd_eps``)."""
     def measure(v, c, index):
         est, _ = gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H, 4)
         return est, fn.loss(fn.primal, v, c, absolute=True)
     est, terms = jax.jit(measure)(v, c, gradcheck.flat_index(v, coords))
-    est = gradcheck.split_by_leaf(est, coords)
-    return (est, float(terms)) if with_terms else est
+    return gradcheck.split_by_leaf(est, coords), float(terms)

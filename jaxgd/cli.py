@@ -258,7 +258,7 @@ def _check(a) -> int:
                    "there is nothing to check" if callable(obj) else \
                    "not a layer (init, forward, backward: see jaxgd.layers), a models.Model or a custom-rule function"
             raise CheckTargetError(f"{a.target} is a {type(obj).__name__}, {what}")
-        if a.in_shape is None and not isinstance(obj, models.Model) and hasattr(obj, "backward"):
+        if a.in_shape is None and not isinstance(obj, models.Model):
             raise CheckTargetError(f"{a.target} is a layer: give its per-example input shape with --in-shape "
                                    "(e.g. --in-shape 6 or 8,8,3)")
         try:

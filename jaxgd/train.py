@@ -302,8 +302,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
     step_fn, opt = step.build(model, hparams, configs.batch_sharding())
-    epoch_fn = make_epoch(step_fn, int(batch_size), per_step=monitor.step_losses)
-    epoch_fn, eval_fn = (_with_means(epoch_fn) if monitor.step_losses else epoch_fn), make_eval(model, step.l2)
+    epoch_fn, eval_fn = make_epoch(step_fn, int(batch_size), per_step=monitor.step_losses), make_eval(model, step.l2)
+    if monitor.step_losses:
+        epoch_fn = _with_means(epoch_fn)
     if n_cfg is not None:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=seeds is not None)
     base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
@@ -335,9 +336,9 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
 
     ``carry = (params, opt_state, model_state)``; ``data = (x, y)`` or ``(x, y, x_val, y_val)``,
     on the device; ``key_of(e)`` is epoch ``e``'s key. ``epoch_fn`` may return the per-step losses
-    third (``(carry, (loss, accuracy, losses))``: ``History.step_loss``). With ``n_cfg`` configs (None: one) every
-    leaf has a leading configs axis, possibly padded beyond ``n_cfg`` (a mesh's cfg axis): the
-    padding is dropped from what is returned.
+    third (``(carry, (loss, accuracy, losses))``: ``History.step_loss``). With ``n_cfg`` configs
+    (None: one) every leaf has a leading configs axis, possibly padded beyond ``n_cfg`` (a mesh's
+    cfg axis): the padding is dropped from what is returned.
     """
     x, y, val = data[0], data[1], (data[2:] or None)
     t0 = time.perf_counter()
