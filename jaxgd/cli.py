@@ -27,7 +27,7 @@ import sys
 from jaxgd import data
 from jaxgd.data import DataNotFoundError
 from jaxgd.experiments import config as C
-from jaxgd.experiments.common import CorruptFileError
+from jaxgd.experiments.common import CorruptFileError, results_root
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,27 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# command -> (experiment, one-line description)
-COMMANDS = {
-    "gradcheck": ("gradcheck", "every hand-derived gradient against finite differences and jax.grad"),
-    "matrix-chain": ("matrix_chain", "gradient descent on the matrix chain, hand gradients vs jax.grad"),
-    "cifar2": ("cifar2", "INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report"),
-    "cifar2-improved": ("cifar2_improved", "the CIFAR-2 MLP with augmentation, Nesterov, warm-up + cosine, best "
-                                           "epoch by validation, over seeds"),
-    "mnist-zoo": ("mnist_zoo", "CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm"),
-    "mnist-improved": ("mnist_improved", "the nine MNIST models with shifts, Nesterov, warm-up + cosine, best "
-                                         "epoch by validation, over seeds"),
-    "cifar10-softmax": ("cifar10_softmax", "DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G"),
-    "cifar10-improved": ("cifar10_improved", "the best linear softmax of CIFAR-10 pixels here: 45k images, flips, "
-                                             "Nesterov, warm-up + cosine, best epoch by validation"),
-    "resnet": ("resnet", "a ResNet-8 (residual blocks, batch norm, strided convs) on CIFAR-2 and CIFAR-10, every "
-                         "gradient by hand, over seeds"),
-    "airbench": ("airbench", "airbench94's network and recipe (the CIFAR-10 speed record's) on CIFAR-10 and "
-                             "CIFAR-2, every gradient by hand, seeds as one program"),
-    "bench": ("bench", "speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak"),
-}
 
 
 def _plain(doc: str) -> str:
@@ -115,13 +94,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     _common(p)
 
-    for name, (exp, what) in COMMANDS.items():
-        mod = reproduce.EXPERIMENTS[exp][0]
-        p = sub.add_parser(name, aliases=[exp] if exp != name else [], help=what, description=f"{what}.")
-        C.add_flags(p, mod.CONFIG)
-        if name == "cifar2":
-            p.add_argument("--quick", action="store_true", help="the 4-config quick grid instead of the full 18")
-        _common(p, resumable=reproduce.resumable(exp))
+    for exp in reproduce.EXPERIMENTS.values():
+        if not exp.cli_name:
+            continue
+        p = sub.add_parser(exp.cli_name, aliases=[exp.name] if exp.name != exp.cli_name else [], help=exp.what,
+                           description=f"{exp.what}.")
+        C.add_flags(p, exp.config)
+        for flag, _, what in exp.flags:
+            p.add_argument(flag, action="store_true", help=what)
+        _common(p, resumable=exp.resumable)
 
     p = sub.add_parser("check", help="check a hand-written backward: a jaxgd layer or model, or a jax.custom_vjp "
                                      "/ custom_jvp function (jaxgd.check)", description=_plain(_CHECK_HELP),
@@ -339,27 +320,18 @@ def _run(a, log) -> int:
         for res in data_report.run(C.from_flags(data_report.CONFIG, a), out=a.results).values():
             print_table(data_report.summary(res))
         return 0
-    exp = COMMANDS.get(a.command, (a.command,))[0]  # a command or its alias
-    mod = reproduce.EXPERIMENTS[exp][0]
-    extra = {"grid": mod.QUICK_GRID} if exp == "cifar2" and a.quick else {}
-    cfg = C.from_flags(mod.CONFIG, a, **extra)
-    res = reproduce.run_one(exp, cfg, a.results, getattr(a, "force", False), not a.quiet, log)
+    exp = next(e for e in reproduce.EXPERIMENTS.values() if a.command in (e.cli_name, e.name))  # a command or alias
+    extra = {k: v for flag, overrides, _ in exp.flags if getattr(a, flag.lstrip("-").replace("-", "_"))
+             for k, v in overrides.items()}
+    cfg = C.from_flags(exp.config, a, **extra)
+    res = reproduce.run_one(exp.name, cfg, a.results, getattr(a, "force", False), not a.quiet, log)
     from jaxgd import parallel
     if not parallel.is_writer():
         return 0
-    print_table(mod.summary(res))
-    if exp == "gradcheck":
-        print("all passed" if res["all_passed"] else "SOME CHECKS FAILED")
-        return 0 if res["all_passed"] else 1
-    if exp == "cifar2":
-        b = res["best"]
-        print(f"best {b['label']}: train {b['train_acc']:.4f}  val {b['val_acc']:.4f}  test {b['test_acc']:.4f}")
-    if exp == "cifar10_softmax":
-        print("gradient check (float64):", {k: f"{v['fd_max']:.2e}" for k, v in res["gradient_check"].items()})
-    if exp == "bench":
-        print()
-        print_table(mod.ratio_rows(res))
-    return 0
+    print_table(exp.summary(res))
+    for note in exp.notes(res, results_root(a.results)):  # Markdown, as REPORT.md shows it
+        print("\n" + re.sub(r"</?sub>", "", note))
+    return 1 if res.get("all_passed") is False else 0  # a check that failed
 
 
 if __name__ == "__main__":

@@ -186,8 +186,7 @@ def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     accs = [x["test_acc_tta"] for x in r["runs"]]
     assert min(accs) > 0.7 and accs[0] != accs[1]  # well above chance (0.5); the seeds differ
     assert airbench.summary(res)[0]["seeds"] == 2
-    from jaxgd.experiments import writeup
-    part = writeup._readme_airbench(res, tmp_path)
+    part = airbench.about(res, tmp_path) + "".join(airbench.notes(res, tmp_path)) + airbench.headline(res, tmp_path)[0]
     assert "airbench94" in part and f"{r['test_acc_mean']:.4f}" in part
     from jaxgd import plots
     assert plots.airbench_curves(res, tmp_path / "curves.png").stat().st_size > 0

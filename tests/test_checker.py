@@ -146,13 +146,14 @@ def test_off_constant_moves_initial_scales_but_keeps_signs():
     np.testing.assert_array_equal(q["W"], p["W"])  # not constant: left as it is
 
 
-def test_the_readme_example_prints_what_the_readme_shows(capsys):
+@pytest.mark.parametrize("page", ["README.md", "docs/checker.md"])
+def test_the_readme_example_prints_what_the_readme_shows(page, capsys):
     from pathlib import Path
-    block = (Path(__file__).parents[1] / "README.md").read_text().split("<!-- check-example:start -->")[1]
+    block = (Path(__file__).parents[1] / page).read_text().split("<!-- check-example:start -->")[1]
     block = block.split("<!-- check-example:end -->")[0]
     code = block.split("```python\n")[1].split("```")[0]
     shown = block.split("```text\n")[1].split("```")[0]
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, page, "exec"), {})
     assert capsys.readouterr().out.strip() == shown.strip()
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import require_real_data
 from jaxgd import cli, progress
+from jaxgd.experiments import reproduce
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -24,15 +25,18 @@ def test_jaxgd_is_on_path_and_python_m_works():
         assert r.returncode == 0 and "reproduce" in r.stdout and "mnist-zoo" in r.stdout, r
 
 
-@pytest.mark.parametrize("argv", [["reproduce"], ["data", "report"], ["data", "export"]] + [[c] for c in cli.COMMANDS])
+COMMANDS = {e.cli_name: e.what for e in reproduce.EXPERIMENTS.values() if e.cli_name}
+
+
+@pytest.mark.parametrize("argv", [["reproduce"], ["data", "report"], ["data", "export"]] + [[c] for c in COMMANDS])
 def test_every_subcommand_has_help_with_defaults(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv + ["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "``" not in out and "Returns" not in out  # plain text, not a docstring's markup
-    if argv[0] in cli.COMMANDS:  # the one-line description, said once
-        assert " ".join(out.split()).count(" ".join(cli.COMMANDS[argv[0]][1].split()[:4])) == 1, out
+    if argv[0] in COMMANDS:  # the one-line description, said once
+        assert " ".join(out.split()).count(" ".join(COMMANDS[argv[0]].split()[:4])) == 1, out
     if argv[:2] == ["data", "export"]:
         return
     assert "--results" in out and "--quiet" in out
@@ -123,25 +127,28 @@ def test_fit_reports_progress_and_prints_nothing(capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def readme_python_blocks():
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def python_blocks(page):
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
 
 
 def test_readme_examples_run(monkeypatch):
-    """Every Python block of the README, in order, in one namespace, as pasted; on real data cut to
-    a tiny slice and one epoch, so that the README cannot drift from the code."""
+    """Every Python block of the README and of the guide's pages (docs/), in order, one namespace
+    per page, as pasted; on real data cut to a tiny slice and one epoch, so that neither can drift
+    from the code."""
     require_real_data("cifar2")
     require_real_data("mnist")
     from jaxgd import data, train
     load, fit = data.load, train.fit
     monkeypatch.setattr(data, "load", lambda *a, **k: load(*a, **{**k, "train_size": 256}))
     monkeypatch.setattr(train, "fit", lambda *a, **k: fit(*a, **{**k, "epochs": 1}))
-    blocks = readme_python_blocks()
-    assert len(blocks) >= 3
-    ns = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"README.md python block {i + 1}", "exec"), ns)
+    pages = {}
+    for page in (README, *sorted(README.parent.glob("docs/*.md"))):
+        ns = pages[page.name] = {}
+        for i, block in enumerate(python_blocks(page)):
+            exec(compile(block, f"{page.name} python block {i + 1}", "exec"), ns)
+    assert np.all(np.isfinite(pages["README.md"]["hist"].train_loss))  # the README's fit
     # what the blocks say they compute, they compute
+    ns = pages["api.md"]
     hist = ns["hist"]  # "fit, taken apart": two configs as one program, 2 epochs (run_epochs is not cut)
     assert np.shape(hist.train_loss) == (2, 2) and np.all(np.isfinite(hist.train_loss))
     assert ns["out_shape"] == (28, 28, 8) and ns["dx"].shape == ns["x"].shape  # a layer on its own

@@ -1,6 +1,7 @@
 """Faults injected on purpose: interrupted runs, corrupt files, racing processes, bad configs,
 no data and no network. Each must end in one clear error or a correct resumed run, never in lost
 or mislabelled results. (Bad arguments to ``fit`` and ``sgd_hyperparams``: tests/test_train.py.)"""
+import dataclasses
 import json
 import os
 import signal
@@ -122,8 +123,9 @@ def test_truncated_partial_is_named_and_set_aside(tmp_path, content):
 
 
 def test_truncated_result_is_rerun_by_reproduce_and_named_in_the_report(tmp_path, monkeypatch):
-    mod, rfile, _, full, figs = reproduce.EXPERIMENTS["matrix_chain"]
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "matrix_chain", (mod, rfile, {"Ks": [2], "iters": 5}, full, figs))
+    exp = reproduce.EXPERIMENTS["matrix_chain"]
+    rfile = exp.results
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "matrix_chain", dataclasses.replace(exp, quick={"Ks": [2], "iters": 5}))
     quiet = {"log": lambda s: None}
     assert reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, **quiet)["matrix_chain"].startswith("ok")
     result = tmp_path / "quick" / rfile
@@ -178,12 +180,12 @@ def test_a_path_in_a_config_is_kept_as_text(tmp_path):
 
 @pytest.mark.parametrize("name", list(reproduce.EXPERIMENTS))
 def test_unknown_and_bad_config_keys_are_refused(name):
-    mod = reproduce.EXPERIMENTS[name][0]
+    exp = reproduce.EXPERIMENTS[name]
     with pytest.raises(ConfigError, match="unknown .* config key 'iter'"):
-        mod.run({"iter": 5}, out=False)
-    first = next(iter(mod.CONFIG.__dataclass_fields__))
+        exp.run({"iter": 5}, out=False)
+    first = next(iter(exp.config.__dataclass_fields__))
     with pytest.raises(ConfigError, match=repr(first)):
-        mod.CONFIG.make({first: object()})
+        exp.config.make({first: object()})
 
 
 def test_cli_bad_flags_and_values_give_one_line_and_exit_2(capsys, tmp_path, monkeypatch):

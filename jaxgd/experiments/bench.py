@@ -74,6 +74,8 @@ from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
 from jaxgd.experiments.common import load_json, outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
+from jaxgd.experiments.protocol import Experiment
+from jaxgd.report import markdown_table
 from jaxgd.experiments.timing import device_name
 
 HP = (0.01, 0.9, 0.001)  # lr, momentum, weight decay of every training loop here
@@ -589,7 +591,7 @@ SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": la
 assert set(SECTION_RUNS) == set(SECTIONS)
 
 
-def run(config=None, out=None, verbose=True, log=print) -> dict:
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     """Run the sections of ``config`` in order. After each one, what is finished so far is written
     to ``bench/<device>_partial.json`` (a run cut short keeps its sections); at the end,
     ``bench/<device>.json`` and its figure, and the partial file is removed."""
@@ -689,6 +691,105 @@ def ratio_rows(res) -> list[dict]:
 def summary(res) -> list[dict]:
     return table(res["sections"])
 
+
+def about(res, out) -> str:
+    timing_ = ("the rows of each ratio timed in interleaved rounds" if res.get("timing") == "interleaved"
+               else "each row's runs timed one after another")
+    return (f"**Speed** on `{res['device_name']}` ({res['provenance']['device']}; ratios measured side by side in one "
+            f"run of `jaxgd bench`, {timing_}, median of {res['config']['repeats']}; lower is faster unless the target "
+            "says >=).")
+
+
+def notes(res, out) -> list[str]:
+    """The ratios against their targets, the sections kept from earlier runs, where it ran, and the
+    startup probes as a before/after table."""
+    lines = ["Ratios:\n\n" + markdown_table(ratio_rows(res))] + _kept_line(res) + [_bench_provenance(res)]
+    return lines + ([_startup_table(res)] if res["sections"].get("startup") else [])
+
+
+HEADLINE = {"jaxgd/torch bs256": "MLP epoch", "jaxgd/torch CNN": "CNN epoch",
+            "best training loop / matmul peak": "best training loop", "cache_command wall s, empty cache":
+            "`jaxgd reproduce --quick`, empty cache"}
+
+
+def headline(res, out) -> tuple[str, str]:
+    ratios = {k: v for s in res["sections"].values() for k, v in s["ratios"].items()}
+    parts = [f"{what}: " + (f"{ratios[k]:.0f} s" if k.startswith("cache_command") else
+                            f"{ratios[k]:.2f} of the matmul peak" if "peak" in k else f"{ratios[k]:.2f}x PyTorch's time")
+             for k, what in HEADLINE.items() if k in ratios]
+    torch = res.get("torch") or {}
+    return "; ".join(parts), f"PyTorch {torch.get('version', '')} (eager) on the same device"
+
+
+def _kept_line(r) -> str:
+    """The sections a bench kept from an earlier run (``--keep``), with that run's commit, CPU and date."""
+    runs = {}
+    for name, p in (r.get("reused") or {}).items():
+        runs.setdefault((p.get("commit"), p.get("cpu_model") or p.get("device"), p.get("date")), []).append(name)
+    return [f"Kept from an earlier run (not rerun by the run below): {', '.join(names)} (commit {c}, {where}, "
+                   f"{date})." for (c, where, date), names in runs.items()]
+
+
+def _bench_provenance(r) -> str:
+    """Where a bench ran: the code (commit, fingerprint), the versions and the float32 precision."""
+    p, prec, t = r["provenance"], r.get("precision"), r.get("torch") or {}
+    code = (f"commit {p['commit']}" + (" with uncommitted changes" if p.get("uncommitted_changes") else "")
+            + f", code fingerprint `{p.get('code_fingerprint')}`")
+    line = (f"<sub>{code}; jax {p['versions']['jax']}"
+            + (f", PyTorch {t['version']} on {t.get('device', 'cpu')}" if t else "")
+            + (f", flax {r['flax']['flax']} with optax {r['flax']['optax']}" if r.get("flax") else "") + f", {p['date']}")
+    peak = r["sections"].get("matmul", {"rows": [{}]})["rows"][0].get("gflops")
+    if peak:
+        where = f"{p.get('cpu_model')}, {p.get('cpu_count')} cores" if r["device_name"].startswith("cpu") else p["device"]
+        line += "; matmul peak " + (f"{peak / 1e3:.0f} TFLOP/s" if peak >= 1e4 else f"{peak:.0f} GFLOP/s") + f" ({where})"
+    if prec and (prec["tf32_matmul"] or prec["tf32_conv"]):
+        line += (f"; float32 matmuls and convolutions ran in TF32, XLA's default on this GPU (relative error "
+                 f"{prec['float32_matmul_rel_error']:.0e} against float64), and PyTorch was set to TF32 alike")
+    return line + ".</sub>"
+
+
+def _startup_table(r) -> str:
+    """The startup section as a before/after table: each probe's seconds, programs compiled and
+    peak memory in a fresh process with an empty compilation cache (and with a warm one), for this
+    run's code and, where measured, the baseline tree's (``bench --startup-baseline``)."""
+    sec = r["sections"].get("startup")
+    if not sec:
+        return ""
+    def commit(section):  # a section kept from an earlier run (bench --keep) has that run's commit
+        return (r.get("reused") or {}).get(section, r["provenance"]).get("commit")
+    rows = []
+    for row in sec["rows"]:
+        probe, rest = row["name"].split(", a fresh process, ")
+        state, _, base = rest.partition(" [baseline ")
+        rows.append({"probe": probe, "cache": state.replace(" cache", ""),
+                     "code": f"baseline {base.rstrip(']')}" if base else f"this ({commit('startup')})",
+                     "seconds": row["median_s"], "programs compiled": row.get("first_programs", 0),
+                     "second call s": row.get("second_s", ""), "peak RSS MB": round(row["peak_rss_mb"])})
+    for sec_name, code in (("compile_cache", None), ("compile_cache", "before")):  # the quick profile's whole run
+        cc = r["sections"].get(sec_name)
+        cc = cc and (cc.get(code) if code else cc)
+        for row in (cc or {}).get("rows", []):
+            command, state = row["name"].split(", a fresh process, ")
+            rows.append({"probe": command, "cache": state.split(" cache")[0],
+                         "code": (f"baseline {cc['commit']}" + (f" ({cc['cpu_model']})" if cc.get("cpu_model") not in
+                                  (None, r["provenance"].get("cpu_model")) else "")) if code
+                                 else f"this ({commit('compile_cache')})",
+                         "seconds": row["wall_s"], "programs compiled": row["programs"], "second call s": "",
+                         "peak RSS MB": round(row["peak_rss_mb"]) if row.get("peak_rss_mb") else ""})
+    rows.sort(key=lambda x: (x["probe"], x["cache"], not x["code"].startswith("baseline")))
+    return ("**Startup** (`jaxgd bench --sections startup`): each probe in a fresh process, with an empty "
+            "compilation cache and then with the cache the first filled; seconds of the probe itself (after the "
+            "interpreter started), programs compiled (or loaded from the cache), the same check called again in the "
+            "same process, and the process's peak memory; `jaxgd reproduce --quick` is the bench's compile_cache "
+            "section, its seconds the whole command's wall time:\n\n" + markdown_table(rows))
+
+
+EXPERIMENT = Experiment(
+    name="bench", what="speed, side by side in one run: jaxgd vs PyTorch, hand vs jax.grad, of matmul peak", run=run,
+    config=BenchConfig, results="bench/{device}.json", summary=summary,
+    quick={"repeats": 2, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 3000, "n_cnn": 1536,
+           "cnn_variants": False, "eager": False, "torch_compile": False},
+    figures=("bench/{device}.png",), notes=notes, about=about, headline=headline)
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--scaling-point"]:  # bench_scaling's child process
     print(json.dumps(scaling_point(int(sys.argv[2]), BenchConfig.make(json.loads(sys.argv[3])))))

@@ -21,6 +21,7 @@ from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar10_softmax import REPORT_TEST_ACC, init
 from jaxgd.experiments.common import BEST_BY_VAL, improved_step, provenance, warmup_cosine, write
 from jaxgd.experiments.config import NON_NEGATIVE, POSITIVE, Config, at_least, data_dir_option, option, warmup_option
+from jaxgd.experiments.protocol import Experiment
 
 TARGET = 0.42
 
@@ -43,7 +44,7 @@ class Cifar10ImprovedConfig(Config):
 CONFIG = Cifar10ImprovedConfig
 
 
-def run(config=None, out=None, verbose=True, log=print) -> dict:
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = Cifar10ImprovedConfig.make(config)
     t0, prov = time.time(), provenance()
     d = data.load("cifar10", val_size=cfg.n_val, seed=cfg.seed, data_dir=cfg.data_dir)
@@ -81,3 +82,28 @@ def summary(res) -> list[dict]:
              "best epoch": g["best_epoch"],
              "test acc": c["test_acc"] if (g["lr"], g["weight_decay"]) == (c["lr"], c["weight_decay"]) else "-"}
             for g in res["grid"]]
+
+
+def about(res, out) -> str:
+    c, ch = res["config"], res["chosen"]
+    return (f"**CIFAR-10, the best linear softmax here** (still `softmax(Wx + b)` on the pixels, hand gradient; what "
+            f"changed from DD2424: {res['data']['sizes']['train']:,} training / {res['data']['sizes']['val']:,} "
+            f"validation images, random horizontal flips, Nesterov momentum, weight decay on W only, warm-up + cosine, "
+            f"{c['epochs']} epochs, the best epoch by validation; lr x weight decay chosen on validation; one seed): "
+            f"lr {ch['lr']:g}, weight decay {ch['weight_decay']:g}, best epoch {ch['best_epoch']}: validation "
+            f"{ch['val_acc']:.4f}, **test {ch['test_acc']:.4f}** (target {res['target']}; DD2424's best, setting B: "
+            f"{res['report_test_acc_percent']['B'] / 100:.4f}).")
+
+
+def headline(res, out) -> tuple[str, str]:
+    return (f"test {res['chosen']['test_acc']:.4f} (one seed)",
+            f"target {res['target']}; DD2424's best (B): {res['report_test_acc_percent']['B'] / 100:.4f}")
+
+
+EXPERIMENT = Experiment(
+    name="cifar10_improved", what="the best linear softmax of CIFAR-10 pixels here: 45k images, flips, Nesterov, "
+                                  "warm-up + cosine, best epoch by validation", run=run,
+    config=Cifar10ImprovedConfig, results="cifar10_improved/results.json", summary=summary,
+    quick={"epochs": 3, "lrs": (0.003,), "weight_decays": (1e-4,)}, figures=("cifar10_improved/templates.png",),
+    needs=("cifar10",), compare_with=f"DD2424's best setting: 34.73% test accuracy (B, 10,000 training images); this "
+                                     f"protocol's target: {TARGET}", about=about, headline=headline)

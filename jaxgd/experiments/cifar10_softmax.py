@@ -20,6 +20,7 @@ import numpy as np
 from jaxgd import backprop, data, gradcheck, models, optim, progress, train
 from jaxgd.experiments.common import outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
+from jaxgd.experiments.protocol import Experiment
 
 # name: (lambda, eta). A-D as in the report; the assignment's original eta = 0.001 settings.
 SETTINGS = {"A": (0.0, 0.1), "B": (0.0, 0.01), "C": (0.1, 0.01), "D": (1.0, 0.01),
@@ -89,7 +90,7 @@ def gradient_check(d, lam=0.1, n=20, dims=20):
     return out
 
 
-def run(config=None, out=None, verbose=False, log=print) -> dict:
+def run(config=None, out=None, force=False, verbose=False, log=print) -> dict:
     cfg = Cifar10SoftmaxConfig.make(config)
     for s in cfg.settings:
         check_hparams(*SETTINGS[s], cfg.n_batch)
@@ -128,3 +129,30 @@ def summary(res) -> list[dict]:
              "val acc": r["final_val_acc"], "test acc (ours)": r["test_acc"],
              "test acc (report)": f"{r['report_test_acc_percent'] / 100:.4f}" if r["report_test_acc_percent"] else "-"}
             for s, r in res["runs"].items()]
+
+
+def about(res, out) -> str:
+    c = res["config"]
+    return (f"**CIFAR-10 linear softmax** (DD2424 assignment 1: {res['data']['sizes']['train']:,} train / "
+            f"{res['data']['sizes']['val']:,} val / {res['data']['sizes']['test']:,} test, n_batch {c['n_batch']}, "
+            f"{c['epochs']} epochs, the closed-form hand gradient).")
+
+
+def notes(res, out) -> list[str]:
+    return ["Gradient check (float64, max relative error against finite differences): "
+            + ", ".join(f"{k} {v['fd_max']:.2e}" for k, v in res["gradient_check"].items()) + "."]
+
+
+def headline(res, out) -> tuple[str, str]:
+    runs = res["runs"]
+    return (", ".join(f"{s} {r['test_acc']:.4f}" for s, r in runs.items()),
+            "DD2424 report: " + ", ".join(f"{s} {REPORT_TEST_ACC[s] / 100:.4f}" for s in runs if s in REPORT_TEST_ACC))
+
+
+EXPERIMENT = Experiment(
+    name="cifar10_softmax", what="DD2424 assignment 1: a linear softmax on CIFAR-10, settings A-G", run=run,
+    config=Cifar10SoftmaxConfig, results="cifar10_softmax/results.json", summary=summary,
+    quick={"settings": ["A", "B", "C", "D"], "epochs": 3},
+    figures=("cifar10_softmax/curves_B.png", "cifar10_softmax/templates_B.png"), needs=("cifar10",),
+    compare_with="report: A 28.33%, B 34.73%, C 31.88%, D 26.76% test accuracy", notes=notes, about=about,
+    headline=headline)

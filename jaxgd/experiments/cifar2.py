@@ -20,9 +20,11 @@ import numpy as np
 from jaxgd import data, layers, models, optim, parallel, progress, train
 from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
 from jaxgd.experiments.config import Config, ConfigError, at_least, data_dir_option, option
+from jaxgd.experiments.protocol import Experiment
 
 SIZES = (3072, 512, 128, 32, 2)
 N_PARAMS = 1_643_234
+REPORTS = "0.855 / 0.8405 / 0.848"  # the INF265 reports' best test accuracies
 MODEL = models.mlp(SIZES, "relu")  # dense - relu - dense - relu - dense - relu - dense, cross-entropy
 
 # (lr, momentum, weight decay): the INF265 reports' configs, their 2x2x2 grid, and their extra five.
@@ -166,3 +168,32 @@ def summary(res) -> list[dict]:
         rows.append({"config": k, "train acc": v["train_acc"][-1], "val acc": v["final_val_acc"],
                      "diverged": v["diverged_at_epoch"] or "", "best": "<-" if k == res["best"]["label"] else ""})
     return rows
+
+
+def about(res, out) -> str:
+    c = res["config"]
+    return (f"**CIFAR-2 MLP** (3072-512-128-32-2, {res['n_params']:,} parameters, hand backprop + hand SGD, "
+            f"{len(res['grid'])} configs, {c['epochs']} epochs, batch {c['batch_size']}; the best config by validation "
+            f"accuracy, its test accuracy read once). The hand-written update with hand backprop and the `jax.grad` + "
+            f"optax twin give loss curves that differ by at most {res['hand_vs_optax']['max_abs_loss_curve_diff']:.1e}.")
+
+
+def notes(res, out) -> list[str]:
+    b = res["best"]
+    return [f"Best by validation accuracy: **{b['label']}**: train {b['train_acc']:.4f}, val {b['val_acc']:.4f}, "
+            f"**test {b['test_acc']:.4f}**; hand vs optax loss curves differ by at most "
+            f"{res['hand_vs_optax']['max_abs_loss_curve_diff']:.1e}."]
+
+
+def headline(res, out) -> tuple[str, str]:
+    return (f"test {res['best']['test_acc']:.4f} (the best of {len(res['grid'])} configs by validation, one seed)",
+            f"INF265 reports: {REPORTS}")
+
+
+EXPERIMENT = Experiment(
+    name="cifar2", what="INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report", run=run,
+    config=Cifar2Config, results="cifar2/results.json", summary=summary, quick={"grid": QUICK_GRID, "epochs": 3},
+    figures=("cifar2/curves.png", "cifar2/hand_vs_optax.png", "cifar2/confusion_test.png",
+             "cifar2/misclassified_test.png"), needs=("cifar2",), resumable=True,
+    compare_with=f"the INF265 project 1 reports: best test accuracy {REPORTS}", notes=notes, about=about,
+    headline=headline, flags=(("--quick", {"grid": QUICK_GRID}, "the 4-config quick grid instead of the full 18"),))

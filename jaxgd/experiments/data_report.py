@@ -6,8 +6,10 @@ import dataclasses
 import numpy as np
 
 from jaxgd import data
-from jaxgd.experiments.common import provenance, write
+from jaxgd.experiments.common import load_json, provenance, write
 from jaxgd.experiments.config import Config, data_dir_option, option
+from jaxgd.experiments.protocol import Experiment
+from jaxgd.report import markdown_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,7 @@ class DataReportConfig(Config):
 CONFIG = DataReportConfig
 
 
-def run(config=None, out=None) -> dict:
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     """One report per dataset of ``config.datasets``: ``{name: report}``; writes data/<name>.json."""
     cfg = DataReportConfig.make(config)
     return {name: report(name, cfg, out) for name in cfg.datasets}
@@ -56,3 +58,16 @@ def summary(res) -> list[dict]:
     return [{"dataset": res["dataset"], "split": s, "size": v["size"], "class counts": v["class_counts"],
              "pixel mean": [round(m, 4) for m in v["pixel_mean"]], "range": f"[{v['min']:.0f}, {v['max']:.0f}]"}
             for s, v in res["splits"].items()]
+
+
+def notes(res, out) -> list[str]:
+    """The other datasets' tables (the section is headed by the first dataset's file)."""
+    others = [out / f"data/{ds}.json" for ds in ("mnist", "cifar10") if ds != res["dataset"]]
+    return [markdown_table(summary(load_json(f))) for f in others if f.exists()]
+
+
+EXPERIMENT = Experiment(
+    name="data_report", what="the datasets: split sizes, class counts, pixel statistics, sample images", run=run,
+    config=DataReportConfig, results="data/cifar2.json", summary=summary, quick={"datasets": ("cifar2", "mnist")},
+    figures=("data/cifar2_samples.png", "data/mnist_samples.png"), needs=("cifar2", "mnist"), notes=notes,
+    command="")

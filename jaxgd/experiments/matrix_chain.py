@@ -5,12 +5,12 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import backprop
 from jaxgd.experiments.common import provenance, write
 from jaxgd.experiments.config import POSITIVE, Config, at_least, option
+from jaxgd.experiments.protocol import Experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ def descend(grad_fn, params, x, lr, iters):
     return losses, final
 
 
-def run(config=None, out=None) -> dict:
+def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = MatrixChainConfig.make(config)
     t0 = time.time()
     runs = []
@@ -68,3 +68,18 @@ def summary(res) -> list[dict]:
     return [{"K": r["K"], "initial loss": r["initial_loss"], "final loss": r["final_loss"],
              "max |hand - autodiff| (loss)": r["max_abs_loss_diff"],
              "max |hand - autodiff| (final A)": r["max_abs_final_A_diff"]} for r in res["runs"]]
+
+
+def about(res, out) -> str:
+    return (f"**Matrix chain**: gradient descent with hand gradients and with `jax.grad`, K in "
+            f"{[x['K'] for x in res['runs']]}; the loss curves differ by at most {res['max_abs_loss_diff']:.1e}.")
+
+
+def headline(res, out) -> tuple[str, str]:
+    return f"hand and `jax.grad` loss curves differ by at most {res['max_abs_loss_diff']:.0e}", "`jax.grad`"
+
+
+EXPERIMENT = Experiment(
+    name="matrix_chain", what="gradient descent on the matrix chain, hand gradients vs jax.grad", run=run,
+    config=MatrixChainConfig, results="matrix_chain/results.json", summary=summary, quick={"iters": 200},
+    figures=("matrix_chain/loss_curves.png",), about=about, headline=headline)

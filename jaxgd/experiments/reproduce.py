@@ -8,46 +8,36 @@ results/bench/cpu-2core.json).
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import traceback
 from jaxgd import data, parallel, progress
 from jaxgd.experiments import common
-from jaxgd.experiments.registry import EXPERIMENTS, NEEDS, config, files, in_profile, root
+from jaxgd.experiments.registry import EXPERIMENTS, config, files, in_profile, root
 from jaxgd.experiments.writeup import readme_results, update_readme, write_report
 
 # minutes of `jaxgd reproduce --quick` on a 2-core CPU (empty compilation cache, warm cache): the bench's
 # compile_cache section rounded up; a test keeps them equal to results/bench/cpu-2core.json
 QUICK_MINUTES = (5, 3)
 
-__all__ = ["EXPERIMENTS", "QUICK_MINUTES", "NEEDS", "config", "readme_results", "resumable", "root", "run_all", "run_one",
-           "update_readme", "write_report"]
+__all__ = ["EXPERIMENTS", "QUICK_MINUTES", "config", "readme_results", "root", "run_all", "run_one", "update_readme",
+           "write_report"]
 
 def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
-    """Run experiment ``name`` with its typed ``cfg``, passing ``force``, ``verbose`` and ``log``
-    to its ``run`` where it takes them (only the resumable ones take ``force``). The programs it
-    compiled and the seconds that took (``compile_cache.CompileClock``) are added to its results
-    file as ``compilation``, and the run's wall time, data loading and figures included, as
-    ``run_wall_s``: the time ``run_all`` says and REPORT.md prints."""
+    """Run experiment ``name`` with its typed ``cfg``. The programs it compiled and the seconds that
+    took (``compile_cache.CompileClock``) are added to its results file as ``compilation``, and the
+    run's wall time, data loading and figures included, as ``run_wall_s``: the time ``run_all`` says
+    and REPORT.md prints."""
     from jaxgd.compile_cache import CompileClock
-    run = EXPERIMENTS[name][0].run
-    takes = inspect.signature(run).parameters
     t = time.time()
     with CompileClock() as clock:
-        res = run(cfg, out=out, **{k: v for k, v in (("force", force), ("verbose", verbose), ("log", log))
-                                   if k in takes})
+        res = EXPERIMENTS[name].run(cfg, out=out, force=force, verbose=verbose, log=log)
     path = common.results_root(out) / files(name)[0]
     if isinstance(res, dict) and out is not False and parallel.is_writer() and path.exists():
         res["compilation"], res["run_wall_s"] = clock.as_dict(), round(time.time() - t, 1)
         common.save_json(path, {**common.load_json(path), "compilation": res["compilation"],
                                 "run_wall_s": res["run_wall_s"]})
     return res
-
-
-def resumable(name) -> bool:
-    """Whether the experiment keeps finished configs/models in a partial file (its run takes ``force``)."""
-    return "force" in inspect.signature(EXPERIMENTS[name][0].run).parameters
 
 
 def _done(path, cfg, log) -> bool:
@@ -91,7 +81,7 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
             status[n] = "skipped (done)"
         else:
             todo[n] = cfgs[n]
-    for ds in dict.fromkeys(d for n, cfg in todo.items() for d in NEEDS.get(n, ())
+    for ds in dict.fromkeys(d for n, cfg in todo.items() for d in EXPERIMENTS[n].needs
                             if not hasattr(cfg, "datasets") or d in cfg.datasets):
         data.check_available(ds, data_dir)
     if profile == "quick" and not only and len(todo) == len(names):

@@ -22,8 +22,9 @@ import jax
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, duration, hand_vs_autodiff, improved_step,
-                                     run_datasets, seed_runs, stack_splits, warmup_cosine)
+                                     load_json, run_datasets, seed_runs, stack_splits, warmup_cosine)
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
+from jaxgd.experiments.protocol import Experiment
 
 DATASETS = ("cifar2", "cifar10")
 CLASSES = {"cifar2": 2, "cifar10": 10}
@@ -121,3 +122,50 @@ def summary(res) -> list[dict]:
                      "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
                      "train time": duration(r["train_time_s"])})
     return rows
+
+
+def about(res, out) -> str:
+    c = res["config"]
+    hours = sum(d["train_time_s"] for d in res["datasets"].values()) / 3600
+    depth = models.resnet_depth(c["widths"], c["blocks"])
+    return (f"**A residual network, every gradient by hand** (`jaxgd resnet`; `models.resnet`: ResNet-{depth}, widths "
+            f"{list(c['widths'])}, {c['blocks']} block(s) per stage, 3x3 convs, batch norm, identity and 1x1 stride-2 "
+            "projection shortcuts, global average pooling, He et al. (2016)'s CIFAR shape; its gradient is the hand "
+            "reverse pass through `layers.residual`, compared with `jax.grad` in float64 on real images before "
+            f"training; recipe fixed in advance, no search: Nesterov SGD lr {c['lr']:g}, momentum {c['momentum']:g}, "
+            f"weight decay {c['weight_decay']:g} on the weights, warm-up then cosine, flips and {c['pad']}-pixel crops, "
+            f"batch {c['batch_size']}, each run's best epoch by validation accuracy, test read once per seed; "
+            f"{hours:.1f} h of training on the 2-core CPU, shared part of the time with other runs. A target of "
+            ">= 0.93 on CIFAR-10 needs a longer run, on a GPU).")
+
+
+def notes(res, out) -> list[str]:
+    """The MLP and the linear softmax trained here on the same test images."""
+    others = []
+    if (out / "cifar2_improved/results.json").exists():
+        o = load_json(out / "cifar2_improved/results.json")
+        others.append(f"the INF265 CIFAR-2 MLP, improved protocol: {o['test_acc_mean']:.4f} +- {o['test_acc_std']:.4f}")
+    if (out / "cifar10_improved/results.json").exists():
+        o = load_json(out / "cifar10_improved/results.json")
+        acc = o["chosen"].get("test_acc") if isinstance(o.get("chosen"), dict) else None
+        if acc is not None:
+            others.append(f"DD2424's linear softmax on CIFAR-10, improved: {acc:.4f}")
+    return [f"On the same test images: {'; '.join(others)}."] if others else []
+
+
+def headline(res, out) -> tuple[str, str]:
+    return ("; ".join(f"{ds} {r['test_acc_mean']:.4f}" + (f" +- {r['test_acc_std']:.4f} ({len(r['runs'])} seeds)"
+                                                         if len(r["runs"]) > 1 else " (1 seed)")
+                      for ds, r in res["datasets"].items()),
+            "the MLP and the linear softmax above; >= 0.93 on CIFAR-10 is for a run on a GPU")
+
+
+EXPERIMENT = Experiment(
+    name="resnet", what="a ResNet-8 (residual blocks, batch norm, strided convs) on CIFAR-2 and CIFAR-10, every "
+                        "gradient by hand, over seeds", run=run,
+    config=ResnetConfig, results="resnet/results.json", summary=summary,
+    quick={"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 1024},
+    figures=("resnet/curves.png",), needs=("cifar2", "cifar10"), resumable=True,
+    compare_with="the CIFAR-2 MLP of INF265 project 1 (`cifar2_improved` above) and DD2424's linear softmax on "
+                 "CIFAR-10 (`cifar10_improved`), the other models trained here on these images; a target of >= 0.93 "
+                 "on CIFAR-10 is for a run on a GPU", notes=notes, about=about, headline=headline)
