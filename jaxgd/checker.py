@@ -12,7 +12,7 @@ cotangent gives dx = 0 whatever the backward does), the hand ``backward(params, 
 compared with ``jax.vjp`` of the forward, leaf by leaf (every parameter and the input):
 
 - ``exact``: equal to the last bit; ``close``: ``max |hand - vjp| / max |vjp|`` within
-  ``TOLERANCES`` (1e-10 in float64, 1e-4 in float32); ``wrong`` otherwise. The denominator is at
+  ``VJP_TOLERANCES`` (1e-10 in float64, 1e-4 in float32); ``wrong`` otherwise. The denominator is at
   least ``ZERO_FLOOR`` (1/100) of the problem's largest gradient, so a gradient that is 0 on
   paper (a bias right before batch norm, in training) is not judged by its rounding noise. In
   float32 a gradient may also differ by ``F32_SLACK`` (10) times the largest float32 error
@@ -63,7 +63,7 @@ from jax.test_util import check_vjp
 
 from jaxgd import gradcheck
 
-TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # max |hand - vjp| / max |vjp| per leaf
+VJP_TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # max |hand - vjp| / max |vjp| per leaf
 # A leaf whose true gradient is zero or nearly (in training, a bias right before batch norm: exactly
 # 0 on paper, rounding noise of ~1e-15 in float64) is measured against this fraction of the
 # problem's largest gradient instead of its own largest entry, which would be the noise itself.
@@ -794,7 +794,7 @@ def _check_one(obj, sub, n, problem, mode, dtype, fd_per_leaf, checks):
         leaves_h, struct_ok = [], False
     note("gradient structure", struct_ok, f"backward must return (dparams shaped like params, dx); it returned "
                                           f"{jax.tree_util.tree_structure(got)}")
-    tol = TOLERANCES[dtype]
+    tol = VJP_TOLERANCES[dtype]
     x_np = np.asarray(x)
     ref = _float64_reference(obj, sub, n, mode, (params, state, x, c, fwd_key)) if dtype == "float32" else None
     allow = _allowances(leaves_t, tol, None if ref is None else jax.tree_util.tree_leaves(ref[2]))
@@ -865,7 +865,7 @@ def _loss_gradient(obj, sub, n, progs, params, state, x, y, key, dtype, note):
         with jax.enable_x64(True):
             args64 = _cast(_numpy((params, state, x, y, key)), np.float64)
             ref = jax.tree_util.tree_leaves(_programs(obj, sub, n, "train", "float64").loss_grads(*args64)[1])
-    allow = _allowances(true, TOLERANCES[dtype], ref)["abs"]
+    allow = _allowances(true, VJP_TOLERANCES[dtype], ref)["abs"]
     bad = [name for name, h, t, lim in zip(gradcheck.leaf_names(params), hand, true, allow)
            if np.shape(h) != np.shape(t) or _maxabs(np.asarray(h, np.float64) - np.asarray(t)) > lim]
     note("loss gradient", not bad, f"model.grad differs from jax.grad of the {sub.model.loss} loss at "
@@ -953,7 +953,7 @@ def _explain(e) -> str:
     return f"{name}: {first}"
 
 
-__all__ = ["check", "check_function", "diagnose", "Report", "DIAGNOSES", "TOLERANCES"]
+__all__ = ["check", "check_function", "diagnose", "Report", "DIAGNOSES", "VJP_TOLERANCES"]
 
 
 # ------------------------------------------------------------------------------ a JAX function's custom rule
@@ -1082,7 +1082,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
                 ref = _numpy(jax.jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
             except Exception:  # noqa: BLE001
                 ref = None
-    allow = _allowances(true, TOLERANCES[dtype], ref)
+    allow = _allowances(true, VJP_TOLERANCES[dtype], ref)
     leaves = []
     for i, (h, t, x) in enumerate(zip(hand, true, v)):
         h, t = np.asarray(h), np.asarray(t)
@@ -1097,7 +1097,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         if h.shape != t.shape or h.dtype != dt or r["abs"] > allow["abs"][i]:
             # the batch: the first argument's leading axis (a bias's mean over it is the classic factor)
             batch = int(np.shape(v[0])[0]) if np.ndim(v[0]) else 1
-            r["cause"] = diagnose(h, t, {"batch": batch, "dtype": dt, "tol": TOLERANCES[dtype], "is_input": True,
+            r["cause"] = diagnose(h, t, {"batch": batch, "dtype": dt, "tol": VJP_TOLERANCES[dtype], "is_input": True,
                                          "x": np.asarray(x), "coupling": None,
                                          # one argument and one output: dy for the elementwise-term family
                                          "c": np.asarray(c[0]) if len(c) == 1 and len(v) == 1 else None})

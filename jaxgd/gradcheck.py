@@ -1,4 +1,7 @@
-"""Gradient checking: central finite differences, directional derivatives and ``jax.grad``.
+"""Gradient checking's numbers: central finite differences, directional derivatives and the gap to
+``jax.grad`` of a loss (PyTorch's ``torch.autograd.gradcheck``'s job). ``jaxgd.check`` (``checker``)
+builds its verdicts and diagnoses on these; the ``gradcheck`` experiment runs them over every
+layer and model.
 
 The error measure is INF265 project 1's elementwise relative error
 

@@ -126,6 +126,41 @@ class Optimizer(NamedTuple):
     check: Callable = lambda hparams: None  # raises on hyperparameters this optimizer cannot take
 
 
+def partition(optimizers: dict, labels) -> Optimizer:
+    """Parameter groups (``optax.multi_transform``'s idea, for these optimizers): ``labels`` has the
+    parameters' structure and holds each leaf's group name; the leaves of group ``g`` (as one list)
+    are updated by ``optimizers[g]`` with ``hparams[g]`` (``update``'s hparams: a dict group ->
+    hyperparameters), and a group whose optimizer is None is frozen: never changed, no state.
+    ``torch.optim.SGD`` with several parameter groups is ``partition`` of ``sgd()``s."""
+    label_list = jax.tree_util.tree_leaves(labels)
+    groups = [g for g, o in optimizers.items() if o is not None]
+
+    def split(tree):
+        leaves = jax.tree_util.tree_leaves(tree)
+        return {g: [x for x, q in zip(leaves, label_list) if q == g] for g in groups}
+
+    def merge(tree, parts):
+        it = {g: iter(v) for g, v in parts.items()}
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        return jax.tree_util.tree_unflatten(treedef, [next(it[q]) if q in it else x for x, q in zip(leaves, label_list)])
+
+    def init(params):
+        return {g: optimizers[g].init(part) for g, part in split(params).items()}
+
+    def update(grads, state, params, hparams: dict):
+        g_, p_ = split(grads), split(params)
+        new, new_state = {}, {}
+        for g in groups:
+            new[g], new_state[g] = optimizers[g].update(g_[g], state[g], p_[g], hparams[g])
+        return merge(params, new), new_state
+
+    def check(hparams: dict):
+        for g in groups:
+            optimizers[g].check(hparams[g])
+
+    return Optimizer(init, update, check)
+
+
 def _optax_chain(learning_rate, momentum, weight_decay, nesterov=False, wd_mask=None):
     # add_decayed_weights must come before sgd's trace: decay enters the momentum buffer, as in PyTorch.
     return optax.chain(optax.add_decayed_weights(weight_decay, mask=wd_mask),

@@ -155,7 +155,7 @@ def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
     with jax.enable_x64(True):
         p64, s64 = gradcheck.cast((params, state), jnp.float64)
         opt = airbench.make_optimizer(airbench.roles(model, p64))
-        step = jax.jit(airbench.make_step(model, opt, total))
+        step = jax.jit(airbench.make_lookahead_step(model, opt, total))
         carry = (p64, opt.init(p64), s64, jax.tree_util.tree_map(jnp.copy, (p64, s64)), jnp.zeros((), jnp.int32))
         for i, b in enumerate(batches):
             e = i // steps
@@ -188,8 +188,8 @@ def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     assert airbench.summary(res)[0]["seeds"] == 2
     part = airbench.about(res, tmp_path) + "".join(airbench.notes(res, tmp_path)) + airbench.headline(res, tmp_path)[0]
     assert "airbench94" in part and f"{r['test_acc_mean']:.4f}" in part
-    from jaxgd import plots
-    assert plots.airbench_curves(res, tmp_path / "curves.png").stat().st_size > 0
+    from jaxgd.experiments import figures
+    assert figures.airbench_curves(res, tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_bad_configs_are_refused():

@@ -30,6 +30,11 @@ float32 batch norm, on a GPU); NHWC layout; jax.random's streams instead of PyTo
 here was tuned: the recipe is airbench94's, and the test set is read once per run, at the end.
 The seeds of a dataset train as one program (vmapped; ``together`` at a time where memory is short),
 each with its own initialisation, flips, crops and batch order.
+
+Its optimizer is ``optim.partition`` of the hand SGD over airbench's parameter groups. Its step and
+epoch are its own, not ``train``'s, for what those lack: a lookahead average carried beside the
+optimizer state (``make_lookahead_step``), and crops drawn per minibatch from reflect-padded images
+inside the scan, flips alternating by epoch and a stop in mid-epoch (``make_crop_epoch``).
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers as L, losses, models, optim, schedules, train
-from jaxgd.experiments.common import duration, hand_vs_autodiff, load_json, run_datasets
+from jaxgd.experiments.common import duration, load_json, run_datasets
+from jaxgd.experiments.recipes import hand_vs_autodiff
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -124,9 +130,6 @@ def whiten(x, size: int = 2, eps: float = 5e-4) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the optimizer
 
-ROLES = ("frozen", "whiten_bias", "norm_bias", "other")
-
-
 def roles(model, params) -> list:
     """Each parameter's part in airbench's optimizer: the whitening weights and the batch-norm
     scales are ``frozen``; the whitening bias trains for a few epochs (``whiten_bias``); the
@@ -159,44 +162,24 @@ def hyperparams(cfg, steps_per_epoch: int) -> tuple[Hyper, int]:
                  optim.sgd_hyperparams(lr, cfg.momentum, wd / lr, schedule=sched), True), total
 
 
-_SGD = optim.sgd(nesterov=True)
-
-
-def _split(tree, role_list):
-    leaves = jax.tree_util.tree_leaves(tree)
-    return {r: [x for x, q in zip(leaves, role_list) if q == r] for r in ROLES}
-
-
-def _merge(tree, parts, role_list):
-    it = {r: iter(v) for r, v in parts.items()}
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return jax.tree_util.tree_unflatten(treedef, [next(it[q]) if q in parts else x
-                                                  for x, q in zip(leaves, role_list)])
-
-
 def make_optimizer(role_tree) -> optim.Optimizer:
-    """airbench's optimizer from the hand SGD (``optim.sgd(nesterov=True)``, PyTorch's rules): one
-    instance per parameter group, the whitening bias's steps kept only while ``hparams.whiten_on``
-    (afterwards PyTorch sees no gradient for it and leaves it, and its momentum, alone); frozen
-    parameters are never touched."""
-    role_list = jax.tree_util.tree_leaves(role_tree)
-    trained = ("whiten_bias", "norm_bias", "other")
-
-    def init(params):
-        parts = _split(params, role_list)
-        return {r: _SGD.init(parts[r]) for r in trained}
+    """airbench's optimizer: the hand SGD (``optim.sgd(nesterov=True)``, PyTorch's rules) over its
+    parameter groups (``optim.partition`` by ``roles``), the whitening bias's steps kept only while
+    ``hparams.whiten_on`` (afterwards PyTorch sees no gradient for it and leaves it, and its
+    momentum, alone); frozen parameters are never touched."""
+    sgd = optim.sgd(nesterov=True)
+    groups = optim.partition({"frozen": None, "whiten_bias": sgd, "norm_bias": sgd, "other": sgd}, role_tree)
 
     def update(grads, state, params, hp: Hyper):
-        g, p = _split(grads, role_list), _split(params, role_list)
-        new, new_state = {}, {}
-        for r in trained:
-            new[r], new_state[r] = _SGD.update(g[r], state[r], p[r], hp.norm if r == "norm_bias" else hp.other)
-        keep = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(hp.whiten_on, x, y), a, b)  # noqa: E731
-        new["whiten_bias"] = keep(new["whiten_bias"], p["whiten_bias"])
-        new_state["whiten_bias"] = keep(new_state["whiten_bias"], state["whiten_bias"])
-        return _merge(params, new, role_list), new_state
+        new, new_state = groups.update(grads, state, params, {"whiten_bias": hp.other, "norm_bias": hp.norm,
+                                                              "other": hp.other})
+        new = jax.tree_util.tree_map(lambda r, n, p: jnp.where(hp.whiten_on, n, p) if r == "whiten_bias" else n,
+                                     role_tree, new, params)
+        new_state["whiten_bias"] = jax.tree_util.tree_map(lambda n, s: jnp.where(hp.whiten_on, n, s),
+                                                          new_state["whiten_bias"], state["whiten_bias"])
+        return new, new_state
 
-    return optim.Optimizer(init, update)
+    return optim.Optimizer(groups.init, update)
 
 
 # ------------------------------------------------------------------------------ the epoch
@@ -205,7 +188,7 @@ def _lerp(ema, net, w):
     return jax.tree_util.tree_map(lambda e, x: e + jnp.asarray(w, e.dtype) * (x - e), ema, net)
 
 
-def make_step(model, optimizer, total_steps: int, lookahead_every: int = 5):
+def make_lookahead_step(model, optimizer, total_steps: int, lookahead_every: int = 5):
     """``step(carry, xb, yb, hparams) -> (carry, (loss, accuracy))`` of one run on a ready
     minibatch, ``carry = (params, opt_state, model_state, ema, step)``: the hand gradient of the
     summed loss, the update, and the lookahead (every ``lookahead_every`` steps ``ema`` moves
@@ -234,9 +217,9 @@ def crop(x_pad, offsets, pad: int):
     return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(x_pad, offsets)
 
 
-def make_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: int, pad: int):
+def make_crop_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: int, pad: int):
     """``epoch(carry, x_padded, y, hparams, flip_all, key) -> (carry, (loss, acc, active))`` of one
-    run: ``step`` (``make_step``'s) ``lax.scan``-ned over ``steps_per_epoch`` minibatches of a
+    run: ``step`` (``make_lookahead_step``'s) ``lax.scan``-ned over ``steps_per_epoch`` minibatches of a
     seeded permutation, each cropped from the reflect-padded images at a random offset per image
     (and mirrored when ``flip_all``); steps past ``total_steps`` do nothing (``active`` 0), so the
     fractional last epoch stops where airbench's does."""
@@ -285,7 +268,7 @@ def _predict(model, level):
     return jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
 
 
-def accuracy(model, params, state, x, y, level, chunk) -> float:
+def tta_accuracy(model, params, state, x, y, level, chunk) -> float:
     f = _predict(model, level)
     hits = sum(int(jnp.sum(f(params, state, jnp.asarray(x[i:i + chunk])) == jnp.asarray(y[i:i + chunk])))
                for i in range(0, len(y), chunk))
@@ -352,7 +335,7 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
     carry = (params, jax.vmap(opt.init)(params), state, ema, jnp.zeros((len(seeds),), jnp.int32))
     x_pad, y = jnp.stack([r[2] for r in runs]), jnp.stack([jnp.asarray(splits[s].train.y) for s in seeds])
     del runs
-    epoch = make_epoch(make_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps, total, cfg.translate)
+    epoch = make_crop_epoch(make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps, total, cfg.translate)
     epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 2))(jnp.asarray(seeds))
     n_epochs = math.ceil(cfg.epochs)
@@ -380,11 +363,11 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
         (p, st), sp = train.unstack_params((params, state), i), splits[s]
         t = time.time()
         r = {"seed": s, "steps": int(count[i]),
-             "test_acc_tta": accuracy(model, p, st, sp.test.x, sp.test.y, cfg.tta_level, cfg.eval_chunk),
+             "test_acc_tta": tta_accuracy(model, p, st, sp.test.x, sp.test.y, cfg.tta_level, cfg.eval_chunk),
              "tta_eval_s": time.time() - t,
-             "test_acc_plain": accuracy(model, p, st, sp.test.x, sp.test.y, 0, cfg.eval_chunk)}
+             "test_acc_plain": tta_accuracy(model, p, st, sp.test.x, sp.test.y, 0, cfg.eval_chunk)}
         if len(sp.val.y):
-            r["val_acc_tta"] = accuracy(model, p, st, sp.val.x, sp.val.y, cfg.tta_level, cfg.eval_chunk)
+            r["val_acc_tta"] = tta_accuracy(model, p, st, sp.val.x, sp.val.y, cfg.tta_level, cfg.eval_chunk)
         r["train_loss_curve"] = [c["train_loss"][i] for c in curves]
         r["train_acc_curve"] = [c["train_acc"][i] for c in curves]
         out.append(r)
@@ -396,12 +379,12 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = AirbenchConfig.make(config)
-    from jaxgd import plots
+    from jaxgd.experiments import figures
     return run_datasets("airbench", cfg, lambda ds: train_runs(ds, cfg, log, verbose),
                         "airbench94's recipe, not tuned here; the test set read once per run, after training",
                         desc="airbench", say=lambda ds: f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)",
                         out=out, force=force, verbose=verbose, log=log,
-                        figures=lambda res: [("curves.png", lambda path: plots.airbench_curves(res, path))])
+                        figures=lambda res: [("curves.png", lambda path: figures.airbench_curves(res, path))])
 
 
 def _median_epoch(r) -> float:

@@ -379,7 +379,7 @@ def bench_grid(cfg, have_torch) -> dict:
     if have_torch:
         m = min(cfg.grid_torch_configs, k)
         xt, yt, xvt, yvt = torch_peers.tensor(x), torch_peers.long(y), torch_peers.tensor(xv), torch_peers.long(yv)
-        ts = [torch_peers.fit(_torch_mlp(), grid[i], xt, yt, xvt, yvt, bs, e) for i in range(m)]
+        ts = [torch_peers.time_config(_torch_mlp(), grid[i], xt, yt, xvt, yvt, bs, e) for i in range(m)]
         total = statistics.mean(ts) * k
         rows.append({"name": f"PyTorch: {k} configs one after another, {e} epochs each ({m} timed, mean x {k})",
                      "median_s": total, "min_s": min(ts) * k, "max_s": max(ts) * k, "times_s": ts,
@@ -533,7 +533,7 @@ def bench_matmul(cfg, have_torch=False) -> dict:
 def bench_airbench_epoch(cfg, have_torch) -> dict:
     """airbench94's network (``models.airbench``), one training epoch of ``n_airbench`` images at its
     batch size 1,024 with its whole recipe (crops, flips, two parameter groups, lookahead): jaxgd's
-    compiled epoch on the hand reverse pass (``experiments.airbench.make_epoch``) beside airbench's
+    compiled epoch on the hand reverse pass (``experiments.airbench.make_crop_epoch``) beside airbench's
     own PyTorch loop (``experiments.airbench_torch``, the pinned copy; eager, as airbench94 runs),
     from the same initial network, interleaved. A second jaxgd row trains the same network with its
     3x3 convolutions computed another way (``AIRBENCH_FAST``: ``lax.conv``'s forward, ``dW`` one
@@ -555,7 +555,7 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
     specs = []
     for label, m in (("jaxgd airbench epoch", model),
                      (f"jaxgd airbench epoch, {AIRBENCH_FAST[0]}", models.airbench(**AIRBENCH_FAST[1]))):
-        epoch = airbench.make_epoch(airbench.make_step(m, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
+        epoch = airbench.make_crop_epoch(airbench.make_lookahead_step(m, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
         t = time.perf_counter()
         compiled = jax.jit(epoch).lower(carry, *args).compile()
         specs.append(({"name": f"{label} (hand backprop, compiled), {n} images bs {bs}",
@@ -643,9 +643,9 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
         if "cnn_epoch" in sections:  # the default CNN epoch (hand gradients, im2col forward)
             sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = sections["cnn_epoch"]["rows"][0]["fraction_of_peak"]
     res = result()
-    from jaxgd import plots
+    from jaxgd.experiments import figures
     write("bench", out, res, f"{res['device_name']}.json",
-          figures=[(f"{res['device_name']}.png", lambda p: plots.bench(res, p))])
+          figures=[(f"{res['device_name']}.png", lambda p: figures.bench(res, p))])
     if out is not False:
         (outdir("bench", out) / f"{res['device_name']}_partial.json").unlink(missing_ok=True)
     return res

@@ -19,7 +19,8 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar10_softmax import REPORT_TEST_ACC, init
-from jaxgd.experiments.common import BEST_BY_VAL, improved_step, provenance, warmup_cosine, write
+from jaxgd.experiments.common import provenance, record, write
+from jaxgd.experiments.recipes import BEST_BY_VAL, best_by_val, improved_schedule, improved_step
 from jaxgd.experiments.config import NON_NEGATIVE, POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
 
@@ -50,7 +51,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     d = data.load("cifar10", val_size=cfg.n_val, seed=cfg.seed, data_dir=cfg.data_dir)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     hp = optim.sgd_hyperparams([g[0] for g in grid], cfg.momentum, [g[1] for g in grid],
-                               schedule=warmup_cosine(cfg.warmup, cfg.epochs, len(d.train.y), cfg.n_batch))
+                               schedule=improved_schedule(cfg.warmup, cfg.epochs, len(d.train.y), cfg.n_batch))
     model = models.linear_softmax(d.train.x.shape[1])
     params = init(jax.random.PRNGKey(cfg.seed), d.train.x.shape[1])
     show = progress.epoch_logger(f"{len(grid)} configs", cfg.epochs, quiet=not verbose, log=log)
@@ -58,20 +59,17 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
                         epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, monitor=BEST_BY_VAL,
                         step=improved_step(augment.flip_crop((32, 32, 3), crop=False)), progress=show)
     show.close()
-    va = np.asarray(h.val_acc, float)
-    best_val = [float(np.nanmax(va[:, i])) for i in range(len(grid))]
-    i = int(np.argmax(best_val))
+    best_val, i = best_by_val(h)
     _, test_acc = train.make_eval(model)(train.unstack_params(p, i), None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
-    res = {"experiment": "cifar10_improved", "config": cfg.to_dict(), "data": d.info,
-           "grid": [{"lr": lr, "weight_decay": wd, "best_val_acc": v, "best_epoch": e}
-                    for (lr, wd), v, e in zip(grid, best_val, h.best_epoch)],
-           "chosen": {"lr": grid[i][0], "weight_decay": grid[i][1], "val_acc": best_val[i],
-                      "best_epoch": h.best_epoch[i], "test_acc": float(test_acc)},
-           "val_acc": h.val_acc, "train_acc": h.train_acc, "target": TARGET,
-           "report_test_acc_percent": REPORT_TEST_ACC, "wall_time_s": time.time() - t0, "provenance": prov}
-    from jaxgd import plots
+    res = record("cifar10_improved", cfg, t0, prov, data=d.info,
+                 grid=[{"lr": lr, "weight_decay": wd, "best_val_acc": v, "best_epoch": e}
+                       for (lr, wd), v, e in zip(grid, best_val, h.best_epoch)],
+                 chosen={"lr": grid[i][0], "weight_decay": grid[i][1], "val_acc": best_val[i],
+                         "best_epoch": h.best_epoch[i], "test_acc": float(test_acc)},
+                 val_acc=h.val_acc, train_acc=h.train_acc, target=TARGET, report_test_acc_percent=REPORT_TEST_ACC)
+    from jaxgd.experiments import figures
     W = np.asarray(train.unstack_params(p, i)[0]["W"])
-    write("cifar10_improved", out, res, figures=[("templates.png", lambda path: plots.templates(
+    write("cifar10_improved", out, res, figures=[("templates.png", lambda path: figures.templates(
         W.T.reshape(10, 32, 32, 3), d.info["classes"], f"lr {grid[i][0]:g}, weight decay {grid[i][1]:g}", path))])
     return res
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import backprop, data, gradcheck, models, optim, progress, train
-from jaxgd.experiments.common import outdir, provenance, save_json, staged
+from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -110,17 +110,16 @@ def run(config=None, out=None, force=False, verbose=False, log=print) -> dict:
                    "report_test_acc_percent": REPORT_TEST_ACC.get(s)}
         if verbose:
             log(f"{s} lambda={lam:g} eta={eta:g}: test acc {float(test_acc):.4f}")
-    res = {"experiment": "cifar10_softmax", "config": cfg.to_dict(), "data": d.info, "runs": runs,
-           "gradient_check": gradient_check(d), "wall_time_s": time.time() - t0, "provenance": prov}
-    if out is not False:
-        from jaxgd import plots
-        with staged(outdir("cifar10_softmax", out)) as st:
-            save_json(st / "results.json", res)
-            for s, r in runs.items():
-                title = f"{s}: lambda={r['lambda']:g}, eta={r['eta']:g}"
-                plots.templates(weights[s].T.reshape(10, 32, 32, 3), d.info["classes"], title, st / f"templates_{s}.png")
-                plots.curves({k: r["history"][k] for k in ("train_cost", "val_cost", "train_loss", "val_loss",
-                                                            "train_acc", "val_acc")}, title, st / f"curves_{s}.png")
+    res = record("cifar10_softmax", cfg, t0, prov, data=d.info, runs=runs, gradient_check=gradient_check(d))
+
+    def draw(st):
+        from jaxgd.experiments import figures
+        for s, r in runs.items():
+            title = f"{s}: lambda={r['lambda']:g}, eta={r['eta']:g}"
+            figures.templates(weights[s].T.reshape(10, 32, 32, 3), d.info["classes"], title, st / f"templates_{s}.png")
+            figures.curves({k: r["history"][k] for k in ("train_cost", "val_cost", "train_loss", "val_loss",
+                                                        "train_acc", "val_acc")}, title, st / f"curves_{s}.png")
+    write("cifar10_softmax", out, res, draw=draw)
     return res
 
 

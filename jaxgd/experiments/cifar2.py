@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
-from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
+from jaxgd.experiments.common import PartialRun, provenance, record, write
 from jaxgd.experiments.config import Config, ConfigError, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -98,11 +98,9 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     params, _ = models.mlp(SIZES, "relu", cfg.init).init(jax.random.PRNGKey(cfg.seed))
     assert models.count_params(params) == N_PARAMS, models.count_params(params)
 
-    d_out = outdir("cifar2", out) if out is not False else None
     same = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "seed", "init", "train_size")}  # not shard_configs:
     # a config sharded or not gives the same result up to float reassociation
-    part = PartialRun(d_out / "grid_partial.json" if d_out else None, same, "configs", prov, force,
-                      log if verbose else None)
+    part = PartialRun.of("cifar2", out, cfg, "grid", "configs", prov, force, verbose, log, settings=same)
     todo = [g for g in cfg.grid if label(g) not in part]
     bar = progress.bar(len(cfg.grid), "CIFAR-2 grid", quiet=not verbose, unit="config")
     bar.update(len(cfg.grid) - len(todo))
@@ -141,24 +139,24 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     hh, ho = h_hand.as_dict(), h_optax.as_dict()
     curve_diff = max(float(np.nanmax(np.abs(np.subtract(hh[k], ho[k])))) for k in ("train_loss", "val_loss"))
 
-    res = {"experiment": "cifar2", "config": cfg.to_dict(), "n_params": N_PARAMS, "data": d.info,
-           "grid": done, "best": {"label": best_label, "lr": best[0], "momentum": best[1], "weight_decay": best[2],
-                                  "train_acc": hh["train_acc"][-1], "val_acc": hh["val_acc"][-1], "test_acc": test_acc,
-                                  "confusion_matrix": cm.tolist(),
-                                  "reproduces_grid_run": hh["val_acc"][-1] == ok[best_label]["final_val_acc"],
-                                  "grid_vs_retrain_val_acc": [ok[best_label]["final_val_acc"], hh["val_acc"][-1]]},
-           "hand_vs_optax": {"history_hand": hh, "history_optax": ho, "max_abs_loss_curve_diff": curve_diff},
-           "reused": part.reused(map(label, cfg.grid)), "wall_time_s": time.time() - t0, "provenance": prov}
-    if d_out is not None:
-        from jaxgd import plots
-        with staged(d_out) as st:
-            save_json(st / "results.json", res)
-            plots.grid_curves(done, st / "curves.png")
-            plots.overlay(hh, ho, f"CIFAR-2 {best_label}", st / "hand_vs_optax.png")
-            plots.confusion(cm, d.info["classes"], st / "confusion_test.png")
-            wrong = np.flatnonzero(pred != d.test.y)[:24]
-            imgs = d.test.x[wrong].reshape(-1, 32, 32, 3) * np.asarray(d.info["std"]) + np.asarray(d.info["mean"])
-            plots.misclassified(imgs, d.test.y[wrong], pred[wrong], d.info["classes"], st / "misclassified_test.png")
+    res = record("cifar2", cfg, t0, prov, n_params=N_PARAMS, data=d.info, grid=done,
+                 best={"label": best_label, "lr": best[0], "momentum": best[1], "weight_decay": best[2],
+                       "train_acc": hh["train_acc"][-1], "val_acc": hh["val_acc"][-1], "test_acc": test_acc,
+                       "confusion_matrix": cm.tolist(),
+                       "reproduces_grid_run": hh["val_acc"][-1] == ok[best_label]["final_val_acc"],
+                       "grid_vs_retrain_val_acc": [ok[best_label]["final_val_acc"], hh["val_acc"][-1]]},
+                 hand_vs_optax={"history_hand": hh, "history_optax": ho, "max_abs_loss_curve_diff": curve_diff},
+                 reused=part.reused(map(label, cfg.grid)))
+
+    def draw(st):
+        from jaxgd.experiments import figures
+        figures.grid_curves(done, st / "curves.png")
+        figures.overlay(hh, ho, f"CIFAR-2 {best_label}", st / "hand_vs_optax.png")
+        figures.confusion(cm, d.info["classes"], st / "confusion_test.png")
+        wrong = np.flatnonzero(pred != d.test.y)[:24]
+        imgs = d.test.x[wrong].reshape(-1, 32, 32, 3) * np.asarray(d.info["std"]) + np.asarray(d.info["mean"])
+        figures.misclassified(imgs, d.test.y[wrong], pred[wrong], d.info["classes"], st / "misclassified_test.png")
+    write("cifar2", out, res, draw=draw)
     return res
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar2 import REPORTS, SIZES
-from jaxgd.experiments.common import (BEST_BY_VAL, improved_step, load_json, provenance, seed_runs, stack_splits,
-                                     warmup_cosine, write)
+from jaxgd.experiments.common import load_json, provenance, record, write
+from jaxgd.experiments.recipes import BEST_BY_VAL, best_by_val, fit_seeds, improved_schedule, improved_step
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
 from jaxgd.report import markdown_table
@@ -60,13 +60,13 @@ CONFIG = Cifar2ImprovedConfig
 MODEL = models.mlp(SIZES, "relu")
 
 
-def _fit(cfg, params, train_xy, val_xy, lrs, seeds=None, per_config_data=False, show=None):
+def _fit(cfg, params, train_xy, val_xy, lrs, show=None):
+    """The learning rates ``lrs`` from the same ``params``, as one program, on one split (seed 0)."""
     hp = optim.sgd_hyperparams(list(lrs), cfg.momentum, cfg.weight_decay,
-                               schedule=warmup_cosine(cfg.warmup, cfg.epochs, train_xy[1].shape[-1], cfg.batch_size))
+                               schedule=improved_schedule(cfg.warmup, cfg.epochs, train_xy[1].shape[-1], cfg.batch_size))
     return train.fit(MODEL, train.stack_params(params), train_xy, val_xy, hparams=hp, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, step=improved_step(augment.flip_crop((32, 32, 3), cfg.pad)),
-                     monitor=BEST_BY_VAL, seed=list(seeds) if seeds is not None else 0,
-                     configs=train.Configs(per_config_data=per_config_data), progress=show)
+                     monitor=BEST_BY_VAL, seed=0, configs=train.Configs(per_config_data=False), progress=show)
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
@@ -80,8 +80,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     show = progress.epoch_logger("choose lr", cfg.epochs, quiet=not verbose, log=log)
     _, _, h = _fit(cfg, [init] * len(cfg.lrs), d0.train, d0.val, cfg.lrs, show=show)
     show.close()
-    best_val = [float(np.nanmax(np.asarray(h.val_acc)[:, i])) for i in range(len(cfg.lrs))]
-    chosen = int(np.argmax(best_val))
+    best_val, chosen = best_by_val(h)
     lr = cfg.lrs[chosen]
     choice = {"lrs": list(cfg.lrs), "best_val_acc": best_val, "best_epoch": h.best_epoch, "chosen_lr": lr,
               "val_acc": h.val_acc, "train_loss": h.train_loss}
@@ -90,15 +89,13 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     splits = [d0 if s == 0 else load(s) for s in cfg.seeds]
     inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in cfg.seeds]
     show = progress.epoch_logger(f"lr {lr:g} x {len(cfg.seeds)} seeds", cfg.epochs, quiet=not verbose, log=log)
-    p, _, hs = _fit(cfg, inits, stack_splits(splits, "train"), stack_splits(splits, "val"), [lr] * len(cfg.seeds),
-                    cfg.seeds, True, show)
+    runs, mean, std, _ = fit_seeds(MODEL, [(p, None) for p in inits], splits, cfg.seeds, cfg, lr, cfg.epochs,
+                                   augment.flip_crop((32, 32, 3), cfg.pad), show, "train_acc")
     show.close()
-    runs, mean, std = seed_runs(MODEL, p, None, hs, splits, cfg.seeds, "train_acc")
-    res = {"experiment": "cifar2_improved", "config": cfg.to_dict(), "data": d0.info, "choice": choice,
-           "runs": runs, "test_acc_mean": mean, "test_acc_std": std, "target": TARGET,
-           "reports_test_acc": REPORTS, "wall_time_s": time.time() - t0, "provenance": prov}
-    from jaxgd import plots
-    write("cifar2_improved", out, res, figures=[("seed_curves.png", lambda p: plots.seed_curves(res, p))])
+    res = record("cifar2_improved", cfg, t0, prov, data=d0.info, choice=choice, runs=runs, test_acc_mean=mean,
+                 test_acc_std=std, target=TARGET, reports_test_acc=REPORTS)
+    from jaxgd.experiments import figures
+    write("cifar2_improved", out, res, figures=[("seed_curves.png", lambda p: figures.seed_curves(res, p))])
     return res
 
 

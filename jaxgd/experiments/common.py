@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgd import optim, parallel, progress, schedules, train
+from jaxgd import parallel, progress
 from jaxgd._files import atomic_write
 
 
@@ -209,77 +209,24 @@ def staged(d_out):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write(name, out, res, json_name="results.json", figures=()) -> None:
+def record(name, cfg, t0, prov, **fields) -> dict:
+    """A results dict as every experiment writes it: its name and config, its own ``fields``, the
+    wall time since ``t0`` and the provenance ``prov`` taken when it started."""
+    return {"experiment": name, "config": cfg.to_dict(), **fields, "wall_time_s": time.time() - t0, "provenance": prov}
+
+
+def write(name, out, res, json_name="results.json", figures=(), draw=None) -> None:
     """Write ``res`` as ``<out>/<name>/<json_name>`` with its ``figures`` (pairs ``(file name,
-    draw(path))``), all together (``staged``); nothing when ``out`` is False."""
+    draw(path))``, or ``draw(folder)`` drawing several), all together (``staged``); nothing when
+    ``out`` is False."""
     if out is False:
         return
     with staged(outdir(name, out)) as st:
         save_json(st / json_name, res)
-        for fname, draw in figures:
-            draw(st / fname)
-
-
-def improved_step(augmentation=None) -> train.Step:
-    """The improved protocols' update: Nesterov SGD with weight decay on the weights only (not
-    biases or batch-norm parameters), training minibatches transformed by ``augmentation``."""
-    return train.Step(optimizer=optim.sgd(nesterov=True, wd_mask=optim.weights_only), augment=augmentation)
-
-
-BEST_BY_VAL = train.Monitor(select="val_acc")  # the improved protocols return each run's best epoch by validation
-PER_SEED_DATA = train.Configs(per_config_data=True)  # one config per seed, each with its own split
-
-
-def warmup_cosine(fraction, epochs, n_train, batch_size):
-    """The improved protocols' schedule: a linear warm-up over ``fraction`` of the ``epochs`` epochs'
-    steps (``n_train // batch_size`` each, as ``fit`` drops the last partial batch), then a cosine to 0."""
-    steps = epochs * (n_train // batch_size)
-    return schedules.warmup_cosine(int(fraction * steps), steps, 0.0)
-
-
-def stack_splits(splits, part):
-    """``(x, y)`` of split ``part`` ("train" or "val") of each dataset in ``splits``, stacked on a
-    leading seeds axis (``fit(configs=Configs(per_config_data=True))``)."""
-    return tuple(np.stack([getattr(d, part)[i] for d in splits]) for i in (0, 1))
-
-
-def seed_runs(model, params, state, hist, splits, seeds, train_curve):
-    """The runs of a fit that trained one config per seed (each on its own split of ``splits``):
-    per seed its best epoch, the validation accuracy there, the test accuracy (read once, on the same
-    test images normalised with that seed's training statistics), the validation curve and the
-    ``train_curve`` ("train_acc" or "train_loss") curve; with the test accuracies' mean and standard
-    deviation (ddof 1)."""
-    evaluate = jax.jit(train.make_eval(model))
-    val_acc, curve, runs = np.asarray(hist.val_acc, float), np.asarray(getattr(hist, train_curve)), []
-    for i, s in enumerate(seeds):
-        _, acc = evaluate(*train.unstack_params((params, state), i),
-                          jax.numpy.asarray(splits[i].test.x), jax.numpy.asarray(splits[i].test.y))
-        e = hist.best_epoch[i]
-        runs.append({"seed": s, "best_epoch": e, "val_acc": float(val_acc[e - 1, i]), "test_acc": float(acc),
-                     "val_curve": val_acc[:, i].tolist(), f"{train_curve}_curve": curve[:, i].tolist()})
-    tests = np.array([r["test_acc"] for r in runs])
-    return runs, float(tests.mean()), float(tests.std(ddof=1)) if len(tests) > 1 else 0.0
-
-
-def hand_vs_autodiff(model, params, state, x, y) -> dict:
-    """The hand training gradient (``model.grad``) against ``jax.grad`` of the same loss, in
-    float64 on the images ``x``: per leaf ``max |hand - jax.grad| / max |jax.grad|``, the
-    denominator at least ``checker.ZERO_FLOOR`` of the largest gradient (a conv bias right before
-    batch norm has gradient 0 on paper)."""
-    from jaxgd import checker, gradcheck, losses
-    loss_fn = losses.get_loss(model.loss)[0]
-
-    def both(p, s, x, y):  # one compiled program: both gradients, the same dropout key
-        key = jax.random.PRNGKey(0)
-        return model.grad(p, s, x, y, key)[2], jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
-    with jax.enable_x64(True):
-        p, s, x = gradcheck.host_cast((params, state, x), np.float64)
-        hand, true = jax.device_get(jax.jit(both)(p, s, x, np.asarray(y)))
-    h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
-    top = max(float(np.max(np.abs(a))) for a in t)
-    rel = [float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), checker.ZERO_FLOOR * top)
-           for a, b in zip(h, t)]
-    return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
+        for fname, draw_one in figures:
+            draw_one(st / fname)
+        if draw is not None:
+            draw(st)
 
 
 def run_datasets(name, cfg, train, note, *, desc, say, out=None, force=False, verbose=True, log=print,
@@ -289,13 +236,9 @@ def run_datasets(name, cfg, train, note, *, desc, say, out=None, force=False, ve
     ``{experiment, config, datasets, note, reused, wall_time_s, provenance}`` written with
     ``figures(res)`` (``(file, draw(path))`` pairs). ``say(dataset)`` is the line announcing each."""
     t0, prov = time.time(), provenance()
-    d_out = outdir(name, out) if out is not False else None
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("datasets", "data_dir")}
-    part = PartialRun(d_out / "datasets_partial.json" if d_out else None, same, "datasets", prov, force,
-                      log if verbose else None)
+    part = PartialRun.of(name, out, cfg, "datasets", "datasets", prov, force, verbose, log)
     done = part.each(list(cfg.datasets), train, desc, quiet=not verbose, say=lambda ds: log(say(ds)))
-    res = {"experiment": name, "config": cfg.to_dict(), "datasets": done, "note": note,
-           "reused": part.reused(list(cfg.datasets)), "wall_time_s": time.time() - t0, "provenance": prov}
+    res = record(name, cfg, t0, prov, datasets=done, note=note, reused=part.reused(list(cfg.datasets)))
     write(name, out, res, figures=figures(res))
     return res
 
@@ -330,6 +273,17 @@ class PartialRun:
                     log(f"resuming: {len(self.done)} finished {what} kept from {path} "
                         "(each keeps the provenance of the run that computed it)")
         self._earlier = set(self.done)
+
+    @classmethod
+    def of(cls, folder, out, cfg, over, what, prov, force=False, verbose=True, log=print, settings=None):
+        """The partial run of an experiment that trains the entries of ``cfg.<over>`` one by one (its
+        ``what``), kept in ``<folder>/<over>_partial.json`` under the results root ``out`` (nowhere
+        when ``out`` is False) and resumed only from a run whose ``settings`` were the same (by
+        default every config field but ``over`` and the data folder)."""
+        path = outdir(folder, out) / f"{over}_partial.json" if out is not False else None
+        if settings is None:
+            settings = {k: v for k, v in cfg.to_dict().items() if k not in (over, "data_dir")}
+        return cls(path, settings, what, prov, force, log if verbose else None)
 
     def __contains__(self, name):
         return name in self.done

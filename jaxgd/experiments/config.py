@@ -46,7 +46,7 @@ def data_dir_option():
 
 
 def warmup_option():
-    """The ``warmup`` field of the improved protocols (``common.warmup_cosine``)."""
+    """The ``warmup`` field of the improved protocols (``recipes.improved_schedule``)."""
     return option(0.05, "fraction of the steps of linear warm-up before the cosine",
                   check=((lambda v: 0 <= v < 1), "in [0, 1)"))
 

@@ -48,8 +48,8 @@ def report(name, cfg: DataReportConfig, out=None) -> dict:
            "info": {k_: v for k_, v in raw.info.items() if k_ not in ("mean", "std")},
            "normalization_from_train": {"mean": raw.info["mean"], "std": raw.info["std"]},
            "provenance": provenance()}
-    from jaxgd import plots
-    write("data", out, res, f"{name}.json", figures=[(f"{name}_samples.png", lambda path: plots.samples_per_class(
+    from jaxgd.experiments import figures
+    write("data", out, res, f"{name}.json", figures=[(f"{name}_samples.png", lambda path: figures.samples_per_class(
         raw.train.x, raw.train.y, raw.info["classes"], path))])
     return res
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from jaxgd import backprop
-from jaxgd.experiments.common import provenance, write
+from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import POSITIVE, Config, at_least, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -56,11 +56,10 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
             "final_A_hand": p_hand["A"] if K <= 4 else None,
             "final_A_autodiff": p_auto["A"] if K <= 4 else None,
         })
-    res = {"experiment": "matrix_chain", "config": cfg.to_dict(), "runs": runs,
-           "max_abs_loss_diff": max(r["max_abs_loss_diff"] for r in runs),
-           "wall_time_s": time.time() - t0, "provenance": provenance()}
-    from jaxgd import plots
-    write("matrix_chain", out, res, figures=[("loss_curves.png", lambda p: plots.matrix_chain(res, p))])
+    res = record("matrix_chain", cfg, t0, provenance(), runs=runs,
+                 max_abs_loss_diff=max(r["max_abs_loss_diff"] for r in runs))
+    from jaxgd.experiments import figures
+    write("matrix_chain", out, res, figures=[("loss_curves.png", lambda p: figures.matrix_chain(res, p))])
     return res
 
 

@@ -26,9 +26,9 @@ import time
 import jax
 import numpy as np
 
-from jaxgd import augment, data, layers, models, optim, progress, train
-from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, PartialRun, improved_step, load_json, outdir,
-                                     provenance, seed_runs, stack_splits, warmup_cosine, write)
+from jaxgd import augment, data, layers, models, optim, progress
+from jaxgd.experiments.common import PartialRun, load_json, provenance, record, write
+from jaxgd.experiments.recipes import fit_seeds, stack_splits
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
 from jaxgd.report import markdown_table
@@ -74,24 +74,17 @@ CONFIG = MnistImprovedConfig
 
 def train_one(name, splits, stacked, cfg, verbose=False, log=print) -> dict:
     """Train model ``name`` at every seed as one program (``stacked``: the seeds' train and val
-    splits, ``common.stack_splits``); the test set is read once per seed."""
+    splits, ``recipes.stack_splits``); the test set is read once per seed."""
     family, variant = name.split("/")
     model = models.mnist_zoo(family, variant, cfg.conv_impl)
     inits = [model.init(jax.random.PRNGKey(s)) for s in cfg.seeds]
-    train_xy, val_xy = stacked
-    epochs, n = cfg.epochs(family), len(cfg.seeds)
-    hp = optim.sgd_hyperparams([cfg.lr] * n, cfg.momentum, cfg.weight_decay,
-                               schedule=warmup_cosine(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
-    show = progress.epoch_logger(f"{name} x {n} seeds", epochs, quiet=not verbose,
+    epochs = cfg.epochs(family)
+    show = progress.epoch_logger(f"{name} x {len(cfg.seeds)} seeds", epochs, quiet=not verbose,
                                  log=lambda s: log(f"  {name}: {s}"))
-    params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
-    p, st, h = train.fit(model, params0, train_xy, val_xy, hparams=hp,
-                         epochs=epochs, batch_size=cfg.batch_size, seed=list(cfg.seeds), configs=PER_SEED_DATA,
-                         model_state=state0, monitor=BEST_BY_VAL,
-                         step=improved_step(augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None),
-                         progress=show)
+    shifts = augment.flip_crop((28, 28, 1), cfg.shift, flip=False) if cfg.shift else None
+    runs, mean, std, h = fit_seeds(model, inits, splits, cfg.seeds, cfg, cfg.lr, epochs, shifts, show, "train_loss",
+                                   stacked)
     show.close()
-    runs, mean, std = seed_runs(model, p, st, h, splits, cfg.seeds, "train_loss")
     return {"family": family, "variant": variant, "layers": model.describe(), "epochs": epochs,
             "n_params": models.count_params(inits[0][0]), "runs": runs, "test_acc_mean": mean,
             "test_acc_std": std, "target": TARGETS[family],
@@ -103,21 +96,16 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     t0, prov = time.time(), provenance()  # the code as it was when training started
     splits = [data.load("mnist", val_size=cfg.val_size, train_size=cfg.train_size, seed=s, layout="nhwc",
                         data_dir=cfg.data_dir) for s in cfg.seeds]
-    d_out = outdir("mnist_improved", out) if out is not False else None
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
-    part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
-                      log if verbose else None)
+    part = PartialRun.of("mnist_improved", out, cfg, "models", "models", prov, force, verbose, log)
     stacked = stack_splits(splits, "train"), stack_splits(splits, "val")  # once, for all nine models
     done = part.each(cfg.models, lambda name: train_one(name, splits, stacked, cfg, verbose, log), "MNIST improved",
                      quiet=not verbose, say=lambda name: log(f"training {name} ({cfg.epochs(name.split('/')[0])} "
                                                              f"epochs x {len(cfg.seeds)} seeds)"))
-    res = {"experiment": "mnist_improved", "config": cfg.to_dict(), "data": splits[0].info,
-           "models": done,
-           "note": "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
-                   "per seed, at that epoch",
-           "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}
-    from jaxgd import plots
-    write("mnist_improved", out, res, figures=[("test_acc.png", lambda path: plots.zoo_seeds(res, path))])
+    res = record("mnist_improved", cfg, t0, prov, data=splits[0].info, models=done,
+                 note="settings fixed in advance (no search); best epoch by validation accuracy; test read once "
+                      "per seed, at that epoch", reused=part.reused(cfg.models))
+    from jaxgd.experiments import figures
+    write("mnist_improved", out, res, figures=[("test_acc.png", lambda path: figures.zoo_seeds(res, path))])
     return res
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
-from jaxgd.experiments.common import PartialRun, outdir, provenance, save_json, staged
+from jaxgd.experiments.common import PartialRun, provenance, record, write
 from jaxgd.experiments.config import Config, ConfigError, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -108,44 +108,36 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     t0, prov = time.time(), provenance()  # the code as it was when training started
     d = data.load("mnist", val_size=0, train_size=cfg.train_size, seed=cfg.seed, layout="nhwc",
                   data_dir=cfg.data_dir)
-    d_out = outdir("mnist", out) if out is not False else None
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("models", "data_dir")}
-    part = PartialRun(d_out / "models_partial.json" if d_out else None, same, "models", prov, force,
-                      log if verbose else None)
+    part = PartialRun.of("mnist", out, cfg, "models", "models", prov, force, verbose, log)
     done = part.each(cfg.models, lambda name: train_one(name, d, cfg, verbose, log), "MNIST zoo", quiet=not verbose,
                      say=lambda name: log(f"training {name} ({cfg.epochs} epochs)"))
 
-    res = {"experiment": "mnist_zoo", "config": cfg.to_dict(), "data": d.info,
-           "models": done,
-           "note": "train metrics: the whole training set in eval mode after each epoch; test curves are "
-                   "reported only, never used for a choice",
-           "reused": part.reused(cfg.models), "wall_time_s": time.time() - t0, "provenance": prov}
-    if d_out is not None:
-        with staged(d_out) as st:
-            save_json(st / "results.json", res)
-            figures(res, st)
+    res = record("mnist_zoo", cfg, t0, prov, data=d.info, models=done,
+                 note="train metrics: the whole training set in eval mode after each epoch; test curves are "
+                      "reported only, never used for a choice", reused=part.reused(cfg.models))
+    write("mnist", out, res, draw=lambda st: draw_figures(res, st))
     return res
 
 
-def figures(res, d_out):
+def draw_figures(res, d_out):
     from jaxgd import models as zoo
-    from jaxgd import plots
+    from jaxgd.experiments import figures
     models = res["models"]
     pairs = {n: r["hand_vs_autodiff_epoch"] for n, r in models.items() if r.get("hand_vs_autodiff_epoch")}
     if pairs:
-        plots.step_loss_pairs(pairs, "MNIST zoo, first epoch: hand gradients vs jax.grad (same init, batches, masks)",
+        figures.step_loss_pairs(pairs, "MNIST zoo, first epoch: hand gradients vs jax.grad (same init, batches, masks)",
                               d_out / "hand_vs_autodiff.png")
     for name, r in models.items():
-        plots.accuracy_curves({"train": r["train_acc"], "test": r["test_acc"]}, f"MNIST {name}",
+        figures.accuracy_curves({"train": r["train_acc"], "test": r["test_acc"]}, f"MNIST {name}",
                               d_out / f"{name.replace('/', '_')}.png")
     for f in zoo.ZOO_FAMILIES:
         runs = {v: models[f"{f}/{v}"] for v in zoo.ZOO_VARIANTS if f"{f}/{v}" in models}
         if runs:
-            plots.compare_curves(runs, f"MNIST {f}: plain vs dropout vs batch norm", d_out / f"family_{f}.png")
+            figures.compare_curves(runs, f"MNIST {f}: plain vs dropout vs batch norm", d_out / f"family_{f}.png")
     for v in zoo.ZOO_VARIANTS:
         runs = {f: models[f"{f}/{v}"] for f in zoo.ZOO_FAMILIES if f"{f}/{v}" in models}
         if runs:
-            plots.compare_curves(runs, f"MNIST {v}: softmax vs MLP vs CNN", d_out / f"variant_{v}.png")
+            figures.compare_curves(runs, f"MNIST {v}: softmax vs MLP vs CNN", d_out / f"variant_{v}.png")
 
 
 def summary(res) -> list[dict]:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxgd.experiments import (airbench, bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
-                               data_report, gradcheck, matrix_chain, mnist_improved, mnist_zoo, resnet)
+                               data_report, gradient_checks, matrix_chain, mnist_improved, mnist_zoo, resnet)
 from jaxgd.experiments.config import ConfigError
 
 # in the order they run and REPORT.md tells them
-MODULES = (gradcheck, matrix_chain, data_report, cifar2, cifar2_improved, mnist_zoo, mnist_improved, cifar10_softmax,
+MODULES = (gradient_checks, matrix_chain, data_report, cifar2, cifar2_improved, mnist_zoo, mnist_improved, cifar10_softmax,
            cifar10_improved, resnet, airbench, bench)
 EXPERIMENTS = {m.EXPERIMENT.name: m.EXPERIMENT for m in MODULES}
 

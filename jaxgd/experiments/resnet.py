@@ -20,9 +20,9 @@ import time
 
 import jax
 
-from jaxgd import augment, data, models, optim, progress, train
-from jaxgd.experiments.common import (BEST_BY_VAL, PER_SEED_DATA, duration, hand_vs_autodiff, improved_step,
-                                     load_json, run_datasets, seed_runs, stack_splits, warmup_cosine)
+from jaxgd import augment, data, models, optim, progress
+from jaxgd.experiments.common import duration, load_json, run_datasets
+from jaxgd.experiments.recipes import fit_seeds, hand_vs_autodiff
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
 
@@ -78,36 +78,28 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
     model = model_for(cfg, dataset)
     inits = [model.init(jax.random.PRNGKey(s)) for s in seeds]
     check = hand_vs_autodiff(model, *inits[0], splits[0].train.x[:16], splits[0].train.y[:16])
-    train_xy, val_xy = stack_splits(splits, "train"), stack_splits(splits, "val")
-    n = len(seeds)
-    hp = optim.sgd_hyperparams([cfg.lr] * n, cfg.momentum, cfg.weight_decay,
-                               schedule=warmup_cosine(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
-    show = progress.epoch_logger(f"{dataset} x {n} seeds", epochs, quiet=not verbose,
+    show = progress.epoch_logger(f"{dataset} x {len(seeds)} seeds", epochs, quiet=not verbose,
                                  log=lambda s: log(f"  {dataset}: {s}"))
     t0 = time.time()
-    params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
-    p, st, h = train.fit(model, params0, train_xy, val_xy, hparams=hp,
-                         epochs=epochs, batch_size=cfg.batch_size, seed=list(seeds), configs=PER_SEED_DATA,
-                         model_state=state0, monitor=BEST_BY_VAL,
-                         step=improved_step(augment.flip_crop((32, 32, 3), cfg.pad)), progress=show)
+    runs, mean, std, h = fit_seeds(model, inits, splits, seeds, cfg, cfg.lr, epochs,
+                                   augment.flip_crop((32, 32, 3), cfg.pad), show, "train_loss")
     show.close()
-    runs, mean, std = seed_runs(model, p, st, h, splits, seeds, "train_loss")
     return {"dataset": dataset, "layers": model.describe(), "n_params": models.count_params(inits[0][0]),
             "train_flops_per_image": model.train_flops(1), "epochs": epochs, "seeds": list(seeds),
-            "n_train": int(train_xy[1].shape[-1]), "hand_vs_autodiff": check, "runs": runs,
+            "n_train": len(splits[0].train.y), "hand_vs_autodiff": check, "runs": runs,
             "test_acc_mean": mean, "test_acc_std": std, "train_time_s": time.time() - t0,
             "epoch_time_s": h.epoch_time, "compile_time_s": h.compile_time, "diverged_at_epoch": h.diverged_at}
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = ResnetConfig.make(config)
-    from jaxgd import plots
+    from jaxgd.experiments import figures
     return run_datasets("resnet", cfg, lambda ds: train_one(ds, cfg, verbose, log),
                         "settings fixed in advance (no search); best epoch by validation accuracy; test read once "
                         "per seed, at that epoch", desc="ResNet",
                         say=lambda ds: f"training on {ds} ({cfg.epochs(ds)} epochs x {len(cfg.seeds(ds))} seeds)",
                         out=out, force=force, verbose=verbose, log=log,
-                        figures=lambda res: [("curves.png", lambda path: plots.resnet_curves(res, path))])
+                        figures=lambda res: [("curves.png", lambda path: figures.resnet_curves(res, path))])
 
 
 def summary(res) -> list[dict]:

@@ -126,9 +126,9 @@ def loop(model, xt, yt, batch_size, hp):
     return run
 
 
-def fit(model, hp, xt, yt, xv, yv, batch_size, epochs) -> float:
+def time_config(model, hp, xt, yt, xv, yv, batch_size, epochs) -> float:
     """Seconds for one config: ``epochs`` of the usual loop, the running loss and accuracy kept on
-    the device, and the validation loss and accuracy after every epoch, as ``fit`` reports them."""
+    the device, and the validation loss and accuracy after every epoch, as ``train.fit`` reports them."""
     import torch
     dev = device()
     model = model.to(dev)

@@ -1,4 +1,6 @@
-"""Experiment 1: every hand-derived gradient against finite differences and ``jax.grad``.
+"""Experiment 1 (``jaxgd gradcheck``): every hand-derived gradient against finite differences and
+``jax.grad``, run with ``jaxgd.gradcheck``'s machinery over every layer and model (``jaxgd.check``
+is the one-call checker of a single layer, model or custom rule, with diagnoses).
 
 Checked: every layer kind's backward (``layers``: strided and 'valid' convolutions, the
 poolings, the activations, batch and layer norm, residual and concat blocks), the generic
@@ -17,7 +19,7 @@ import numpy as np
 
 from jaxgd import backprop, gradcheck, losses, models, progress
 from jaxgd import layers as L
-from jaxgd.experiments.common import provenance, write
+from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import Config, ConfigError, option
 from jaxgd.experiments.protocol import Experiment
 
@@ -201,8 +203,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
                                             eps=c.get("eps64" if is64 else "eps32"), pattern_fn=c.get("pattern_fn"))
             rows.append({"name": c["name"], "model": c["model"], "loss": c["loss"],
                          "passed": gradcheck.passed(rep), **rep})
-    res = {"experiment": "gradcheck", "config": cfg.to_dict(), "tolerances": gradcheck.TOLERANCES, "checks": rows,
-           "all_passed": all(r["passed"] for r in rows), "wall_time_s": time.time() - t0, "provenance": prov}
+    res = record("gradcheck", cfg, t0, prov, tolerances=gradcheck.TOLERANCES, checks=rows,
+                 all_passed=all(r["passed"] for r in rows))
     write("gradcheck", out, res)
     return res
 

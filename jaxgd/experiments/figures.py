@@ -1,4 +1,5 @@
-"""Matplotlib figures for the experiments. Each takes results (plain dicts/arrays) and a path."""
+"""The experiments' figures (matplotlib), drawn from their results' layouts: each takes a results dict (or
+plain arrays) and a path, and writes one PNG."""
 from __future__ import annotations
 
 import numpy as np
