@@ -165,3 +165,31 @@ def test_nesterov_needs_momentum_and_no_dampening():
     for hp in (optim.sgd_hyperparams(0.1, 0.0), optim.sgd_hyperparams(0.1, 0.9, 0.0, 0.2)):
         with pytest.raises(ValueError, match="Nesterov"):
             train.fit(MODEL, params, (x, y), hparams=hp, epochs=1, batch_size=16, step=train.Step(optim.sgd(nesterov=True)))
+
+
+def test_parameter_groups_update_each_group_as_its_own_optimizer_and_leave_frozen_ones_alone():
+    """optim.partition: each group's leaves step exactly as that group's optimizer would step them
+    alone, with that group's hyperparameters; a group mapped to None never changes and has no state."""
+    key = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+    params = [{"W": jax.random.normal(next(key), (3, 2)), "b": jax.random.normal(next(key), (2,))},
+              {"scale": jax.random.normal(next(key), (2,)), "shift": jax.random.normal(next(key), (2,))}]
+    labels = [{"W": "weights", "b": "biases"}, {"scale": "frozen", "shift": "biases"}]
+    sgd, nesterov = optim.sgd(), optim.sgd(nesterov=True)
+    opt = optim.partition({"weights": nesterov, "biases": sgd, "frozen": None}, labels)
+    hp = {"weights": optim.sgd_hyperparams(0.1, 0.9, 0.01), "biases": optim.sgd_hyperparams(0.5, 0.5)}
+    state = opt.init(params)
+    assert set(state) == {"weights", "biases"}
+    w_state, b_state = nesterov.init([params[0]["W"]]), sgd.init([params[0]["b"], params[1]["shift"]])
+    for _ in range(3):
+        grads = jax.tree_util.tree_map(lambda p: jax.random.normal(next(key), p.shape), params)
+        new, state = opt.update(grads, state, params, hp)
+        (w,), w_state = nesterov.update([grads[0]["W"]], w_state, [params[0]["W"]], hp["weights"])
+        (b, shift), b_state = sgd.update([grads[0]["b"], grads[1]["shift"]], b_state,
+                                          [params[0]["b"], params[1]["shift"]], hp["biases"])
+        np.testing.assert_array_equal(new[0]["W"], w)
+        np.testing.assert_array_equal(new[0]["b"], b)
+        np.testing.assert_array_equal(new[1]["shift"], shift)
+        np.testing.assert_array_equal(new[1]["scale"], params[1]["scale"])  # frozen
+        params = new
+    with pytest.raises(ValueError, match="Nesterov"):
+        opt.check({"weights": optim.sgd_hyperparams(0.1, 0.0), "biases": hp["biases"]})

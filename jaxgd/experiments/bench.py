@@ -70,8 +70,7 @@ import numpy as np
 
 from jaxgd import compile_cache, models, optim, parallel, train
 from jaxgd.experiments import flax_peers, startup, timing, torch_peers
-from jaxgd.experiments.cifar2 import MODEL as MLP
-from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
+from jaxgd.experiments.cifar2 import GRID, MODEL as MLP, SIZES as MLP_SIZES
 from jaxgd.experiments.common import load_json, outdir, provenance, write
 from jaxgd.experiments.config import Config, at_least, option
 from jaxgd.experiments.protocol import Experiment
@@ -362,7 +361,6 @@ def bench_scaling(cfg) -> dict:
 # grid: the INF265 grid as one program vs PyTorch one config after another
 
 def bench_grid(cfg, have_torch) -> dict:
-    from jaxgd.experiments.cifar2 import GRID
     (x, y), params, _ = _grid(cfg)  # the configs section's data and init
     xv, yv = (np.asarray(a) for a in _mlp_data(1000, seed=1))
     grid = list(dict.fromkeys(GRID))  # 18: one config is listed twice, and cifar2 trains it once

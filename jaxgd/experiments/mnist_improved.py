@@ -32,7 +32,7 @@ from jaxgd.experiments.recipes import fit_seeds, stack_splits
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
 from jaxgd.report import markdown_table
-from jaxgd.experiments.mnist_zoo import MODELS
+from jaxgd.experiments.mnist_zoo import MODELS, family_ranges
 
 TARGETS = {"softmax": None, "mlp": 0.985, "cnn": 0.994}  # mean test accuracy over >= 3 seeds
 
@@ -169,14 +169,10 @@ def notes(res, out) -> list[str]:
 
 
 def headline(res, out) -> tuple[str, str]:
-    fams = {}
-    for m in res["models"].values():
-        fams.setdefault(m["family"], []).append(m["test_acc_mean"])
     targeted = [m for m in res["models"].values() if m["target"] is not None]
     met = sum(m["test_acc_mean"] >= m["target"] for m in targeted)
     n = {len(m["runs"]) for m in res["models"].values()}
-    return ("mean test acc " + ", ".join(f"{f} {min(a):.4f}-{max(a):.4f}" for f, a in fams.items())
-            + f" ({'/'.join(map(str, sorted(n)))} seeds); {met} of {len(targeted)} meet their target",
+    return (f"mean test acc {family_ranges(res['models'], 'test_acc_mean')} ({'/'.join(map(str, sorted(n)))} seeds); {met} of {len(targeted)} meet their target",
             "targets (mean over >= 3 seeds): " + ", ".join(f"{f} {t}" for f, t in TARGETS.items() if t))
 
 

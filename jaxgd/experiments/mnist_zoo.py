@@ -179,13 +179,18 @@ def notes(res, out) -> list[str]:
     return lines
 
 
-def headline(res, out) -> tuple[str, str]:
+def family_ranges(models: dict, key: str) -> str:
+    """Each family's lowest and highest ``key`` over its variants: "softmax 0.9230-0.9247, ..."."""
     fams = {}
-    for m in res["models"].values():
-        fams.setdefault(m["family"], []).append(m["final_test_acc"])
+    for m in models.values():
+        fams.setdefault(m["family"], []).append(m[key])
+    return ", ".join(f"{f} {min(a):.4f}-{max(a):.4f}" for f, a in fams.items())
+
+
+def headline(res, out) -> tuple[str, str]:
     met = sum(m["final_test_acc"] >= m["target"] for m in res["models"].values())
-    return ("last-epoch test acc " + ", ".join(f"{f} {min(a):.4f}-{max(a):.4f}" for f, a in fams.items())
-            + f" (one seed); {met} of {len(res['models'])} meet their target",
+    return (f"last-epoch test acc {family_ranges(res['models'], 'final_test_acc')} (one seed); {met} of "
+            f"{len(res['models'])} meet their target",
             "CSI 5340 targets: " + ", ".join(f"{f} {t}" for f, t in TARGETS.items()))
 
 
