@@ -66,6 +66,7 @@ def mlp_forward(params, x, activations="relu"):
 
 
 def mlp_apply(params, x, activations="relu"):
+    """INF265's MLP's output (logits) for ``x``: ``mlp_forward`` without its cache."""
     return mlp_forward(params, x, activations)[0]
 
 
@@ -155,6 +156,7 @@ def matrix_chain_forward(params, x):
 
 
 def matrix_chain_loss(params, x):
+    """The matrix chain's loss: ``matrix_chain_forward`` without its cache."""
     return matrix_chain_forward(params, x)[0]
 
 

@@ -44,11 +44,14 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class Split(NamedTuple):
+    """One split of a dataset: images ``x`` (float32, NHWC or flattened) and labels ``y`` (int32)."""
     x: np.ndarray  # float32, (n, h, w, c) or (n, h*w*c)
     y: np.ndarray  # int32, (n,)
 
 
 class Dataset(NamedTuple):
+    """A dataset's train, validation and test splits, and ``info``: its name, classes, normalisation statistics (from
+    the training part only), sizes and where it was read."""
     train: Split
     val: Split
     test: Split
@@ -56,10 +59,14 @@ class Dataset(NamedTuple):
 
 
 def resolve_data_dir(explicit=None) -> Path:
+    """Where TFDS data is looked for: ``explicit`` (``--data-dir``), else ``$TFDS_DATA_DIR``, else
+    ``~/tensorflow_datasets``."""
     return Path(explicit or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
 
 
 def resolve_cache_dir(explicit=None) -> Path:
+    """Where decoded splits and compiled programs are cached: ``explicit``, else ``$JAXGD_CACHE_DIR``, else
+    ``~/.cache/jaxgd``."""
     return Path(explicit or os.environ.get("JAXGD_CACHE_DIR") or Path.home() / ".cache" / "jaxgd").expanduser()
 
 

@@ -152,18 +152,22 @@ class Activation(Layer):
 
 
 def relu():
+    """The rectifier ``y = max(x, 0)``; backward ``dx = dy * (x > 0)`` (0 at the kink, as PyTorch)."""
     return Activation("relu")
 
 
 def sigmoid():
+    """The logistic ``y = 1 / (1 + exp(-x))``; backward ``dx = dy * y (1 - y)``."""
     return Activation("sigmoid")
 
 
 def tanh():
+    """``y = tanh(x)``; backward ``dx = dy * (1 - y^2)``."""
     return Activation("tanh")
 
 
 def identity():
+    """``y = x``; backward ``dx = dy``."""
     return Activation("identity")
 
 
@@ -247,6 +251,7 @@ class Scale(Layer):
 
 
 def scale(factor: float) -> Scale:
+    """``y = factor * x``, no parameters; backward ``dx = factor * dy``."""
     return Scale(float(factor))
 
 
@@ -261,6 +266,7 @@ def gelu(approximate: bool = False) -> GELU:
 
 
 def softmax() -> Softmax:
+    """Softmax over the last axis; backward ``dx = y * (dy - sum(dy * y))`` per row."""
     return Softmax()
 
 
@@ -725,23 +731,34 @@ class LayerNorm(Layer):
 
 
 def dense(features: int, init: str = "torch", *, bias: bool = True) -> Dense:
+    """A fully connected layer ``y = x W + b`` (``W`` shaped ``(d_in, features)``); backward ``dW = x^T dy``, ``db =
+    sum_batch dy``, ``dx = dy W^T``. ``init``: ``"torch"``, ``"he"`` or ``"glorot"``."""
     return Dense(features, init, bias)
 
 
 def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch", *, stride: int = 1,
            padding: str = "same", bias: bool = True, weight_grad: str = "im2col") -> Conv2D:
+    """A 2-D convolution with ``features`` output channels and a ``size x size`` kernel (NHWC input,
+    HWIO kernel): ``Conv2D``'s forward by im2col or ``lax.conv`` (``impl``), its hand backward ``dx``
+    as the transposed convolution and ``dW`` from the im2col columns or per kernel tap
+    (``weight_grad``)."""
     return Conv2D(features, size, impl, init, stride, padding, bias, weight_grad)
 
 
 def max_pool(size: int = 2, crop: bool = False) -> MaxPool:
+    """Max pooling over ``size x size`` windows (stride ``size``); the gradient goes to each window's first maximum
+    (PyTorch's rule). ``crop=True`` pools any size, leaving out what fills no window."""
     return MaxPool(size, crop)
 
 
 def flatten() -> Flatten:
+    """Each example's features as one vector; backward reshapes ``dy`` back."""
     return Flatten()
 
 
 def dropout(rate: float) -> Dropout:
+    """Inverted dropout with drop probability ``rate`` in training (``y = x * mask / (1 - rate)``), the identity in
+    evaluation; backward reuses the mask."""
     return Dropout(rate)
 
 
@@ -756,10 +773,13 @@ def layer_norm(eps: float = 1e-5) -> LayerNorm:
 
 
 def avg_pool(size: int = 2) -> AvgPool:
+    """Average pooling over ``size x size`` windows (stride ``size``); backward spreads ``dy / size^2`` over each
+    window."""
     return AvgPool(size)
 
 
 def global_avg_pool() -> GlobalAvgPool:
+    """The mean over height and width, one value per channel; backward spreads ``dy / (h w)``."""
     return GlobalAvgPool()
 
 

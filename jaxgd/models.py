@@ -127,6 +127,7 @@ class Model:
 
 
 def count_params(params) -> int:
+    """The number of scalars in a parameter pytree."""
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 

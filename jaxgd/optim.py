@@ -23,6 +23,7 @@ from jaxgd import schedules
 
 
 class SGDHyperparams(NamedTuple):
+    """The hand SGD's numbers (``sgd_hyperparams`` builds and checks them): scalars, or one entry per config of a grid."""
     lr: Any
     momentum: Any = 0.0
     weight_decay: Any = 0.0
@@ -60,6 +61,7 @@ def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0, dampening=0.0, schedule=
 
 
 class SGDState(NamedTuple):
+    """The hand SGD's state: the momentum buffer ``b`` and the number of updates made."""
     momentum: Any  # the buffer b, same structure as params
     count: Any  # updates made so far (int32): the first-step rule and the schedule read it
 
@@ -121,6 +123,8 @@ def sgd_update(grads, state: SGDState, params, hparams: SGDHyperparams):
 
 
 class Optimizer(NamedTuple):
+    """An optimizer as two pure functions, ``init(params) -> state`` and ``update(grads, state, params, hparams) ->
+    (params, state)``, and ``check(hparams)``, which raises on hyperparameters it cannot take."""
     init: Callable
     update: Callable
     check: Callable = lambda hparams: None  # raises on hyperparameters this optimizer cannot take

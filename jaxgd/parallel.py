@@ -70,10 +70,12 @@ def make_mesh(configs=None, data=1, devices=None) -> Mesh:
 
 
 def axis_size(mesh, name) -> int:
+    """How many devices the mesh axis ``name`` spans (1 without a mesh or without that axis)."""
     return int(mesh.shape[name]) if mesh is not None and name in mesh.axis_names else 1
 
 
 def check_mesh(mesh):
+    """Refuse (``ValueError``) anything but a ``jax.sharding.Mesh`` whose axes are among ``AXES``."""
     if not isinstance(mesh, Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh (see jaxgd.parallel.make_mesh), got {type(mesh).__name__}")
     unknown = set(mesh.axis_names) - set(AXES)

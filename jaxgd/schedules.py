@@ -39,6 +39,9 @@ KINDS = ("constant", "step_decay", "cosine", "warmup_cosine", "one_cycle", "tria
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Schedule:
+    """A learning-rate schedule: its formula's name (``kind``, static) and its arguments (float64 scalars, or one entry
+    per config). ``factor(step)`` is the multiplier of the learning rate at that step, inside the compiled
+    epoch."""
     kind: str = dataclasses.field(metadata={"static": True})
     args: dict = dataclasses.field(default_factory=dict)  # name -> float64 scalar or 1-D array
 
@@ -83,21 +86,27 @@ def _make(kind, checks, **args):
 
 
 def constant() -> Schedule:
+    """``factor(t) = 1``."""
     return Schedule("constant", {})
 
 
 def step_decay(step_size, gamma=0.1) -> Schedule:
+    """``factor(t) = gamma ** floor(t / step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
     return _make("step_decay", {"step_size": (lambda v: v >= 1, ">= 1"), "gamma": (lambda v: v > 0, "> 0")},
                  step_size=step_size, gamma=gamma)
 
 
 def cosine(total_steps, final_fraction=0.0) -> Schedule:
+    """``factor(t) = f + (1 - f) (1 + cos(pi min(t / total_steps, 1))) / 2`` with ``f = final_fraction``
+    (``CosineAnnealingLR`` with ``eta_min = f lr``)."""
     return _make("cosine", {"total_steps": (lambda v: v >= 1, ">= 1"),
                             "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
                  total_steps=total_steps, final_fraction=final_fraction)
 
 
 def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
+    """A linear warm-up ``factor(t) = t / warmup_steps`` for ``t < warmup_steps``, then ``cosine`` over the remaining
+    ``total_steps - warmup_steps`` steps down to ``final_fraction``."""
     s = _make("warmup_cosine", {"warmup_steps": (lambda v: v >= 0, ">= 0"), "total_steps": (lambda v: v >= 1, ">= 1"),
                                 "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
               warmup_steps=warmup_steps, total_steps=total_steps, final_fraction=final_fraction)
@@ -107,6 +116,8 @@ def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
 
 
 def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> Schedule:
+    """PyTorch's ``OneCycleLR`` with linear annealing: from ``1 / div_factor`` up to 1 at ``pct_start`` of the steps,
+    then down to ``1 / (div_factor final_div_factor)``."""
     s = _make("one_cycle", {"total_steps": (lambda v: v >= 2, ">= 2"), "pct_start": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
                             "div_factor": (lambda v: v > 0, "> 0"), "final_div_factor": (lambda v: v > 0, "> 0")},
               total_steps=total_steps, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
@@ -118,6 +129,7 @@ def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
 
 
 def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
+    """airbench's schedule: linear from ``start`` to 1 at ``peak_step``, then linear to ``end`` at ``total_steps``."""
     s = _make("triangle", {"total_steps": (lambda v: v >= 2, ">= 2"), "peak_step": (lambda v: v >= 1, ">= 1"),
                            "start": (lambda v: v >= 0, ">= 0"), "end": (lambda v: v >= 0, ">= 0")},
               total_steps=total_steps, peak_step=peak_step, start=start, end=end)
