@@ -8,6 +8,9 @@ results, so that none of them can drift from what they describe.
 - ``speed.md``: the bench's sections, from ``results/bench/*.json`` as REPORT.md tells them.
 - ``api/*.md``: one mkdocstrings page per public module; a public name without a docstring stops
   the build.
+
+After the build, MathJax 2 (from the ``jupyter-server-mathjax`` package, Apache-2.0, its LICENSE
+copied with it) goes into ``assets/mathjax`` of the site, so that formulas render with no network.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import importlib
 import inspect
 import io
 import re
+import shutil
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -125,7 +129,8 @@ def _speed() -> str:
 
 
 def _api_page(module_name: str, what: str) -> str:
-    return f"# `{module_name}`\n\n{what[0].upper() + what[1:]}.\n\n::: {module_name}\n"
+    what = what if what.startswith("jaxgd") else what[0].upper() + what[1:]  # a name keeps its case
+    return f"# `{module_name}`\n\n{what}.\n\n::: {module_name}\n"
 
 
 def on_files(files, config):
@@ -143,3 +148,9 @@ def on_files(files, config):
     for uri, text in pages.items():
         files.append(File.generated(config, uri, content=text))
     return files
+
+
+def on_post_build(config):
+    import jupyter_server_mathjax
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    shutil.copytree(static, Path(config["site_dir"]) / "assets" / "mathjax", dirs_exist_ok=True)

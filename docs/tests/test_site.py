@@ -78,7 +78,14 @@ def broken_links(driver, base: str) -> list[str]:
     return bad
 
 
+def missing_resources(driver) -> list[str]:
+    """What the browser failed to load for the open page (404s in its console), the site's own files only."""
+    return [e["message"][:200] for e in driver.get_log("browser")
+            if "Failed to load resource" in e["message"] and "127.0.0.1" in e["message"]]
+
+
 def _open(driver, url, shot):
+    driver.get_log("browser")  # forget the previous page's messages
     driver.get(url)
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"{shot}.png"))
@@ -110,6 +117,14 @@ def test_a_tutorial_with_its_figures(browser, site):
     assert "SGD" in browser.title
     n = browser.execute_script("return document.images.length;")
     assert n >= 1 and broken_images(browser) == []  # the executed notebook's figures
+    from selenium.webdriver.support.ui import WebDriverWait
+    typeset = WebDriverWait(browser, 60).until(  # the formulas, by the site's own MathJax (no network)
+        lambda d: d.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, .MathJax_SVG').length;") or False)
+    assert typeset >= 3
+    import time
+    time.sleep(2)  # the fonts MathJax asks for after typesetting
+    assert missing_resources(browser) == []
+    browser.save_screenshot(str(SHOTS / "tutorial_04_math.png"))
 
 
 def test_the_api_page_of_check(browser, site):
