@@ -24,8 +24,16 @@ SHOTS = Path(os.environ.get("JAXGD_SITE_SHOTS", ROOT / "site-shots"))
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def list_directory(self, path):  # a folder without its index.html is a missing page, as on a real host
+        self.send_error(404, "no index.html")
+
+    def log_message(self, *args):
+        pass
+
+
 def _serve(folder: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler = functools.partial(_Handler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
@@ -94,12 +102,14 @@ def _open(driver, url, shot):
 def test_the_checks_catch_a_broken_image_and_a_broken_link(browser, tmp_path):
     """The checks below can fail: on a page with a missing image and a dead link they say so."""
     (tmp_path / "ok.html").write_text("<p>ok</p>")
-    (tmp_path / "index.html").write_text('<img src="missing.png"><a href="nowhere.html">x</a><a href="ok.html">y</a>')
+    (tmp_path / "index.html").write_text('<img src="missing.png"><a href="nowhere.html">x</a><a href="ok.html">y</a>'
+                                         '<a href="empty/">z</a>')
+    (tmp_path / "empty").mkdir()
     server, url = _serve(tmp_path)
     try:
         browser.get(url)
         assert broken_images(browser) == ["missing.png"]
-        assert broken_links(browser, url) == [url + "nowhere.html"]
+        assert broken_links(browser, url) == [url + "empty/", url + "nowhere.html"]
     finally:
         server.shutdown()
 
@@ -146,3 +156,9 @@ def test_search_finds_check(browser, site):
     browser.save_screenshot(str(SHOTS / "search_check.png"))
     urls = [urllib.parse.urlparse(h.get_attribute("href")).path for h in hits]
     assert any("checker" in u for u in urls), urls
+
+
+def test_the_results_page_with_its_figures(browser, site):
+    _open(browser, site + "results/REPORT/", "results")
+    assert browser.execute_script("return document.images.length;") >= 10
+    assert broken_images(browser) == [] and missing_resources(browser) == []
