@@ -146,14 +146,16 @@ def test_off_constant_moves_initial_scales_but_keeps_signs():
     np.testing.assert_array_equal(q["W"], p["W"])  # not constant: left as it is
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/checker.md"])
-def test_the_readme_example_prints_what_the_readme_shows(page, capsys):
+def test_the_readme_example_prints_what_the_readme_shows(capsys):
+    """The check example (the README's, and the checker page's, the same block) prints what it shows."""
     from pathlib import Path
-    block = (Path(__file__).parents[1] / page).read_text().split("<!-- check-example:start -->")[1]
-    block = block.split("<!-- check-example:end -->")[0]
-    code = block.split("```python\n")[1].split("```")[0]
-    shown = block.split("```text\n")[1].split("```")[0]
-    exec(compile(code, page, "exec"), {})
+    root = Path(__file__).parents[1]
+    blocks = [(root / p).read_text().split("<!-- check-example:start -->")[1].split("<!-- check-example:end -->")[0]
+              for p in ("README.md", "docs/checker.md")]
+    assert blocks[0] == blocks[1]
+    code = blocks[0].split("```python\n")[1].split("```")[0]
+    shown = blocks[0].split("```text\n")[1].split("```")[0]
+    exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == shown.strip()
 
 
