@@ -31,6 +31,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def copyfile(self, source, outputfile):
+        try:
+            super().copyfile(source, outputfile)
+        except (BrokenPipeError, ConnectionResetError):  # the browser stopped reading: a page left mid-load
+            pass
+
 
 def _serve(folder: Path):
     handler = functools.partial(_Handler, directory=str(folder))
