@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.cifar2 import REPORTS, SIZES
-from jaxgd.experiments.common import load_json, provenance, record, write
+from jaxgd.experiments.common import load_json_if, provenance, record, write
 from jaxgd.experiments.recipes import BEST_BY_VAL, best_by_val, fit_seeds, improved_schedule, improved_step
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
@@ -121,7 +121,7 @@ def about(res, out) -> str:
 def notes(res, out) -> list[str]:
     """The three protocols side by side, and the protocol's first run (kept with its own provenance,
     since its test accuracy was read)."""
-    base = load_json(out / "cifar2/results.json") if (out / "cifar2/results.json").exists() else None
+    base = load_json_if(out / "cifar2/results.json")
     rows = [{"protocol": "INF265 reports (one run each)", "test acc": res["reports_test_acc"]}]
     if base is not None:
         rows.append({"protocol": f"the reports' protocol here (best of {len(base['grid'])} configs by val, seed "
@@ -131,9 +131,8 @@ def notes(res, out) -> list[str]:
                              f"{len(res['runs'])} seeds)",
                  "test acc": f"{res['test_acc_mean']:.4f} +- {res['test_acc_std']:.4f} ({each})"})
     lines = [markdown_table(rows)]
-    first = out / "cifar2_improved/first_run.json"
-    if first.exists():
-        r = load_json(first)
+    r = load_json_if(out / "cifar2_improved/first_run.json")
+    if r is not None:
         c = r["config"]
         lines.append(f"The protocol's first run ({c['epochs']} epochs, lrs {c['lrs']}; commit "
                      f"{r['provenance']['commit']}; `cifar2_improved/first_run.json`) chose lr "

@@ -164,6 +164,12 @@ def load_json(path):
         raise CorruptFileError(f"{path} is not valid JSON (truncated or corrupt: {e})") from None
 
 
+def load_json_if(path):
+    """``load_json(path)``, or None where there is no such file (another experiment's result, which a
+    report cites beside its own when it has been run)."""
+    return load_json(path) if Path(path).exists() else None
+
+
 def set_aside(path, log=None) -> Path:
     """Rename a corrupt file to ``<name>.corrupt-<UTC time>`` (kept for a look, out of the way)."""
     path = Path(path)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxgd import augment, data, layers, models, optim, progress
-from jaxgd.experiments.common import PartialRun, load_json, provenance, record, write
+from jaxgd.experiments.common import PartialRun, load_json_if, provenance, record, write
 from jaxgd.experiments.recipes import fit_seeds, stack_splits
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
@@ -134,7 +134,8 @@ def about(res, out) -> str:
 
 
 def _zoo(out) -> dict:
-    return load_json(out / "mnist/results.json")["models"] if (out / "mnist/results.json").exists() else {}
+    zoo = load_json_if(out / "mnist/results.json")
+    return zoo["models"] if zoo is not None else {}
 
 
 def notes(res, out) -> list[str]:

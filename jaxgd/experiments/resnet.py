@@ -21,7 +21,7 @@ import time
 import jax
 
 from jaxgd import augment, data, models, optim, progress
-from jaxgd.experiments.common import duration, load_json, run_datasets
+from jaxgd.experiments.common import duration, load_json_if, run_datasets
 from jaxgd.experiments.recipes import fit_seeds, hand_vs_autodiff
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
@@ -134,11 +134,11 @@ def about(res, out) -> str:
 def notes(res, out) -> list[str]:
     """The MLP and the linear softmax trained here on the same test images."""
     others = []
-    if (out / "cifar2_improved/results.json").exists():
-        o = load_json(out / "cifar2_improved/results.json")
+    o = load_json_if(out / "cifar2_improved/results.json")
+    if o is not None:
         others.append(f"the INF265 CIFAR-2 MLP, improved protocol: {o['test_acc_mean']:.4f} +- {o['test_acc_std']:.4f}")
-    if (out / "cifar10_improved/results.json").exists():
-        o = load_json(out / "cifar10_improved/results.json")
+    o = load_json_if(out / "cifar10_improved/results.json")
+    if o is not None:
         acc = o["chosen"].get("test_acc") if isinstance(o.get("chosen"), dict) else None
         if acc is not None:
             others.append(f"DD2424's linear softmax on CIFAR-10, improved: {acc:.4f}")
