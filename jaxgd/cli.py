@@ -27,7 +27,7 @@ import sys
 from jaxgd import data
 from jaxgd.data import DataNotFoundError
 from jaxgd.experiments import config as C
-from jaxgd.experiments.common import CorruptFileError, results_root
+from jaxgd.experiments.common import CorruptFileError, peak_rss_mb, results_root
 
 
 class _Parser(argparse.ArgumentParser):
@@ -285,17 +285,8 @@ def main(argv=None) -> int:
     if a.compile_report:
         from jaxgd._files import atomic_write
         atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache),
-                                                   "peak_rss_mb": _peak_rss_mb()}))
+                                                   "peak_rss_mb": peak_rss_mb()}))
     return rc
-
-
-def _peak_rss_mb() -> float | None:
-    """This process's peak resident memory (Linux's VmHWM), None where /proc does not say."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        return None
 
 
 def _run(a, log) -> int:

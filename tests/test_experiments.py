@@ -6,6 +6,7 @@ import jax
 import pytest
 
 from conftest import require_peer, require_real_data
+from jaxgd.compile_cache import CompileClock
 from jaxgd.experiments import cifar2
 
 
@@ -70,7 +71,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
         "mnist_improved": {"softmax_epochs": 2, "cnn_epochs": 1, "train_size": 256, "batch_size": 64,
                            "seeds": (0, 1), "models": ["softmax/dropout", "cnn/batchnorm"]},
-        "resnet": {"cifar2_epochs": 1, "cifar10_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 256,
+        "resnet": {"datasets": ("cifar2",), "cifar2_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 256,
                    "batch_size": 64, "widths": (4, 8)},
         "bench": {"repeats": 1, "sections": ("matmul", "mlp_epoch"), "batch_sizes": (256,), "n_mlp": 512,
                   "matmul_sizes": (64, 128), "torch": False, "eager": False},
@@ -82,11 +83,14 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     for name in small:  # each result says what it compiled (the CompileClock of its run) and how long it took
         res = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())
         assert res["compilation"]["programs"] > 0 and res["compilation"]["compile_s"] > 0, (name, res["compilation"])
+        assert res["process_peak_rss_mb"] > 100, name  # JAX alone is more
         assert status[name] == f"ok ({res['run_wall_s']:.0f} s)"  # the time said is the time recorded...
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     for name in small:  # ... and the time REPORT.md prints
         section = report.split(f"## {name}")[1].split("\n## ")[0]  # bench's: "## bench: <device>"
         assert f"wall time {status[name][4:-3]} s" in section, (name, status[name])
+        rss = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())["process_peak_rss_mb"]
+        assert f"process peak memory {rss:.0f} MB" in section, name
     report = (tmp_path / "quick" / "REPORT.md").read_text()
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
     summary = report.split("## Summary")[1].split("\n## ")[0]  # a newcomer's opening: what passed, what applies
@@ -312,3 +316,14 @@ def test_the_quick_profiles_stated_duration_is_the_benchs():
     ratios = r["sections"]["compile_cache"]["ratios"]
     assert reproduce.QUICK_MINUTES == tuple(math.ceil(ratios[f"cache_command wall s, {c} cache"] / 60)
                                             for c in ("empty", "warm"))
+
+
+def test_gradcheck_only_draws_the_chosen_cases():
+    from jaxgd.experiments import gradient_checks
+    from jaxgd.experiments.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown checks \\['nope'\\]; choose from .*layer-maxpool2"):
+        gradient_checks.run({"only": ["nope"]}, out=False)
+    with CompileClock() as clock:
+        got = gradient_checks.cases(quick=True, only=["matrix-chain-K4", "mlp-tanh-ssr"])
+    assert [c["name"] for c in got] == ["mlp-tanh-ssr", "matrix-chain-K4"]
+    assert clock.compiles == 2  # one initialiser program each, none for the cases left out

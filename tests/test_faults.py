@@ -2,6 +2,7 @@
 no data and no network. Each must end in one clear error or a correct resumed run, never in lost
 or mislabelled results. (Bad arguments to ``fit`` and ``sgd_hyperparams``: tests/test_train.py.)"""
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -52,6 +53,14 @@ def _wait_for_models(partial, n, proc, timeout=300):
     pytest.fail("no model finished in time")
 
 
+@functools.cache
+def _uninterrupted_zoo():
+    """The zoo run of test_interrupted_zoo_... in one piece, in this process (once for both signals)."""
+    from jaxgd.experiments import mnist_zoo
+    cfg = {"models": ZOO[1:5], "epochs": 2, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
+    return mnist_zoo.run(cfg, out=False, verbose=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tmp_path, sig):
@@ -87,10 +96,8 @@ def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tm
         assert res["reused"][name] == first["provenance"][name]
         assert res["reused"][name]["date"] <= res["provenance"]["date"]
     # and the resumed results are those of one uninterrupted run
-    from jaxgd.experiments import mnist_zoo
-    cfg = {"models": ZOO[1:5], "epochs": 2, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
-    whole = mnist_zoo.run(cfg, out=False, verbose=False)
-    for name in cfg["models"]:
+    whole = _uninterrupted_zoo()
+    for name in ZOO[1:5]:
         assert res["models"][name]["test_acc"] == pytest.approx(whole["models"][name]["test_acc"], abs=1e-6), name
 
 

@@ -55,6 +55,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MiB (Linux's VmHWM); None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def device_label() -> str:
     """``platform:kind`` of the first device (``cpu:cpu``, ``gpu:NVIDIA H100 ...``)."""
     dev = jax.devices()[0]

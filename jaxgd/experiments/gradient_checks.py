@@ -11,6 +11,7 @@ reverse pass of all nine MNIST models, the CIFAR ResNet-8 and the 1.6M-parameter
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -139,60 +140,70 @@ def _layer_case(name, layer, shape, n, train):
             "eps32": 1e-3}
 
 
-def cases(quick=False):
-    """The checked models. ReLU has a kink at 0 where a stencil reads the mean of the two
-    slopes; a stencil that straddles one is left out (``pattern_fn``) and counted (``fd_kinked``)."""
-    out = [
-        _mlp_case("mlp-relu-ce", (5, 7, 6, 3), "relu", "cross_entropy"),
-        _mlp_case("mlp-tanh-ssr", (4, 9, 2), "tanh", "ssr"),
-        _mlp_case("mlp-sigmoid-mse", (6, 5, 5, 4), "sigmoid", "mse"),
-        _mlp_case("mlp-mixed-ce", (3, 8, 8, 8, 2), ("tanh", "relu", "sigmoid", "identity"), "cross_entropy"),
-        _mlp_case("mlp-single-example", (5, 6, 3), "tanh", "cross_entropy", batch=None),
+def cases(quick=False, only=None):
+    """The checked models (``only``: those of these names). ReLU has a kink at 0 where a stencil
+    reads the mean of the two slopes; a stencil that straddles one is left out (``pattern_fn``) and
+    counted (``fd_kinked``). A case's parameters are drawn only if it is chosen."""
+    P = functools.partial
+    todo = [
+        ("mlp-relu-ce", P(_mlp_case, "mlp-relu-ce", (5, 7, 6, 3), "relu", "cross_entropy")),
+        ("mlp-tanh-ssr", P(_mlp_case, "mlp-tanh-ssr", (4, 9, 2), "tanh", "ssr")),
+        ("mlp-sigmoid-mse", P(_mlp_case, "mlp-sigmoid-mse", (6, 5, 5, 4), "sigmoid", "mse")),
+        ("mlp-mixed-ce", P(_mlp_case, "mlp-mixed-ce", (3, 8, 8, 8, 2), ("tanh", "relu", "sigmoid", "identity"),
+                           "cross_entropy")),
+        ("mlp-single-example", P(_mlp_case, "mlp-single-example", (5, 6, 3), "tanh", "cross_entropy", batch=None)),
+        ("linear-softmax", _linear_softmax_case),
     ]
-    # DD2424's check: 20 images, first 20 dimensions, lambda = 0.1
-    out.append({"name": "linear-softmax", "model": "linear softmax 20->10", "loss": "CE + lam||W||^2",
-                "loss_fn": backprop.linear_softmax_cost, "grad_fn": backprop.linear_softmax_grads,
-                "params": _init(lambda k: backprop.init_mlp(k, (20, 10), "torch"), 1),
-                "args": (*_data(1, (20, 20), 10, labels=True), 0.1), "max_per_leaf": None})
-    for K in (4, 8):
-        out.append({"name": f"matrix-chain-K{K}", "model": f"matrix chain K={K}", "loss": "||w||^2",
-                    "loss_fn": backprop.matrix_chain_loss, "grad_fn": backprop.matrix_chain_grads,
-                    "params": _init(lambda k: backprop.init_matrix_chain(k, K), K),
-                    "args": (np.random.default_rng(K).standard_normal(K),), "max_per_leaf": None})
-    out += [_layer_case(*c) for c in LAYER_CASES if not quick or c[0] in QUICK_LAYERS]
+    todo += [(f"matrix-chain-K{K}", P(_matrix_chain_case, K)) for K in (4, 8)]
+    todo += [(f"layer-{c[0]}", P(_layer_case, *c)) for c in LAYER_CASES if not quick or c[0] in QUICK_LAYERS]
     zoo = [("cnn", "batchnorm")] if quick else [(f, v) for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS]
-    for f, v in zoo:
-        # h = 1e-6: tens of thousands of ReLU inputs, and a stencil that straddles a kink (|z| < 2h)
-        # reads the mean of two slopes; 1e-6 makes that unlikely, at a rounding noise of ~1e-10.
-        # A bias that feeds batch norm, or a weight into a unit that ReLU switched off for the whole
-        # batch, has gradient exactly 0, where a central difference reads rounding noise (~1e-10 at
-        # h = 1e-6) and two exact formulas ~1e-17: the relative error's floor eps = 1e-3 judges the
-        # components below 1e-3 in absolute terms (1e-9 for finite differences), the rest relatively.
-        # In float32 (judged against jax.grad only) a batch-norm model's gradient cancels to near 0 in
-        # places: eps = 1e-2 there, i.e. components below 1e-2 within 1e-6 absolute.
-        out.append(_model_case(f"mnist-{f}-{v}", models.mnist_zoo(f, v), batch=4, max_per_leaf=8, h=1e-6,
-                               eps=1e-3, eps32=1e-2))
+    # h = 1e-6: tens of thousands of ReLU inputs, and a stencil that straddles a kink (|z| < 2h)
+    # reads the mean of two slopes; 1e-6 makes that unlikely, at a rounding noise of ~1e-10.
+    # A bias that feeds batch norm, or a weight into a unit that ReLU switched off for the whole
+    # batch, has gradient exactly 0, where a central difference reads rounding noise (~1e-10 at
+    # h = 1e-6) and two exact formulas ~1e-17: the relative error's floor eps = 1e-3 judges the
+    # components below 1e-3 in absolute terms (1e-9 for finite differences), the rest relatively.
+    # In float32 (judged against jax.grad only) a batch-norm model's gradient cancels to near 0 in
+    # places: eps = 1e-2 there, i.e. components below 1e-2 within 1e-6 absolute.
+    todo += [(f"mnist-{f}-{v}", lambda f=f, v=v: _model_case(f"mnist-{f}-{v}", models.mnist_zoo(f, v), batch=4,
+                                                              max_per_leaf=8, h=1e-6, eps=1e-3, eps32=1e-2))
+             for f, v in zoo]
     if not quick:
         # the residual network: the same floors as the batch-norm models above (a conv bias right before
         # batch norm has gradient exactly 0)
-        out.append(_model_case("cifar10-resnet8", models.resnet(), batch=4, max_per_leaf=8, h=1e-6, eps=1e-3,
-                               eps32=1e-2))
+        todo.append(("cifar10-resnet8", lambda: _model_case("cifar10-resnet8", models.resnet(), batch=4, max_per_leaf=8,
+                                                            h=1e-6, eps=1e-3, eps32=1e-2)))
         # 1.6M parameters: 40 sampled coordinates per leaf + one random direction per leaf.
         # eps = 1e-5 as for the layers: a weight into a ReLU unit that is off for all 16 examples has
         # gradient exactly 0, where a central difference at h = 1e-4 reads ~1e-12 of rounding.
-        out.append(_model_case("cifar2-mlp", models.mlp((3072, 512, 128, 32, 2)), batch=16, max_per_leaf=40,
-                               eps=1e-5))
-    return out
+        todo.append(("cifar2-mlp", lambda: _model_case("cifar2-mlp", models.mlp((3072, 512, 128, 32, 2)), batch=16,
+                                                       max_per_leaf=40, eps=1e-5)))
+    if only is not None:
+        unknown = set(only) - {name for name, _ in todo}
+        if unknown:
+            raise ConfigError(f"unknown checks {sorted(unknown)}; choose from {[name for name, _ in todo]}")
+        todo = [(name, build) for name, build in todo if name in only]
+    return [build() for _, build in todo]
+
+
+def _linear_softmax_case():
+    """DD2424's check: 20 images, first 20 dimensions, lambda = 0.1."""
+    return {"name": "linear-softmax", "model": "linear softmax 20->10", "loss": "CE + lam||W||^2",
+            "loss_fn": backprop.linear_softmax_cost, "grad_fn": backprop.linear_softmax_grads,
+            "params": _init(lambda k: backprop.init_mlp(k, (20, 10), "torch"), 1),
+            "args": (*_data(1, (20, 20), 10, labels=True), 0.1), "max_per_leaf": None}
+
+
+def _matrix_chain_case(K):
+    return {"name": f"matrix-chain-K{K}", "model": f"matrix chain K={K}", "loss": "||w||^2",
+            "loss_fn": backprop.matrix_chain_loss, "grad_fn": backprop.matrix_chain_grads,
+            "params": _init(lambda k: backprop.init_matrix_chain(k, K), K),
+            "args": (np.random.default_rng(K).standard_normal(K),), "max_per_leaf": None}
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = GradcheckConfig.make(config)
-    todo = cases(cfg.quick)
-    if cfg.only is not None:
-        unknown = set(cfg.only) - {c["name"] for c in todo}
-        if unknown:
-            raise ConfigError(f"unknown checks {sorted(unknown)}; choose from {[c['name'] for c in todo]}")
-        todo = [c for c in todo if c["name"] in cfg.only]
+    todo = cases(cfg.quick, cfg.only)
     t0, prov = time.time(), provenance()  # the code as it was when the checks started
     rows = []
     for c in progress.items(todo, "gradient checks", quiet=not verbose, log=log, name=lambda c: c["name"]):

@@ -23,11 +23,15 @@ QUICK_MINUTES = (5, 3)
 __all__ = ["EXPERIMENTS", "QUICK_MINUTES", "config", "readme_results", "root", "run_all", "run_one", "update_readme",
            "write_report"]
 
+# what run_one adds to a results file: facts of the process that ran it, not of the experiment
+PROCESS_FIELDS = ("compilation", "run_wall_s", "process_peak_rss_mb")
+
+
 def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     """Run experiment ``name`` with its typed ``cfg``. The programs it compiled and the seconds that
     took (``compile_cache.CompileClock``) are added to its results file as ``compilation``, and the
     run's wall time, data loading and figures included, as ``run_wall_s``: the time ``run_all`` says
-    and REPORT.md prints."""
+    and REPORT.md prints; and the process's peak memory so far, ``process_peak_rss_mb``."""
     from jaxgd.compile_cache import CompileClock
     t = time.time()
     with CompileClock() as clock:
@@ -35,8 +39,8 @@ def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     path = common.results_root(out) / files(name)[0]
     if isinstance(res, dict) and out is not False and parallel.is_writer() and path.exists():
         res["compilation"], res["run_wall_s"] = clock.as_dict(), round(time.time() - t, 1)
-        common.save_json(path, {**common.load_json(path), "compilation": res["compilation"],
-                                "run_wall_s": res["run_wall_s"]})
+        res["process_peak_rss_mb"] = common.peak_rss_mb()  # of the process so far: run_all's earlier runs too
+        common.save_json(path, {**common.load_json(path), **{k: res[k] for k in PROCESS_FIELDS}})
     return res
 
 

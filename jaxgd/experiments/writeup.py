@@ -88,6 +88,8 @@ def _section(exp, out, res) -> list[str]:
     p = res.get("provenance", {})
     comp = res.get("compilation")
     compiled = f", {comp['programs']} programs compiled in {comp['compile_s']:.0f} s" if comp else ""
+    rss = res.get("process_peak_rss_mb")  # the process's, so far: a `reproduce` run's earlier experiments too
+    compiled += f", process peak memory {rss:.0f} MB" if rss else ""
     wall = res.get("run_wall_s", res.get("wall_time_s"))  # the whole run's, as run_all says, where recorded
     lines += [f"<sub>commit {p.get('commit')}, {p.get('device')}, jax {p.get('versions', {}).get('jax')}, "
               f"{p.get('date')}, wall time {'not recorded' if wall is None else f'{wall:.0f} s'}{compiled}, config "
