@@ -124,7 +124,7 @@ def _speed() -> str:
     lines = ["# Speed", "", "The bench's results (`jaxgd bench`), as `results/REPORT.md` tells them, from the committed "
              "JSON: ratios measured side by side in one run, and fractions of the machine's own matmul peak.", ""]
     for path, title in result_files("bench", out):
-        lines += [f"## {title}", ""] + writeup._section(EXPERIMENTS["bench"], out, load_json(path))
+        lines += [f"## {title}", ""] + writeup.section(EXPERIMENTS["bench"], out, load_json(path))
     return re.sub(r"\]\((bench/)", r"](results/\1", "\n".join(lines))
 
 
