@@ -16,7 +16,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # without, one run each, back to back.
 os.environ.setdefault("JAXGD_COMPILE_CACHE", "off")
 
-
 # In CI (.ci/run exports CI=true) the real data must be present: a missing dataset fails.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -80,18 +80,15 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         monkeypatch.setitem(reproduce.EXPERIMENTS, name, dataclasses.replace(reproduce.EXPERIMENTS[name], quick=cfg))
     status = reproduce.run_all("quick", only=list(small), base=tmp_path, log=lambda s: None)
     assert all(s.startswith("ok") for s in status.values()), status
+    report = (tmp_path / "quick" / "REPORT.md").read_text()
     for name in small:  # each result says what it compiled (the CompileClock of its run) and how long it took
         res = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())
         assert res["compilation"]["programs"] > 0 and res["compilation"]["compile_s"] > 0, (name, res["compilation"])
         assert res["process_peak_rss_mb"] > 100, name  # JAX alone is more
         assert status[name] == f"ok ({res['run_wall_s']:.0f} s)"  # the time said is the time recorded...
-    report = (tmp_path / "quick" / "REPORT.md").read_text()
-    for name in small:  # ... and the time REPORT.md prints
         section = report.split(f"## {name}")[1].split("\n## ")[0]  # bench's: "## bench: <device>"
-        assert f"wall time {status[name][4:-3]} s" in section, (name, status[name])
-        rss = json.loads((tmp_path / "quick" / reproduce.files(name)[0]).read_text())["process_peak_rss_mb"]
-        assert f"process peak memory {rss:.0f} MB" in section, name
-    report = (tmp_path / "quick" / "REPORT.md").read_text()
+        assert f"wall time {status[name][4:-3]} s" in section, (name, status[name])  # ... and REPORT.md prints
+        assert f"process peak memory {res['process_peak_rss_mb']:.0f} MB" in section, name
     assert "QUICK profile" in report and "## cifar2" in report and "## mnist_zoo" in report
     summary = report.split("## Summary")[1].split("\n## ")[0]  # a newcomer's opening: what passed, what applies
     assert "not expected to meet them" in summary and "gradient check passed" in summary

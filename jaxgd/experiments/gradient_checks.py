@@ -140,20 +140,22 @@ def _layer_case(name, layer, shape, n, train):
             "eps32": 1e-3}
 
 
+# The INF265 MLP recursion: (name, sizes, activations, loss, batch; None: one example without a batch axis)
+MLP_CASES = [
+    ("mlp-relu-ce", (5, 7, 6, 3), "relu", "cross_entropy", 8),
+    ("mlp-tanh-ssr", (4, 9, 2), "tanh", "ssr", 8),
+    ("mlp-sigmoid-mse", (6, 5, 5, 4), "sigmoid", "mse", 8),
+    ("mlp-mixed-ce", (3, 8, 8, 8, 2), ("tanh", "relu", "sigmoid", "identity"), "cross_entropy", 8),
+    ("mlp-single-example", (5, 6, 3), "tanh", "cross_entropy", None),
+]
+
+
 def cases(quick=False, only=None):
     """The checked models (``only``: those of these names). ReLU has a kink at 0 where a stencil
     reads the mean of the two slopes; a stencil that straddles one is left out (``pattern_fn``) and
     counted (``fd_kinked``). A case's parameters are drawn only if it is chosen."""
     P = functools.partial
-    todo = [
-        ("mlp-relu-ce", P(_mlp_case, "mlp-relu-ce", (5, 7, 6, 3), "relu", "cross_entropy")),
-        ("mlp-tanh-ssr", P(_mlp_case, "mlp-tanh-ssr", (4, 9, 2), "tanh", "ssr")),
-        ("mlp-sigmoid-mse", P(_mlp_case, "mlp-sigmoid-mse", (6, 5, 5, 4), "sigmoid", "mse")),
-        ("mlp-mixed-ce", P(_mlp_case, "mlp-mixed-ce", (3, 8, 8, 8, 2), ("tanh", "relu", "sigmoid", "identity"),
-                           "cross_entropy")),
-        ("mlp-single-example", P(_mlp_case, "mlp-single-example", (5, 6, 3), "tanh", "cross_entropy", batch=None)),
-        ("linear-softmax", _linear_softmax_case),
-    ]
+    todo = [(c[0], P(_mlp_case, *c)) for c in MLP_CASES] + [("linear-softmax", _linear_softmax_case)]
     todo += [(f"matrix-chain-K{K}", P(_matrix_chain_case, K)) for K in (4, 8)]
     todo += [(f"layer-{c[0]}", P(_layer_case, *c)) for c in LAYER_CASES if not quick or c[0] in QUICK_LAYERS]
     zoo = [("cnn", "batchnorm")] if quick else [(f, v) for f in models.ZOO_FAMILIES for v in models.ZOO_VARIANTS]
