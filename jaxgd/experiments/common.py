@@ -64,6 +64,20 @@ def peak_rss_mb() -> float | None:
         return None
 
 
+def release_memory():
+    """Hand the memory freed so far back to the operating system: collect garbage, and ask glibc's
+    allocator (where there is one) to return the free parts of its heap, which it otherwise keeps
+    for later. ``run_all`` calls it after each experiment, so that a run of several peaks at about
+    its largest experiment rather than at what the earlier ones left behind (``process_peak_rss_mb``)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to ask
+        pass
+
+
 def device_label() -> str:
     """``platform:kind`` of the first device (``cpu:cpu``, ``gpu:NVIDIA H100 ...``)."""
     dev = jax.devices()[0]

@@ -36,6 +36,7 @@ def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     t = time.time()
     with CompileClock() as clock:
         res = EXPERIMENTS[name].run(cfg, out=out, force=force, verbose=verbose, log=log)
+    common.release_memory()
     path = common.results_root(out) / files(name)[0]
     if isinstance(res, dict) and out is not False and parallel.is_writer() and path.exists():
         res["compilation"], res["run_wall_s"] = clock.as_dict(), round(time.time() - t, 1)
