@@ -62,7 +62,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     require_real_data("cifar10")
     from jaxgd.experiments import reproduce, timing
     small = {
-        "gradcheck": {"quick": True, "only": ["mlp-relu-ce", "layer-maxpool2"]},
+        "gradcheck": {"quick": True, "only": ["mlp-mixed-ce", "layer-maxpool2"]},
         "matrix_chain": {"Ks": [2, 4], "iters": 20},
         "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},

@@ -58,13 +58,17 @@ def init(key, d=3072, k=10, std=0.01):
     return [{"W": std * jax.random.normal(kw, (d, k)), "b": std * jax.random.normal(kb, (k,))}]
 
 
+# lam ||W||^2 of the cost J, for its history (one program for every setting, not three per shape op by op)
+_penalty = jax.jit(lambda lam, W: lam * jnp.sum(W ** 2))
+
+
 def train_one(d, lam, eta, cfg, key, show=None):
     """Minibatch GD on J; returns params and the per-epoch history (cost, loss, accuracy).
     ``cfg``: a ``Cifar10SoftmaxConfig`` or a dict of its fields."""
     cfg = Cifar10SoftmaxConfig.make(cfg)
     check_hparams(lam, eta, cfg.n_batch)
     params = init(key, d.train.x.shape[1])
-    penalty = lambda p: float(lam * jnp.sum(p[0]["W"] ** 2))  # noqa: E731
+    penalty = lambda p: float(_penalty(lam, p[0]["W"]))  # noqa: E731
     params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
                              epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, step=train.Step(l2=lam),
                              monitor=train.Monitor(eval_train=True), callback=lambda e, p, s: penalty(p), progress=show)
