@@ -301,12 +301,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     seeds = _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor)
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
-    step_fn, opt = step.build(model, hparams, configs.batch_sharding())
-    epoch_fn, eval_fn = make_epoch(step_fn, int(batch_size), per_step=monitor.step_losses), make_eval(model, step.l2)
-    if monitor.step_losses:
-        epoch_fn = _with_means(epoch_fn)
-    if n_cfg is not None:
-        epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=seeds is not None)
+    opt, epoch_fn, eval_fn = _programs(model, step, hparams, configs, int(batch_size), monitor.step_losses,
+                                       n_cfg is not None, seeds is not None)
+    opt.check(hparams)
     base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
     data = tuple(jnp.asarray(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
     if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
@@ -318,6 +315,38 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
     return run_epochs(epoch_fn, eval_fn, carry, data, hparams, lambda e: fold(base, e), int(epochs),
                       n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback)
+
+
+_PROGRAMS = {}  # _programs' functions by what they are built from (the last _PROGRAMS_KEPT)
+_PROGRAMS_KEPT = 8
+
+
+def _programs(model, step, hparams, configs, batch_size, step_losses, stacked, per_config_key):
+    """``fit``'s optimizer and its epoch and evaluation functions. The same function objects for
+    the same model, step, configs layout and batch size, so that another ``fit`` of them (a loop
+    over learning rates, seeds or settings) reuses the programs JAX traced and compiled for the
+    first, whose cache is keyed on the function: the same program, the same numbers. Built afresh
+    where something is unhashable or a schedule is set (its numbers may be in the optimizer)."""
+    def build():
+        step_fn, opt = step.build(model, hparams, configs.batch_sharding())
+        epoch_fn, eval_fn = make_epoch(step_fn, batch_size, per_step=step_losses), make_eval(model, step.l2)
+        if step_losses:
+            epoch_fn = _with_means(epoch_fn)
+        if stacked:
+            epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_config_key)
+        return opt, epoch_fn, eval_fn
+    key = (model, step, configs, batch_size, step_losses, stacked, per_config_key)
+    try:
+        found = None if hparams.schedule is not None else _PROGRAMS.get(key)
+    except TypeError:  # an unhashable part
+        return build()
+    if found is None:
+        found = build()
+        if hparams.schedule is None:
+            _PROGRAMS[key] = found
+            while len(_PROGRAMS) > _PROGRAMS_KEPT:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    return found
 
 
 def _with_means(epoch):

@@ -67,7 +67,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "cifar2": {"grid": [(0.01, 0.9, 0.0)], "epochs": 1, "train_size": 300, "batch_size": 50},
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
         "cifar2_improved": {"epochs": 1, "lrs": (0.01,), "seeds": (0, 1), "train_size": 300, "batch_size": 50},
-        "cifar10_improved": {"epochs": 1, "lrs": (0.003,), "weight_decays": (1e-4, 1e-3)},
+        "cifar10_improved": {"epochs": 1, "lrs": (0.003,), "weight_decays": (1e-4, 1e-3), "n_val": 49_000},  # 1,000 train
         "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
         "mnist_improved": {"softmax_epochs": 2, "cnn_epochs": 1, "train_size": 256, "batch_size": 64,
                            "seeds": (0, 1), "models": ["softmax/dropout", "cnn/batchnorm"]},

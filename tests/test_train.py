@@ -106,6 +106,29 @@ def test_many_configs_equal_each_alone(share):
         np.testing.assert_allclose(np.asarray(hs.val_loss)[:, i], h.val_loss, rtol=1e-5)
 
 
+def test_a_second_fit_of_the_same_model_and_shapes_compiles_nothing():
+    """A loop over learning rates (cifar10_softmax's settings, a hand-written grid) compiles its
+    programs once: fit's functions are the same objects for an equal model and step, so JAX's cache
+    serves the second fit. A schedule (its numbers may be in the optimizer) is built afresh."""
+    from jaxgd.compile_cache import CompileClock
+    x = np.random.default_rng(0).normal(size=(64, 20)).astype(np.float32)
+    y = np.arange(64) % 3
+    params, _ = MODEL.init(jax.random.PRNGKey(0))
+    kw = dict(epochs=2, batch_size=16, step=train.Step(l2=0.01))
+    counts, runs = [], []
+    for lr in (0.05, 0.1, 0.05):
+        with CompileClock() as clock:  # an equal model, not the same object
+            runs.append(train.fit(models.mlp((20, 16, 3), "relu"), params, (x, y), (x, y),
+                                  hparams=optim.sgd_hyperparams(lr, 0.9), **kw))
+        counts.append(clock.compiles)
+    assert counts[0] > 0 and counts[1:] == [0, 0], counts
+    chex.assert_trees_all_equal(runs[0][0], runs[2][0])  # the reused program gives the first run's numbers
+    assert runs[0][2].train_loss == runs[2][2].train_loss and runs[0][2].train_loss != runs[1][2].train_loss
+    with CompileClock() as clock:  # another step is another program
+        train.fit(MODEL, params, (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=16)
+    assert clock.compiles > 0
+
+
 def test_divergence_is_marked_and_others_continue():
     tr, params = _problem()
     hp = optim.sgd_hyperparams([0.05, 1e6], [0.9, 0.9], [0.0, 0.0])
