@@ -293,7 +293,9 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     ``progress(metrics)`` gets a dict after each epoch (``jaxgd.progress.epoch_logger`` shows it;
     fit prints nothing); ``callback(epoch, params, model_state)``'s returns go to
     ``History.extra``. A config whose training loss stops being finite is marked diverged (its later
-    numbers are NaN); training stops once every config has. The parts, each usable alone:
+    numbers are NaN); training stops once every config has. Another fit of an equal model with the
+    same step, configs layout, batch size and array shapes reuses this one's compiled programs
+    (``_programs``), e.g. a loop over settings. The parts, each usable alone:
     ``make_grad_fn`` -> ``make_step`` -> ``make_epoch`` -> ``share_configs`` -> ``run_epochs``.
     """
     hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too

@@ -750,9 +750,36 @@ def _startup_table(r) -> str:
     """The startup section as a before/after table: each probe's seconds, programs compiled and
     peak memory in a fresh process with an empty compilation cache (and with a warm one), for this
     run's code and, where measured, the baseline tree's (``bench --startup-baseline``)."""
+    rows = _startup_rows(r)
+    if not rows:
+        return ""
+    return ("**Startup** (`jaxgd bench --sections startup`): each probe in a fresh process, with an empty "
+            "compilation cache and then with the cache the first filled; seconds of the probe itself (after the "
+            "interpreter started), programs compiled (or loaded from the cache), the same check called again in the "
+            "same process, and the process's peak memory; `jaxgd reproduce --quick` is the bench's compile_cache "
+            "section, its seconds the whole command's wall time:\n\n" + markdown_table(rows))
+
+
+def startup_before_after(r) -> list[dict]:
+    """The startup table in short, for the README: a row per probe and cache, the baseline's
+    seconds and programs beside this code's, each with its commit."""
+    cells = {}
+    for row in _startup_rows(r):
+        code = row["code"].removeprefix("baseline ") if row["code"].startswith("baseline") else row["code"][6:-1]
+        secs = f"{row['seconds']:.0f}" if row["seconds"] >= 100 else f"{row['seconds']:.3g}"
+        cell = (f"{secs} s, {row['programs compiled']} programs"
+                + (f", {row['peak RSS MB']} MB" if row["peak RSS MB"] != "" else "") + f" ({code})")
+        key = (f"`{row['probe']}`" if row["probe"].startswith("jaxgd") else f"`jaxgd.{row['probe']}`"
+               if row["probe"].startswith("check") else row["probe"], row["cache"])
+        cells.setdefault(key, {})["before" if row["code"].startswith("baseline") else "now"] = cell
+    return [{"start-up, a fresh process": probe, "compilation cache": cache, "before": c.get("before", "-"),
+             "now": c.get("now", "-")} for (probe, cache), c in cells.items()]
+
+
+def _startup_rows(r) -> list[dict]:
     sec = r["sections"].get("startup")
     if not sec:
-        return ""
+        return []
     def commit(section):  # a section kept from an earlier run (bench --keep) has that run's commit
         return (r.get("reused") or {}).get(section, r["provenance"]).get("commit")
     rows = []
@@ -775,11 +802,7 @@ def _startup_table(r) -> str:
                          "seconds": row["wall_s"], "programs compiled": row["programs"], "second call s": "",
                          "peak RSS MB": round(row["peak_rss_mb"]) if row.get("peak_rss_mb") else ""})
     rows.sort(key=lambda x: (x["probe"], x["cache"], not x["code"].startswith("baseline")))
-    return ("**Startup** (`jaxgd bench --sections startup`): each probe in a fresh process, with an empty "
-            "compilation cache and then with the cache the first filled; seconds of the probe itself (after the "
-            "interpreter started), programs compiled (or loaded from the cache), the same check called again in the "
-            "same process, and the process's peak memory; `jaxgd reproduce --quick` is the bench's compile_cache "
-            "section, its seconds the whole command's wall time:\n\n" + markdown_table(rows))
+    return rows
 
 
 EXPERIMENT = Experiment(

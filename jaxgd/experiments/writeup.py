@@ -136,7 +136,13 @@ def readme_results(base=None) -> str:
             stale = " (computed before a fix)" if common.predates(name, res) else ""
             rows.append({"experiment": f"[{title}](results/REPORT.md#{_anchor(title)}){stale}", "what": exp.what,
                          "result": result, "compared with": compared})
-    return markdown_table(rows)
+    table = markdown_table(rows)
+    from jaxgd.experiments import bench
+    cpu = out / "bench" / "cpu-2core.json"  # start-up, before and after (the bench's startup and compile_cache)
+    startup = bench.startup_before_after(common.load_json(cpu)) if cpu.exists() else []
+    return table + (("\n\nStart-up on the 2-core CPU ([bench: cpu-2core](results/REPORT.md#bench-cpu-2core)), "
+                     "before the compiled checker and the leaner quick profile, and now:\n\n" + markdown_table(startup))
+                    if startup else "")
 
 
 def update_readme(readme="README.md", base=None) -> bool:
