@@ -358,18 +358,15 @@ def _channel_stats(u8, chunk=4096):
     images and their float64 deviations at once: for CIFAR-10's training split 0.55 GB and 1.1 GB,
     ``load``'s peak memory."""
     axes, n = tuple(range(u8.ndim - 1)), u8.size // u8.shape[-1]
-    x = _unit(u8)
-    mean = x.mean(axis=axes, dtype=np.float64)
-    centre = np.add.reduce(x, axis=axes, dtype=np.float64, keepdims=True)  # np.var's mean, kept dims
+    centre = np.add.reduce(_unit(u8), axis=axes, dtype=np.float64, keepdims=True)  # x.mean's and np.var's steps
     np.true_divide(centre, n, out=centre, casting="unsafe")
-    del x
     dev = np.empty(u8.shape, np.float64)
     for i in range(0, len(u8), chunk):  # the float images a chunk at a time (elementwise: the same numbers)
         np.subtract(_unit(u8[i:i + chunk]), centre, out=dev[i:i + chunk])
     np.multiply(dev, dev, out=dev)
     var = np.add.reduce(dev, axis=axes, dtype=np.float64)  # one reduction over all of it, as np.var's
     np.true_divide(var, n, out=var, casting="unsafe")
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    return centre.reshape(-1).astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
 def _relabel(x, y, keep):

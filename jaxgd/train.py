@@ -337,17 +337,17 @@ def _programs(model, step, hparams, configs, batch_size, step_losses, stacked, p
         if stacked:
             epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_config_key)
         return opt, epoch_fn, eval_fn
+    if hparams.schedule is not None:
+        return build()
     key = (model, step, configs, batch_size, step_losses, stacked, per_config_key)
     try:
-        found = None if hparams.schedule is not None else _PROGRAMS.get(key)
+        found = _PROGRAMS.get(key)
     except TypeError:  # an unhashable part
         return build()
     if found is None:
-        found = build()
-        if hparams.schedule is None:
-            _PROGRAMS[key] = found
-            while len(_PROGRAMS) > _PROGRAMS_KEPT:
-                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        found = _PROGRAMS[key] = build()
+        while len(_PROGRAMS) > _PROGRAMS_KEPT:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
     return found
 
 

@@ -109,7 +109,7 @@ def test_many_configs_equal_each_alone(share):
 def test_a_second_fit_of_the_same_model_and_shapes_compiles_nothing():
     """A loop over learning rates (cifar10_softmax's settings, a hand-written grid) compiles its
     programs once: fit's functions are the same objects for an equal model and step, so JAX's cache
-    serves the second fit. A schedule (its numbers may be in the optimizer) is built afresh."""
+    serves the second fit; another step is another program."""
     from jaxgd.compile_cache import CompileClock
     x = np.random.default_rng(0).normal(size=(64, 20)).astype(np.float32)
     y = np.arange(64) % 3
