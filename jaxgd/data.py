@@ -351,22 +351,40 @@ def _unit(u8):
     return x
 
 
-def _channel_stats(u8, chunk=4096):
+def _channel_stats(u8, chunk=128):
     """The per-channel mean and standard deviation (float32) of ``_unit(u8)`` over every axis but
-    the last, computed in float64 by numpy's own steps for ``x.mean(axes, dtype=float64)`` and
-    ``x.std(axes, dtype=float64)``, bit for bit (tests/test_data.py), without holding the float
-    images and their float64 deviations at once: for CIFAR-10's training split 0.55 GB and 1.1 GB,
-    ``load``'s peak memory."""
-    axes, n = tuple(range(u8.ndim - 1)), u8.size // u8.shape[-1]
-    centre = np.add.reduce(_unit(u8), axis=axes, dtype=np.float64, keepdims=True)  # x.mean's and np.var's steps
-    np.true_divide(centre, n, out=centre, casting="unsafe")
-    dev = np.empty(u8.shape, np.float64)
-    for i in range(0, len(u8), chunk):  # the float images a chunk at a time (elementwise: the same numbers)
-        np.subtract(_unit(u8[i:i + chunk]), centre, out=dev[i:i + chunk])
-    np.multiply(dev, dev, out=dev)
-    var = np.add.reduce(dev, axis=axes, dtype=np.float64)  # one reduction over all of it, as np.var's
-    np.true_divide(var, n, out=var, casting="unsafe")
-    return centre.reshape(-1).astype(np.float32), np.sqrt(var).astype(np.float32)
+    the last: ``_channel_moments`` in float32."""
+    mean, var = _channel_moments(u8, chunk)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def _channel_moments(u8, chunk=128):
+    """The per-channel mean and variance (float64) of ``_unit(u8)`` over every axis but the last,
+    the numbers ``x.mean(axes, dtype=float64)`` and ``x.var(axes, dtype=float64)`` give, bit for bit
+    (tests/test_data.py). numpy sums an ``(n, c)`` array over its rows as a running sum per
+    channel, so with several channels the sums run a ``chunk`` of images at a time, the running sum
+    carried into the next chunk's first row: neither the float images nor their float64 deviations
+    (for CIFAR-10's training split 0.55 GB and 1.1 GB) are ever whole. One channel (MNIST) numpy sums
+    pairwise over the whole array: that is one reduction, as ``x.var``'s."""
+    c = u8.shape[-1]
+    n = u8.size // c
+
+    def total(f):  # the float64 sum over all pixels of f(float images), per channel
+        if c == 1:
+            return np.add.reduce(f(u8), axis=tuple(range(u8.ndim - 1)), dtype=np.float64).reshape(1)
+        run = np.zeros(c)
+        for i in range(0, len(u8), chunk):
+            rows = np.asarray(f(u8[i:i + chunk]), np.float64).reshape(-1, c)
+            rows[0] += run
+            run = np.add.reduce(rows, axis=0)
+        return run
+
+    def squared_deviation(u):
+        dev = _unit(u) - mean
+        return np.multiply(dev, dev, out=dev)
+
+    mean = total(_unit) / n
+    return mean, total(squared_deviation) / n
 
 
 def _relabel(x, y, keep):

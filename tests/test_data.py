@@ -32,15 +32,19 @@ def test_mock_splits_shapes_and_stats_from_train_only(mock_cifar, tmp_path):
     np.testing.assert_array_equal(again.val.x, d.val.x)
 
 
-@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3)])
+@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3), (2000, 6, 6, 2)])
 def test_channel_stats_are_numpys_bit_for_bit(shape):
     """load's normalisation, computed a chunk at a time to keep its memory down, is what x.mean and
-    x.std in float64 give (what load used before, and what every committed result was computed with)."""
+    x.var / x.std in float64 give (what load used before, and what every committed result was
+    computed with): the float64 sums themselves, not only their float32 roundings."""
     u8 = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     x = u8.astype(np.float32) / 255.0
     axes = (0, 1, 2)
+    for chunk in (64, 4096):
+        mean, var = data._channel_moments(u8, chunk=chunk)
+        np.testing.assert_array_equal(mean, x.mean(axis=axes, dtype=np.float64), strict=True)
+        np.testing.assert_array_equal(var, x.var(axis=axes, dtype=np.float64), strict=True)
     mean, std = data._channel_stats(u8, chunk=64)
-    assert mean.dtype == std.dtype == np.float32
     np.testing.assert_array_equal(mean, x.mean(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
     np.testing.assert_array_equal(std, x.std(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
 
