@@ -190,7 +190,8 @@ def headline(res, out) -> tuple[str, str]:
 
 EXPERIMENT = Experiment(
     name="cifar2", what="INF265 project 1: the CIFAR-2 MLP, a grid of SGD configs, a test report", run=run,
-    config=Cifar2Config, results="cifar2/results.json", summary=summary, quick={"grid": QUICK_GRID, "epochs": 3},
+    config=Cifar2Config, results="cifar2/results.json", summary=summary,
+    quick={"grid": QUICK_GRID, "epochs": 3, "train_size": 4500},
     figures=("cifar2/curves.png", "cifar2/hand_vs_optax.png", "cifar2/confusion_test.png",
              "cifar2/misclassified_test.png"), needs=("cifar2",), resumable=True,
     compare_with=f"the INF265 project 1 reports: best test accuracy {REPORTS}", notes=notes, about=about,

@@ -196,7 +196,7 @@ def headline(res, out) -> tuple[str, str]:
 
 EXPERIMENT = Experiment(
     name="mnist_zoo", what="CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm", run=run,
-    config=MnistZooConfig, results="mnist/results.json", summary=summary, quick={"epochs": 2, "train_size": 3000},
+    config=MnistZooConfig, results="mnist/results.json", summary=summary, quick={"epochs": 2, "train_size": 2000},
     figures=("mnist/variant_plain.png", "mnist/family_cnn.png", "mnist/hand_vs_autodiff.png"), needs=("mnist",),
     resumable=True, compare_with="the CSI 5340 homework 2 targets: softmax >= 92%, MLP >= 98%, CNN >= 99.2% test "
                                  "accuracy after 30 epochs", notes=notes, about=about, headline=headline)
