@@ -151,7 +151,8 @@ EXPERIMENT = Experiment(
     name="cifar2_improved", what="the CIFAR-2 MLP with augmentation, Nesterov, warm-up + cosine, best epoch by "
                                  "validation, over seeds", run=run,
     config=Cifar2ImprovedConfig, results="cifar2_improved/results.json", summary=summary,
-    quick={"epochs": 4, "lrs": (0.01, 0.02), "seeds": (0, 1), "train_size": 4500}, figures=("cifar2_improved/seed_curves.png",),
+    quick={"epochs": 4, "lrs": (0.01, 0.02), "seeds": (0, 1), "train_size": 4500},
+    figures=("cifar2_improved/seed_curves.png",),
     needs=("cifar2",), compare_with=f"the INF265 project 1 reports: best test accuracy {REPORTS} (one run each, their "
                                     f"protocol); this protocol's target: {TARGET} as the mean over >= 3 seeds",
     notes=notes, about=about, headline=headline)

@@ -157,9 +157,8 @@ EXPERIMENT = Experiment(
                         "gradient by hand, over seeds", run=run,
     config=ResnetConfig, results="resnet/results.json", summary=summary,
     quick={"datasets": ("cifar2",), "cifar2_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 1024},
-    # quick: CIFAR-2 only. CIFAR-10's 5,000 validation and 10,000 test images through the ResNet were the
-    # largest cost of the quick profile's warm run (bench: compile_cache); cifar10_softmax and
-    # cifar10_improved show CIFAR-10 there
+    # quick: CIFAR-2 only. CIFAR-10's 5,000 validation and 10,000 test images through the ResNet were more
+    # than half of its time in the quick profile; cifar10_softmax and cifar10_improved show CIFAR-10 there
     figures=("resnet/curves.png",), needs=("cifar2", "cifar10"), resumable=True,
     compare_with="the CIFAR-2 MLP of INF265 project 1 (`cifar2_improved` above) and DD2424's linear softmax on "
                  "CIFAR-10 (`cifar10_improved`), the other models trained here on these images; a target of >= 0.93 "
