@@ -60,7 +60,8 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
                         step=improved_step(augment.flip_crop((32, 32, 3), crop=False)), progress=show)
     show.close()
     best_val, i = best_by_val(h)
-    _, test_acc = jax.jit(train.make_eval(model))(train.unstack_params(p, i), None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
+    evaluate = jax.jit(train.make_eval(model))  # one program (op by op, predict's chunked forward compiles per call)
+    _, test_acc = evaluate(train.unstack_params(p, i), None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
     res = record("cifar10_improved", cfg, t0, prov, data=d.info,
                  grid=[{"lr": lr, "weight_decay": wd, "best_val_acc": v, "best_epoch": e}
                        for (lr, wd), v, e in zip(grid, best_val, h.best_epoch)],
