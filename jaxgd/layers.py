@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgd import _random
+
 INITS = ("he", "glorot", "torch")
 
 
@@ -40,16 +42,16 @@ def init_linear(key, d_in: int, d_out: int, init: str = "torch", dtype=jnp.float
     """
     kw, kb = jax.random.split(key)
     if init == "he":
-        W = jax.random.normal(kw, (d_in, d_out), dtype) * jnp.sqrt(2.0 / d_in).astype(dtype)
+        W = _random.normal(kw, (d_in, d_out), dtype) * jnp.sqrt(2.0 / d_in).astype(dtype)
         b = jnp.zeros((d_out,), dtype)
     elif init == "glorot":
         r = (6.0 / (d_in + d_out)) ** 0.5
-        W = jax.random.uniform(kw, (d_in, d_out), dtype, -r, r)
+        W = _random.uniform(kw, (d_in, d_out), dtype, -r, r)
         b = jnp.zeros((d_out,), dtype)
     elif init == "torch":
         r = d_in ** -0.5
-        W = jax.random.uniform(kw, (d_in, d_out), dtype, -r, r)
-        b = jax.random.uniform(kb, (d_out,), dtype, -r, r)
+        W = _random.uniform(kw, (d_in, d_out), dtype, -r, r)
+        b = _random.uniform(kb, (d_out,), dtype, -r, r)
     else:
         raise ValueError(f"unknown init {init!r}; choose from {INITS}")
     return {"W": W, "b": b}

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import backprop, data, gradcheck, models, optim, progress, train
+from jaxgd import _random, backprop, data, gradcheck, models, optim, progress, train
 from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
@@ -55,7 +55,7 @@ def check_hparams(lam, eta, n_batch):
 
 def init(key, d=3072, k=10, std=0.01):
     kw, kb = jax.random.split(key)
-    return [{"W": std * jax.random.normal(kw, (d, k)), "b": std * jax.random.normal(kb, (k,))}]
+    return [{"W": std * _random.normal(kw, (d, k)), "b": std * _random.normal(kb, (k,))}]
 
 
 # lam ||W||^2 of the cost J, for its history (one program for every setting, not three per shape op by op)
