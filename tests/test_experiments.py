@@ -68,7 +68,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
         "cifar10_softmax": {"settings": ["B"], "epochs": 1, "n_train": 500, "n_val": 500},
         "cifar2_improved": {"epochs": 1, "lrs": (0.01,), "seeds": (0, 1), "train_size": 300, "batch_size": 50},
         "cifar10_improved": {"epochs": 1, "lrs": (0.003,), "weight_decays": (1e-4, 1e-3), "n_val": 49_000},  # 1,000 train
-        "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "cnn/batchnorm"]},
+        "mnist_zoo": {"epochs": 1, "train_size": 256, "batch_size": 64, "models": ["softmax/plain", "mlp/batchnorm"]},
         "mnist_improved": {"softmax_epochs": 2, "cnn_epochs": 1, "train_size": 256, "batch_size": 64,
                            "seeds": (0, 1), "models": ["softmax/dropout", "cnn/batchnorm"]},
         "resnet": {"datasets": ("cifar2",), "cifar2_epochs": 1, "cifar2_seeds": (0, 1), "train_size": 256,
@@ -144,7 +144,7 @@ def test_mnist_zoo_resumes_per_model(tmp_path):
     for f in ("results.json", "softmax_dropout.png", "family_mlp.png", "variant_batchnorm.png", "hand_vs_autodiff.png"):
         assert (d / f).stat().st_size > 0
     logs = []
-    again = mnist_zoo.run({**cfg, "models": cfg["models"] + ["cnn/plain"]}, out=tmp_path, log=logs.append)
+    again = mnist_zoo.run({**cfg, "models": cfg["models"] + ["softmax/plain"]}, out=tmp_path, log=logs.append)
     assert any("resuming: 2 finished models" in line for line in logs)
     assert again["models"]["mlp/batchnorm"] == res["models"]["mlp/batchnorm"]  # kept, not retrained
     with pytest.raises(ValueError, match="is not one of"):
