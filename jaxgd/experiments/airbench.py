@@ -311,7 +311,8 @@ def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
     if steps < 1:
         raise ValueError(f"{dataset}: {n_train} training images make no batch of {cfg.batch_size}")
     k = cfg.together or len(seeds)
-    groups = [_train_group(model, cfg, dataset, seeds[i:i + k], splits, steps, log, verbose)
+    programs = {}  # the compiled epoch of a group's shapes: the next group of that size reuses it
+    groups = [_train_group(model, cfg, dataset, seeds[i:i + k], splits, steps, log, verbose, programs)
               for i in range(0, len(seeds), k)]
     out = [r for g in groups for r in g["runs"]]
     tests = np.array([r["test_acc_tta"] for r in out])
@@ -324,8 +325,9 @@ def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
             "epoch_s": [g["epoch_s"] for g in groups]}
 
 
-def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dict:
-    """The runs of ``seeds`` as one program: training, then each run's evaluation."""
+def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, programs) -> dict:
+    """The runs of ``seeds`` as one program: training, then each run's evaluation. ``programs``
+    keeps the compiled epoch per shape of the stacked runs, for the next group."""
     runs = [init_run(model, cfg, s, splits[s].train.x) for s in seeds]
     hp, total = hyperparams(cfg, steps)
     opt = make_optimizer(roles(model, runs[0][0]))
@@ -335,13 +337,16 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose) -> dic
     carry = (params, jax.vmap(opt.init)(params), state, ema, jnp.zeros((len(seeds),), jnp.int32))
     x_pad, y = jnp.stack([r[2] for r in runs]), jnp.stack([jnp.asarray(splits[s].train.y) for s in seeds])
     del runs
-    epoch = make_crop_epoch(make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps, total, cfg.translate)
-    epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 2))(jnp.asarray(seeds))
     n_epochs = math.ceil(cfg.epochs)
     hp_at = lambda e: hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs))  # noqa: E731
     t0 = time.time()
-    compiled = epoch.lower(carry, x_pad, y, hp_at(0), jnp.asarray(False), keys).compile()
+    if x_pad.shape not in programs:
+        epoch = make_crop_epoch(make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps,
+                                total, cfg.translate)
+        epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
+        programs[x_pad.shape] = epoch.lower(carry, x_pad, y, hp_at(0), jnp.asarray(False), keys).compile()
+    compiled = programs[x_pad.shape]
     compile_s = time.time() - t0
     curves, epoch_times = [], []
     for e in range(n_epochs):
