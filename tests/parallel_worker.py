@@ -1,8 +1,8 @@
 """Runs in its own process (XLA_FLAGS=--xla_force_host_platform_device_count=N is set before JAX
 starts) for tests/test_parallel.py; prints one JSON line with what it trained.
 
-    python tests/parallel_worker.py grid N_CONFIGS     # configs over all devices, and on one device
-    python tests/parallel_worker.py data MODEL         # each minibatch over all devices, and on one
+    python tests/parallel_worker.py grid N_CONFIGS...  # configs over all devices, and on one device
+    python tests/parallel_worker.py data MODEL...      # each minibatch over all devices, and on one
     python tests/parallel_worker.py mesh2d             # 4 configs on a 2 x 4 (cfg x data) mesh, and on one
     python tests/parallel_worker.py multi PROCESS_ID NUM_PROCESSES PORT   # grid 8 over all processes' devices
 """
@@ -73,10 +73,10 @@ def multi(pid, nproc, port):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    if mode == "grid":
-        res = {how: grid(int(args[0]), how) for how in ("sharded", "single")}
+    if mode == "grid":  # several sizes or models in one process: one start of JAX for them all
+        res = {n: {how: grid(int(n), how) for how in ("sharded", "single")} for n in args}
     elif mode == "data":
-        res = {how: data_parallel(args[0], how) for how in ("sharded", "single")}
+        res = {m: {how: data_parallel(m, how) for how in ("sharded", "single")} for m in args}
     elif mode == "mesh2d":
         res = {"sharded": mesh2d(), "single": grid(4, "single")}
     else:

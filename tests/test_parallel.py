@@ -36,26 +36,26 @@ def max_rel_diff(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_cfg", [5, 8, 12])  # padded to 8, exact, padded to 16
-def test_sharded_grid_equals_one_device(n_cfg):
-    res = run_worker("grid", n_cfg)
-    s, one = res["sharded"], res["single"]
-    assert s["devices"] == 8 and np.shape(s["train_loss"]) == (2, n_cfg)  # the padding is dropped
-    # float reassociation only: a config's matmuls run unbatched on its device, batched on one
-    assert max_rel_diff(s, one) < 1e-6
-    np.testing.assert_allclose(s["train_loss"], one["train_loss"], rtol=1e-6)
-    assert s["val_acc"] == one["val_acc"]
+def test_sharded_grid_equals_one_device():
+    sizes = [5, 8, 12]  # padded to 8, exact, padded to 16; in one process (each start of JAX costs seconds)
+    for n_cfg, res in zip(sizes, run_worker("grid", *sizes).values()):
+        s, one = res["sharded"], res["single"]
+        assert s["devices"] == 8 and np.shape(s["train_loss"]) == (2, n_cfg), n_cfg  # the padding is dropped
+        # float reassociation only: a config's matmuls run unbatched on its device, batched on one
+        assert max_rel_diff(s, one) < 1e-6, n_cfg
+        np.testing.assert_allclose(s["train_loss"], one["train_loss"], rtol=1e-6, err_msg=f"{n_cfg} configs")
+        assert s["val_acc"] == one["val_acc"], n_cfg
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mlp/batchnorm", "cnn/batchnorm", "cnn/dropout", "resnet"])
-def test_data_parallel_epoch_matches_one_device(model):
-    res = run_worker("data", model)
-    s, one = res["sharded"], res["single"]
-    assert max_rel_diff(s, one) < 1e-5  # batch norm: statistics of the global batch, as on one device
-    np.testing.assert_allclose(s["train_loss"], one["train_loss"], rtol=1e-5)
-    for a, b in zip(s["state"], one["state"]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+def test_data_parallel_epoch_matches_one_device():
+    names = ["mlp/batchnorm", "cnn/batchnorm", "cnn/dropout", "resnet"]  # in one process
+    for model, res in zip(names, run_worker("data", *names).values()):
+        s, one = res["sharded"], res["single"]
+        assert max_rel_diff(s, one) < 1e-5, model  # batch norm: statistics of the global batch, as on one device
+        np.testing.assert_allclose(s["train_loss"], one["train_loss"], rtol=1e-5, err_msg=model)
+        for a, b in zip(s["state"], one["state"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=model)
 
 
 @pytest.mark.slow
@@ -80,6 +80,6 @@ def test_two_processes_joined_by_jax_distributed_give_one_process_numbers():
     assert "RESULT" not in outs[1][0]  # only process 0 reports
     multi = _result(outs[0][0])["sharded"]
     assert multi["processes"] == 2 and multi["devices"] == 8
-    one = run_worker("grid", 8)  # one process, 8 devices, and one device
+    one = run_worker("grid", 8)["8"]  # one process, 8 devices, and one device
     assert multi["params"] == one["sharded"]["params"] and multi["train_loss"] == one["sharded"]["train_loss"]
     assert max_rel_diff(multi, one["single"]) < 1e-6
