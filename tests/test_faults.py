@@ -21,7 +21,7 @@ from jaxgd.experiments import common, reproduce
 from jaxgd.experiments.config import ConfigError
 
 # a CNN last: after the first model, seconds of work remain for the signal to land in
-ZOO = ["--models", "softmax/plain", "mlp/plain", "mlp/dropout", "cnn/plain", "--epochs", "2", "--train-size", "1024",
+ZOO = ["--models", "softmax/plain", "mlp/plain", "mlp/dropout", "cnn/plain", "--epochs", "1", "--train-size", "1024",
        "--batch-size", "128", "--no-compare-epoch"]
 
 
@@ -57,7 +57,7 @@ def _wait_for_models(partial, n, proc, timeout=300):
 def _uninterrupted_zoo():
     """The zoo run of test_interrupted_zoo_... in one piece, in this process (once for both signals)."""
     from jaxgd.experiments import mnist_zoo
-    cfg = {"models": ZOO[1:5], "epochs": 2, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
+    cfg = {"models": ZOO[1:5], "epochs": 1, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
     return mnist_zoo.run(cfg, out=False, verbose=False)
 
 
