@@ -24,23 +24,20 @@ import numpy as np
 MIN_LENGTH = 1024
 
 
-def _flat_length(shape) -> int | None:
-    """The power-of-two length to draw for ``shape``, or None where a flat draw would not give
-    ``jax.random``'s numbers (a traced or typed key, or PRNG settings other than JAX's default)."""
-    if not (jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32"):
-        return None
-    n = math.prod(shape)
-    return max(MIN_LENGTH, 1 << max(n - 1, 0).bit_length())
+def _flat_draw_is_exact(key) -> bool:
+    """Whether a flat draw gives ``jax.random``'s numbers for ``key``: a concrete raw key (not a
+    tracer, not a typed key) under JAX's default, partitionable threefry."""
+    return (not isinstance(key, jax.core.Tracer) and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32")
 
 
 def _drawn(key, draw, shape, dtype, *args):
     shape = tuple(int(s) for s in shape)
-    length = None if isinstance(key, jax.core.Tracer) or jnp.issubdtype(key.dtype, jax.dtypes.prng_key) \
-        else _flat_length(shape)
-    if length is None:
+    if not _flat_draw_is_exact(key):
         return draw(key, shape, dtype, *args)
-    flat = np.asarray(draw(key, (length,), dtype, *args))
-    return jax.device_put(flat[:math.prod(shape)].reshape(shape))
+    n = math.prod(shape)
+    flat = np.asarray(draw(key, (max(MIN_LENGTH, 1 << max(n - 1, 0).bit_length()),), dtype, *args))
+    return jax.device_put(flat[:n].reshape(shape))
 
 
 def uniform(key, shape, dtype=jnp.float32, minval=0.0, maxval=1.0):
