@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -62,6 +63,14 @@ import numpy as np
 from jax.test_util import check_vjp
 
 from jaxgd import gradcheck
+
+# The checker's programs run once, on a few examples: compiling them is most of a check's time. XLA:CPU
+# spends half of that in LLVM's optimisation of the generated code, which these programs do not need:
+# they are compiled with it off. The HLO (what is computed, and XLA's own passes) is the same; the
+# rounding may differ in the last bits (on the suite's layers and the gallery, the errors a report
+# prints moved at the 1e-11 level, and no verdict or diagnosis changed), which the checker's tolerances
+# allow for. The bench's ``startup`` section counts the programs and the seconds.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 VJP_TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # max |hand - vjp| / max |vjp| per leaf
 # A leaf whose true gradient is zero or nearly (in training, a bias right before batch norm: exactly
@@ -653,10 +662,10 @@ class _Programs:
 
     def __init__(self, sub, n, train, dtype):
         self.sub, self.n, self.train, self.dt = sub, n, train, jnp.dtype(dtype)
-        self.both, self.truth = jax.jit(self._both), jax.jit(self._truth)
-        self.stacked = jax.jit(jax.vmap(self.hand, in_axes=(None, None, 0, 0, None)))
-        self.fd = jax.jit(self._fd)
-        self.loss_grads = jax.jit(self._loss_grads)
+        self.both, self.truth = _jit(self._both), _jit(self._truth)
+        self.stacked = _jit(jax.vmap(self.hand, in_axes=(None, None, 0, 0, None)))
+        self.fd = _jit(self._fd)
+        self.loss_grads = _jit(self._loss_grads)
         self.untraceable = None  # why the hand backward cannot be traced, once that is known
 
     def run(self, p, state, x, c, key, with_hand=True):
@@ -1058,7 +1067,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     hand_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.f, v, c))(v)  # noqa: E731
     true_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.primal, v, c))(v)  # noqa: E731
     try:
-        true = _numpy(jax.jit(true_of)(v, c))
+        true = _numpy(_jit(true_of)(v, c))
     except Exception:  # noqa: BLE001  (the primal has no derivative JAX can take: central differences)
         true = _fd_truth(fn, v, c) if dtype == "float64" else None
     if true is None:  # float32 without autodiff: float64's differences at the float32 point
@@ -1066,7 +1075,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
             true = [t.astype(dt) for t in _fd_truth(fn, [a.astype(np.float64) for a in v],
                                                     [ci.astype(np.float64) for ci in c])]
     try:
-        hand = _numpy(jax.jit(hand_of)(v, c))
+        hand = _numpy(_jit(hand_of)(v, c))
         note("jit", True)
     except Exception as e:  # noqa: BLE001
         try:
@@ -1079,7 +1088,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     if dtype == "float32":
         with jax.enable_x64(True):
             try:
-                ref = _numpy(jax.jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
+                ref = _numpy(_jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
             except Exception:  # noqa: BLE001
                 ref = None
     allow = _allowances(true, VJP_TOLERANCES[dtype], ref)
@@ -1112,8 +1121,8 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     try:  # vmap: the rule on two stacked points, against each point alone
         stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])  # noqa: E731
         vs, cs = [stack(a, b) for a, b in zip(v, v2)], [stack(a, b) for a, b in zip(c, c2)]
-        batched = _numpy(jax.jit(jax.vmap(hand_of))(vs, cs))
-        alone = _numpy(jax.jit(hand_of)([a[1] for a in vs], [ci[1] for ci in cs]))
+        batched = _numpy(_jit(jax.vmap(hand_of))(vs, cs))
+        alone = _numpy(_jit(hand_of)([a[1] for a in vs], [ci[1] for ci in cs]))
         same = all(np.shape(b[0]) == np.shape(h) and _maxabs(np.asarray(b[0], np.float64) - h) <= lim
                    and _maxabs(np.asarray(b[1], np.float64) - a) <= lim
                    for b, h, a, lim in zip(batched, hand, alone, allow["abs"]))
@@ -1158,5 +1167,5 @@ def _fd_estimates(fn, v, c, coords):
     def measure(v, c, index):
         est, _ = gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H, 4)
         return est, fn.loss(fn.primal, v, c, absolute=True)
-    est, terms = jax.jit(measure)(v, c, gradcheck.flat_index(v, coords))
+    est, terms = _jit(measure)(v, c, gradcheck.flat_index(v, coords))
     return gradcheck.split_by_leaf(est, coords), float(terms)
