@@ -267,9 +267,10 @@ def _raw_split(tfds_name, split, root, cache, download):
         path = cache / f"{tfds_name}-{version}-{split}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
         if path.exists():
             try:
-                with np.load(path) as f:
-                    if str(f["key"]) == key and len(f["x"]) == len(f["y"]) == len(source):
-                        return f["x"], f["y"], version
+                with np.load(path) as f:  # each f[name] reads (and checks) the array again: once each
+                    stored, x, y = str(f["key"]), f["x"], f["y"]
+                if stored == key and len(x) == len(y) == len(source):
+                    return x, y, version
                 warnings.warn(f"stale cache {path} (made from other data); rebuilding it")
             except Exception as e:  # truncated / corrupt zip, missing arrays
                 warnings.warn(f"corrupt cache {path} ({type(e).__name__}); rebuilding it")
