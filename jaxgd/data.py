@@ -325,7 +325,8 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
             raise ValueError(f"train_size {train_size} > the {len(train_idx)} images left after validation")
         train_idx = train_idx[:train_size]
 
-    mean, std = _channel_stats(xtr[train_idx])
+    x_train = xtr[train_idx]  # gathered once: the statistics and the training split both read it
+    mean, std = _channel_stats(x_train)
 
     def prep(x):  # uint8 images, copied here: in place after that (the same arithmetic, no second copy)
         x = _unit(x)
@@ -341,7 +342,7 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
             "class_counts_before_split": counts_before, "data_dir": str(root),
             **({"source": str(source)} if source != root else {}),
             "split": "seeded random permutation of the TFDS train split (not stratified)"}
-    return Dataset(Split(prep(xtr[train_idx]), ytr[train_idx]), Split(prep(xtr[val_idx]), ytr[val_idx]),
+    return Dataset(Split(prep(x_train), ytr[train_idx]), Split(prep(xtr[val_idx]), ytr[val_idx]),
                    Split(prep(xte), yte), info)
 
 
