@@ -47,7 +47,9 @@ input gradient right but a parameter's wrong; right in eval but wrong in trainin
 A check is a few compiled programs per mode and dtype (the forward, ``jax.vjp`` and the hand
 backward as one; the backward under ``vmap``; the finite-difference stencils; a model's loss
 gradients), drawn on one problem made on the host, and kept for the process: a second check of the
-same subject on the same shapes compiles nothing. The bench's ``startup`` section counts them.
+same subject on the same shapes compiles nothing. They run once, so they are compiled with LLVM's
+optimisation of the generated code off (``_jit``): same computation, rounding that may differ in the
+last bits. The bench's ``startup`` section counts them.
 """
 from __future__ import annotations
 
