@@ -32,21 +32,57 @@ def test_mock_splits_shapes_and_stats_from_train_only(mock_cifar, tmp_path):
     np.testing.assert_array_equal(again.val.x, d.val.x)
 
 
-@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3), (2000, 6, 6, 2)])
-def test_channel_stats_are_numpys_bit_for_bit(shape):
-    """load's normalisation, computed a chunk at a time to keep its memory down, is what x.mean and
-    x.var / x.std in float64 give (what load used before, and what every committed result was
-    computed with): the float64 sums themselves, not only their float32 roundings."""
+@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3), (5000, 6, 6, 2)])
+def test_channel_moments_are_the_exact_ones_rounded(shape):
+    """load's per-channel mean and variance, from counts of the 256 pixel values, are the exact
+    ones (rational arithmetic on the float32 pixel values) to within an ulp, and rounded to float32
+    (what load normalises with) they are numpy's x.mean and x.std in float64, what load used before."""
+    from fractions import Fraction
     u8 = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     x = u8.astype(np.float32) / 255.0
     axes = (0, 1, 2)
-    for chunk in (64, 4096):
+    for chunk in (64, 4096):  # the counting's chunk changes nothing
         mean, var = data._channel_moments(u8, chunk=chunk)
-        np.testing.assert_array_equal(mean, x.mean(axis=axes, dtype=np.float64), strict=True)
-        np.testing.assert_array_equal(var, x.var(axis=axes, dtype=np.float64), strict=True)
-    mean, std = data._channel_stats(u8, chunk=64)
+        for k in range(shape[-1]):
+            values = [Fraction(float(v)) for v in x[..., k].ravel()]
+            exact_mean = sum(values) / len(values)
+            exact_var = sum((v - exact_mean) ** 2 for v in values) / len(values)
+            assert abs(Fraction(float(mean[k])) - exact_mean) <= Fraction(float(np.spacing(mean[k])))
+            assert abs(Fraction(float(var[k])) - exact_var) <= 2 * Fraction(float(np.spacing(var[k])))
+    mean, std = data._channel_stats(u8)
     np.testing.assert_array_equal(mean, x.mean(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
     np.testing.assert_array_equal(std, x.std(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
+
+
+@pytest.mark.parametrize("shape", [(130, 4, 4, 3), (65, 5, 5, 1), (1, 2, 2, 3)])
+def test_normalisation_by_table_is_the_arithmetic_bit_for_bit(shape):
+    """load looks each pixel up in a table of its 256 values' normalised numbers: the same float32
+    numbers as (u8 / 255 - mean) / std computed on every pixel, chunks' edges included."""
+    u8 = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    mean, std = data._channel_stats(u8)
+    table = data._unit(np.arange(256, dtype=np.uint8)[:, None].repeat(shape[-1], 1))
+    table -= mean
+    table /= std
+    want = data._unit(u8)
+    want -= mean
+    want /= std
+    got = data._lookup(table, u8, chunk=64)
+    np.testing.assert_array_equal(got, want, strict=True)
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "mnist_improved", "cifar2", "cifar10_softmax", "cifar10_improved"])
+def test_real_normalisation_is_the_committed_results(experiment):
+    """Each committed result stores the statistics its data was normalised with (its first split's):
+    load gives the same float32 numbers today, so the results are reproducible on this data code."""
+    import json
+    from pathlib import Path
+    info = json.loads((Path(__file__).parents[1] / "results" / experiment / "results.json").read_text())["data"]
+    require_real_data(info["name"])
+    sizes = info["sizes"]
+    d = data.load(info["name"], seed=info["seed"], val_size=sizes["val"], train_size=sizes["train"],
+                  layout=info["layout"])
+    assert d.info["sizes"] == sizes
+    assert (d.info["mean"], d.info["std"]) == (info["mean"], info["std"])
 
 
 def test_mock_cifar2_relabels(mock_cifar, tmp_path):
