@@ -8,6 +8,7 @@ results/bench/cpu-2core.json).
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 import traceback
@@ -92,17 +93,23 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     if profile == "quick" and not only and len(todo) == len(names):
         log(f"[reproduce] the quick profile: about {QUICK_MINUTES[0]} min on a 2-core CPU the first time, "
             f"{QUICK_MINUTES[1]} once its programs are in the compilation cache")
-    for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
-        log(f"[{n}] running ({profile})")
-        t = time.time()
-        try:
-            res = run_one(n, cfg, out, force, not quiet, log)
-            wall = res.get("run_wall_s") if isinstance(res, dict) else None  # the time REPORT.md prints
-            status[n] = f"ok ({time.time() - t if wall is None else wall:.0f} s)"
-        except Exception as e:  # one failing experiment must not stop the others
-            traceback.print_exc()
-            status[n] = f"FAILED: {type(e).__name__}: {e}"
-        log(f"[{n}] {status[n]}")
+    try:
+        for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
+            log(f"[{n}] running ({profile})")
+            t = time.time()
+            try:
+                res = run_one(n, cfg, out, force, not quiet, log)
+                wall = res.get("run_wall_s") if isinstance(res, dict) else None  # the time REPORT.md prints
+                status[n] = f"ok ({time.time() - t if wall is None else wall:.0f} s)"
+            except Exception as e:  # one failing experiment must not stop the others
+                traceback.print_exc()
+                status[n] = f"FAILED: {type(e).__name__}: {e}"
+            log(f"[{n}] {status[n]}")
+            # what outlived run_one's garbage collection (modules, JAX's caches: hundreds of thousands
+            # of objects by the end) lives on: the next experiment's collection need not walk it again
+            gc.freeze()
+    finally:
+        gc.unfreeze()  # the process's objects collectable again, as before run_all
     if parallel.is_writer():
         write_report(profile, base)
         readme = out.parent / "README.md"
