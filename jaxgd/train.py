@@ -307,7 +307,7 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
                                        n_cfg is not None, seeds is not None)
     opt.check(hparams)
     base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
-    data = tuple(jnp.asarray(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
+    data = tuple(_to_device(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
     if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
         params, model_state, hparams, base, data = parallel.lay_out(
             configs.mesh, n_cfg, (params, model_state, hparams), base, data, seeds is not None,
@@ -385,7 +385,7 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
     for e in range(epochs):
         t = time.perf_counter()
         new, (tl, ta, *steps) = epoch_fn(carry, x, y, hparams, key_of(e))
-        carry = new if monitor.patience is None else _where_configs(jnp.asarray(~track.stopped), new, carry)
+        carry = new if monitor.patience is None else _where_configs(~track.stopped, new, carry)
         tl, ta = parallel.fetch((tl, ta))  # waits for the epoch
         if steps:
             step_loss.append(real(parallel.fetch(steps[0])))
@@ -397,7 +397,7 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
         metrics = {"train_loss": tl, "train_acc": ta, "val_loss": vl, "val_acc": va}
         improved, gone = track.update(e, metrics)
         if monitor.select is not None and np.any(improved):
-            best = _where_configs(jnp.asarray(improved), (carry[0], carry[2]), best)
+            best = _where_configs(improved, (carry[0], carry[2]), best)
         for k, v in metrics.items():
             hist[k].append(real(np.where(gone, np.nan, v)))
         hist["epoch_time"].append(time.perf_counter() - t)
@@ -524,6 +524,14 @@ class Tracker:
         return {"diverged_at": per_config(self.diverged_at),
                 "best_epoch": per_config(self.best_epoch) if self.select else None,
                 "stopped_at": per_config(self.stopped_at) if self.patience else None}
+
+
+def _to_device(a):
+    """``a`` as a JAX array, moved as it is (``jax.device_put``, the dtype made JAX's default as
+    ``jnp.asarray`` makes it). ``jnp.asarray`` of a numpy array runs a compiled identity program, one
+    per shape, that copies the array a second time: for a training split that is a program and a
+    copy of every image per ``fit``."""
+    return a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a))
 
 
 @jax.jit

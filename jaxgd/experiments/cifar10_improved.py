@@ -14,7 +14,6 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import augment, data, models, optim, progress, train
@@ -61,7 +60,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     show.close()
     best_val, i = best_by_val(h)
     evaluate = jax.jit(train.make_eval(model))  # one program (op by op, predict's chunked forward compiles per call)
-    _, test_acc = evaluate(train.unstack_params(p, i), None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
+    _, test_acc = evaluate(train.unstack_params(p, i), None, d.test.x, d.test.y)
     res = record("cifar10_improved", cfg, t0, prov, data=d.info,
                  grid=[{"lr": lr, "weight_decay": wd, "best_val_acc": v, "best_epoch": e}
                        for (lr, wd), v, e in zip(grid, best_val, h.best_epoch)],

@@ -109,7 +109,7 @@ def run(config=None, out=None, force=False, verbose=False, log=print) -> dict:
         show = progress.epoch_logger(f"setting {s}", cfg.epochs, quiet=not verbose)
         params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed), show)
         show.close()
-        _, test_acc = evaluate(params, None, jnp.asarray(d.test.x), jnp.asarray(d.test.y))
+        _, test_acc = evaluate(params, None, d.test.x, d.test.y)
         weights[s] = np.asarray(params[0]["W"])
         runs[s] = {"lambda": lam, "eta": eta, "history": h, "test_acc": float(test_acc),
                    "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],

@@ -14,7 +14,6 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
@@ -131,7 +130,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     p_hand, _, h_hand = _fit(d, params, best, cfg)
     # ... and the library way: jax.grad + optax, for the overlay.
     _, _, h_optax = _fit(d, params, best, cfg, train.Step(optimizer="optax", grads="autodiff"))
-    logits = np.asarray(jax.jit(lambda p, x: train.predict(MODEL, p, None, x))(p_hand, jnp.asarray(d.test.x)))
+    logits = np.asarray(jax.jit(lambda p, x: train.predict(MODEL, p, None, x))(p_hand, d.test.x))
     pred = logits.argmax(-1)
     test_acc = float((pred == d.test.y).mean())
     cm = np.zeros((2, 2), int)

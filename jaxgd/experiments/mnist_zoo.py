@@ -17,7 +17,6 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import data, layers, models, optim, parallel, progress, train
@@ -87,7 +86,7 @@ def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, fit_losses) -> dict
     ``params, state`` and on the same minibatches (and dropout masks). ``fit_losses``: the
     per-step losses of fit's own first epoch, which used ``cfg.grads``; the other curve is run
     here. Returns both per-step loss curves and their gap."""
-    x, y = jnp.asarray(d.train.x), jnp.asarray(d.train.y)
+    x, y = jax.device_put((d.train.x, d.train.y))  # on the device once, for each curve's program
     key = train.epoch_key(cfg.seed, 0)  # fit's first epoch key
     curves = {cfg.grads: np.asarray(fit_losses)}
     for how in ("hand", "autodiff"):

@@ -54,7 +54,7 @@ def seed_runs(model, params, state, hist, splits, seeds, train_curve):
     val_acc, curve, runs = np.asarray(hist.val_acc, float), np.asarray(getattr(hist, train_curve)), []
     for i, s in enumerate(seeds):
         _, acc = evaluate(*train.unstack_params((params, state), i),
-                          jax.numpy.asarray(splits[i].test.x), jax.numpy.asarray(splits[i].test.y))
+                          splits[i].test.x, splits[i].test.y)
         e = hist.best_epoch[i]
         runs.append({"seed": s, "best_epoch": e, "val_acc": float(val_acc[e - 1, i]), "test_acc": float(acc),
                      "val_curve": val_acc[:, i].tolist(), f"{train_curve}_curve": curve[:, i].tolist()})
