@@ -19,7 +19,7 @@ from jaxgd.experiments.writeup import readme_results, update_readme, write_repor
 
 # minutes of `jaxgd reproduce --quick` on a 2-core CPU (empty compilation cache, warm cache): the bench's
 # compile_cache section rounded up; a test keeps them equal to results/bench/cpu-2core.json
-QUICK_MINUTES = (5, 3)
+QUICK_MINUTES = (4, 2)
 
 __all__ = ["EXPERIMENTS", "QUICK_MINUTES", "config", "readme_results", "root", "run_all", "run_one", "update_readme",
            "write_report"]
