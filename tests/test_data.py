@@ -32,7 +32,7 @@ def test_mock_splits_shapes_and_stats_from_train_only(mock_cifar, tmp_path):
     np.testing.assert_array_equal(again.val.x, d.val.x)
 
 
-@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3), (5000, 6, 6, 2)])
+@pytest.mark.parametrize("shape", [(1000, 4, 4, 3), (999, 5, 5, 1), (3, 2, 2, 3), (2000, 6, 6, 2)])
 def test_channel_moments_are_the_exact_ones_rounded(shape):
     """load's per-channel mean and variance, from counts of the 256 pixel values, are the exact
     ones (rational arithmetic on the float32 pixel values) to within an ulp, and rounded to float32
@@ -41,12 +41,16 @@ def test_channel_moments_are_the_exact_ones_rounded(shape):
     u8 = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     x = u8.astype(np.float32) / 255.0
     axes = (0, 1, 2)
+    exact = []
+    for k in range(shape[-1]):  # each distinct float32 value, exactly, times how often it occurs
+        values, counts = np.unique(x[..., k], return_counts=True)
+        pairs = [(Fraction(float(v)), int(c)) for v, c in zip(values, counts)]
+        n = sum(c for _, c in pairs)
+        m = sum(v * c for v, c in pairs) / n
+        exact.append((m, sum((v - m) ** 2 * c for v, c in pairs) / n))
     for chunk in (64, 4096):  # the counting's chunk changes nothing
         mean, var = data._channel_moments(u8, chunk=chunk)
-        for k in range(shape[-1]):
-            values = [Fraction(float(v)) for v in x[..., k].ravel()]
-            exact_mean = sum(values) / len(values)
-            exact_var = sum((v - exact_mean) ** 2 for v in values) / len(values)
+        for k, (exact_mean, exact_var) in enumerate(exact):
             assert abs(Fraction(float(mean[k])) - exact_mean) <= Fraction(float(np.spacing(mean[k])))
             assert abs(Fraction(float(var[k])) - exact_var) <= 2 * Fraction(float(np.spacing(var[k])))
     mean, std = data._channel_stats(u8)
