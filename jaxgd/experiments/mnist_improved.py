@@ -153,7 +153,9 @@ def notes(res, out) -> list[str]:
         if m["target"] is None or m["test_acc_mean"] >= m["target"]:
             continue
         rest = {k: o for k, o in res["models"].items() if o["family"] == m["family"] and k != n}
-        beside = lambda f, fmt: f" ({', '.join(f'{k} {f(o):{fmt}}' for k, o in rest.items())})" if rest else ""  # noqa: E731
+
+        def beside(f, fmt):  # the family's other models, for comparison (none in a run of one per family)
+            return f" ({', '.join(f'{k} {f(o):{fmt}}' for k, o in rest.items())})" if rest else ""
         lines.append(f"{n} misses its target by {m['target'] - m['test_acc_mean']:.4f}. Validation said so before the "
                      f"test set was read: {mean(m, val):.4f} at its best epochs{beside(lambda o: mean(o, val), '.4f')}, "
                      f"and its training loss (the last epoch's running mean, in training mode) is "
