@@ -328,12 +328,9 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
 
     x_train = xtr[train_idx]  # gathered once: the statistics and the training split both read it
     mean, std = _channel_stats(x_train)
-    table = _unit(np.arange(256, dtype=np.uint8)[:, None].repeat(xtr.shape[-1], 1))  # (256, channels)
-    if normalize:
-        table -= mean
-        table /= std
+    table = _normalisation_table(mean, std, normalize)
 
-    def prep(x):  # each pixel looked up in the table: the arithmetic above, done once per pixel value
+    def prep(x):
         x = _lookup(table, x)
         return x.reshape(len(x), int(np.prod(x.shape[1:]))) if layout == "flat" else x
 
@@ -355,20 +352,32 @@ def _unit(u8):
     return x
 
 
+def _value_index(u8):
+    """Each pixel's place in a table of 256 entries per channel (channels last): ``256 c + v``."""
+    idx = u8.astype(np.intp)
+    idx += np.arange(u8.shape[-1], dtype=np.intp) * 256
+    return idx
+
+
+def _normalisation_table(mean, std, normalize=True):
+    """``load``'s normalisation of each of the 256 pixel values per channel, ``(v / 255 - mean) /
+    std`` in float32 (``_unit(v)`` alone without ``normalize``): ``(channels, 256)``."""
+    table = np.tile(_unit(np.arange(256, dtype=np.uint8)), (len(mean), 1))
+    if normalize:
+        table -= mean[:, None]
+        table /= std[:, None]
+    return table
+
+
 def _lookup(table, u8, chunk=64):
-    """``table[v, c]`` for every pixel value ``v`` of channel ``c`` (the last axis) of the uint8
-    images ``u8``, as float32: ``load``'s normalisation, ``(u8 / 255 - mean) / std`` in float32,
-    computed once for each of the 256 values and gathered: the same numbers bit for bit as that
-    arithmetic on every pixel (tests/test_data.py), with one pass over the images instead of four.
-    ``chunk`` images at a time: the gather's indices stay small."""
-    c = u8.shape[-1]
-    flat = np.ascontiguousarray(table.T).ravel()  # channel-major: value v of channel k at 256 k + v
-    offset = np.arange(c, dtype=np.intp) * 256
+    """Each pixel of the uint8 images ``u8`` (channels last) replaced by its entry of ``table``
+    (``_normalisation_table``), as float32: the same numbers bit for bit as that arithmetic on every
+    pixel (tests/test_data.py), with one pass over the images instead of four. ``chunk`` images at a
+    time: the gather's indices stay small."""
+    flat = table.ravel()
     out = np.empty(u8.shape, np.float32)
     for i in range(0, len(u8), chunk):
-        idx = u8[i:i + chunk].astype(np.intp)
-        idx += offset
-        np.take(flat, idx, out=out[i:i + chunk])
+        np.take(flat, _value_index(u8[i:i + chunk]), out=out[i:i + chunk])
     return out
 
 
@@ -391,11 +400,8 @@ def _channel_moments(u8, chunk=4096):
     One pass over the images, ``chunk`` of them at a time."""
     c = u8.shape[-1]
     counts = np.zeros((c, 256), np.int64)
-    offset = np.arange(c, dtype=np.intp) * 256
     for i in range(0, len(u8), chunk):
-        idx = u8[i:i + chunk].reshape(-1, c).astype(np.intp)
-        idx += offset
-        counts += np.bincount(idx.ravel(), minlength=256 * c).reshape(c, 256)
+        counts += np.bincount(_value_index(u8[i:i + chunk]).ravel(), minlength=256 * c).reshape(c, 256)
     n = u8.size // c
     values = _unit(np.arange(256, dtype=np.uint8)).astype(np.float64)
     mean = np.array([math.fsum(k * values) for k in counts]) / n

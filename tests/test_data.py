@@ -64,9 +64,7 @@ def test_normalisation_by_table_is_the_arithmetic_bit_for_bit(shape):
     numbers as (u8 / 255 - mean) / std computed on every pixel, chunks' edges included."""
     u8 = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     mean, std = data._channel_stats(u8)
-    table = data._unit(np.arange(256, dtype=np.uint8)[:, None].repeat(shape[-1], 1))
-    table -= mean
-    table /= std
+    table = data._normalisation_table(mean, std)
     want = data._unit(u8)
     want -= mean
     want /= std
