@@ -21,13 +21,16 @@ axis), on the same minibatches.
     make_epoch(step, batch_size)   one lax.scan over a seeded permutation
     share_configs(epoch, evaluate) a leading configs axis: vmap or lax.map       (Configs)
     run_epochs(epoch, evaluate, ...) compile once, then the epoch loop, History  (Monitor, Tracker)
+
+and ``compile(model, batch_size, hparams=...)`` builds them once as a ``Trainer``, a value you hold
+and pass to ``fit`` in place of the model: the loop over settings that compiles once.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -278,77 +281,126 @@ def epoch_key(seed, epoch: int):
     return jax.random.fold_in(data_key(seed), epoch)
 
 
-def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int, batch_size: int,
-        seed=0, model_state=None, step=Step(), configs=Configs(), monitor=Monitor(), progress=None,
-        callback=None):
+def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int, batch_size: int | None = None,
+        seed=0, model_state=None, step=None, configs=None, monitor=Monitor(), progress=None, callback=None):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
+    ``model`` is a model, or a ``Trainer`` (``compile``) whose programs this fit runs: a loop over
+    settings that passes one trainer compiles once; given a model, fit compiles afresh.
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once); the loss is ``model.loss``.
     ``hparams`` comes from ``optim.sgd_hyperparams``: 1-D hyperparameters train one config per
     entry in one program (``params`` and ``model_state`` stacked on axis 0, ``stack_params``), and
     ``seed`` may then be one integer per config (batch order, dropout, augmentation: ``data_key``,
     a stream apart from the initial weights' ``PRNGKey(seed)``). ``step``
     (``Step``) says how a minibatch becomes an update, ``configs`` (``Configs``) how the configs
-    share the program and the devices, ``monitor`` (``Monitor``) what is measured and kept.
+    share the program and the devices (a trainer has its own: give them to ``compile``),
+    ``monitor`` (``Monitor``) what is measured and kept.
     ``progress(metrics)`` gets a dict after each epoch (``jaxgd.progress.epoch_logger`` shows it;
     fit prints nothing); ``callback(epoch, params, model_state)``'s returns go to
     ``History.extra``. A config whose training loss stops being finite is marked diverged (its later
-    numbers are NaN); training stops once every config has. Another fit of an equal model with the
-    same step, configs layout, batch size and array shapes reuses this one's compiled programs
-    (``_programs``), e.g. a loop over settings. The parts, each usable alone:
+    numbers are NaN); training stops once every config has. The parts, each usable alone:
     ``make_grad_fn`` -> ``make_step`` -> ``make_epoch`` -> ``share_configs`` -> ``run_epochs``.
     """
     hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too
+    if isinstance(model, Trainer):
+        trainer = model
+        trainer.check(hparams, seed, monitor, batch_size, step, configs)
+    else:
+        if batch_size is None:
+            raise ValueError("fit(model, ...) needs batch_size= (or pass a Trainer from train.compile)")
+        trainer = compile(model, batch_size, hparams=hparams, step=step or Step(), configs=configs or Configs(),
+                          monitor=monitor, seed=seed)
+    model, batch_size, configs = trainer.model, trainer.batch_size, trainer.configs
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
     seeds = _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor)
     if model_state is None and hasattr(model, "empty_state"):
         model_state = model.empty_state()  # a clear error if the model needs its state
-    opt, epoch_fn, eval_fn = _programs(model, step, hparams, configs, int(batch_size), monitor.step_losses,
-                                       n_cfg is not None, seeds is not None)
-    opt.check(hparams)
     base = data_key(seed) if seeds is None else jax.vmap(data_key)(jnp.asarray(seeds))
     data = tuple(_to_device(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
     if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
         params, model_state, hparams, base, data = parallel.lay_out(
             configs.mesh, n_cfg, (params, model_state, hparams), base, data, seeds is not None,
             configs.per_config_data)
-    compiled_init = _cached_init if isinstance(opt.init, Hashable) else _compiled_init
-    carry = (params, compiled_init(opt.init, n_cfg is not None)(params), model_state)
+    carry = (params, trainer.init(params), model_state)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
-    return run_epochs(epoch_fn, eval_fn, carry, data, hparams, lambda e: fold(base, e), int(epochs),
+    return run_epochs(trainer.epoch, trainer.evaluate, carry, data, hparams, lambda e: fold(base, e), int(epochs),
                       n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback)
 
 
-_PROGRAMS = {}  # _programs' functions by what they are built from (the last _PROGRAMS_KEPT)
-_PROGRAMS_KEPT = 8
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """``fit``'s compiled programs as a value you hold: the optimizer, and the epoch, evaluation and
+    optimizer-init functions built for one model, step, configs layout and batch size
+    (``compile``). ``fit(trainer, ...)`` reuses them: JAX keeps what it traced and compiled for a
+    function with that function, so a loop over learning rates, seeds or data that passes one
+    trainer compiles once, and ``fit(model, ...)`` builds a fresh one each call. Nothing is kept
+    anywhere else: a model changed after ``compile`` (an attribute its ``apply`` reads) trains as
+    it was when compiled until you compile again, which is what holding the value says."""
+    model: Any
+    batch_size: int
+    step: Step
+    configs: Configs
+    stacked: bool  # hyperparameters given one per config (1-D), params stacked on axis 0
+    seed_per_config: bool
+    step_losses: bool
+    schedule: Any  # the hyperparameters' schedule when compiled (its kind is part of the program)
+    optimizer: optim.Optimizer
+    epoch: Callable  # (carry, x, y, hparams, key) -> (carry, (loss, accuracy[, step losses]))
+    evaluate: Callable  # (params, model_state, x, y) -> (loss, accuracy)
+    init: Callable  # jitted: params -> optimizer state
+
+    def check(self, hparams, seed, monitor, batch_size=None, step=None, configs=None):
+        """Refuse a ``fit`` this trainer was not compiled for, in one line that says what differs."""
+        given = {"batch_size": batch_size, "step": step, "configs": configs}
+        for name, v in given.items():
+            if v is not None and v != getattr(self, name):
+                raise ValueError(f"fit(trainer, {name}={v!r}): the trainer was compiled with {name}="
+                                 f"{getattr(self, name)!r}; compile another (train.compile) or leave {name} out")
+        stacked, per_seed = jnp.ndim(hparams.lr) == 1, not _is_int(seed) and np.ndim(seed) == 1
+        for what, now, then in (("1-D hyperparameters (one per config)", stacked, self.stacked),
+                                ("a seed per config", per_seed, self.seed_per_config),
+                                ("Monitor(step_losses=True)", monitor.step_losses, self.step_losses)):
+            if now != then:
+                raise ValueError(f"fit(trainer, ...) {'with' if now else 'without'} {what}, but the trainer was "
+                                 f"compiled {'with' if then else 'without'}: compile one for this fit (train.compile)")
+        if not _same_schedule(hparams.schedule, self.schedule, numbers=isinstance(self.step.optimizer, str)
+                              and self.step.optimizer != "hand"):
+            raise ValueError("fit(trainer, ...) with another learning-rate schedule than the trainer was compiled "
+                             "with: compile one for this schedule (train.compile)")
+        self.optimizer.check(hparams)
 
 
-def _programs(model, step, hparams, configs, batch_size, step_losses, stacked, per_config_key):
-    """``fit``'s optimizer and its epoch and evaluation functions. The same function objects for
-    the same model, step, configs layout and batch size, so that another ``fit`` of them (a loop
-    over learning rates, seeds or settings) reuses the programs JAX traced and compiled for the
-    first, whose cache is keyed on the function: the same program, the same numbers. Built afresh
-    where something is unhashable or a schedule is set (its numbers may be in the optimizer)."""
-    def build():
-        step_fn, opt = step.build(model, hparams, configs.batch_sharding())
-        epoch_fn, eval_fn = make_epoch(step_fn, batch_size, per_step=step_losses), make_eval(model, step.l2)
-        if step_losses:
-            epoch_fn = _with_means(epoch_fn)
-        if stacked:
-            epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_config_key)
-        return opt, epoch_fn, eval_fn
-    if hparams.schedule is not None:
-        return build()
-    key = (model, step, configs, batch_size, step_losses, stacked, per_config_key)
-    try:
-        found = _PROGRAMS.get(key)
-    except TypeError:  # an unhashable part
-        return build()
-    if found is None:
-        found = _PROGRAMS[key] = build()
-        while len(_PROGRAMS) > _PROGRAMS_KEPT:
-            _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    return found
+def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(), configs=Configs(),  # noqa: A001
+            monitor=Monitor(), seed=0) -> Trainer:
+    """Build ``fit``'s programs for ``model`` once (``Trainer``): ``fit(trainer, params, ...)`` with
+    hyperparameters of the same layout (scalars, or 1-D with ``seed`` one per config or not) and the
+    same schedule kind runs them without tracing or compiling again. ``hparams``, ``seed`` and
+    ``monitor`` are what ``fit`` will get (their values are not baked in: only whether they are per
+    config, the schedule's kind, and ``monitor.step_losses``)."""
+    hparams = optim.sgd_hyperparams(*hparams)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    stacked = jnp.ndim(hparams.lr) == 1
+    per_seed = not _is_int(seed) and np.ndim(seed) == 1
+    configs.check(int(hparams.lr.shape[0]) if stacked else None, batch_size)
+    step_fn, opt = step.build(model, hparams, configs.batch_sharding())
+    epoch_fn, eval_fn = make_epoch(step_fn, batch_size, per_step=monitor.step_losses), make_eval(model, step.l2)
+    if monitor.step_losses:
+        epoch_fn = _with_means(epoch_fn)
+    if stacked:
+        epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_seed)
+    # run eagerly, an optimizer's init compiled one small program per leaf and op
+    init = jax.jit(jax.vmap(opt.init) if stacked else opt.init)
+    return Trainer(model, int(batch_size), step, configs, bool(stacked), bool(per_seed), bool(monitor.step_losses),
+                   hparams.schedule, opt, epoch_fn, eval_fn, init)
+
+
+def _same_schedule(a, b, numbers) -> bool:
+    """The same schedule kind (and, with ``numbers``, the same arguments: an optax schedule holds them)."""
+    if a is None or b is None:
+        return a is b
+    return a.kind == b.kind and (not numbers or (a.args.keys() == b.args.keys() and all(
+        np.array_equal(a.args[k], b.args[k]) for k in a.args)))
 
 
 def _with_means(epoch):
@@ -466,16 +518,6 @@ def _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, moni
     if batch_size > n_x:
         raise ValueError(f"batch size {batch_size} > {n_x} training examples")
     return seeds
-
-
-def _compiled_init(init, stacked):
-    """An optimizer's ``init`` (vmapped over stacked configs) as one jitted function: run eagerly,
-    it compiled one small program per leaf and op."""
-    return jax.jit(jax.vmap(init) if stacked else init)
-
-
-# made once per (hashable) init, so that the next fit finds it compiled: a new jit of the vmap compiles again
-_cached_init = functools.lru_cache(maxsize=64)(_compiled_init)
 
 
 class Tracker:

@@ -106,27 +106,82 @@ def test_many_configs_equal_each_alone(share):
         np.testing.assert_allclose(np.asarray(hs.val_loss)[:, i], h.val_loss, rtol=1e-5)
 
 
-def test_a_second_fit_of_the_same_model_and_shapes_compiles_nothing():
-    """A loop over learning rates (cifar10_softmax's settings, a hand-written grid) compiles its
-    programs once: fit's functions are the same objects for an equal model and step, so JAX's cache
-    serves the second fit; another step is another program."""
-    from jaxgd.compile_cache import CompileClock
+def _xy():
     x = np.random.default_rng(0).normal(size=(64, 20)).astype(np.float32)
-    y = np.arange(64) % 3
+    return x, np.arange(64) % 3
+
+
+def test_a_trainer_compiles_once_and_trains_as_a_fresh_build():
+    """A loop over learning rates that holds one ``train.compile`` value compiles its programs once,
+    and each run equals a fresh ``fit(model, ...)``, which builds (and compiles) its own: no hidden
+    cache serves it."""
+    from jaxgd.compile_cache import CompileClock
+    x, y = _xy()
     params, _ = MODEL.init(jax.random.PRNGKey(0))
-    kw = dict(epochs=2, batch_size=16, step=train.Step(l2=0.01))
+    step = train.Step(l2=0.01)
+    trainer = train.compile(MODEL, 16, hparams=optim.sgd_hyperparams(0.1, 0.9), step=step)
     counts, runs = [], []
     for lr in (0.05, 0.1, 0.05):
-        with CompileClock() as clock:  # an equal model, not the same object
-            runs.append(train.fit(models.mlp((20, 16, 3), "relu"), params, (x, y), (x, y),
-                                  hparams=optim.sgd_hyperparams(lr, 0.9), **kw))
+        with CompileClock() as clock:
+            runs.append(train.fit(trainer, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(lr, 0.9), epochs=2))
         counts.append(clock.compiles)
     assert counts[0] > 0 and counts[1:] == [0, 0], counts
-    chex.assert_trees_all_equal(runs[0][0], runs[2][0])  # the reused program gives the first run's numbers
-    assert runs[0][2].train_loss == runs[2][2].train_loss and runs[0][2].train_loss != runs[1][2].train_loss
-    with CompileClock() as clock:  # another step is another program
-        train.fit(MODEL, params, (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=16)
+    with CompileClock() as clock:  # a fresh build compiles again, and gives the same numbers
+        fresh = train.fit(MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1, 0.9), epochs=2,
+                          batch_size=16, step=step)
     assert clock.compiles > 0
+    chex.assert_trees_all_equal(runs[1][0], fresh[0])
+    assert runs[1][2].train_loss == fresh[2].train_loss and runs[0][2].train_loss != runs[1][2].train_loss
+    chex.assert_trees_all_equal(runs[0][0], runs[2][0])
+
+
+class _Scaled:
+    """A user's model as fit's docstring allows it: a plain class (hashed by identity) whose
+    ``apply`` reads a mutable attribute."""
+    loss = MODEL.loss
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def empty_state(self):
+        return MODEL.empty_state()
+
+    def apply(self, params, state, x, train, key):
+        out, state = MODEL.apply(params, state, x, train, key)
+        return self.scale * out, state
+
+
+def test_a_model_changed_between_fits_trains_the_changed_model():
+    """The review's reproduction: fit a model, change an attribute its apply reads, fit again. The
+    second fit must train the changed model (equal to a model built with that value), not replay
+    the first fit's program."""
+    x, y = _xy()
+    params, _ = MODEL.init(jax.random.PRNGKey(0))
+    kw = dict(hparams=optim.sgd_hyperparams(0.1, 0.9), epochs=2, batch_size=16, step=train.Step(grads="autodiff"))
+    model = _Scaled(1.0)
+    first = train.fit(model, params, (x, y), **kw)
+    model.scale = 3.0
+    second = train.fit(model, params, (x, y), **kw)
+    built = train.fit(_Scaled(3.0), params, (x, y), **kw)
+    assert second[2].train_loss == built[2].train_loss != first[2].train_loss
+    chex.assert_trees_all_equal(second[0], built[0])
+
+
+def test_a_trainer_refuses_a_fit_it_was_not_compiled_for():
+    x, y = _xy()
+    params, _ = MODEL.init(jax.random.PRNGKey(0))
+    trainer = train.compile(MODEL, 16, hparams=optim.sgd_hyperparams(0.1))
+    one = dict(hparams=optim.sgd_hyperparams(0.1), epochs=1)
+    with pytest.raises(ValueError, match="batch_size=32"):
+        train.fit(trainer, params, (x, y), batch_size=32, **one)
+    with pytest.raises(ValueError, match="one per config"):
+        train.fit(trainer, train.stack_params([params] * 2), (x, y), hparams=optim.sgd_hyperparams([0.1, 0.2]),
+                  epochs=1)
+    with pytest.raises(ValueError, match="step="):
+        train.fit(trainer, params, (x, y), step=train.Step(l2=0.1), **one)
+    with pytest.raises(ValueError, match="needs batch_size"):
+        train.fit(MODEL, params, (x, y), **one)
+    train.fit(trainer, params, (x, y), batch_size=16, step=train.Step(), **one)  # the same values are fine
 
 
 def test_divergence_is_marked_and_others_continue():

@@ -282,8 +282,9 @@ def bench_configs(cfg) -> dict:
         rows.append({"name": f"{k} configs in one program ({mode}{' = ' + resolved if mode == 'auto' else ''}), "
                              "per config-epoch", **_epoch_times(h, k)})
     seq = []
+    one = train.compile(MLP, common["batch_size"], hparams=optim.sgd_hyperparams(*HP))  # compiled once for the loop
     for lr in lrs:
-        _, _, h = train.fit(MLP, params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), **common)
+        _, _, h = train.fit(one, params, (xs, ys), hparams=optim.sgd_hyperparams(lr, HP[1], HP[2]), epochs=epochs)
         seq.append(_epoch_times(h, 1))
     ts = [statistics.median(s["times_s"]) for s in seq]
     rows.append({"name": f"{k} sequential fits, per config-epoch", "median_s": statistics.median(ts),

@@ -75,8 +75,10 @@ def label(cfg) -> str:
     return f"lr={_num(lr)} momentum={_num(m)} wd={_num(wd)}"
 
 
-def _fit(d, params, grid, cfg, step=train.Step(), progress=None):
-    """One config (a tuple) alone, or a list of configs stacked into one program."""
+def _fit(d, params, grid, cfg, step=train.Step(), progress=None, trainers=None):
+    """One config (a tuple) alone, or a list of configs stacked into one program. ``trainers``, a
+    dict the caller holds, keeps the compiled programs (``train.compile``) for the next call of the
+    same kind: the grid's chunks compile once."""
     configs = train.Configs()
     if isinstance(grid, tuple):
         hp = optim.sgd_hyperparams(*grid)
@@ -85,8 +87,12 @@ def _fit(d, params, grid, cfg, step=train.Step(), progress=None):
         params = train.stack_params([params] * len(grid))
         if cfg.shard_configs and jax.device_count() > 1:
             configs = train.Configs(mesh=parallel.make_mesh(configs=jax.device_count()))
-    return train.fit(MODEL, params, d.train, d.val, hparams=hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     seed=cfg.seed, step=step, configs=configs, progress=progress)
+    trainers = {} if trainers is None else trainers
+    kind = (isinstance(grid, tuple), step)
+    if kind not in trainers:
+        trainers[kind] = train.compile(MODEL, cfg.batch_size, hparams=hp, step=step, configs=configs, seed=cfg.seed)
+    return train.fit(trainers[kind], params, d.train, d.val, hparams=hp, epochs=cfg.epochs, seed=cfg.seed,
+                     progress=progress)
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
@@ -103,13 +109,14 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     todo = [g for g in cfg.grid if label(g) not in part]
     bar = progress.bar(len(cfg.grid), "CIFAR-2 grid", quiet=not verbose, unit="config")
     bar.update(len(cfg.grid) - len(todo))
+    trainers = {}
     for i in range(0, len(todo), cfg.chunk):
         chunk = todo[i:i + cfg.chunk]
         what = f"configs {len(part.done) + 1}..{len(part.done) + len(chunk)} of {len(cfg.grid)}"
         if verbose and bar.disable:
             log(f"training {what}: " + "; ".join(label(g) for g in chunk))
         show = progress.epoch_logger(what, cfg.epochs, quiet=not verbose, log=log)
-        _, _, h = _fit(d, params, chunk, cfg, progress=show)
+        _, _, h = _fit(d, params, chunk, cfg, progress=show, trainers=trainers)
         show.close()
         bar.update(len(chunk))
         hd = h.as_dict()

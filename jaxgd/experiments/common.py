@@ -69,13 +69,10 @@ def release_memory():
     allocator (where there is one) to return the free parts of its heap, which it otherwise keeps
     for later. ``run_all`` calls it after each experiment, so that a run of several peaks at about
     its largest experiment rather than at what the earlier ones left behind (``process_peak_rss_mb``).
-    ``fit``'s kept functions go too (``train._PROGRAMS``, with the programs compiled for them): the
-    experiments train different models and steps, so the next one would not reuse them."""
+    An experiment's compiled programs go with the trainers (``train.compile``) it held."""
     import ctypes
     import gc
 
-    from jaxgd import train
-    train._PROGRAMS.clear()
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

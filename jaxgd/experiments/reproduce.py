@@ -32,12 +32,15 @@ def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     """Run experiment ``name`` with its typed ``cfg``. The programs it compiled and the seconds that
     took (``compile_cache.CompileClock``) are added to its results file as ``compilation``, and the
     run's wall time, data loading and figures included, as ``run_wall_s``: the time ``run_all`` says
-    and REPORT.md prints; and the process's peak memory so far, ``process_peak_rss_mb``."""
+    and REPORT.md prints; and the process's peak memory so far, ``process_peak_rss_mb``. Its
+    memory is released (``common.release_memory``) whether it finished or raised."""
     from jaxgd.compile_cache import CompileClock
     t = time.time()
-    with CompileClock() as clock:
-        res = EXPERIMENTS[name].run(cfg, out=out, force=force, verbose=verbose, log=log)
-    common.release_memory()
+    try:
+        with CompileClock() as clock:
+            res = EXPERIMENTS[name].run(cfg, out=out, force=force, verbose=verbose, log=log)
+    finally:
+        common.release_memory()
     path = common.results_root(out) / files(name)[0]
     if isinstance(res, dict) and out is not False and parallel.is_writer() and path.exists():
         res["compilation"], res["run_wall_s"] = clock.as_dict(), round(time.time() - t, 1)
@@ -93,6 +96,10 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
     if profile == "quick" and not only and len(todo) == len(names):
         log(f"[reproduce] the quick profile: about {QUICK_MINUTES[0]} min on a 2-core CPU the first time, "
             f"{QUICK_MINUTES[1]} once its programs are in the compilation cache")
+    # what outlives each experiment's garbage collection (modules, JAX's caches: hundreds of thousands of
+    # objects by the end) is frozen, so the next collection need not walk it again; only where the caller
+    # froze nothing, so that unfreezing at the end leaves the process as it was
+    freeze = gc.get_freeze_count() == 0
     try:
         for n, cfg in progress.bar(todo.items(), f"reproduce --{profile}", quiet=quiet, unit="experiment"):
             log(f"[{n}] running ({profile})")
@@ -105,11 +112,13 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
                 traceback.print_exc()
                 status[n] = f"FAILED: {type(e).__name__}: {e}"
             log(f"[{n}] {status[n]}")
-            # what outlived run_one's garbage collection (modules, JAX's caches: hundreds of thousands
-            # of objects by the end) lives on: the next experiment's collection need not walk it again
-            gc.freeze()
+            if status[n].startswith("FAILED"):
+                common.release_memory()  # the failed run's frames, held by its traceback until now
+            if freeze:
+                gc.freeze()
     finally:
-        gc.unfreeze()  # the process's objects collectable again, as before run_all
+        if freeze:
+            gc.unfreeze()  # the process's objects collectable again, as before run_all
     if parallel.is_writer():
         write_report(profile, base)
         readme = out.parent / "README.md"
