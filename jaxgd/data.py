@@ -40,8 +40,40 @@ DATASETS = {
 }
 
 
+# the decoded images of each dataset: uint8 pixels 0..255, this shape per image
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar2": (32, 32, 3)}
+
+
 class DataNotFoundError(FileNotFoundError):
     """The dataset is not prepared in the data directory and cannot be prepared here."""
+
+
+class DataFormatError(ValueError):
+    """Images or labels (an export, a decoded split) not as ``data`` reads them: another dtype,
+    range, shape or channel count."""
+
+
+def check_split(name, x, y, where="the data"):
+    """Refuse, in one line, images or labels that ``load`` would turn into wrong numbers without a
+    word: pixels not uint8 (float images in [0, 1] would all be pixel 0; an int16 300 would read
+    another channel's entry of the normalisation table), images not of ``name``'s shape and
+    channels, labels not integers in ``[0, classes)`` or not one per image."""
+    want, classes = IMAGE_SHAPES[name], len(_spec(name)[1])
+    x, y = np.asarray(x), np.asarray(y)
+    fix = f"write it again with jaxgd.data.export({name!r}, folder)"
+    if x.dtype != np.uint8:
+        lo, hi = (float(x.min()), float(x.max())) if x.size and np.issubdtype(x.dtype, np.number) else (0, 0)
+        raise DataFormatError(f"{where}: images are {x.dtype} (values {lo:g}..{hi:g}); jaxgd reads uint8 pixels 0..255 "
+                              f"(images in [0, 1]: multiply by 255 and round to uint8), or {fix}")
+    if x.ndim != 4 or x.shape[1:] != want:
+        raise DataFormatError(f"{where}: images of shape {x.shape[1:]} (as an array {x.shape}); {name} images are "
+                              f"{want} (height, width, channels), one per row: {fix}")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+        raise DataFormatError(f"{where}: labels of dtype {y.dtype} and shape {y.shape} for {len(x)} images; jaxgd "
+                              f"reads one integer label per image: {fix}")
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise DataFormatError(f"{where}: labels {int(y.min())}..{int(y.max())}, but {name} has {classes} classes "
+                              f"(0..{classes - 1}): {fix}")
 
 
 class Split(NamedTuple):
@@ -176,6 +208,8 @@ def _read_export(name, path):
             len(got[f"x_{s}"]) != len(got[f"y_{s}"]) for s in ("train", "test")):
         raise DataNotFoundError(f"{path} is not a complete export of {name!r} (it holds "
                                 f"{sorted(got)}); write it again with jaxgd.data.export({name!r}, folder)")
+    for s in ("train", "test"):
+        check_split(name, got[f"x_{s}"], got[f"y_{s}"], f"{path} ({s} split)")
     return ((got["x_train"], got["y_train"].astype(np.int32)), (got["x_test"], got["y_test"].astype(np.int32)),
             str(got["version"]))
 
@@ -252,7 +286,7 @@ def _open(tfds_name, split, root, download):
 
 def _decode(source):
     rows = [source[i] for i in range(len(source))]  # as fast as __getitems__, which TFDS's mock lacks
-    x = np.stack([r["image"] for r in rows]).astype(np.uint8)
+    x = np.stack([r["image"] for r in rows])  # uint8 from TFDS: check_split refuses anything else, never casts
     y = np.asarray([r["label"] for r in rows], np.int32)
     return x, y
 
@@ -312,6 +346,8 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
     else:
         source = root
         (xtr, ytr), (xte, yte), version = _from_tfds(name, root, _cache_dir(cache), download)
+        for split, (xs, ys) in (("train", (xtr, ytr)), ("test", (xte, yte))):
+            check_split(name, xs, ys, f"{name}'s decoded {split} split")
     counts_before = {"train": np.bincount(ytr, minlength=len(classes)).tolist(),
                      "test": np.bincount(yte, minlength=len(classes)).tolist()}
 
@@ -354,6 +390,8 @@ def _unit(u8):
 
 def _value_index(u8):
     """Each pixel's place in a table of 256 entries per channel (channels last): ``256 c + v``."""
+    if u8.dtype != np.uint8:  # a 256-entry table per channel: any other dtype reads the wrong entries
+        raise DataFormatError(f"pixels must be uint8 (0..255) to index the per-channel value table, got {u8.dtype}")
     idx = u8.astype(np.intp)
     idx += np.arange(u8.shape[-1], dtype=np.intp) * 256
     return idx

@@ -133,6 +133,27 @@ def test_a_wrong_or_broken_export_is_refused(mock_cifar, tmp_path):
         data.load("cifar2", data_dir=out)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda x, y: (x.astype(np.float32) / 255, y), r"images are float32 \(values 0\.\.0\.99\d*\); jaxgd reads uint8"),
+    (lambda x, y: (x.astype(np.int16) + 44, y), "images are int16"),
+    (lambda x, y: (x[..., :1], y), r"images of shape \(32, 32, 1\).*are \(32, 32, 3\)"),
+    (lambda x, y: (x.reshape(len(x), -1), y), r"images of shape \(3072,\)"),
+    (lambda x, y: (x, y + 1), "labels 1..2, but cifar2 has 2 classes"),
+    (lambda x, y: (x, y.astype(np.float32)), "one integer label per image"),
+])
+def test_an_export_of_another_dtype_range_or_shape_is_refused(mock_cifar, tmp_path, change, match):
+    """Unguarded, float images in [0, 1] would all become pixel 0 and an int16 300 would read
+    another channel's table entry: wrong statistics, wrong training data, no error."""
+    out = tmp_path / "decoded"
+    path = data.export("cifar2", out, cache=False)
+    with np.load(path) as f:
+        got = {k: f[k] for k in f.files}
+    got["x_train"], got["y_train"] = change(got["x_train"], got["y_train"])
+    np.savez_compressed(path, **got)
+    with pytest.raises(data.DataFormatError, match=match):
+        data.load("cifar2", data_dir=out)
+
+
 def test_whole_float_sizes_are_accepted(mock_cifar, tmp_path):
     d = data.load("cifar10", val_size=10.0, train_size=20.0, cache=tmp_path)
     assert d.info["sizes"]["train"] == 20 and d.info["sizes"]["val"] == 10
