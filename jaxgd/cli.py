@@ -25,7 +25,7 @@ import re
 import sys
 
 from jaxgd import data
-from jaxgd.data import DataNotFoundError
+from jaxgd.data import DataFormatError, DataNotFoundError
 from jaxgd.experiments import config as C
 from jaxgd.experiments.common import CorruptFileError, peak_rss_mb, results_root
 
@@ -178,19 +178,32 @@ def _load_target(target: str):
             path = Path(where)
             if not path.is_file():
                 raise CheckTargetError(f"{where}: no such file")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
+            # imported as Python imports a module: registered in sys.modules under its name while it
+            # runs (dataclasses and postponed annotations look their module up there)
+            name_in = path.stem if path.stem not in sys.modules else f"{path.stem}__jaxgd_check"
+            spec = importlib.util.spec_from_file_location(name_in, path)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[name_in] = module
             sys.path.insert(0, str(path.resolve().parent))  # its own imports of files beside it
             try:
                 spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name_in, None)
+                raise
             finally:
                 sys.path.pop(0)
         else:
             module = importlib.import_module(where)
     except CheckTargetError:
         raise
+    except SystemExit as e:  # the file calls sys.exit (a script's main guard missing): one line
+        raise CheckTargetError(f"importing {where} called sys.exit({e.code!r}): guard its script part with "
+                               "if __name__ == '__main__':") from None
     except Exception as e:  # the user's file: say what failed, in one line
-        raise CheckTargetError(f"importing {where} failed: {type(e).__name__}: {e}") from e
+        from jaxgd.checker.compare import user_line
+        at = user_line(e)
+        raise CheckTargetError(f"importing {where} failed: {type(e).__name__}: {e}"
+                               + (f" (at {at})" if at else "")) from None
     obj = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -209,7 +222,7 @@ def _check(a) -> int:
         raise CheckTargetError(f"{a.target} is a class: name an instance of it (e.g. layer = {obj.__name__}(...) in "
                                "a file)")
     kw = {"seed": a.seed, **({"dtypes": tuple(a.dtypes)} if a.dtypes else {})}
-    if checker._custom_rule(obj) is not None:
+    if checker.custom_rule(obj) is not None:
         if a.in_shape is not None:
             raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments "
                                    "with --args or --example, not --in-shape")
@@ -246,6 +259,9 @@ def _check(a) -> int:
             report = checker.check(obj, in_shape=a.in_shape, **kw)
         except (TypeError, ValueError) as e:
             raise CheckTargetError(str(e).splitlines()[0]) from e
+        except Exception as e:  # noqa: BLE001  (its forward or init raised: nothing to compare with)
+            from jaxgd.checker.compare import explain
+            raise CheckTargetError(f"{a.target} cannot be checked: its forward or init raised {explain(e)}") from None
     print(json.dumps(report.as_dict(), indent=1, default=str) if a.json else report)
     return 0 if report.passed else 1
 
@@ -276,7 +292,7 @@ def main(argv=None) -> int:
     except CheckTargetError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except (DataNotFoundError, CorruptFileError) as e:
+    except (DataNotFoundError, CorruptFileError, DataFormatError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     c = clock.as_dict()

@@ -218,12 +218,17 @@ class DropoutFloat32(L.Dropout):
 
 @dataclasses.dataclass(frozen=True)
 class Mistake:
-    """One gallery entry: the layer, its input, and a phrase its diagnosis must contain."""
+    """One gallery entry: the layer, its input, a phrase its diagnosis must contain, the finding
+    that must hold it (its ``where`` begins with ``where``: a gradient and mode, a check or the
+    summary) and its kind: ``"cause"`` (a verified hypothesis), ``"observation"`` (where the wrong
+    entries are, no cause named), ``"check"`` or ``"summary"``."""
     name: str
     layer: L.Layer
     in_shape: tuple
     expect: str
     zeros: bool = False  # check on an input with exact zeros (the kinks), not a random one
+    where: str = ""
+    kind: str = "cause"
 
     def x(self, batch=3, seed=0):
         if not self.zeros:
@@ -234,35 +239,49 @@ class Mistake:
 
 
 GALLERY = (
-    Mistake("transposed weight gradient", DenseTransposed(5), (7,), "transposed"),
-    Mistake("transposed square weight gradient", DenseTransposed(5), (5,), "transposed"),
-    Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size"),
-    Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch"),
-    Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis"),
-    Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)"),
-    Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere"),
+    Mistake("transposed weight gradient", DenseTransposed(5), (7,), "transposed", where="param W (train", kind="cause"),
+    Mistake("transposed square weight gradient", DenseTransposed(5), (5,), "transposed",
+            where="param W (train", kind="cause"),
+    Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size",
+            where="param W (train", kind="cause"),
+    Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch",
+            where="param b (train", kind="cause"),
+    Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis",
+            where="param b (train", kind="cause"),
+    Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)",
+            where="param W (train", kind="observation"),
+    Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere",
+            where="param b (train", kind="cause"),
     Mistake("GELU's x phi(x) forgotten", GELUTermForgotten(), (6,), "dy * x phi(x) (GELU's second term): that term of "
-            "the derivative forgotten"),
-    Mistake("input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed"),
-    Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped"),
-    Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing"),
-    Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples"),
-    Mistake("softmax's coupling term forgotten", SoftmaxCouplingForgotten(), (6,), "softmax's coupling term forgotten"),
-    Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1"),
+            "the derivative forgotten", where="x (train", kind="cause"),
+    Mistake("input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed",
+            where="x (train", kind="cause"),
+    Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped", where="x (train", kind="cause"),
+    Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing", where="x (train", kind="cause"),
+    Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples",
+            where="x (train", kind="observation"),
+    Mistake("softmax's coupling term forgotten", SoftmaxCouplingForgotten(), (6,), "softmax's coupling term forgotten",
+            where="x (train", kind="cause"),
+    Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1",
+            where="x (train", kind="cause"),
     Mistake("batch norm's statistics taken as constants", BatchNormConstantStatistics(), (4,),
-            "right in eval mode, wrong in training mode"),
+            "right in eval mode, wrong in training mode", where="summary", kind="summary"),
     Mistake("batch norm's mean and variance terms forgotten", BatchNormConstantStatistics(), (5,),
-            "the batch statistics treated as constants"),
-    Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode"),
-    Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border"),
+            "the batch statistics treated as constants", where="x (train", kind="cause"),
+    Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode",
+            where="state unchanged in eval (eval", kind="check"),
+    Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border",
+            where="x (train", kind="observation"),
     Mistake("max pooling's gradient spread over the window", MaxPoolSpread(2), (4, 4, 2), "spread evenly over each "
-            "window, where max pooling routes it"),
+            "window, where max pooling routes it", where="x (train", kind="cause"),
     Mistake("conv input gradient with the kernel unflipped", ConvInputGradUnflipped(4, 3), (7, 6, 2),
-            "the kernel W flipped in space"),
-    Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True),
-    Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative"),
-    Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy"),
-    Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64"),
+            "the kernel W flipped in space", where="x (train", kind="cause"),
+    Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True, where="x (train", kind="observation"),
+    Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative",
+            where="x (train", kind="observation"),
+    Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy", where="jit (train", kind="check"),
+    Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64",
+            where="x (train", kind="cause"),
 )
 
 
@@ -333,11 +352,14 @@ def _softplus_slope_forgotten_jvp(primals, tangents):  # sigmoid(x) kept only wh
 @dataclasses.dataclass(frozen=True)
 class FunctionMistake:
     """One wrong ``custom_vjp`` / ``custom_jvp`` rule: the function, its example arguments (a
-    function of a NumPy ``Generator``), and a phrase the check's diagnosis must contain."""
+    function of a NumPy ``Generator``), a phrase the check's diagnosis must contain, and the
+    finding that must hold it (``where``, ``kind``: as ``Mistake``'s)."""
     name: str
     f: object
     args: object
     expect: str
+    where: str = ""
+    kind: str = "cause"
 
 
 _X = lambda r: (r.standard_normal((3, 5)),)  # noqa: E731
@@ -347,27 +369,38 @@ def _gelu(x):
 
 FUNCTION_GALLERY = (
     FunctionMistake("log-sum-exp's rule doubled", _vjp(_lse, lambda x, g: (2 * g[..., None] * _softmax(x),)), _X,
-                    "off by a constant factor 2"),
-    FunctionMistake("sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped"),
+                    "off by a constant factor 2",
+                    where="arg 0 (vjp", kind="cause"),
+    FunctionMistake("sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped",
+                    where="arg 0 (vjp", kind="cause"),
     FunctionMistake("GELU's rule without x phi(x)", _vjp(_gelu, lambda x, g: (g * jax.scipy.stats.norm.cdf(x),)), _X,
-                    "dy * x phi(x) (GELU's second term): that term of the derivative forgotten"),
+                    "dy * x phi(x) (GELU's second term): that term of the derivative forgotten",
+                    where="arg 0 (vjp", kind="cause"),
     FunctionMistake("an argument's cotangent dropped", _vjp(_scaled, lambda x, s, g: (g * s, jnp.zeros_like(s))),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))), "zero everywhere"),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))), "zero everywhere",
+                    where="arg 1 (vjp", kind="cause"),
     FunctionMistake("a square weight's gradient transposed",
                     _vjp(_affine, lambda x, w, g: (g @ w.T, (x.T @ g).T)),
-                    lambda r: (r.standard_normal((4, 5)), r.standard_normal((5, 5))), "transposed"),
+                    lambda r: (r.standard_normal((4, 5)), r.standard_normal((5, 5))), "transposed",
+                    where="arg 1 (vjp", kind="cause"),
     FunctionMistake("one cotangent returned for two arguments", _vjp(_scaled, lambda x, s, g: (g * s,)),
                     lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))),
-                    "it must return a tuple with one cotangent per argument"),
+                    "it must return a tuple with one cotangent per argument",
+                    where="custom rule runs (vjp", kind="check"),
     FunctionMistake("a mean over the batch where the function sums",
                     _vjp(_shift, lambda x, b, g: (g, g.mean(0))),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "1 / the batch size 3"),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "1 / the batch size 3",
+                    where="arg 1 (vjp", kind="cause"),
     FunctionMistake("a broadcast bias's cotangent not summed", _vjp(_shift, lambda x, b, g: (g, g)),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "for argument 1, whose type is"),
+                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "for argument 1, whose type is",
+                    where="custom rule runs (vjp", kind="check"),
     FunctionMistake("softplus's slope forgotten where x < 0", softplus_slope_forgotten, _X,
-                    "where the input is negative"),
+                    "where the input is negative",
+                    where="arg 0 (jvp", kind="observation"),
     FunctionMistake("centering's mean term forgotten", _vjp(_standardize, lambda x, g: (g,)), _X,
-                    "same at every index of axis 1"),
+                    "same at every index of axis 1",
+                    where="arg 0 (vjp", kind="cause"),
     FunctionMistake("a nondiff exponent's factor forgotten", _power_vjp, lambda r: (r.uniform(0.5, 2.0, (3, 5)), 4),
-                    "off by a constant factor: hand = 0.25 * true"),
+                    "off by a constant factor: hand = 0.25 * true",
+                    where="arg 0 (vjp", kind="cause"),
 )

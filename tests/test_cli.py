@@ -238,14 +238,59 @@ def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, cap
     # the gallery's square transposed weight gradient: wrong, and said to be transposed
     assert cli.main(["--no-compile-cache", "check", f"{f}:transposed", "--in-shape", "5", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["passed"] is False and "transposed" in json.dumps(report)
+    assert report["passed"] is False
+    assert any(f["where"].startswith("param W (train") and f["kind"] == "cause" and f["cause"].startswith("transposed")
+               for f in report["findings"]), report
     assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--args", "5"]) == 1
     assert "constant factor 2" in capsys.readouterr().out
     assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--example", "norm_example", "--quiet"]) == 1
     assert "at arguments of shapes (5,)" in capsys.readouterr().out
 
 
+FUTURE_FILE = '''
+from __future__ import annotations
+
+import dataclasses
+
+from jaxgd import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Double(layers.Layer):
+    factor: float = 2.0
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        return self.factor * x, state, None
+
+    def backward(self, params, res, dy):
+        return {}, self.factor * dy
+
+
+class Broken(layers.Dense):
+    def backward(self, params, x, dy):
+        return {"W": x.T @ dy, "b": dy.sum(0)}, dy @ params["W"]  # W where W^T belongs
+
+
+double = Double()
+broken = Broken(3)
+'''
+
+
+def test_check_command_imports_a_file_as_python_does_and_a_raising_backward_is_wrong(tmp_path, capsys):
+    """A file in jaxgd's own style (postponed annotations, a dataclass layer) checks from the
+    command line; a backward that raises is a wrong backward (exit 1, its line in the report),
+    not a target that cannot be checked."""
+    f = tmp_path / "future_style.py"
+    f.write_text(FUTURE_FILE)
+    assert cli.main(["--no-compile-cache", "check", f"{f}:double", "--in-shape", "3", "--dtypes", "float64"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": PASSED")
+    assert cli.main(["--no-compile-cache", "check", f"{f}:broken", "--in-shape", "5", "--dtypes", "float64"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "the backward raised" in out and "future_style.py" in out, out
+
+
 @pytest.mark.parametrize("argv, says", [
+    (["{exits}:x"], "called sys.exit(3)"),
     (["{f}:nope", "--in-shape", "3"], "has no 'nope'"),
     (["{d}/missing.py:x"], "no such file"),
     (["{f}"], "give FILE.py:NAME"),
@@ -267,7 +312,9 @@ def test_check_command_refuses_what_it_cannot_check_in_one_line(tmp_path, capsys
     f, bad = tmp_path / "mine.py", tmp_path / "broken.py"
     f.write_text(CHECK_FILE)
     bad.write_text("import no_such_module_here\n")
-    argv = [a.format(f=f, d=tmp_path, bad=bad) for a in argv]
+    exits = tmp_path / "script.py"
+    exits.write_text("import sys\nsys.exit(3)\n")
+    argv = [a.format(f=f, d=tmp_path, bad=bad, exits=exits) for a in argv]
     try:
         rc = cli.main(["--no-compile-cache", "check"] + argv)
     except SystemExit as e:  # argparse's own refusals

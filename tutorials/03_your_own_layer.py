@@ -19,7 +19,7 @@
 # - `backward(params, residuals, dy) -> (dparams, dx)`: given $\bar y = \partial L / \partial y$,
 #   the gradients of the parameters and of the input.
 #
-# [`jaxgd.check`](../jaxgd/checker.py) proves a backward in one call: in train and eval mode, in
+# [`jaxgd.check`](../jaxgd/checker/__init__.py) proves a backward in one call: in train and eval mode, in
 # float64 and float32, against `jax.vjp`, finite differences and `jax.test_util.check_vjp`, under
 # `jit` and `vmap`. When a gradient is wrong, it says how. We write two layers and get each wrong
 # once, on purpose.
@@ -57,8 +57,9 @@ hasty = jaxgd.check(HastyLeakyReLU(), (6,))
 print(hasty)
 
 # %% [markdown]
-# The diagnosis: only *some* coordinates are wrong, and at the worst one the hand gradient is 0
-# where the true one is not. The wrong coordinates are exactly the negative inputs: the
+# No known mistake reproduces this hand gradient, so the report names no cause; it says what it
+# observed instead: only *some* coordinates are wrong, exactly those where the input is negative,
+# and at the worst one the hand gradient is 0 where the true one is not. That points at the
 # $x \le 0$ branch. Fixed:
 
 # %%
