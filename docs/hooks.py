@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 API = {
     "jaxgd": ("jaxgd", "the package: check, layers, models, ..."),
     "layers": ("jaxgd.layers", "every layer's forward and hand backward"),
+    "conv": ("jaxgd.conv", "the convolution's arithmetic: im2col, the weight and input gradients"),
+    "composite": ("jaxgd.composite", "sequences, residual blocks and branches; the pair as a custom_vjp"),
     "models": ("jaxgd.models", "models as lists of layers, and the course reports' models"),
     "losses": ("jaxgd.losses", "each loss beside its derivative"),
     "optim": ("jaxgd.optim", "the hand SGD, its optax twin, parameter groups"),

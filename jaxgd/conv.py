@@ -1,0 +1,80 @@
+"""The convolution's arithmetic that the ``Conv2D`` layer (``jaxgd.layers``) is built from: the
+output size, the im2col matrix, the forward, and the hand-derived weight and input gradients."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("lax", "im2col")
+PADDINGS = ("same", "valid")
+
+
+def conv_out_size(n: int, k: int, stride: int = 1, pad: int | None = None) -> int:
+    """Output length of a convolution over ``n`` positions: ``floor((n + 2 pad - k) / stride) + 1``
+    (``pad`` defaults to ``k // 2``, "same")."""
+    pad = k // 2 if pad is None else pad
+    return (n + 2 * pad - k) // stride + 1
+
+
+def _shifted_views(x, kh: int, kw: int, stride: int = 1, pad: int | None = None) -> list:
+    """The ``kh*kw`` views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``, "same"),
+    each shifted by one kernel tap and taken every ``stride`` pixels, in (row, column) order."""
+    h, w = x.shape[1:3]
+    ph, pw = (kh // 2, kw // 2) if pad is None else (pad, pad)
+    ho, wo = conv_out_size(h, kh, stride, ph), conv_out_size(w, kw, stride, pw)
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
+    """The ``kh*kw`` shifted views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``,
+    "same") on each side, taken every ``stride`` pixels, concatenated on the channel axis:
+    ``(n, h_out, w_out, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
+    return jnp.concatenate(_shifted_views(x, kh, kw, stride, pad), axis=-1)
+
+
+def conv(x, W, stride=1, pad=None):
+    """The forward convolution of NHWC ``x`` by the HWIO kernel ``W`` (``lax.conv``): "same" (pad
+    ``k // 2``) unless ``pad`` is given."""
+    padding = "SAME" if pad is None else [(pad, pad), (pad, pad)]
+    return jax.lax.conv_general_dilated(x, W, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+WEIGHT_GRADS = ("im2col", "taps")
+
+
+def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by: str = "im2col"):
+    """``dW = im2col(x)^T dy`` of a convolution (the same strided, padded views the forward
+    multiplies), reshaped to ``w_shape`` (HWIO). ``by="im2col"`` builds the im2col matrix and does
+    one matmul; ``by="taps"`` does one matmul per kernel tap, ``view_ij^T dy`` for the input
+    shifted by tap ``(i, j)`` (the same products, never the ``kh*kw`` times larger matrix)."""
+    kh, kw, c_in, c_out = w_shape
+    if by not in WEIGHT_GRADS:
+        raise ValueError(f"conv_weight_grad by must be one of {WEIGHT_GRADS}, got {by!r}")
+    if by == "taps":
+        d = dy.reshape(-1, c_out)
+        return jnp.stack([v.reshape(-1, c_in).T @ d for v in _shifted_views(x, kh, kw, stride, pad)]).reshape(w_shape)
+    cols = im2col(x, kh, kw, stride, pad)
+    return (cols.reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
+
+
+def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):
+    """``dx`` of a convolution: ``dy`` convolved with ``W'``, the kernel flipped in space with its
+    channel axes swapped. Stride 1 "same" (odd kernel): a plain "same" convolution. Otherwise the
+    transposed convolution written out: ``dy`` dilated by ``stride`` (``stride - 1`` zeros between
+    its pixels), padded by ``k - 1 - pad`` (plus, at the bottom/right, the ``r`` input rows the
+    forward's last window did not reach), then a stride-1 convolution, which gives back the
+    input's ``in_hw``."""
+    Wt = jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2)
+    kh, kw = W.shape[:2]
+    if stride == 1 and (pad is None or (pad == kh // 2 == kw // 2 and kh % 2 and kw % 2)):
+        return conv(dy, Wt)
+    pads = []
+    for n_in, n_out, k in zip(in_hw, dy.shape[1:3], (kh, kw)):
+        p = k // 2 if pad is None else pad
+        r = n_in + 2 * p - k - stride * (n_out - 1)  # input rows past the last window
+        pads.append((k - 1 - p, k - 1 - p + r))
+    return jax.lax.conv_general_dilated(dy, Wt, (1, 1), pads, lhs_dilation=(stride, stride),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
