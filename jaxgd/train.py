@@ -389,10 +389,29 @@ def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(
         epoch_fn = _with_means(epoch_fn)
     if stacked:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_seed)
-    # run eagerly, an optimizer's init compiled one small program per leaf and op
-    init = jax.jit(jax.vmap(opt.init) if stacked else opt.init)
+    init = _init_program(opt.init, stacked)
     return Trainer(model, int(batch_size), step, configs, bool(stacked), bool(per_seed), bool(monitor.step_losses),
                    hparams.schedule, opt, epoch_fn, eval_fn, init)
+
+
+def _vmapped_init(init, params):
+    return jax.vmap(init)(params)
+
+
+# jaxgd's own optimizers' init functions (module-level, pure) compiled once per process for stacked
+# configs: JAX keys this program on the function, which for them is their behaviour
+_stacked_own_init = jax.jit(_vmapped_init, static_argnums=0)
+
+
+def _init_program(init, stacked):
+    """An optimizer's ``init`` as one jitted function (run eagerly, it compiled one small program
+    per leaf and op), vmapped over stacked configs. A user's init gets a jit of its own, held by
+    the trainer; jaxgd's own (``optim``'s module-level functions) share one program per shape."""
+    if not stacked:
+        return jax.jit(init)
+    if getattr(init, "__module__", None) == optim.__name__ and getattr(optim, init.__name__, None) is init:
+        return functools.partial(_stacked_own_init, init)
+    return jax.jit(jax.vmap(init))
 
 
 def _same_schedule(a, b, numbers) -> bool:

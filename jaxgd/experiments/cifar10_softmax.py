@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import _random, backprop, data, gradcheck, models, optim, progress, train
+from jaxgd import draws, backprop, data, gradcheck, models, optim, progress, train
 from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
@@ -55,23 +55,28 @@ def check_hparams(lam, eta, n_batch):
 
 def init(key, d=3072, k=10, std=0.01):
     kw, kb = jax.random.split(key)
-    return [{"W": std * _random.normal(kw, (d, k)), "b": std * _random.normal(kb, (k,))}]
+    return [{"W": std * draws.normal(kw, (d, k)), "b": std * draws.normal(kb, (k,))}]
 
 
 # lam ||W||^2 of the cost J, for its history (one program for every setting, not three per shape op by op)
 _penalty = jax.jit(lambda lam, W: lam * jnp.sum(W ** 2))
 
 
-def train_one(d, lam, eta, cfg, key, show=None):
+def train_one(d, lam, eta, cfg, key, show=None, trainers=None):
     """Minibatch GD on J; returns params and the per-epoch history (cost, loss, accuracy).
-    ``cfg``: a ``Cifar10SoftmaxConfig`` or a dict of its fields."""
+    ``cfg``: a ``Cifar10SoftmaxConfig`` or a dict of its fields. ``trainers``, a dict the caller
+    holds, keeps the compiled programs (``train.compile``) per ``lam`` for the next setting."""
     cfg = Cifar10SoftmaxConfig.make(cfg)
     check_hparams(lam, eta, cfg.n_batch)
     params = init(key, d.train.x.shape[1])
     penalty = lambda p: float(_penalty(lam, p[0]["W"]))  # noqa: E731
-    params, _, h = train.fit(models.linear_softmax(d.train.x.shape[1]), params, d.train, d.val, hparams=optim.sgd_hyperparams(eta),
-                             epochs=cfg.epochs, batch_size=cfg.n_batch, seed=cfg.seed, step=train.Step(l2=lam),
-                             monitor=train.Monitor(eval_train=True), callback=lambda e, p, s: penalty(p), progress=show)
+    hp, monitor = optim.sgd_hyperparams(eta), train.Monitor(eval_train=True)
+    trainers = {} if trainers is None else trainers
+    if lam not in trainers:
+        trainers[lam] = train.compile(models.linear_softmax(d.train.x.shape[1]), cfg.n_batch, hparams=hp,
+                                      step=train.Step(l2=lam), monitor=monitor, seed=cfg.seed)
+    params, _, h = train.fit(trainers[lam], params, d.train, d.val, hparams=hp, epochs=cfg.epochs, seed=cfg.seed,
+                             monitor=monitor, callback=lambda e, p, s: penalty(p), progress=show)
     hd = h.as_dict()
     hd["train_cost"], hd["val_cost"] = hd.pop("train_loss"), hd.pop("val_loss")
     hd["train_loss"] = [c - r for c, r in zip(hd["train_cost"], h.extra)]
@@ -104,10 +109,11 @@ def run(config=None, out=None, force=False, verbose=False, log=print) -> dict:
     # One compiled program for every setting's test evaluation (op by op, its chunked forward
     # compiled anew per call): the accuracy is the same, from the same logits.
     evaluate = jax.jit(train.make_eval(models.linear_softmax(d.test.x.shape[1])))
+    trainers = {}  # settings with the same lambda share one compiled program
     for s in progress.bar(cfg.settings, "DD2424 settings", quiet=not verbose):
         lam, eta = SETTINGS[s]
         show = progress.epoch_logger(f"setting {s}", cfg.epochs, quiet=not verbose)
-        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed), show)
+        params, h = train_one(d, lam, eta, cfg, jax.random.PRNGKey(cfg.seed), show, trainers)
         show.close()
         _, test_acc = evaluate(params, None, d.test.x, d.test.y)
         weights[s] = np.asarray(params[0]["W"])
