@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxgd import _random, losses
+from jaxgd import draws, losses
 from jaxgd.layers import ACTIVATIONS, init_linear
 
 
@@ -137,7 +137,7 @@ def init_matrix_chain(key, K: int, scale: float | None = None, dtype=jnp.float32
     """``A, B, C ~ N(0, scale^2)`` with ``scale = 1/sqrt(K)`` by default."""
     scale = K ** -0.5 if scale is None else scale
     kA, kB, kC = jax.random.split(key, 3)
-    return {n: scale * _random.normal(k, (K, K), dtype) for n, k in zip("ABC", (kA, kB, kC))}
+    return {n: scale * draws.normal(k, (K, K), dtype) for n, k in zip("ABC", (kA, kB, kC))}
 
 
 def matrix_chain_forward(params, x):

@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     log(f"compilation: {c['programs']} programs in {c['compile_s']:.1f} s ({c['cache_loads']} loaded from "
         f"the cache in {c['cache_load_s']:.1f} s; cache {cache or 'off'})")
     if a.compile_report:
-        from jaxgd._files import atomic_write
+        from jaxgd.files import atomic_write
         atomic_write(a.compile_report, json.dumps({**c, "cache_dir": cache and str(cache),
                                                    "peak_rss_mb": peak_rss_mb()}))
     return rc

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxgd._files import atomic_write
+from jaxgd.files import atomic_write
 
 DATASETS = {
     # name: (tfds name, class names or None = from TFDS, labels kept (None = all))
@@ -113,7 +113,8 @@ def _cache_dir(cache):
 DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.edu"}
 
 
-def _how_to_prepare(tfds_name):
+def how_to_prepare(tfds_name) -> str:
+    """What to do, in words, to prepare ``tfds_name`` for ``load`` (the message of a missing dataset)."""
     import importlib.util
     have_tf = importlib.util.find_spec("tensorflow") is not None
     install = ("" if have_tf else "pip install -e '.[prepare]' in the jaxgd checkout (TensorFlow is needed only for "
@@ -159,7 +160,7 @@ def find_prepared(name, data_dir=None) -> Path:
                    if any(".array_record" in q.name for q in p.parent.iterdir()))
     if not found:
         raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}: "
-                                f"{what_is_there(tfds_name, root)}. " + _how_to_prepare(tfds_name))
+                                f"{what_is_there(tfds_name, root)}. " + how_to_prepare(tfds_name))
     return found[-1].parent
 
 
@@ -281,7 +282,7 @@ def _open(tfds_name, split, root, download):
     cause = (f" TFDS said: {type(missing).__name__}: {str(missing).splitlines()[0][:200]}."
              if found.endswith("could not open them") else "")
     raise DataNotFoundError(f"dataset {tfds_name!r} split {split!r} could not be read from {root}: {found} "
-                            f"({why}).{cause} " + _how_to_prepare(tfds_name))
+                            f"({why}).{cause} " + how_to_prepare(tfds_name))
 
 
 def _decode(source):
@@ -363,11 +364,11 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
         train_idx = train_idx[:train_size]
 
     x_train = xtr[train_idx]  # gathered once: the statistics and the training split both read it
-    mean, std = _channel_stats(x_train)
-    table = _normalisation_table(mean, std, normalize)
+    mean, std = channel_stats(x_train)
+    table = normalisation_table(mean, std, normalize)
 
     def prep(x):
-        x = _lookup(table, x)
+        x = lookup(table, x)
         return x.reshape(len(x), int(np.prod(x.shape[1:]))) if layout == "flat" else x
 
     info = {"name": name, "tfds_name": tfds_name, "version": version, "classes": classes,
@@ -381,7 +382,7 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
                    Split(prep(xte), yte.copy()), info)
 
 
-def _unit(u8):
+def unit(u8):
     """uint8 images as float32 in [0, 1]."""
     x = u8.astype(np.float32)
     x /= 255.0
@@ -397,19 +398,19 @@ def _value_index(u8):
     return idx
 
 
-def _normalisation_table(mean, std, normalize=True):
+def normalisation_table(mean, std, normalize=True):
     """``load``'s normalisation of each of the 256 pixel values per channel, ``(v / 255 - mean) /
-    std`` in float32 (``_unit(v)`` alone without ``normalize``): ``(channels, 256)``."""
-    table = np.tile(_unit(np.arange(256, dtype=np.uint8)), (len(mean), 1))
+    std`` in float32 (``unit(v)`` alone without ``normalize``): ``(channels, 256)``."""
+    table = np.tile(unit(np.arange(256, dtype=np.uint8)), (len(mean), 1))
     if normalize:
         table -= mean[:, None]
         table /= std[:, None]
     return table
 
 
-def _lookup(table, u8, chunk=64):
+def lookup(table, u8, chunk=64):
     """Each pixel of the uint8 images ``u8`` (channels last) replaced by its entry of ``table``
-    (``_normalisation_table``), as float32: the same numbers bit for bit as that arithmetic on every
+    (``normalisation_table``), as float32: the same numbers bit for bit as that arithmetic on every
     pixel (tests/test_data.py), with one pass over the images instead of four. ``chunk`` images at a
     time: the gather's indices stay small."""
     flat = table.ravel()
@@ -419,15 +420,15 @@ def _lookup(table, u8, chunk=64):
     return out
 
 
-def _channel_stats(u8):
-    """The per-channel mean and standard deviation (float32) of ``_unit(u8)`` over every axis but
-    the last: ``_channel_moments`` in float32."""
-    mean, var = _channel_moments(u8)
+def channel_stats(u8):
+    """The per-channel mean and standard deviation (float32) of ``unit(u8)`` over every axis but
+    the last: ``channel_moments`` in float32."""
+    mean, var = channel_moments(u8)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
-def _channel_moments(u8, chunk=4096):
-    """The per-channel mean and variance (float64) of ``_unit(u8)`` over every axis but the last,
+def channel_moments(u8, chunk=4096):
+    """The per-channel mean and variance (float64) of ``unit(u8)`` over every axis but the last,
     from how often each of the 256 pixel values occurs in each channel. A count times a value is
     exact in float64 (a float32 value has 24 significant bits, a count under 2**29), and
     ``math.fsum`` adds the 256 products of a channel with one rounding: the mean is the exact one
@@ -441,7 +442,7 @@ def _channel_moments(u8, chunk=4096):
     for i in range(0, len(u8), chunk):
         counts += np.bincount(_value_index(u8[i:i + chunk]).ravel(), minlength=256 * c).reshape(c, 256)
     n = u8.size // c
-    values = _unit(np.arange(256, dtype=np.uint8)).astype(np.float64)
+    values = unit(np.arange(256, dtype=np.uint8)).astype(np.float64)
     mean = np.array([math.fsum(k * values) for k in counts]) / n
     var = np.array([math.fsum(k * (values - m) ** 2) for k, m in zip(counts, mean)]) / n
     return mean, var

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import _random
+from jaxgd import draws
 from jaxgd import layers as L
 
 
@@ -233,7 +233,7 @@ class Mistake:
     def x(self, batch=3, seed=0):
         if not self.zeros:
             return None
-        x = np.array(_random.normal(jax.random.PRNGKey(seed), (batch,) + self.in_shape))
+        x = np.array(draws.normal(jax.random.PRNGKey(seed), (batch,) + self.in_shape))
         x.reshape(-1)[::4] = 0.0  # every fourth input exactly at the kink
         return x
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import _random, checker, gradcheck, layers as L, losses, models, schedules
+from jaxgd import draws, checker, gradcheck, layers as L, losses, models, schedules
 from jaxgd.experiments import airbench
 
 from conftest import require_peer, require_real_data
@@ -29,7 +29,7 @@ def test_dirac_init_passes_the_first_channels_through_and_max_pool_crops_like_to
     conv = L.conv2d(5, 3, init="dirac", bias=False)
     p, _, _ = conv.init(jax.random.PRNGKey(0), (6, 6, 3))
     assert set(p) == {"W"}
-    x = _random.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))
+    x = draws.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))
     y = conv.forward(p, {}, x)[0]
     np.testing.assert_allclose(y[..., :3], x, atol=1e-6)  # filters 0..2 are the identity
     assert float(jnp.abs(y[..., 3:]).max()) > 0.1  # the rest keep PyTorch's random init
@@ -45,7 +45,7 @@ def test_dirac_init_passes_the_first_channels_through_and_max_pool_crops_like_to
 def test_smoothed_summed_cross_entropy_and_its_derivative():
     ce = losses.CrossEntropy(0.2, "sum")
     with jax.enable_x64(True):
-        z = _random.normal(jax.random.PRNGKey(0), (6, 4), jnp.float64)
+        z = draws.normal(jax.random.PRNGKey(0), (6, 4), jnp.float64)
         y = jnp.array([0, 1, 3, 2, 1, 0])
         np.testing.assert_allclose(ce.grad(z, y), jax.grad(ce)(z, y), rtol=1e-13, atol=1e-15)
         q = 0.8 * jax.nn.one_hot(y, 4) + 0.05
@@ -92,7 +92,7 @@ def test_whitening_makes_the_patches_covariance_the_identity():
 def test_the_networks_hand_gradient_is_jax_grads_in_float64():
     model = models.airbench((4, 8, 8), 10)
     params, state = model.init(jax.random.PRNGKey(0))
-    x = np.array(_random.normal(jax.random.PRNGKey(1), (6, 32, 32, 3)))
+    x = np.array(draws.normal(jax.random.PRNGKey(1), (6, 32, 32, 3)))
     x[:, :8, :8] = 1.5  # a saturated corner: ties in every max pool of a dirac-initialised network
     params[0] = {"W": jnp.asarray(airbench.whiten(x), jnp.float32), "b": jnp.zeros(24)}
     got = airbench.hand_vs_autodiff(model, params, state, x, np.arange(6) % 10)
@@ -110,7 +110,7 @@ def test_the_other_conv_arithmetic_gives_the_same_gradient():
         base, other = models.airbench((4, 8, 8), 10), models.airbench((4, 8, 8), 10, conv_impl="lax", weight_grad="taps")
         assert [str(a) for a in base.layers] != [str(b) for b in other.layers]
         params, state = base.init(jax.random.PRNGKey(0), jnp.float64)
-        x = _random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3), jnp.float64)
+        x = draws.normal(jax.random.PRNGKey(1), (4, 32, 32, 3), jnp.float64)
         y = jnp.arange(4) % 10
         (la, _, ga, _), (lb, _, gb, _) = (m.grad(params, state, x, y, None) for m in (base, other))
         assert float(la) == pytest.approx(float(lb), rel=1e-12)
@@ -143,7 +143,7 @@ def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
     from jaxgd.experiments import airbench_torch as AT
     cfg = _small()
     model = models.airbench(cfg.widths, 10)
-    x = np.asarray(_random.normal(jax.random.PRNGKey(1), (64, 32, 32, 3)))
+    x = np.asarray(draws.normal(jax.random.PRNGKey(1), (64, 32, 32, 3)))
     y = np.arange(64) % 10
     params, state, _ = airbench.init_run(model, cfg, 0, x)
     steps = 4
@@ -220,7 +220,7 @@ def test_whitening_augmentation_and_tta_equal_airbenchs_pytorch():
     # reflect padding and crops: airbench's batch_crop, each image's shift read back from its output
     pad = 2
     with jax.enable_x64(True):
-        padded = np.asarray(airbench._reflect_pad(jnp.asarray(x), pad))
+        padded = np.asarray(airbench.reflect_pad(jnp.asarray(x), pad))
         tpad = torch.nn.functional.pad(AT.nchw(x, torch.float64), (pad,) * 4, "reflect")
         np.testing.assert_array_equal(padded, tpad.permute(0, 2, 3, 1).numpy())
         torch.manual_seed(0)

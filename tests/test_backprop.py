@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxgd import _random, backprop, gradcheck, losses
+from jaxgd import draws, backprop, gradcheck, losses
 from jaxgd.layers import ACTIVATIONS
 
 ACTS = sorted(ACTIVATIONS)
@@ -16,10 +16,10 @@ ACTS = sorted(ACTIVATIONS)
 def _mlp_problem(seed, sizes, acts, loss, batch):
     kp, kx, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = backprop.init_mlp(kp, sizes, "torch")
-    x = _random.normal(kx, (batch, sizes[0]) if batch else (sizes[0],))
+    x = draws.normal(kx, (batch, sizes[0]) if batch else (sizes[0],))
     ys = x.shape[:-1]
     y = (jax.random.randint(ky, ys, 0, sizes[-1]) if loss == "cross_entropy"
-         else _random.normal(ky, ys + (sizes[-1],)))
+         else draws.normal(ky, ys + (sizes[-1],)))
     f = losses.get_loss(loss)[0]
     return (params, x, y, lambda p, x, y: f(backprop.mlp_apply(p, x, acts), y),
             lambda p, x, y: backprop.mlp_loss_and_grads(p, x, y, acts, loss)[2])
@@ -70,7 +70,7 @@ def test_a_gradient_check_is_one_compiled_program():
 def test_linear_softmax_closed_form():
     kp, kx, ky = jax.random.split(jax.random.PRNGKey(3), 3)
     params = backprop.init_mlp(kp, (20, 10), "torch")
-    x, y = _random.normal(kx, (20, 20)), jax.random.randint(ky, (20,), 0, 10)
+    x, y = draws.normal(kx, (20, 20)), jax.random.randint(ky, (20,), 0, 10)
     rep = gradcheck.check_gradients(backprop.linear_softmax_cost, backprop.linear_softmax_grads, params, x, y, 0.1)
     assert rep["fd_max"] < 1e-6 and rep["autodiff_max"] < 1e-10
     # the closed form is the general MLP backprop plus the penalty's 2 lam W
@@ -82,7 +82,7 @@ def test_linear_softmax_closed_form():
 @pytest.mark.parametrize("K", [1, 3, 8])
 def test_matrix_chain(K):
     kp, kx = jax.random.split(jax.random.PRNGKey(K))
-    params, x = backprop.init_matrix_chain(kp, K), _random.normal(kx, (K,))
+    params, x = backprop.init_matrix_chain(kp, K), draws.normal(kx, (K,))
     rep = gradcheck.check_gradients(backprop.matrix_chain_loss, backprop.matrix_chain_grads, params, x)
     assert gradcheck.passed(rep) and rep["fd_max"] < 1e-6, rep
 

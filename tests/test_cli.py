@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import require_real_data
-from jaxgd import _random, cli, progress
+from jaxgd import draws, cli, progress
 from jaxgd.experiments import reproduce
 
 README = Path(__file__).parents[1] / "README.md"
@@ -117,7 +117,7 @@ def test_fit_reports_progress_and_prints_nothing(capsys):
     from jaxgd import models, optim, train
     model = models.mlp((4, 8, 3))
     params, _ = model.init(jax.random.PRNGKey(0))
-    x = np.asarray(_random.normal(jax.random.PRNGKey(1), (64, 4)))
+    x = np.asarray(draws.normal(jax.random.PRNGKey(1), (64, 4)))
     y = np.arange(64) % 3
     seen = []
     train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=3, batch_size=16,

@@ -49,11 +49,11 @@ def test_channel_moments_are_the_exact_ones_rounded(shape):
         m = sum(v * c for v, c in pairs) / n
         exact.append((m, sum((v - m) ** 2 * c for v, c in pairs) / n))
     for chunk in (64, 4096):  # the counting's chunk changes nothing
-        mean, var = data._channel_moments(u8, chunk=chunk)
+        mean, var = data.channel_moments(u8, chunk=chunk)
         for k, (exact_mean, exact_var) in enumerate(exact):
             assert abs(Fraction(float(mean[k])) - exact_mean) <= Fraction(float(np.spacing(mean[k])))
             assert abs(Fraction(float(var[k])) - exact_var) <= 2 * Fraction(float(np.spacing(var[k])))
-    mean, std = data._channel_stats(u8)
+    mean, std = data.channel_stats(u8)
     np.testing.assert_array_equal(mean, x.mean(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
     np.testing.assert_array_equal(std, x.std(axis=axes, dtype=np.float64).astype(np.float32), strict=True)
 
@@ -63,12 +63,12 @@ def test_normalisation_by_table_is_the_arithmetic_bit_for_bit(shape):
     """load looks each pixel up in a table of its 256 values' normalised numbers: the same float32
     numbers as (u8 / 255 - mean) / std computed on every pixel, chunks' edges included."""
     u8 = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    mean, std = data._channel_stats(u8)
-    table = data._normalisation_table(mean, std)
-    want = data._unit(u8)
+    mean, std = data.channel_stats(u8)
+    table = data.normalisation_table(mean, std)
+    want = data.unit(u8)
     want -= mean
     want /= std
-    got = data._lookup(table, u8, chunk=64)
+    got = data.lookup(table, u8, chunk=64)
     np.testing.assert_array_equal(got, want, strict=True)
 
 
@@ -199,7 +199,7 @@ def test_missing_data_fails_fast_with_instructions(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "cifar10" in msg and "nowhere" in msg and "pip install -e '.[prepare]'" in msg
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: object())  # TensorFlow installed:
-    assert "pip install" not in data._how_to_prepare("cifar10")  # no install hint, only how to prepare
+    assert "pip install" not in data.how_to_prepare("cifar10")  # no install hint, only how to prepare
     with pytest.raises(data.DataNotFoundError, match="not prepared"):
         data.find_prepared("mnist", tmp_path)
 

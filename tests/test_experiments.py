@@ -194,7 +194,7 @@ def test_bench_keeps_the_sections_it_does_not_rerun_with_their_provenance(tmp_pa
     res = bench.run({"repeats": 1, "sections": ("grad",), "keep": str(path), "torch": False}, out=tmp_path, verbose=False)
     assert list(res["sections"]) == ["matmul", "grad"]  # in the bench's order
     assert res["sections"]["matmul"] == old["sections"]["matmul"] and res["reused"] == {"matmul": old["provenance"]}
-    assert "Kept from an earlier run (not rerun by the run below): matmul (commit earlier" in bench._kept_line(res)[0]
+    assert "Kept from an earlier run (not rerun by the run below): matmul (commit earlier" in bench.kept_line(res)[0]
     again = bench.run({"repeats": 1, "sections": ("matmul",), "matmul_sizes": (128,), "keep": str(path)},
                       out=False, verbose=False)  # a rerun section keeps what it measured before, with that commit
     assert again["sections"]["matmul"]["before"] == {"commit": "earlier", "rows": old["sections"]["matmul"]["rows"],
@@ -283,7 +283,7 @@ def test_a_result_computed_before_a_fix_says_so():
     assert common.predates("cifar2", old) and not common.predates("matrix_chain", old)
     assert not common.predates("cifar2", {"provenance": {"fixes": sorted(common.FIXES)}})
     assert common.provenance()["fixes"] == sorted(common.FIXES)  # what a run records
-    line = writeup._predates_line("cifar2", old)
+    line = writeup.predates_line("cifar2", old)
     assert "abc1234" in line and "--only cifar2 --force" in line and "data_key" in line
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_vjp
 
-from jaxgd import _random, gradcheck
+from jaxgd import draws, gradcheck
 from jaxgd import layers as L
 
 from conftest import require_peer
@@ -61,7 +61,7 @@ def _setup(layer, shape, n, seed=0):
 
 
 def test_draws_are_jax_randoms_numbers():
-    """Initial weights are drawn by ``jaxgd._random``: jax.random's very numbers, bit for bit, for
+    """Initial weights are drawn by ``jaxgd.draws``: jax.random's very numbers, bit for bit, for
     every shape and dtype, and eagerly a few programs for all shapes instead of one per shape."""
     from jaxgd.compile_cache import CompileClock
     key = jax.random.PRNGKey(7)
@@ -69,17 +69,17 @@ def test_draws_are_jax_randoms_numbers():
              ((5, 5, 3, 32), jnp.float32), ((3, 4), jnp.float64), ((40, 60), jnp.float64)]  # 4096
     with jax.enable_x64(True):
         for shape, dtype in cases:
-            for ours, theirs in [(_random.normal(key, shape, dtype), jax.random.normal(key, shape, dtype)),
-                                 (_random.uniform(key, shape, dtype, -0.3, 0.7),
+            for ours, theirs in [(draws.normal(key, shape, dtype), jax.random.normal(key, shape, dtype)),
+                                 (draws.uniform(key, shape, dtype, -0.3, 0.7),
                                   jax.random.uniform(key, shape, dtype, -0.3, 0.7))]:
                 assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
                 np.testing.assert_array_equal(ours, theirs)
     typed = jax.random.key(3)  # a typed key, and a traced one, go to jax.random itself
-    np.testing.assert_array_equal(_random.normal(typed, (5,)), jax.random.normal(typed, (5,)))
-    np.testing.assert_array_equal(jax.jit(lambda k: _random.uniform(k, (2, 3)))(key), jax.random.uniform(key, (2, 3)))
+    np.testing.assert_array_equal(draws.normal(typed, (5,)), jax.random.normal(typed, (5,)))
+    np.testing.assert_array_equal(jax.jit(lambda k: draws.uniform(k, (2, 3)))(key), jax.random.uniform(key, (2, 3)))
     with CompileClock() as clock:
         for shape in [(11, 13), (12, 12), (6, 7, 8), (40,)]:  # all within one length: one program
-            _random.uniform(jax.random.PRNGKey(1), shape, jnp.float32, -1.0, 1.0)
+            draws.uniform(jax.random.PRNGKey(1), shape, jnp.float32, -1.0, 1.0)
     assert clock.compiles <= 1, clock.compiles
 
 
@@ -104,7 +104,7 @@ def test_backward_equals_vjp_and_finite_differences_float64(layer, shape, n, tra
 @pytest.mark.parametrize("layer,shape,n,train", CASES, ids=IDS)
 def test_backward_equals_vjp_float32(layer, shape, n, train):
     params, state, x = _setup(layer, shape, n)
-    c = _random.normal(jax.random.PRNGKey(4), jax.eval_shape(
+    c = draws.normal(jax.random.PRNGKey(4), jax.eval_shape(
         lambda: layer.forward(params, state, x, train=train, key=KEY)[0]).shape)
 
     @jax.jit  # both gradients in one program, not op by op
@@ -149,7 +149,7 @@ def test_custom_vjp_wrapper_is_a_third_path(layer, shape, n, train):
         y_ref, s_ref, res = layer.forward(params, state, x, train=train, key=KEY)
         got = jax.grad(lambda p, x: jnp.sum(c * wrapped(p, state, x, KEY)[0]), argnums=(0, 1))(params, x)
         return (y, s), (y_ref, s_ref), got, layer.backward(params, res, c)
-    c = _random.normal(jax.random.PRNGKey(9), jax.eval_shape(lambda: wrapped(params, state, x, KEY)[0]).shape)
+    c = draws.normal(jax.random.PRNGKey(9), jax.eval_shape(lambda: wrapped(params, state, x, KEY)[0]).shape)
     out, ref, got, hand = paths(params, x, c)
     chex.assert_trees_all_equal(out, ref)
     chex.assert_trees_all_close(got, hand, rtol=1e-6, atol=1e-6)
@@ -158,8 +158,8 @@ def test_custom_vjp_wrapper_is_a_third_path(layer, shape, n, train):
 def test_conv_implementations_equal_lax_conv():
     kx, kw, kb = jax.random.split(jax.random.PRNGKey(0), 3)
     for k, c_in, c_out in ((1, 1, 32), (3, 4, 8), (5, 2, 3)):
-        x = _random.normal(kx, (2, 8, 6, c_in))
-        p = {"W": _random.normal(kw, (k, k, c_in, c_out)), "b": _random.normal(kb, (c_out,))}
+        x = draws.normal(kx, (2, 8, 6, c_in))
+        p = {"W": draws.normal(kw, (k, k, c_in, c_out)), "b": draws.normal(kb, (c_out,))}
         ref = jax.lax.conv_general_dilated(x, p["W"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                            precision="highest") + p["b"]
         with jax.default_matmul_precision("highest"):
@@ -189,11 +189,11 @@ def test_max_pool_ties_go_to_the_first_maximum():
 def test_max_pool_of_large_windows_keeps_every_index():
     """A 12x12 window has 144 elements: the winner's index no longer fits int8 (it wrapped around
     silently and the gradient went to the wrong element)."""
-    x = _random.normal(jax.random.PRNGKey(0), (2, 12, 12, 3))
+    x = draws.normal(jax.random.PRNGKey(0), (2, 12, 12, 3))
     pool = L.max_pool(12)
     _, _, idx = pool.forward({}, {}, x)
     assert jnp.iinfo(idx.dtype).max >= 143
-    dy = _random.normal(jax.random.PRNGKey(1), (2, 1, 1, 3))
+    dy = draws.normal(jax.random.PRNGKey(1), (2, 1, 1, 3))
     dx = pool.backward({}, idx, dy)[1]
     g = jax.grad(lambda x: jnp.sum(jnp.max(x, axis=(1, 2), keepdims=True) * dy))(x)  # no ties in random data
     np.testing.assert_array_equal(np.asarray(dx), np.asarray(g))
@@ -233,7 +233,7 @@ def test_dropout_mask_is_reused_and_scaled():
 
 def test_batch_norm_statistics_and_too_small_batch():
     bn = L.batch_norm()
-    x = 3.0 + 2.0 * _random.normal(jax.random.PRNGKey(2), (64, 5, 5, 4))
+    x = 3.0 + 2.0 * draws.normal(jax.random.PRNGKey(2), (64, 5, 5, 4))
     params = {"scale": jnp.full((4,), 2.0), "shift": jnp.full((4,), 0.5)}
     state = {"mean": jnp.zeros(4), "var": jnp.ones(4)}
     y, new, _ = bn.forward(params, state, x, train=True)
@@ -280,9 +280,9 @@ def test_conv_weight_grad_by_taps_equals_by_im2col(size, stride, padding):
     """The two ways to ``dW`` sum the same products: equal to rounding in float32."""
     layer = L.conv2d(6, size, stride=stride, padding=padding)
     kx, kd = jax.random.split(jax.random.PRNGKey(2))
-    x = _random.normal(kx, (3, 9, 8, 5))
+    x = draws.normal(kx, (3, 9, 8, 5))
     out = layer.out_shape(x.shape[1:])
-    dy = _random.normal(kd, (3,) + out)
+    dy = draws.normal(kd, (3,) + out)
     w_shape = (size, size, 5, 6)
     a = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad)
     b = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="taps")
@@ -297,8 +297,8 @@ def test_strided_and_valid_convs_equal_lax_conv():
     kx, kw, kb = jax.random.split(jax.random.PRNGKey(1), 3)
     for k, stride, padding, hw in ((3, 2, "same", (7, 6)), (3, 2, "valid", (8, 7)), (2, 1, "valid", (5, 6)),
                                    (1, 2, "same", (6, 5)), (5, 3, "same", (9, 10))):
-        x = _random.normal(kx, (2,) + hw + (3,))
-        p = {"W": _random.normal(kw, (k, k, 3, 4)), "b": _random.normal(kb, (4,))}
+        x = draws.normal(kx, (2,) + hw + (3,))
+        p = {"W": draws.normal(kw, (k, k, 3, 4)), "b": draws.normal(kb, (4,))}
         pad = k // 2 if padding == "same" else 0
         ref = jax.lax.conv_general_dilated(x, p["W"], (stride, stride), [(pad, pad)] * 2,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest") + p["b"]
@@ -338,7 +338,7 @@ def test_new_layers_match_torch_forward_and_backward(layer, shape, torch_fn):
     with jax.enable_x64(True):
         params, state, x = gradcheck.cast(_setup(layer, shape, 3), jnp.float64)
         y, _, res = layer.forward(params, state, x)
-        dy = _random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
+        dy = draws.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
         grads, dx = layer.backward(params, res, dy)
         pt = {k: torch.tensor(np.asarray(v.transpose(3, 2, 0, 1) if k == "W" else v)).requires_grad_()
               for k, v in params.items()}
@@ -358,7 +358,7 @@ def test_residual_block_adds_gradients_where_the_paths_meet():
     block = L.residual(body)
     params, state, x = _setup(block, (4,), 3)
     y, _, res = block.forward(params, state, x)
-    dy = _random.normal(jax.random.PRNGKey(0), y.shape)
+    dy = draws.normal(jax.random.PRNGKey(0), y.shape)
     grads, dx = block.backward(params, res, dy)
     yb, _, rb = L.sequence_forward(body, params[0], state[0], x)
     gb, dxb = L.sequence_backward(body, params[0], rb, dy)
@@ -367,7 +367,7 @@ def test_residual_block_adds_gradients_where_the_paths_meet():
     cat = L.fan_in_concat(body, ())
     y, _, res = cat.forward(params, state, x)
     assert y.shape == (3, 8) and cat.out_shape((4,)) == (8,)
-    dy = _random.normal(jax.random.PRNGKey(1), y.shape)
+    dy = draws.normal(jax.random.PRNGKey(1), y.shape)
     _, dx = cat.backward(params, res, dy)
     chex.assert_trees_all_close(dx, L.sequence_backward(body, params[0], rb, dy[:, :4])[1] + dy[:, 4:])
 
@@ -405,8 +405,8 @@ def test_bench_conv_parts_time_what_pytorch_computes():
     torch = require_peer("torch")
     from jaxgd.experiments.torch_peers import conv_parts
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
-    xs, dys = _random.normal(k1, (2, 4, 6, 6, 3)), _random.normal(k2, (2, 4, 6, 6, 5))
-    W = _random.normal(k3, (3, 3, 3, 5))
+    xs, dys = draws.normal(k1, (2, 4, 6, 6, 3)), draws.normal(k2, (2, 4, 6, 6, 5))
+    W = draws.normal(k3, (3, 3, 3, 5))
     ops = conv_parts(xs, dys, W)
     nhwc = lambda t: np.asarray(t.permute(0, 2, 3, 1))  # noqa: E731
     with torch.no_grad():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import _random, backprop, gradcheck, losses, models, optim, train
+from jaxgd import draws, backprop, gradcheck, losses, models, optim, train
 from jaxgd import layers as L
 
 N_PARAMS = {("softmax", "plain"): 7_850, ("mlp", "plain"): 235_146, ("cnn", "plain"): 421_642}
@@ -16,7 +16,7 @@ N_PARAMS = {("softmax", "plain"): 7_850, ("mlp", "plain"): 235_146, ("cnn", "pla
 
 def _batch(model, n=6, seed=1):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
-    x = _random.normal(kx, (n,) + model.in_shape)
+    x = draws.normal(kx, (n,) + model.in_shape)
     return x, jax.random.randint(ky, (n,), 0, model.shapes()[-1][-1])
 
 
@@ -55,7 +55,7 @@ def test_zoo_shapes_and_modes(family, variant):
     params, state = model.init(jax.random.PRNGKey(0))
     if (family, variant) in N_PARAMS:
         assert models.count_params(params) == N_PARAMS[family, variant]
-    x = _random.normal(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    x = draws.normal(jax.random.PRNGKey(1), (8, 28, 28, 1))
     out_eval, st_eval = model.apply(params, state, x, False)
     out_tr, st_tr = model.apply(params, state, x, True, jax.random.PRNGKey(3))
     assert out_eval.shape == out_tr.shape == (8, 10)
@@ -197,10 +197,10 @@ def test_a_few_hand_gradient_steps_reduce_the_loss_on_real_mnist(family):
 
 
 def test_losses_pair_with_their_derivatives():
-    y_hat = _random.normal(jax.random.PRNGKey(0), (5, 3))
+    y_hat = draws.normal(jax.random.PRNGKey(0), (5, 3))
     for name, (f, df) in losses.LOSSES.items():
         y = (jax.random.randint(jax.random.PRNGKey(1), (5,), 0, 3) if name == "cross_entropy"
-             else _random.normal(jax.random.PRNGKey(1), (5, 3)))
+             else draws.normal(jax.random.PRNGKey(1), (5, 3)))
         chex.assert_trees_all_close(df(y_hat, y), jax.grad(f)(y_hat, y), rtol=1e-5, atol=1e-7)
 
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgd import _random, models, optim, schedules, train
+from jaxgd import draws, models, optim, schedules, train
 
 from conftest import require_peer
 
@@ -128,7 +128,7 @@ def test_schedule_values_equal_optax_and_torch_formulas():
 
 def test_schedules_map_over_configs_like_lr():
     """Two configs with different schedule arguments in one program == each trained alone."""
-    x = np.asarray(_random.normal(jax.random.PRNGKey(1), (128, 6)), np.float32)
+    x = np.asarray(draws.normal(jax.random.PRNGKey(1), (128, 6)), np.float32)
     y = np.arange(128) % 3
     params, _ = MODEL.init(jax.random.PRNGKey(0))
     common = dict(epochs=3, batch_size=16)
@@ -171,8 +171,8 @@ def test_parameter_groups_update_each_group_as_its_own_optimizer_and_leave_froze
     """optim.partition: each group's leaves step exactly as that group's optimizer would step them
     alone, with that group's hyperparameters; a group mapped to None never changes and has no state."""
     key = iter(jax.random.split(jax.random.PRNGKey(0), 16))
-    params = [{"W": _random.normal(next(key), (3, 2)), "b": _random.normal(next(key), (2,))},
-              {"scale": _random.normal(next(key), (2,)), "shift": _random.normal(next(key), (2,))}]
+    params = [{"W": draws.normal(next(key), (3, 2)), "b": draws.normal(next(key), (2,))},
+              {"scale": draws.normal(next(key), (2,)), "shift": draws.normal(next(key), (2,))}]
     labels = [{"W": "weights", "b": "biases"}, {"scale": "frozen", "shift": "biases"}]
     sgd, nesterov = optim.sgd(), optim.sgd(nesterov=True)
     opt = optim.partition({"weights": nesterov, "biases": sgd, "frozen": None}, labels)
@@ -181,7 +181,7 @@ def test_parameter_groups_update_each_group_as_its_own_optimizer_and_leave_froze
     assert set(state) == {"weights", "biases"}
     w_state, b_state = nesterov.init([params[0]["W"]]), sgd.init([params[0]["b"], params[1]["shift"]])
     for _ in range(3):
-        grads = jax.tree_util.tree_map(lambda p: _random.normal(next(key), p.shape), params)
+        grads = jax.tree_util.tree_map(lambda p: draws.normal(next(key), p.shape), params)
         new, state = opt.update(grads, state, params, hp)
         (w,), w_state = nesterov.update([grads[0]["W"]], w_state, [params[0]["W"]], hp["weights"])
         (b, shift), b_state = sgd.update([grads[0]["b"], grads[1]["shift"]], b_state,

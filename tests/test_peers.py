@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import _random, models, optim, train
+from jaxgd import draws, models, optim, train
 
 from conftest import require_peer
 
@@ -17,7 +17,7 @@ def test_the_flax_epoch_trains_the_same_mlp_as_jaxgds():
     sizes, bs, hp = (12, 16, 8, 3), 16, (0.05, 0.9, 1e-3)
     model = models.mlp(sizes)
     params, state = model.init(jax.random.PRNGKey(0))
-    x = _random.normal(jax.random.PRNGKey(1), (96, sizes[0]))
+    x = draws.normal(jax.random.PRNGKey(1), (96, sizes[0]))
     y = jax.random.randint(jax.random.PRNGKey(2), (96,), 0, sizes[-1])
     key = jax.random.PRNGKey(3)
     # jaxgd: hand gradients, hand SGD, its permutation drawn from split(key)[0]

@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import _random, losses, models, optim, train
+from jaxgd import draws, losses, models, optim, train
 
 from conftest import require_peer
 
 
 def _problem(n=256, d=20, k=3, seed=0):
     kx, kw = jax.random.split(jax.random.PRNGKey(seed))
-    x = _random.normal(kx, (n, d))
-    y = jnp.argmax(x @ _random.normal(kw, (d, k)), -1).astype(jnp.int32)
+    x = draws.normal(kx, (n, d))
+    y = jnp.argmax(x @ draws.normal(kw, (d, k)), -1).astype(jnp.int32)
     return (np.asarray(x), np.asarray(y)), MODEL.init(jax.random.PRNGKey(seed + 1))[0]
 
 
@@ -24,7 +24,7 @@ MODEL = models.mlp((20, 16, 3), "relu")
 
 def _grads_seq(params, steps=5, seed=0):
     keys = jax.random.split(jax.random.PRNGKey(seed), steps)
-    return [jax.tree_util.tree_map(lambda p, k=k: _random.normal(k, p.shape, p.dtype), params) for k in keys]
+    return [jax.tree_util.tree_map(lambda p, k=k: draws.normal(k, p.shape, p.dtype), params) for k in keys]
 
 
 @pytest.mark.parametrize("jit", [False, True])

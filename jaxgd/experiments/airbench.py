@@ -257,7 +257,7 @@ def tta_logits(model, params, state, x, level: int = 2):
     if level == 1:
         return mirror(x)
     h, w = x.shape[1:3]
-    xp = _reflect_pad(x, 1)
+    xp = reflect_pad(x, 1)
     shifted = 0.5 * (mirror(xp[:, :h, :w]) + mirror(xp[:, 2:h + 2, 2:w + 2]))
     return 0.5 * mirror(x) + 0.5 * shifted
 
@@ -277,7 +277,7 @@ def tta_accuracy(model, params, state, x, y, level, chunk) -> float:
 
 # ------------------------------------------------------------------------------ a dataset's runs
 
-def _reflect_pad(x, pad):
+def reflect_pad(x, pad):
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else x
 
 
@@ -291,7 +291,7 @@ def init_run(model, cfg, seed, x_train):
                  "b": jnp.zeros_like(params[0]["b"])}
     x = jnp.asarray(x_train)
     mirror = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (x.shape[0], 1, 1, 1))
-    return params, state, _reflect_pad(jnp.where(mirror, x[:, :, ::-1, :], x), cfg.translate)
+    return params, state, reflect_pad(jnp.where(mirror, x[:, :, ::-1, :], x), cfg.translate)
 
 
 def train_runs(dataset, cfg, log=print, verbose=True) -> dict:

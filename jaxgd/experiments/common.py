@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxgd import parallel, progress
-from jaxgd._files import atomic_write
+from jaxgd.files import atomic_write
 
 
 class CorruptFileError(ValueError):

@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from jaxgd import _random, backprop
+from jaxgd import draws, backprop
 from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import POSITIVE, Config, at_least, option
 from jaxgd.experiments.protocol import Experiment
@@ -45,7 +45,7 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     for K in cfg.Ks:
         key, kp, kx = jax.random.split(key, 3)
         # drawn op by op: as one program, XLA fuses the scaling into the draws and changes last bits
-        params, x = backprop.init_matrix_chain(kp, K), _random.normal(kx, (K,))
+        params, x = backprop.init_matrix_chain(kp, K), draws.normal(kx, (K,))
         hand, p_hand = jax.device_get(go(backprop.matrix_chain_grads, params, x, cfg.lr / K, cfg.iters))
         auto, p_auto = jax.device_get(go(jax.grad(backprop.matrix_chain_loss), params, x, cfg.lr / K, cfg.iters))
         runs.append({

@@ -3,7 +3,7 @@
 Every figure is the median (with min and max) of ``repeats`` timed runs after ``warmup`` untimed
 ones. The rows that a ratio compares are timed in interleaved rounds (``interleaved``: one run of
 each, then again), so that a machine slowing down for a while slows them alike. Nothing here
-knows a model: ``jaxgd.experiments.bench`` builds the rows, ``torch_peers`` the PyTorch ones.
+knows a model: ``jaxgd.experiments.bench_sections`` builds the rows, ``torch_peers`` the PyTorch ones.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxgd._files import atomic_write
+from jaxgd.files import atomic_write
 from jaxgd.experiments import common
 from jaxgd.experiments.registry import EXPERIMENTS, in_profile, result_files, root
 from jaxgd.report import markdown_table
@@ -88,7 +88,7 @@ def section(exp, out, res) -> list[str]:
         lines += [note, ""]
     if res.get("reused"):
         lines += [_reused_line(res["reused"]), ""]
-    lines += [_predates_line(exp.name, res), ""] if common.predates(exp.name, res) else []
+    lines += [predates_line(exp.name, res), ""] if common.predates(exp.name, res) else []
     figs = [f.format(device=res.get("device_name", "")) for f in exp.figures]
     lines += [f"![{f}]({f})" for f in figs if (out / f).exists()] + [""]
     p = res.get("provenance", {})
@@ -111,7 +111,7 @@ def _reused_line(reused: dict) -> str:
         f"{', '.join(n for n, _ in items)} (commit {c}, {min(str(d) for _, d in items)})" for c, items in runs.items()) + ".")
 
 
-def _predates_line(name, res) -> str:
+def predates_line(name, res) -> str:
     """The warning on a result computed before a fix that changes its numbers (``common.FIXES``)."""
     p = res.get("provenance") or {}
     return (f"**Computed before a fix** (commit {p.get('commit')}): " + "; ".join(common.predates(name, res))
