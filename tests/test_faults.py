@@ -297,3 +297,32 @@ def test_formerly_refused_valid_inputs_and_missing_model_state():
     for wrong in (None, ()):  # no state, or a wrong one: say how to make the right one
         with pytest.raises(ValueError, match="model.init"):
             _tiny_fit(model=bn, params=params, model_state=wrong)
+
+
+def test_a_failed_experiment_releases_its_memory_and_run_all_leaves_gc_as_it_was(tmp_path, monkeypatch):
+    """run_one frees memory whether the experiment finished or raised; run_all frees the failed
+    run's frames once its traceback is gone, and leaves what the caller had frozen frozen."""
+    import dataclasses
+    import gc
+
+    from jaxgd.experiments import common, reproduce
+    released = []
+    monkeypatch.setattr(common, "release_memory", lambda: released.append(1))
+
+    def failing(cfg, **kw):
+        raise RuntimeError("boom")
+    exp = reproduce.EXPERIMENTS["matrix_chain"]
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "matrix_chain", dataclasses.replace(exp, run=failing))
+    with pytest.raises(RuntimeError, match="boom"):
+        reproduce.run_one("matrix_chain", reproduce.config("matrix_chain", "quick", None), tmp_path)
+    assert released == [1]
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        status = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None, quiet=True)
+        assert status["matrix_chain"].startswith("FAILED: RuntimeError: boom")
+        # the caller's frozen objects stay frozen (fewer only by those freed since), and none are added
+        assert 0 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
+    assert len(released) == 3  # run_one's finally, then run_all's once the traceback is gone
