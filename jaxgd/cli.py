@@ -142,8 +142,9 @@ def parser() -> argparse.ArgumentParser:
 
 _CHECK_HELP = """Check a hand-written backward and say what is wrong with it (jaxgd.check).
 
-NAME is a jaxgd layer or model (give --in-shape for a layer), or a function with a
-jax.custom_vjp or jax.custom_jvp rule (give --args). Prints the report (or --json) and exits
+NAME is a jaxgd layer or model (give --in-shape for a layer), or a JAX function: a
+jax.custom_vjp / custom_jvp rule, a function that calls such rules, or any other (give --args).
+Prints the report (or --json) and exits
 0 when every gradient is right, 1 when one is wrong, 2 when the target cannot be checked."""
 
 
@@ -222,12 +223,15 @@ def _check(a) -> int:
         raise CheckTargetError(f"{a.target} is a class: name an instance of it (e.g. layer = {obj.__name__}(...) in "
                                "a file)")
     kw = {"seed": a.seed, **({"dtypes": tuple(a.dtypes)} if a.dtypes else {})}
-    if checker.custom_rule(obj) is not None:
+    from jaxgd import models
+    is_layer = isinstance(obj, models.Model) or all(callable(getattr(obj, f, None))
+                                                    for f in ("init", "forward", "backward"))
+    if checker.custom_rule(obj) is not None or (callable(obj) and not is_layer):
         if a.in_shape is not None:
-            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments "
+            raise CheckTargetError(f"{a.target} is a function: give its example arguments "
                                    "with --args or --example, not --in-shape")
         if bool(a.args) == bool(a.example):
-            raise CheckTargetError(f"{a.target} is a function with a custom rule: give its example arguments either "
+            raise CheckTargetError(f"{a.target} is a function: give its example arguments either "
                                    "as shapes with --args (e.g. --args 5 or --args 3,4 4) or from a factory with "
                                    "--example")
         if a.example:
@@ -240,18 +244,20 @@ def _check(a) -> int:
         else:
             rng = np.random.default_rng(a.seed)
             args = tuple(rng.standard_normal(s) for s in a.args)
-        report = checker.check(obj, *args, **kw)
+        try:
+            report = checker.check(obj, *args, **kw)
+        except (TypeError, ValueError) as e:
+            raise CheckTargetError(str(e).splitlines()[0]) from e
+        except Exception as e:  # noqa: BLE001  (the function itself raised at these arguments)
+            from jaxgd.checker.compare import explain
+            raise CheckTargetError(f"{a.target} cannot be checked at these arguments: it raised {explain(e)}") from None
     else:
         if a.args or a.example:
-            raise CheckTargetError(f"{a.target} is not a function with a custom rule: --args and --example are for "
-                                   "jax.custom_vjp / custom_jvp functions; a layer takes --in-shape")
-        from jaxgd import models
-        is_layer = all(callable(getattr(obj, f, None)) for f in ("init", "forward", "backward"))
-        if not (is_layer or isinstance(obj, models.Model)):
-            what = "a function without a custom rule (jax.custom_vjp / custom_jvp): JAX derives its gradient itself, " \
-                   "there is nothing to check" if callable(obj) else \
-                   "not a layer (init, forward, backward: see jaxgd.layers), a models.Model or a custom-rule function"
-            raise CheckTargetError(f"{a.target} is a {type(obj).__name__}, {what}")
+            raise CheckTargetError(f"{a.target} is not a function: --args and --example are for functions; a layer "
+                                   "takes --in-shape")
+        if not is_layer:
+            raise CheckTargetError(f"{a.target} is a {type(obj).__name__}, not a layer (init, forward, backward: see "
+                                   "jaxgd.layers), a models.Model or a function")
         if a.in_shape is None and not isinstance(obj, models.Model):
             raise CheckTargetError(f"{a.target} is a layer: give its per-example input shape with --in-shape "
                                    "(e.g. --in-shape 6 or 8,8,3)")

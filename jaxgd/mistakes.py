@@ -396,3 +396,45 @@ FUNCTION_GALLERY = (
     FunctionMistake("a nondiff exponent's factor forgotten", _power_vjp, lambda r: (r.uniform(0.5, 2.0, (3, 5)), 4),
                     "off by a constant factor: hand = 0.25 * true", where="arg 0 (vjp"),
 )
+
+
+# ------------------------------------------------------------------------------ wrong rules inside bigger functions
+
+def _sin_doubled():
+    """``sin`` whose rule doubles its cotangent."""
+    return _vjp(jnp.sin, lambda x, g: (2 * g * jnp.cos(x),))
+
+
+_SIN2 = _sin_doubled()
+_TANH_FLIPPED = _vjp(jnp.tanh, lambda x, g: (-g * (1 - jnp.tanh(x) ** 2),))
+
+
+def loss_with_wrong_rule(x, w):
+    """A loss whose hidden layer calls a wrong ``custom_vjp`` under ``jit``."""
+    h = jax.jit(lambda v: _SIN2(v @ w))(x)
+    return jnp.sum(h ** 2)
+
+
+def scan_over_wrong_rule(x):
+    """A recurrence: ``lax.scan`` of a wrong rule over the rows."""
+    def body(carry, row):
+        carry = _TANH_FLIPPED(carry + row)
+        return carry, carry
+    return jax.lax.scan(body, jnp.zeros(x.shape[1:], x.dtype), x)[1]
+
+
+def vmap_of_wrong_rule(x):
+    """A wrong rule mapped over the rows with ``vmap``."""
+    return jax.vmap(lambda row: jnp.sum(_SIN2(row) * row))(x)
+
+
+# each located (the rule that is wrong, by the name of its primal) and diagnosed
+NESTED_GALLERY = (
+    FunctionMistake("a loss calling a wrong rule under jit", loss_with_wrong_rule,
+                    lambda r: (r.standard_normal((3, 4)), r.standard_normal((4, 4))), "off by a constant factor 2",
+                    where="sin"),
+    FunctionMistake("a scan over a wrong rule", scan_over_wrong_rule, lambda r: (r.standard_normal((4, 3)),),
+                    "off by a constant factor -1", where="tanh"),
+    FunctionMistake("a vmap of a wrong rule", vmap_of_wrong_rule, lambda r: (r.standard_normal((3, 5)),),
+                    "off by a constant factor 2", where="sin"),
+)

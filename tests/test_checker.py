@@ -443,9 +443,17 @@ def test_a_primal_jax_cannot_differentiate_is_checked_against_finite_differences
     assert report.passed and report.rows[0]["verdict"] == "close", report
 
 
-def test_check_of_a_function_without_a_custom_rule_says_there_is_nothing_to_check():
-    with pytest.raises(TypeError, match="nothing to check, it has no custom derivative rule"):
-        jaxgd.check(jax.numpy.sin, np.ones(3))
+def test_a_function_without_a_custom_rule_is_checked_against_finite_differences():
+    """No rule inside: JAX's own derivative against central differences (check_grads' comparison),
+    with jaxgd's report; a gradient that autodiff gets NaN where the function is smooth is named."""
+    report = jaxgd.check(jax.numpy.sin, np.linspace(-1, 1, 6))
+    assert report.passed and report.subject == "function sin" and not report.rules, report
+    nan_leak = jaxgd.check(lambda v: jax.numpy.where(v > 0, jax.numpy.sqrt(v), 0.0), np.array([[1.0, -2.0, 0.5]]),
+                           dtypes=("float64",))
+    assert not nan_leak.passed
+    found = nan_leak.findings[0]
+    assert found["kind"] == "observation" and "NaN or infinite ((0, 1))" in found["cause"], nan_leak
+    assert "jnp.where whose branch not taken has a NaN gradient" in found["cause"]
     with pytest.raises(ValueError, match="takes its example arguments"):
         jaxgd.check(_logsumexp, np.ones((2, 3)), batch=4)
 

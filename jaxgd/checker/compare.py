@@ -38,6 +38,21 @@ def maxabs(a) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0))
 
 
+def within(a, b, limit) -> bool:
+    """``a`` and ``b`` of one shape, non-finite in the same places, and within ``limit`` elsewhere:
+    two runs of the same computation agree (NaN where the other has NaN is agreement)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb):
+        return False
+    odd_a, odd_b = a[~fa], b[~fb]
+    if not np.all((odd_a == odd_b) | (np.isnan(odd_a) & np.isnan(odd_b))):
+        return False
+    return maxabs(a[fa] - b[fb]) <= limit
+
+
 def numpy_tree(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
@@ -74,7 +89,9 @@ def compare_leaf(h, t, dtype, allow, floor, context) -> dict:
         if diff.size:
             j = np.unravel_index(int(np.argmax(diff)), diff.shape)
             leaf.update(index=tuple(int(v) for v in j), hand_at=float(h[j]), true_at=float(t[j]))
-    if h.shape != t.shape or h.dtype != dtype or leaf["abs"] > allow:
+    # NaN compares as neither more nor less: a non-finite hand entry where the truth is finite is wrong
+    nonfinite = h.shape == t.shape and bool(np.any(~np.isfinite(h.astype(np.float64)) & np.isfinite(t)))
+    if h.shape != t.shape or h.dtype != dtype or nonfinite or leaf["abs"] > allow:
         found = diagnose(h, t, {**context(), "allow": allow})
         leaf.update(cause=found.text, kind=found.kind, family=found.family)
     return leaf

@@ -45,8 +45,8 @@ def verified(hyp: Hypothesis, h, t, ctx) -> bool:
     something (its prediction is not the true gradient itself)."""
     got = np.asarray(hyp.of(h) if hyp.of is not None else h, np.float64)
     pred = np.asarray(hyp.predicted, np.float64)
-    if got.shape != pred.shape or not np.all(np.isfinite(pred)):
-        return False
+    if got.shape != pred.shape or not np.all(np.isfinite(pred)) or not np.all(np.isfinite(got)):
+        return False  # (NaN compares as neither more nor less: no hypothesis explains a non-finite hand)
     scale = max(_maxabs(t), _maxabs(pred))
     bound = hyp.rtol * scale if hyp.rtol is not None else max(ctx.get("allow", 0.0), ctx["tol"] * scale)
     bound = max(bound, _rounding(h, t))
@@ -339,6 +339,18 @@ DIAGNOSES = (transposed, batch_kept, wrong_axis, wrong_dtype, all_zero, constant
 
 # ------------------------------------------------------------------------------ observations
 
+def non_finite(h, t, ctx):
+    """NaN or infinite entries in hand where the true gradient is finite."""
+    bad = ~np.isfinite(np.asarray(h, np.float64))
+    if h.shape != t.shape or not bad.any() or not np.all(np.isfinite(np.asarray(t, np.float64))[bad]):
+        return None
+    where = np.argwhere(bad)
+    listed = ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if len(where) > 3 else "")
+    return (f"{int(bad.sum())} of {bad.size} coordinates of hand are NaN or infinite ({listed}) where the true gradient "
+            "is finite: an operation whose derivative is infinite there (a sqrt or log at 0, a division by 0), or a "
+            "jnp.where whose branch not taken has a NaN gradient, which the where multiplies by 0 and keeps")
+
+
 def other_shape(h, t, ctx):
     if h.shape != t.shape:
         return f"wrong shape: {h.shape} instead of {t.shape}"
@@ -413,7 +425,7 @@ def some_coordinates(h, t, ctx):
     return head + "".join(f"; {f}" for f in facts)
 
 
-OBSERVATIONS = (other_shape, mixes_examples, some_coordinates)
+OBSERVATIONS = (other_shape, non_finite, mixes_examples, some_coordinates)
 UNRECOGNISED = ("wrong, cause not recognised: no known mistake (a transpose, a constant factor, a broadcast term, a "
                 "term of the derivative, a parameter transposed or flipped) reproduces hand from the true gradient")
 

@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import gradcheck
+from jaxgd.checker import anyfn
 from jaxgd.checker import report as R
 from jaxgd.checker.compare import (DTYPES, FD_H, FD_PER_LEAF, VJP_TOLERANCES, allowances, compare_leaf, explain,
-                                   fd_eps, jit, maxabs, numpy_tree)
+                                   fd_eps, jit, numpy_tree, within)
 
-FD_ONLY_MAX = 4096  # coordinates: where autodiff of the primal fails, the truth is this many central differences at most
+FD_ONLY_MAX = 4096  # coordinates: where autodiff is not the truth, the truth is this many central differences at most
+FD_TRUTH_TOLERANCE = 1e-7  # max |autodiff - central differences| / max |central differences|, float64
 
 
 def custom_rule(f):
@@ -26,15 +28,16 @@ def custom_rule(f):
 
 
 class _Function:
-    """A function with a custom derivative as the scalar problem ``L(v) = sum_i sum(c_i * y_i)``
-    over its floating argument leaves ``v`` (the other arguments held fixed), ``y = f(args)``:
-    ``jax.grad(L)`` through ``f`` uses its custom rule (the hand gradient); through the primal, plain
-    autodiff (the truth)."""
+    """A function as the scalar problem ``L(v) = sum_i sum(c_i * y_i)`` over its floating argument
+    leaves ``v`` (the other arguments, and ``nondiff``, held fixed), ``y = f(args)``: ``jax.grad(L)``
+    through ``f`` is the hand gradient (its custom rules); the truth is autodiff through ``primal``
+    (the rules stripped), or with ``fd_truth`` float64 central differences of ``f`` (no rule inside:
+    ``jax.test_util.check_grads``'s comparison). ``kind``: ``custom_vjp``, ``custom_jvp`` or
+    ``function``; ``truth``: what the truth is, in words."""
 
-    def __init__(self, f, args):
-        self.kind, self.primal, self.nondiff = custom_rule(f)
+    def __init__(self, f, args, kind, primal, nondiff=(), truth="", fd_truth=False):
+        self.kind, self.primal, self.nondiff, self.truth, self.fd_truth = kind, primal, tuple(nondiff), truth, fd_truth
         self.f, self.args = f, tuple(args)
-        self.primal_name = f"{getattr(self.primal, '__name__', 'the primal')} (f.fun)"
         self.diff = [i for i in range(len(args)) if i not in self.nondiff]
         leaves, self.treedef = jax.tree_util.tree_flatten([args[i] for i in self.diff])
         self.is_var = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in leaves]
@@ -60,24 +63,78 @@ class _Function:
         return [a.astype(dtype) for a, var in zip(self.leaves, self.is_var) if var]
 
 
+def _subject(f, args) -> tuple[_Function, list]:
+    """``f`` as a ``_Function``, and the custom rules found inside it (``anyfn.rules``)."""
+    rule = custom_rule(f)
+    if rule is not None:
+        kind, primal, nondiff = rule
+        return _Function(f, args, kind, primal, nondiff, f"autodiff of {getattr(primal, '__name__', 'the primal')} "
+                                                         "(f.fun)"), []
+    with jax.enable_x64(True):
+        found = anyfn.rules(f, *_as64(args))
+    if found:
+        return _Function(f, args, "function", anyfn.stripped(f), (), f"autodiff of f with its {len(found)} custom "
+                         "rule(s) replaced by their primals"), found
+    return _Function(f, args, "function", f, (), "float64 central differences", fd_truth=True), []
+
+
+def _as64(args):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                  else a, args)
+
+
 def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> R.Report:
-    """``check(f, *args)`` for ``f`` a ``jax.custom_vjp`` or ``jax.custom_jvp`` function: its rule's
-    gradient of ``sum(c * f(args))`` (a random cotangent ``c`` on every floating output) with
-    respect to every floating argument leaf, against autodiff of the primal ``f.fun`` (the function
-    with its rule stripped) or, where that cannot be differentiated, float64 central differences;
-    in each dtype, with finite differences in float64, under ``jit`` and ``vmap``. One row per
-    argument leaf; integer arguments and ``nondiff_argnums`` are held fixed."""
-    if custom_rule(f) is None:
-        raise TypeError(f"check({getattr(f, '__name__', f)!r}, ...): nothing to check, it has no custom derivative "
-                        "rule (jax.custom_vjp or jax.custom_jvp): JAX derives its gradient itself")
-    fn = _Function(f, args)
+    """``check(f, *args)`` for any JAX function of arrays (and pytrees of them): the gradient of
+    ``sum(c * f(args))`` (a random cotangent ``c`` on every floating output) with respect to every
+    floating argument leaf, in each dtype, with finite differences in float64, under ``jit`` and
+    ``vmap``. One row per argument leaf; integer arguments and ``nondiff_argnums`` are held fixed.
+
+    - ``f`` a ``jax.custom_vjp`` / ``custom_jvp`` function: its rule against autodiff of its primal
+      ``f.fun`` (or, where that cannot be differentiated, float64 central differences).
+    - ``f`` calling custom rules inside (under ``jit``, ``vmap``, ``scan``, ``cond``, ...): the whole
+      gradient against autodiff of ``f`` with every rule replaced by its primal (``anyfn.stripped``),
+      then each rule alone, in float64, at the arguments it receives in this call (``anyfn.captured``),
+      named by where it is defined and called.
+    - ``f`` with no rule inside: JAX's own derivative against float64 central differences, as
+      ``jax.test_util.check_grads`` compares them (a NaN gradient, a kink, an unstable formula)."""
+    fn, found = _subject(f, args)
+    rows, findings, checks = _check_subject(fn, dtypes, seed, fd_per_leaf)
+    if found:
+        with jax.enable_x64(True):
+            at = anyfn.captured(f, *_as64(args))
+        for rule, invals in at:
+            sub = _Function(rule.hand, invals, rule.kind, rule.primal, range(rule.num_consts),
+                            f"autodiff of {rule.name}'s primal")
+            if not sub.names:
+                continue
+            r_rows, r_findings, r_checks = _check_subject(sub, ("float64",), seed, fd_per_leaf, vmap=False)
+            label = f"{rule.name} "
+            rows += [{**r, "leaf": label + r["leaf"]} for r in r_rows]
+            checks += [{**ch, "name": label + ch["name"]} for ch in r_checks]
+            findings += [{**fi, "where": label + fi["where"]} for fi in r_findings]
+            if r_findings:
+                findings.append({"where": rule.name, "kind": "rule", "cause": "this rule is wrong: " + rule.where()})
+    reached = [r for r, _ in at] if found else []
+    passed = all(r["verdict"] != "wrong" for r in rows) and all(ch["ok"] for ch in checks)
+    shapes = tuple(tuple(np.shape(a)) for a in fn.leaves)
+    name = f"{fn.kind} {getattr(f, '__name__', None) or getattr(fn.primal, '__name__', 'function')}"
+    on = "at arguments of shapes " + ", ".join(str(s) for s in shapes)
+    if found:
+        on += f" ({len(found)} custom rule(s) inside, each also checked alone in float64 where it is reached)"
+    return R.Report(name, shapes, 0, passed, tuple(rows), tuple(findings), tuple(checks), on=on,
+                    rules=tuple(r.where() + ("" if r in reached else ": not reached at these arguments, checked "
+                                             "through the whole function only") for r in found))
+
+
+def _check_subject(fn, dtypes, seed, fd_per_leaf, vmap=True):
+    """Rows, findings and checks of one ``_Function`` in each dtype."""
     if not fn.names:
         raise ValueError("check(f, *args): no floating argument to differentiate; give float arrays")
     # the check's own stream: a cotangent drawn as default_rng(seed) would equal an argument drawn the
     # same way (then x^T c is symmetric, and a transposed weight gradient looks right)
     rng = np.random.default_rng((seed, 0x636B))
     with jax.enable_x64(True):
-        out = jax.eval_shape(lambda v: fn.call(f, v), fn.variables(np.float64))
+        out = jax.eval_shape(lambda v: fn.call(fn.f, v), fn.variables(np.float64))
     outs = [o for o in jax.tree_util.tree_leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
     if not outs:
         raise ValueError("check(f, *args): f returns no floating output, so there is no gradient to check")
@@ -85,22 +142,18 @@ def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> 
     # a second point for vmap, near the given one with the same signs (it stays in f's domain: a sqrt, a log)
     v2 = [a * rng.uniform(0.9, 1.1, a.shape) for a in fn.variables(np.float64)]
     c2 = [rng.standard_normal(ci.shape) for ci in c]
-    mode = fn.kind.removeprefix("custom_")
+    mode = fn.kind.removeprefix("custom_") if fn.kind != "function" else "grad"
     checks, results = [], {}
     for dtype in dtypes:
         with jax.enable_x64(dtype == "float64"):
-            results[dtype] = _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks)
+            results[dtype] = _check_function_one(fn, dtype, c, v2 if vmap else None, c2, fd_per_leaf, mode, checks)
     rows, findings = [], []
     for i, name in enumerate(fn.names):
-        row, finding = R.row(name, mode, {dtype: results[dtype][i] for dtype in dtypes}, f"autodiff of {fn.primal_name}")
+        row, finding = R.row(name, mode, {dtype: results[dtype][i] for dtype in dtypes}, fn.truth)
         rows.append(row)
         findings += [finding] if finding else []
     findings += R.failed_checks(checks)
-    passed = all(r["verdict"] != "wrong" for r in rows) and all(ch["ok"] for ch in checks)
-    shapes = tuple(tuple(np.shape(a)) for a in fn.leaves)
-    name = f"{fn.kind} {getattr(f, '__name__', None) or getattr(fn.primal, '__name__', 'function')}"
-    return R.Report(name, shapes, 0, passed, tuple(rows), tuple(findings), tuple(checks),
-                  on="at arguments of shapes " + ", ".join(str(s) for s in shapes))
+    return rows, findings, checks
 
 
 def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list[dict]:
@@ -114,6 +167,8 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     hand_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.f, v, c))(v)  # noqa: E731
     true_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.primal, v, c))(v)  # noqa: E731
     try:
+        if fn.fd_truth:
+            raise NotImplementedError  # no rule inside: the truth is central differences
         true = numpy_tree(jit(true_of)(v, c))
     except Exception:  # noqa: BLE001  (the primal has no derivative JAX can take: central differences)
         true = _fd_truth(fn, v, c) if dtype == "float64" else None
@@ -139,13 +194,15 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
                 ref = numpy_tree(jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
             except Exception:  # noqa: BLE001
                 ref = None
-    allow = allowances(true, VJP_TOLERANCES[dtype], ref)
+    # against central differences (no rule inside) the truth itself is good to about 1e-9 in float64
+    tol = FD_TRUTH_TOLERANCE if fn.fd_truth and dtype == "float64" else VJP_TOLERANCES[dtype]
+    allow = allowances(true, tol, ref)
     # the batch: the first argument's leading axis (a bias's mean over it is the classic factor)
     batch = int(np.shape(v[0])[0]) if np.ndim(v[0]) else 1
     leaves = []
     for i, (h, t, x) in enumerate(zip(hand, true, v)):
         ctx = lambda x=x, i=i: {  # noqa: E731
-            "batch": batch, "dtype": dt, "tol": VJP_TOLERANCES[dtype], "is_input": True, "x": np.asarray(x),
+            "batch": batch, "dtype": dt, "tol": tol, "is_input": True, "x": np.asarray(x),
             "coupling": None, "name": fn.names[i],
             # one argument and one output: dy for the elementwise-term family
             "c": np.asarray(c[0]) if len(c) == 1 and len(v) == 1 else None}
@@ -157,13 +214,14 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         for r, h, x, co, e in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
                 r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], e, eps), initial=0.0))
+    if v2 is None:  # a rule checked where it sits: its function's own check covers vmap
+        return leaves
     try:  # vmap: the rule on two stacked points, against each point alone
         stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])  # noqa: E731
         vs, cs = [stack(a, b) for a, b in zip(v, v2)], [stack(a, b) for a, b in zip(c, c2)]
         batched = numpy_tree(jit(jax.vmap(hand_of))(vs, cs))
         alone = numpy_tree(jit(hand_of)([a[1] for a in vs], [ci[1] for ci in cs]))
-        same = all(np.shape(b[0]) == np.shape(h) and maxabs(np.asarray(b[0], np.float64) - h) <= lim
-                   and maxabs(np.asarray(b[1], np.float64) - a) <= lim
+        same = all(within(b[0], h, lim) and within(b[1], a, lim)
                    for b, h, a, lim in zip(batched, hand, alone, allow["abs"]))
         note("vmap", same, "under vmap the rule gives other numbers than one point at a time")
     except Exception as e:  # noqa: BLE001

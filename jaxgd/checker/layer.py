@@ -13,7 +13,7 @@ from jax.test_util import check_vjp
 from jaxgd import gradcheck
 from jaxgd.checker import report as R
 from jaxgd.checker.compare import (DTYPES, FD_H, FD_PER_LEAF, MODES, VJP_TOLERANCES, allowances, cast, compare_leaf,
-                                   explain, fd_eps, maxabs, numpy_tree)
+                                   explain, fd_eps, maxabs, numpy_tree, within)
 from jaxgd.checker.programs import Pieces, store_for
 
 
@@ -80,7 +80,9 @@ def check(subject, *args, in_shape=None, x=None, batch=None, modes=MODES, dtypes
     the compiled pieces for the next check through it; without it, only a subject made of jaxgd's
     own layers reuses them (``programs.by_value``)."""
     from jaxgd.checker.function import check_function, custom_rule
-    if custom_rule(subject) is not None:
+    from jaxgd import models
+    is_layer = isinstance(subject, models.Model) or hasattr(subject, "backward")
+    if custom_rule(subject) is not None or (callable(subject) and not is_layer and (args or in_shape is None)):
         if x is not None or batch is not None or in_shape is not None or tuple(modes) != MODES:
             raise ValueError("check(f, *args) of a function takes its example arguments, not in_shape, x, batch or "
                              "modes")
@@ -307,7 +309,7 @@ def _stacked(progs, params, state, key, x2, c2, eager, run, note, allow):
     """The backward under ``vmap`` over two stacked problems against one problem at a time: within
     the leaf's allowance against ``jax.vjp`` (``_allowances``)."""
     def agree(a, b):
-        return all(np.shape(u) == np.shape(v) and maxabs(np.asarray(u, np.float64) - np.asarray(v)) <= lim
+        return all(within(u, v, lim)
                    for u, v, lim in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), allow))
     try:
         batched = numpy_tree(progs.stacked(params, state, x2, c2, key))

@@ -21,11 +21,13 @@ class Report:
     findings: tuple
     checks: tuple
     on: str | None = None  # what a function was checked at (``check(f, *args)``), instead of a batch
+    rules: tuple = ()  # the custom rules found inside a function, each where it is defined and called
 
     def as_dict(self) -> dict:
         return {"subject": self.subject, "in_shape": list(self.in_shape), "batch": self.batch,
                 "passed": self.passed, "rows": [dict(r) for r in self.rows],
-                "findings": list(self.findings), "checks": [dict(c) for c in self.checks], "on": self.on}
+                "findings": list(self.findings), "checks": [dict(c) for c in self.checks], "on": self.on,
+                "rules": list(self.rules)}
 
     def causes(self) -> list[str]:
         return [f["cause"] for f in self.findings]
@@ -48,6 +50,8 @@ class Report:
                      + ("" if failed else f" ({', '.join(kinds)})"))
         for f in self.findings:
             lines.append(f"- {f['where']}: {f['cause']}")
+        if self.rules:
+            lines += ["", "custom rules inside:"] + [f"- {r}" for r in self.rules]
         return "\n".join(lines)
 
 
