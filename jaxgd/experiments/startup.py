@@ -1,6 +1,7 @@
 """The bench's ``startup`` section: what a person waits for before the first answer, measured in
 fresh processes, each with an empty persistent compilation cache and then with the cache the first
-one filled: ``import jaxgd``, and ``jaxgd.check`` of a dense and of a convolutional layer (its
+one filled: ``import jaxgd``, and ``jaxgd.check`` of a dense and of a convolutional layer and of
+``jax.nn.softmax`` (a function with no rule inside: autodiff against finite differences) (its
 first call, and a second call of the same check in the same process). Each row has the seconds,
 the XLA programs compiled (or loaded from the cache) and the process's peak memory (RSS).
 
@@ -23,7 +24,11 @@ PROBES = {
     "import jaxgd": None,
     "check(dense(4), (3,))": "jaxgd.check(jaxgd.layers.dense(4), (3,))",
     "check(conv2d(8, 3), (8, 8, 3))": "jaxgd.check(jaxgd.layers.conv2d(8, 3), (8, 8, 3))",
+    "check(jax.nn.softmax, x (3, 6))": "import jax, numpy; jaxgd.check(jax.nn.softmax, "
+                                       "numpy.random.default_rng(0).standard_normal((3, 6)))",
 }
+# probes an older tree cannot run (a baseline measures the others): check of any function came with 29d23c1
+NEW_PROBES = ("check(jax.nn.softmax, x (3, 6))",)
 
 # The child: only what jaxgd has had since its compilation cache (compile_cache.enable and
 # CompileClock), so that an older jaxgd tree (the baseline) runs the same code.
@@ -70,6 +75,8 @@ def measure(tree: Path | None = None, log=None) -> list[dict]:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     rows = []
     for name, stmt in PROBES.items():
+        if tree is not None and name in NEW_PROBES:
+            continue
         with tempfile.TemporaryDirectory() as cache:
             for state in ("empty cache", "warm cache"):
                 t = time.perf_counter()
@@ -102,6 +109,10 @@ def bench_startup(cfg, have_torch=False, log=None) -> dict:
               "startup: check(dense) s, warm cache": d_warm["first_s"],
               "startup: check(conv2d) s, empty cache": c_cold["first_s"],
               "startup: import jaxgd s": by["import jaxgd, a fresh process, empty cache"]["import_s"]}
+    soft = by.get("check(jax.nn.softmax, x (3, 6)), a fresh process, empty cache")
+    if soft:
+        ratios["startup: check(jax.nn.softmax) s, empty cache"] = soft["first_s"]
+        ratios["startup: check(jax.nn.softmax) programs"] = soft["first_programs"]
     out = {"rows": rows, "ratios": ratios}
     if cfg.startup_baseline:
         base = measure(Path(cfg.startup_baseline).resolve(), log=log)
