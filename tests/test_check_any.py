@@ -118,3 +118,29 @@ def test_a_wrong_rule_inside_a_function_is_located_and_diagnosed(m):
     assert located and "this rule is wrong: custom_vjp" in located[0]["cause"] and "mistakes.py" in located[0]["cause"]
     alone = [f for f in report.findings if f["where"].startswith(f"{m.where} arg 0")]
     assert alone and alone[0]["kind"] == "cause" and m.expect in alone[0]["cause"], report
+
+
+def _remat(x):
+    return jnp.sum(jax.checkpoint(lambda v: mistakes._SIN2(v) * v)(x))
+
+
+def _cond(x):
+    return jax.lax.cond(x.sum() > -100, lambda v: jnp.sum(mistakes._SIN2(v)), jnp.sum, x)
+
+
+def _while(x):
+    return jnp.sum(jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, mistakes._SIN2(c[1])), (0, x))[1])
+
+
+@pytest.mark.parametrize("f", [_remat, _cond, _while], ids=["remat", "cond", "while_loop"])
+def test_a_rule_is_reached_and_checked_alone_under_remat_cond_and_while(f):
+    """Each rule is checked at the arguments it receives (a loop's first iteration, the branch
+    taken), and the check compiles a few programs per rule."""
+    from jaxgd.compile_cache import CompileClock
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    with CompileClock() as clock:
+        report = jaxgd.check(f, x, dtypes=("float64",))
+    alone = [x for x in report.findings if x["where"].startswith("sin arg 0")]
+    assert alone and "off by a constant factor 2" in alone[0]["cause"], report
+    assert "not reached" not in report.rules[0]
+    assert clock.compiles <= 16, clock.compiles

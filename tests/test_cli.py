@@ -322,3 +322,31 @@ def test_check_command_refuses_what_it_cannot_check_in_one_line(tmp_path, capsys
         rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+LOSS_FILE = '''
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def clip_grad(x):
+    return x
+
+
+clip_grad.defvjp(lambda x: (x, None), lambda _, g: (2 * g,))  # wrong: the identity's cotangent doubled
+
+
+def loss(x, w):
+    return jnp.sum(jnp.tanh(clip_grad(x @ w)) ** 2)
+'''
+
+
+def test_check_command_checks_any_function_and_names_the_wrong_rule_inside(tmp_path, capsys):
+    f = tmp_path / "losses.py"
+    f.write_text(LOSS_FILE)
+    assert cli.main(["--no-compile-cache", "check", f"{f}:loss", "--args", "3,4", "4,2", "--dtypes", "float64"]) == 1
+    out = capsys.readouterr().out
+    assert "this rule is wrong: custom_vjp clip_grad (defined at losses.py:6; called at losses.py:15" in out, out
+    assert cli.main(["--no-compile-cache", "check", "jax.nn:softmax", "--args", "3,5"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": PASSED")

@@ -10,8 +10,9 @@ stripped.
 - ``stripped(f)``: ``f`` with every rule replaced by its primal (``call_jaxpr`` evaluated), so that
   ``jax.grad`` of it is autodiff of the mathematics the rules claim to differentiate: the truth for
   the whole function's gradient.
-- ``captured(f, *args)``: each rule with the arguments it receives in this call (in a ``scan``, its
-  first iteration; in a ``cond``, the branch taken), to check the rule alone where it sits.
+- ``captured(f, *args)``: each rule with the arguments it receives in this call (in a ``scan`` or a
+  ``while_loop``, its first iteration; in a ``cond``, the branch taken), to check the rule alone
+  where it sits.
 """
 from __future__ import annotations
 
@@ -183,11 +184,11 @@ def stripped(f):
 
 def _capture_inside(eqn, invals, on_rule):
     """Where a higher-order primitive holds rules, run its body once eagerly to see their arguments:
-    a call's body, a scan's first iteration, a cond's branch taken."""
+    a call's (or remat's) body, a scan's or while loop's first iteration, a cond's branch taken."""
     name, p = eqn.primitive.name, eqn.params
     if not any(_has_rules(sub) for _, _, sub in _sub_jaxprs(p)):
         return
-    if name in ("jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"):
+    if name in ("jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"):
         sub = p.get("jaxpr") or p.get("call_jaxpr")
         _eval(getattr(sub, "jaxpr", sub), getattr(sub, "consts", ()), invals, on_rule)
     elif name == "scan" and int(p["length"]) > 0:
@@ -199,6 +200,12 @@ def _capture_inside(eqn, invals, on_rule):
     elif name == "cond":
         branch = p["branches"][int(np.asarray(invals[0]))]
         _eval(branch.jaxpr, branch.consts, invals[1:], on_rule)
+    elif name == "while":
+        n_cc, n_bc = int(p["cond_nconsts"]), int(p["body_nconsts"])
+        carry = invals[n_cc + n_bc:]
+        cond, body = p["cond_jaxpr"], p["body_jaxpr"]
+        if bool(np.asarray(_eval(cond.jaxpr, cond.consts, invals[:n_cc] + carry)[0])):  # its first iteration
+            _eval(body.jaxpr, body.consts, invals[n_cc:n_cc + n_bc] + carry, on_rule)
 
 
 def captured(f, *args) -> list[tuple[Rule, list]]:
