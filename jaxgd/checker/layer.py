@@ -46,8 +46,8 @@ def _subject(obj, in_shape):
                         lambda p, r, dy: obj.backward(p, r, dy, with_input=True), obj.layers, obj,
                         _spatial(obj.layers, tuple(obj.in_shape)))
     if callable(obj) and not hasattr(obj, "backward"):
-        raise TypeError(f"check({getattr(obj, '__name__', obj)!r}, ...): nothing to check, it has no custom derivative "
-                        "rule (jax.custom_vjp or jax.custom_jvp) and is not a layer: JAX derives its gradient itself")
+        raise TypeError(f"check({getattr(obj, '__name__', obj)!r}, in_shape=...): a function takes its example "
+                        "arguments, not an input shape: check(f, *args)")
     for attr in ("init", "forward", "backward"):
         if not callable(getattr(obj, attr, None)):
             raise TypeError(f"check needs a layer (init, forward, backward: see jaxgd.layers) or a models.Model; "
