@@ -39,7 +39,6 @@ inside the scan, flips alternating by epoch and a stop in mid-epoch (``make_crop
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any, NamedTuple
@@ -262,14 +261,16 @@ def tta_logits(model, params, state, x, level: int = 2):
     return 0.5 * mirror(x) + 0.5 * shifted
 
 
-@functools.cache
-def _predict(model, level):
-    """The compiled class prediction with test-time augmentation ``level`` (one per model and level)."""
+def predictor(model, level):
+    """The compiled class prediction with test-time augmentation ``level``: a value to hold and pass
+    to ``tta_accuracy`` for every evaluation of that model and level (no module-level cache)."""
     return jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
 
 
-def tta_accuracy(model, params, state, x, y, level, chunk) -> float:
-    f = _predict(model, level)
+def tta_accuracy(model, params, state, x, y, level, chunk, predict=None) -> float:
+    """The accuracy of ``params`` on ``(x, y)`` in chunks of ``chunk``, with test-time augmentation
+    ``level``; ``predict`` (``predictor(model, level)``) reuses its compiled program."""
+    f = predict or predictor(model, level)
     hits = sum(int(jnp.sum(f(params, state, jnp.asarray(x[i:i + chunk])) == jnp.asarray(y[i:i + chunk])))
                for i in range(0, len(y), chunk))
     return hits / len(y)
@@ -311,7 +312,7 @@ def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
     if steps < 1:
         raise ValueError(f"{dataset}: {n_train} training images make no batch of {cfg.batch_size}")
     k = cfg.together or len(seeds)
-    programs = {}  # the compiled epoch of a group's shapes: the next group of that size reuses it
+    programs = {}  # the compiled epoch of a group's shapes (the next group of that size reuses it), the predictors
     groups = [_train_group(model, cfg, dataset, seeds[i:i + k], splits, steps, log, verbose, programs)
               for i in range(0, len(seeds), k)]
     out = [r for g in groups for r in g["runs"]]
@@ -364,15 +365,18 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, progra
     del x_pad
     params, _, state, _, count = carry
     out = []
+    for level in {cfg.tta_level, 0}:  # held with the epochs: the next group evaluates with the same programs
+        programs.setdefault(("predict", level), predictor(model, level))
+    acc = lambda p, st, split, level: tta_accuracy(model, p, st, split.x, split.y, level,  # noqa: E731
+                                                   cfg.eval_chunk, programs[("predict", level)])
     for i, s in enumerate(seeds):
         (p, st), sp = train.unstack_params((params, state), i), splits[s]
         t = time.time()
         r = {"seed": s, "steps": int(count[i]),
-             "test_acc_tta": tta_accuracy(model, p, st, sp.test.x, sp.test.y, cfg.tta_level, cfg.eval_chunk),
-             "tta_eval_s": time.time() - t,
-             "test_acc_plain": tta_accuracy(model, p, st, sp.test.x, sp.test.y, 0, cfg.eval_chunk)}
+             "test_acc_tta": acc(p, st, sp.test, cfg.tta_level), "tta_eval_s": time.time() - t,
+             "test_acc_plain": acc(p, st, sp.test, 0)}
         if len(sp.val.y):
-            r["val_acc_tta"] = tta_accuracy(model, p, st, sp.val.x, sp.val.y, cfg.tta_level, cfg.eval_chunk)
+            r["val_acc_tta"] = acc(p, st, sp.val, cfg.tta_level)
         r["train_loss_curve"] = [c["train_loss"][i] for c in curves]
         r["train_acc_curve"] = [c["train_acc"][i] for c in curves]
         out.append(r)
