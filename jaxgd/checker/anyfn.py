@@ -35,13 +35,14 @@ class Rule:
     kind: str
     name: str
     defined: str
-    called: str
+    called: str | None  # None: JAX's own code calls it (jax.nn.softplus calls logaddexp)
     path: tuple
     eqn: object = dataclasses.field(repr=False, compare=False)
 
     def where(self) -> str:
         inside = " > ".join(self.path)
-        return (f"{self.kind} {self.name} (defined at {self.defined}; called at {self.called}"
+        called = "called from JAX's own code" if self.called is None else f"called at {self.called}"
+        return (f"{self.kind} {self.name} (defined at {self.defined}; {called}"
                 + (f"; inside {inside}" if inside else "") + ")")
 
     def hand(self, *args):
@@ -68,12 +69,12 @@ def _sub_jaxprs(params):
                 yield k, i, sub
 
 
-def _user_line(eqn) -> str:
+def _user_line(eqn) -> str | None:
     tb = getattr(eqn.source_info, "traceback", None)
     for frame in (tb.frames if tb is not None else ()):
         if not frame.file_name.startswith(_JAX):
             return f"{Path(frame.file_name).name}:{frame.line_num}"
-    return "inside JAX"
+    return None
 
 
 def _defined(eqn) -> tuple[str, str]:
