@@ -46,6 +46,25 @@ class _Function:
         self.names = [f"arg {self.diff[int(n.split('.')[0])]}" + (n[n.index("."):] if "." in n else "")
                       for n, v in zip(names, self.is_var) if v]
 
+    def program(self, name):
+        """The check's jitted pieces, built once per function and kept for both dtype passes (a
+        jitted function compiles once per shape and dtype): ``hand`` and ``true`` (the gradient of
+        ``L`` through ``f`` and through ``primal``), ``vmap`` (``hand`` over stacked points) and
+        ``measure`` (central differences of ``L`` through ``primal`` at given coordinates)."""
+        if not hasattr(self, "_programs"):
+            def measure(v, c, index):
+                est, _ = gradcheck.fd_estimates(lambda u: self.loss(self.primal, u, c), v, index, FD_H, 4)
+                return est, self.loss(self.primal, v, c, absolute=True)
+            self._programs = {"hand": jit(self.hand_of), "true": jit(self.true_of), "vmap": jit(jax.vmap(self.hand_of)),
+                              "measure": jit(measure)}
+        return self._programs[name]
+
+    def hand_of(self, v, c):
+        return jax.grad(lambda v: self.loss(self.f, v, c))(v)
+
+    def true_of(self, v, c):
+        return jax.grad(lambda v: self.loss(self.primal, v, c))(v)
+
     def call(self, g, v):
         """``g`` at the arguments with the floating leaves ``v``."""
         it, full = iter(v), list(self.args)
@@ -164,12 +183,10 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     def note(name, ok, detail=""):
         checks.append({"name": f"{name} ({mode}, {dtype})", "ok": bool(ok), "detail": detail})
     v, c = fn.variables(dt), [ci.astype(dt) for ci in c]
-    hand_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.f, v, c))(v)  # noqa: E731
-    true_of = lambda v, c: jax.grad(lambda v: fn.loss(fn.primal, v, c))(v)  # noqa: E731
     try:
         if fn.fd_truth:
             raise NotImplementedError  # no rule inside: the truth is central differences
-        true = numpy_tree(jit(true_of)(v, c))
+        true = numpy_tree(fn.program("true")(v, c))
     except Exception:  # noqa: BLE001  (the primal has no derivative JAX can take: central differences)
         true = _fd_truth(fn, v, c) if dtype == "float64" else None
     if true is None:  # float32 without autodiff: float64's differences at the float32 point
@@ -177,11 +194,11 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
             true = [t.astype(dt) for t in _fd_truth(fn, [a.astype(np.float64) for a in v],
                                                     [ci.astype(np.float64) for ci in c])]
     try:
-        hand = numpy_tree(jit(hand_of)(v, c))
+        hand = numpy_tree(fn.program("hand")(v, c))
         note("jit", True)
     except Exception as e:  # noqa: BLE001
         try:
-            hand = numpy_tree(hand_of(v, c))
+            hand = numpy_tree(fn.hand_of(v, c))
         except Exception as e2:  # noqa: BLE001  (it fails eagerly too: not a jit problem)
             note("custom rule runs", False, _explain_rule(e2))
             return [{"abs": None, "rel": None, "kind": "error", "cause": "the rule raised an error (see below)"}
@@ -191,7 +208,8 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     if dtype == "float32":
         with jax.enable_x64(True):
             try:
-                ref = numpy_tree(jit(true_of)([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c]))
+                ref = numpy_tree(fn.program("true")([a.astype(np.float64) for a in v],
+                                                    [ci.astype(np.float64) for ci in c]))
             except Exception:  # noqa: BLE001
                 ref = None
     # against central differences (no rule inside) the truth itself is good to about 1e-9 in float64
@@ -209,7 +227,10 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         leaves.append(compare_leaf(h, t, dt, allow["abs"][i], allow["floor"], ctx))
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
-        est, terms = _fd_estimates(fn, v, c, coords)
+        if fn.fd_truth:  # the differences at every coordinate are the truth already: read the sampled ones
+            est, terms = [np.asarray(t).reshape(-1)[co] for t, co in zip(true, coords)], fn.fd_terms
+        else:
+            est, terms = _fd_estimates(fn, v, c, coords)
         eps = fd_eps(terms)
         for r, h, x, co, e in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
@@ -219,8 +240,8 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     try:  # vmap: the rule on two stacked points, against each point alone
         stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])  # noqa: E731
         vs, cs = [stack(a, b) for a, b in zip(v, v2)], [stack(a, b) for a, b in zip(c, c2)]
-        batched = numpy_tree(jit(jax.vmap(hand_of))(vs, cs))
-        alone = numpy_tree(jit(hand_of)([a[1] for a in vs], [ci[1] for ci in cs]))
+        batched = numpy_tree(fn.program("vmap")(vs, cs))
+        alone = numpy_tree(fn.program("hand")([a[1] for a in vs], [ci[1] for ci in cs]))
         same = all(within(b[0], h, lim) and within(b[1], a, lim)
                    for b, h, a, lim in zip(batched, hand, alone, allow["abs"]))
         note("vmap", same, "under vmap the rule gives other numbers than one point at a time")
@@ -253,15 +274,13 @@ def _fd_truth(fn, v, c) -> list[np.ndarray]:
         raise ValueError(f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
                          f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments")
     coords = [np.arange(a.size) for a in v]
-    return [e.reshape(a.shape) for e, a in zip(_fd_estimates(fn, v, c, coords)[0], v)]
+    est, fn.fd_terms = _fd_estimates(fn, v, c, coords)
+    return [e.reshape(a.shape) for e, a in zip(est, v)]
 
 
 def _fd_estimates(fn, v, c, coords):
     """Float64 central differences of ``L`` through the primal at ``coords`` (one index array per
     leaf), one compiled program: one array of estimates per leaf, and the absolute sum of ``L``'s
     terms ``sum |c * y|`` (``_fd_eps``)."""
-    def measure(v, c, index):
-        est, _ = gradcheck.fd_estimates(lambda u: fn.loss(fn.primal, u, c), v, index, FD_H, 4)
-        return est, fn.loss(fn.primal, v, c, absolute=True)
-    est, terms = jit(measure)(v, c, gradcheck.flat_index(v, coords))
+    est, terms = fn.program("measure")(v, c, gradcheck.flat_index(v, coords))
     return gradcheck.split_by_leaf(est, coords), float(terms)
