@@ -223,9 +223,7 @@ def _check(a) -> int:
         raise CheckTargetError(f"{a.target} is a class: name an instance of it (e.g. layer = {obj.__name__}(...) in "
                                "a file)")
     kw = {"seed": a.seed, **({"dtypes": tuple(a.dtypes)} if a.dtypes else {})}
-    from jaxgd import models
-    is_layer = isinstance(obj, models.Model) or all(callable(getattr(obj, f, None))
-                                                    for f in ("init", "forward", "backward"))
+    is_layer = checker.is_layer(obj)
     if checker.custom_rule(obj) is not None or (callable(obj) and not is_layer):
         if a.in_shape is not None:
             raise CheckTargetError(f"{a.target} is a function: give its example arguments "
@@ -258,6 +256,7 @@ def _check(a) -> int:
         if not is_layer:
             raise CheckTargetError(f"{a.target} is a {type(obj).__name__}, not a layer (init, forward, backward: see "
                                    "jaxgd.layers), a models.Model or a function")
+        from jaxgd import models
         if a.in_shape is None and not isinstance(obj, models.Model):
             raise CheckTargetError(f"{a.target} is a layer: give its per-example input shape with --in-shape "
                                    "(e.g. --in-shape 6 or 8,8,3)")

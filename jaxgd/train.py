@@ -356,7 +356,7 @@ class Trainer:
             if v is not None and v != getattr(self, name):
                 raise ValueError(f"fit(trainer, {name}={v!r}): the trainer was compiled with {name}="
                                  f"{getattr(self, name)!r}; compile another (train.compile) or leave {name} out")
-        stacked, per_seed = jnp.ndim(hparams.lr) == 1, not _is_int(seed) and np.ndim(seed) == 1
+        stacked, per_seed = _per_config(hparams, seed)
         for what, now, then in (("1-D hyperparameters (one per config)", stacked, self.stacked),
                                 ("a seed per config", per_seed, self.seed_per_config),
                                 ("Monitor(step_losses=True)", monitor.step_losses, self.step_losses)):
@@ -380,8 +380,7 @@ def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(
     hparams = optim.sgd_hyperparams(*hparams)
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    stacked = jnp.ndim(hparams.lr) == 1
-    per_seed = not _is_int(seed) and np.ndim(seed) == 1
+    stacked, per_seed = _per_config(hparams, seed)
     configs.check(int(hparams.lr.shape[0]) if stacked else None, batch_size)
     step_fn, opt = step.build(model, hparams, configs.batch_sharding())
     epoch_fn, eval_fn = make_epoch(step_fn, batch_size, per_step=monitor.step_losses), make_eval(model, step.l2)
@@ -390,8 +389,13 @@ def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(
     if stacked:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_seed)
     init = _init_program(opt.init, stacked)
-    return Trainer(model, int(batch_size), step, configs, bool(stacked), bool(per_seed), bool(monitor.step_losses),
+    return Trainer(model, int(batch_size), step, configs, stacked, per_seed, bool(monitor.step_losses),
                    hparams.schedule, opt, epoch_fn, eval_fn, init)
+
+
+def _per_config(hparams, seed) -> tuple[bool, bool]:
+    """The layout a program is built for: hyperparameters one per config (1-D), and a seed per config."""
+    return bool(jnp.ndim(hparams.lr) == 1), bool(not _is_int(seed) and np.ndim(seed) == 1)
 
 
 def _vmapped_init(init, params):

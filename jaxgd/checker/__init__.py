@@ -65,9 +65,9 @@ from jaxgd.checker.compare import (DTYPES, F32_SLACK, FD_TOLERANCE, MODES, VJP_T
                                    ZERO_FLOOR)
 from jaxgd.checker.diagnoses import DIAGNOSES, INPUT_TERMS, OBSERVATIONS, Diagnosis, Hypothesis, diagnose  # noqa: F401
 from jaxgd.checker.function import check_function, custom_rule  # noqa: F401
-from jaxgd.checker.layer import check  # noqa: F401
+from jaxgd.checker.layer import check, is_layer  # noqa: F401
 from jaxgd.checker.programs import Programs  # noqa: F401
 from jaxgd.checker.report import Report  # noqa: F401
 
-__all__ = ["check", "check_function", "custom_rule", "diagnose", "Report", "Programs", "Diagnosis", "Hypothesis",
+__all__ = ["check", "check_function", "custom_rule", "is_layer", "diagnose", "Report", "Programs", "Diagnosis", "Hypothesis",
            "DIAGNOSES", "OBSERVATIONS", "VJP_TOLERANCES"]

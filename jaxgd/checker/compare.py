@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgd.checker.diagnoses import diagnose
+from jaxgd.checker.diagnoses import diagnose, maxabs
 
 # The checker's programs run once, on a few examples: compiling them is most of a check's time. XLA:CPU
 # spends half of that in LLVM's optimisation of the generated code, which these programs do not need:
@@ -32,10 +32,6 @@ F32_SLACK = 10.0
 FD_TOLERANCE, FD_EPS, FD_H, FD_PER_LEAF = 1e-6, 1e-5, 1e-4, 16
 MODES = ("train", "eval")
 DTYPES = ("float64", "float32")
-
-
-def maxabs(a) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0))
 
 
 def within(a, b, limit) -> bool:

@@ -47,7 +47,7 @@ def verified(hyp: Hypothesis, h, t, ctx) -> bool:
     pred = np.asarray(hyp.predicted, np.float64)
     if got.shape != pred.shape or not np.all(np.isfinite(pred)) or not np.all(np.isfinite(got)):
         return False  # (NaN compares as neither more nor less: no hypothesis explains a non-finite hand)
-    scale = max(_maxabs(t), _maxabs(pred))
+    scale = max(maxabs(t), maxabs(pred))
     bound = hyp.rtol * scale if hyp.rtol is not None else max(ctx.get("allow", 0.0), ctx["tol"] * scale)
     bound = max(bound, _rounding(h, t))
     if np.max(np.abs(got - pred), initial=0.0) > bound:
@@ -57,14 +57,20 @@ def verified(hyp: Hypothesis, h, t, ctx) -> bool:
     return not same_as_true
 
 
-def _maxabs(a) -> float:
+def maxabs(a) -> float:
+    """The largest ``|a|`` in float64 (0 for an empty array)."""
     return float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0))
+
+
+def _listed(where) -> str:
+    """The first three indices of ``where`` (``np.argwhere``'s rows) as tuples, then '...'."""
+    return ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if len(where) > 3 else "")
 
 
 def _rounding(h, t) -> float:
     """A few ulps of the true gradient's scale in hand's dtype: differences below are rounding."""
     dtype = h.dtype if np.issubdtype(h.dtype, np.floating) else np.float64
-    return 16 * float(np.finfo(dtype).eps) * _maxabs(t)
+    return 16 * float(np.finfo(dtype).eps) * maxabs(t)
 
 
 def _f64(a):
@@ -116,7 +122,7 @@ def wrong_axis(h, t, ctx):
         return None
     c = _f64(c)
     sums = {axes: c.sum(axis=axes) for k in range(1, c.ndim) for axes in itertools.combinations(range(c.ndim), k)}
-    true_axes = [a for a, v in sums.items() if v.shape == t.shape and _maxabs(v - t) <= 1e-6 * _maxabs(t)]
+    true_axes = [a for a, v in sums.items() if v.shape == t.shape and maxabs(v - t) <= 1e-6 * maxabs(t)]
     for axes, v in sums.items():
         if true_axes and axes not in true_axes and v.shape == h.shape:
             hyp = Hypothesis(f"reduced over the wrong axis: hand is dy summed over axis {_axes(axes)} (shape "
@@ -345,7 +351,7 @@ def non_finite(h, t, ctx):
     if h.shape != t.shape or not bad.any() or not np.all(np.isfinite(np.asarray(t, np.float64))[bad]):
         return None
     where = np.argwhere(bad)
-    listed = ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if len(where) > 3 else "")
+    listed = _listed(where)
     return (f"{int(bad.sum())} of {bad.size} coordinates of hand are NaN or infinite ({listed}) where the true gradient "
             "is finite: an operation whose derivative is infinite there (a sqrt or log at 0, a division by 0), or a "
             "jnp.where whose branch not taken has a NaN gradient, which the where multiplies by 0 and keeps")
@@ -387,9 +393,9 @@ def some_coordinates(h, t, ctx):
     if not k or k == size:
         return None
     where = np.argwhere(bad)
-    listed = ", ".join(str(tuple(int(i) for i in w)) for w in where[:3]) + (", ..." if k > 3 else "")
+    listed = _listed(where)
     head = f"only {k} of {size} coordinates wrong: {listed}"
-    rest_right = np.max(d[~bad]) <= ctx.get("allow", ctx["tol"] * _maxabs(t))
+    rest_right = np.max(d[~bad]) <= ctx.get("allow", ctx["tol"] * maxabs(t))
     if not rest_right:
         return None
     facts = []

@@ -118,22 +118,23 @@ def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> 
       ``jax.test_util.check_grads`` compares them (a NaN gradient, a kink, an unstable formula)."""
     fn, found = _subject(f, args)
     rows, findings, checks = _check_subject(fn, dtypes, seed, fd_per_leaf)
+    at = []  # each rule inside, with the arguments it receives here
     if found:
         with jax.enable_x64(True):
             at = anyfn.captured(f, *_as64(args))
-        for rule, invals in at:
-            sub = _Function(rule.hand, invals, rule.kind, rule.primal, range(rule.num_consts),
-                            f"autodiff of {rule.name}'s primal")
-            if not sub.names:
-                continue
-            r_rows, r_findings, r_checks = _check_subject(sub, ("float64",), seed, fd_per_leaf, vmap=False)
-            label = f"{rule.name} "
-            rows += [{**r, "leaf": label + r["leaf"]} for r in r_rows]
-            checks += [{**ch, "name": label + ch["name"]} for ch in r_checks]
-            findings += [{**fi, "where": label + fi["where"]} for fi in r_findings]
-            if r_findings:
-                findings.append({"where": rule.name, "kind": "rule", "cause": "this rule is wrong: " + rule.where()})
-    reached = [r for r, _ in at] if found else []
+    for rule, invals in at:
+        sub = _Function(rule.hand, invals, rule.kind, rule.primal, range(rule.num_consts),
+                        f"autodiff of {rule.name}'s primal")
+        if not sub.names:
+            continue
+        r_rows, r_findings, r_checks = _check_subject(sub, ("float64",), seed, fd_per_leaf, vmap=False)
+        label = f"{rule.name} "
+        rows += [{**r, "leaf": label + r["leaf"]} for r in r_rows]
+        checks += [{**ch, "name": label + ch["name"]} for ch in r_checks]
+        findings += [{**fi, "where": label + fi["where"]} for fi in r_findings]
+        if r_findings:
+            findings.append({"where": rule.name, "kind": "rule", "cause": "this rule is wrong: " + rule.where()})
+    reached = [r for r, _ in at]
     passed = all(r["verdict"] != "wrong" for r in rows) and all(ch["ok"] for ch in checks)
     shapes = tuple(tuple(np.shape(a)) for a in fn.leaves)
     name = f"{fn.kind} {getattr(f, '__name__', None) or getattr(fn.primal, '__name__', 'function')}"

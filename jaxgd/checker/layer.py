@@ -69,6 +69,13 @@ def _batch_size(shapes):
     return next(n for n in itertools.count(3, 2) if n not in dims)
 
 
+def is_layer(obj) -> bool:
+    """``obj`` is checked as a layer or a model (a ``models.Model``, or anything with a ``backward``:
+    ``check`` then says what of jaxgd's layer contract it lacks), not as a function."""
+    from jaxgd import models
+    return isinstance(obj, models.Model) or hasattr(obj, "backward")
+
+
 def check(subject, *args, in_shape=None, x=None, batch=None, modes=MODES, dtypes=DTYPES, seed=0,
           fd_per_leaf=FD_PER_LEAF, programs=None) -> R.Report:
     """Check ``subject``'s hand backward (a layer with jaxgd's contract, or a ``models.Model``) on
@@ -80,9 +87,7 @@ def check(subject, *args, in_shape=None, x=None, batch=None, modes=MODES, dtypes
     the compiled pieces for the next check through it; without it, only a subject made of jaxgd's
     own layers reuses them (``programs.by_value``)."""
     from jaxgd.checker.function import check_function, custom_rule
-    from jaxgd import models
-    is_layer = isinstance(subject, models.Model) or hasattr(subject, "backward")
-    if custom_rule(subject) is not None or (callable(subject) and not is_layer and (args or in_shape is None)):
+    if custom_rule(subject) is not None or (callable(subject) and not is_layer(subject) and (args or in_shape is None)):
         if x is not None or batch is not None or in_shape is not None or tuple(modes) != MODES:
             raise ValueError("check(f, *args) of a function takes its example arguments, not in_shape, x, batch or "
                              "modes")
