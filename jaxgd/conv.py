@@ -5,7 +5,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ("lax", "im2col")
+CONV_IMPLS = ("auto", "lax", "im2col")
+# "auto": im2col for inputs of at most this many channels (an image: its im2col matrix is narrow, and
+# XLA:CPU's convolution of one or three channels ran slower in the MNIST CNN's epoch), lax.conv above
+IM2COL_MAX_CHANNELS = 4
+
+
+def forward_impl(impl: str, c_in: int) -> str:
+    """The forward ``impl`` (``CONV_IMPLS``) runs for an input of ``c_in`` channels: ``"lax"`` or ``"im2col"``."""
+    if impl == "auto":
+        return "im2col" if c_in <= IM2COL_MAX_CHANNELS else "lax"
+    return impl
 PADDINGS = ("same", "valid")
 
 
@@ -42,22 +52,45 @@ def conv(x, W, stride=1, pad=None):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-WEIGHT_GRADS = ("im2col", "taps")
+WEIGHT_GRADS = ("conv", "im2col", "taps")
 
 
-def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by: str = "im2col"):
+def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by: str = "conv"):
     """``dW = im2col(x)^T dy`` of a convolution (the same strided, padded views the forward
-    multiplies), reshaped to ``w_shape`` (HWIO). ``by="im2col"`` builds the im2col matrix and does
-    one matmul; ``by="taps"`` does one matmul per kernel tap, ``view_ij^T dy`` for the input
-    shifted by tap ``(i, j)`` (the same products, never the ``kh*kw`` times larger matrix)."""
+    multiplies), reshaped to ``w_shape`` (HWIO). ``by="conv"`` runs that sum as a convolution
+    (``conv_weight_grad_as_conv``); ``by="im2col"`` builds the im2col matrix and does one matmul;
+    ``by="taps"`` does one matmul per kernel tap, ``view_ij^T dy`` for the input shifted by tap
+    ``(i, j)`` (the same products, never the ``kh*kw`` times larger matrix). The bench's
+    ``conv_parts`` and ``cnn_epoch`` rows time the three."""
     kh, kw, c_in, c_out = w_shape
     if by not in WEIGHT_GRADS:
         raise ValueError(f"conv_weight_grad by must be one of {WEIGHT_GRADS}, got {by!r}")
+    if by == "conv":
+        return conv_weight_grad_as_conv(x, dy, w_shape, stride, pad)
     if by == "taps":
         d = dy.reshape(-1, c_out)
         return jnp.stack([v.reshape(-1, c_in).T @ d for v in _shifted_views(x, kh, kw, stride, pad)]).reshape(w_shape)
     cols = im2col(x, kh, kw, stride, pad)
     return (cols.reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
+
+
+def conv_weight_grad_as_conv(x, dy, w_shape, stride: int = 1, pad: int | None = None):
+    """``dW[i, j, c, o] = sum_{b, p, q} x_pad[b, s p + i, s q + j, c] dy[b, p, q, o]`` is itself a
+    convolution: of the input with its channels as the batch and its batch as the channels
+    (``x`` as ``(c_in, h, w, n)``), by ``dy`` as a kernel (``(h_out, w_out, n, c_out)``, HWIO)
+    spread ``stride`` apart (kernel dilation), over the input padded as the forward pads it (the
+    bottom/right cut to the rows the forward's windows reach). The operands are transposed first
+    so that the convolution XLA runs is a plain NHWC/HWIO one: on XLA:CPU a weight-gradient
+    convolution written with other dimension numbers (as ``jax.vjp`` of ``lax.conv`` writes it)
+    ran about 150x slower inside a ``lax.scan`` (the bench's ``conv_parts`` rows)."""
+    kh, kw, c_in, c_out = w_shape
+    pads = []
+    for n_in, n_out, k in zip(x.shape[1:3], dy.shape[1:3], (kh, kw)):
+        p = k // 2 if pad is None else pad
+        pads.append((p, k + stride * (n_out - 1) - n_in - p))  # the last window's far edge
+    dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), pads,
+                                      rhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return dw.transpose(1, 2, 0, 3)
 
 
 def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):

@@ -273,7 +273,7 @@ def softmax() -> Softmax:
 # ------------------------------------------------------------------------------ conv
 
 from jaxgd.conv import (CONV_IMPLS, PADDINGS, WEIGHT_GRADS, conv, conv_input_grad, conv_out_size,  # noqa: E402,F401
-                        conv_weight_grad, im2col)
+                        conv_weight_grad, forward_impl, im2col)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,10 +288,12 @@ class Conv2D(Layer):
 
     - ``impl="lax"``:    ``lax.conv_general_dilated``.
     - ``impl="im2col"``: ``im2col(x) @ W.reshape(kh*kw*c_in, c_out)``, one matmul.
+    - ``impl="auto"`` (the default): im2col for an input of at most ``IM2COL_MAX_CHANNELS``
+      channels (an image), lax.conv otherwise (``conv.forward_impl``).
 
     ``bias=False`` leaves the bias out (before a batch norm, which removes it anyway).
-    ``weight_grad`` is how ``dW`` is computed (``conv_weight_grad``'s ``by``): the im2col matrix
-    (the default) or one matmul per kernel tap.
+    ``weight_grad`` is how ``dW`` is computed (``conv_weight_grad``'s ``by``): as a convolution
+    (the default), from the im2col matrix, or one matmul per kernel tap.
     ``init_scheme="dirac"``: PyTorch's default, then the first ``min(c_in, c_out)`` filters set to
     the identity (``torch.nn.init.dirac_``: filter ``i`` passes channel ``i`` through its centre),
     so that the convolution starts close to the identity map (airbench's convolutions).
@@ -299,26 +301,29 @@ class Conv2D(Layer):
     Backward (the same for both), with ``dy`` shaped ``(n, h_out, w_out, c_out)``:
 
     - ``db = sum_{n,h,w} dy``
-    - ``dW = im2col(x)^T dy``, reshaped to HWIO: each kernel tap sees the input shifted by it.
+    - ``dW = im2col(x)^T dy``, reshaped to HWIO: each kernel tap sees the input shifted by it;
+      the same sum is a convolution of the input (its batch as the channels) by ``dy``
+      (``conv_weight_grad_as_conv``).
     - ``dx = conv(dy, W')`` with ``W'[i, j, o, c] = W[kh-1-i, kw-1-j, c, o]``: the kernel flipped
       in space with its channel axes swapped (a stride-1 "same" convolution is its own transpose,
       up to the flip, for odd kernels); with a stride, ``dy`` is first dilated by it and padded
       so that ``dx`` has the input's shape (``conv_input_grad``).
 
     Residual: ``x``. Inside a compiled epoch on XLA:CPU, ``jax.grad`` of ``lax.conv`` ran an
-    order of magnitude slower than these three (one forward convolution and two matmuls), and
-    the im2col forward a little faster than ``lax.conv``'s: ``jaxgd bench``'s ``cnn_epoch``
-    section measures all four combinations, and its ``conv_parts`` section times each part
-    (``conv_weight_grad``, ``conv_input_grad``, both forwards) beside PyTorch's kernel for it.
+    order of magnitude slower than these (its weight gradient is a convolution with other
+    dimension numbers, which XLA:CPU runs far slower inside a ``lax.scan``); the defaults are the
+    fastest combination measured in the MNIST CNN's compiled epoch, with jaxgd's compiler options
+    (``jaxgd.xla``): ``jaxgd bench``'s ``cnn_epoch`` section times it beside the earlier
+    im2col path, and ``conv_parts`` each part beside PyTorch's kernel for it.
     """
     features: int
     size: int = 3
-    impl: str = "im2col"
+    impl: str = "auto"
     init_scheme: str = "torch"
     stride: int = 1
     padding: str = "same"
     bias: bool = True
-    weight_grad: str = "im2col"
+    weight_grad: str = "conv"
 
     def __post_init__(self):
         if self.init_scheme not in INITS + ("dirac",):
@@ -367,7 +372,7 @@ class Conv2D(Layer):
         kh, kw, c_in, c_out = W.shape
         if x.ndim != 4 or x.shape[-1] != c_in:
             raise ValueError(f"conv2d expects NHWC input with {c_in} channels; got shape {tuple(x.shape)}")
-        if self.impl == "lax":
+        if forward_impl(self.impl, c_in) == "lax":
             y = conv(x, W, self.stride, self.pad)
         else:
             y = im2col(x, kh, kw, self.stride, self.pad) @ W.reshape(kh * kw * c_in, c_out)
@@ -386,7 +391,7 @@ class Conv2D(Layer):
     def __str__(self):
         extra = (f", stride={self.stride}" if self.stride != 1 else "") + (
             f", padding={self.padding!r}" if self.padding != "same" else "") + ("" if self.bias else ", bias=False") + (
-            f", weight_grad={self.weight_grad!r}" if self.weight_grad != "im2col" else "")
+            f", weight_grad={self.weight_grad!r}" if self.weight_grad != "conv" else "")
         return f"conv2d({self.features}, {self.size}, {self.impl!r}, {self.init_scheme!r}{extra})"
 
 
@@ -667,12 +672,12 @@ def dense(features: int, init: str = "torch", *, bias: bool = True) -> Dense:
     return Dense(features, init, bias)
 
 
-def conv2d(features: int, size: int = 3, impl: str = "im2col", init: str = "torch", *, stride: int = 1,
-           padding: str = "same", bias: bool = True, weight_grad: str = "im2col") -> Conv2D:
+def conv2d(features: int, size: int = 3, impl: str = "auto", init: str = "torch", *, stride: int = 1,
+           padding: str = "same", bias: bool = True, weight_grad: str = "conv") -> Conv2D:
     """A 2-D convolution with ``features`` output channels and a ``size x size`` kernel (NHWC input,
-    HWIO kernel): ``Conv2D``'s forward by im2col or ``lax.conv`` (``impl``), its hand backward ``dx``
-    as the transposed convolution and ``dW`` from the im2col columns or per kernel tap
-    (``weight_grad``)."""
+    HWIO kernel): ``Conv2D``'s forward by im2col or ``lax.conv`` (``impl``; ``"auto"``: im2col for
+    images of at most 4 channels), its hand backward ``dx`` as the transposed convolution and
+    ``dW`` as a convolution, from the im2col columns or per kernel tap (``weight_grad``)."""
     return Conv2D(features, size, impl, init, stride, padding, bias, weight_grad)
 
 

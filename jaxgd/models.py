@@ -164,7 +164,7 @@ ZOO_FAMILIES = ("softmax", "mlp", "cnn")
 ZOO_VARIANTS = ("plain", "dropout", "batchnorm")
 
 
-def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "im2col") -> Model:
+def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "auto", weight_grad: str = "conv") -> Model:
     """One of the 9 MNIST models; input is a (28, 28, 1) image.
 
     - softmax: flatten - dense 10                                       (7,850 params)
@@ -174,8 +174,8 @@ def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "im2col") ->
 
     ``dropout``: rate 0.2 on softmax regression's input, 0.5 after the MLP's hidden ReLUs, 0.25
     after each CNN pool and 0.5 after its dense ReLU. ``batchnorm``: on the input of softmax
-    regression, before every hidden ReLU of the MLP and the CNN. ``conv_impl`` picks the conv
-    forward (``layers.CONV_IMPLS``).
+    regression, before every hidden ReLU of the MLP and the CNN. ``conv_impl`` and ``weight_grad``
+    pick the convolutions' forward and ``dW`` (``layers.conv2d``'s ``impl`` and ``weight_grad``).
     """
     if family not in ZOO_FAMILIES or variant not in ZOO_VARIANTS:
         raise ValueError(f"unknown model {family!r}/{variant!r}; families {ZOO_FAMILIES}, variants {ZOO_VARIANTS}")
@@ -190,7 +190,7 @@ def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "im2col") ->
     elif family == "mlp":
         layers = [L.flatten()] + block(L.dense(256), 0.5) + block(L.dense(128), 0.5) + [L.dense(10)]
     else:
-        conv = lambda c: L.conv2d(c, 3, conv_impl)  # noqa: E731
+        conv = lambda c: L.conv2d(c, 3, conv_impl, weight_grad=weight_grad)  # noqa: E731
         layers = (block(conv(32), 0.25, pool=True) + block(conv(64), 0.25, pool=True)
                   + [L.flatten()] + block(L.dense(128), 0.5) + [L.dense(10)])
     return Model(tuple(layers), (28, 28, 1))
@@ -243,8 +243,8 @@ AIRBENCH_WIDTHS = (64, 256, 256)
 
 
 def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn_momentum: float = 0.4,
-             logit_scale: float = 1 / 9, label_smoothing: float = 0.2, conv_impl: str = "im2col",
-             weight_grad: str = "im2col") -> Model:
+             logit_scale: float = 1 / 9, label_smoothing: float = 0.2, conv_impl: str = "auto",
+             weight_grad: str = "conv") -> Model:
     """The network of airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU",
     arXiv 2404.00498; KellerJordan/cifar10-airbench), a plain chain:
 

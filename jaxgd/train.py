@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgd import losses, optim, parallel
+from jaxgd import losses, optim, parallel, xla
 
 # How a training step gets its gradient: the model's hand-derived ``grad``; ``jax.grad`` of its
 # forward; or ``jax.grad`` through the hand backwards wrapped as custom_vjps (models.Model only).
@@ -198,14 +198,20 @@ class Configs:
     (its ``"cfg"`` axis, padded to a multiple of it) and each minibatch (its ``"data"`` axis) over
     devices and hosts; the results equal one device's up to float reassociation. With
     ``per_config_data`` the train and val arrays carry a leading configs axis (e.g. a split per seed).
+    ``xla`` is the compiler options the epoch and evaluation compile with (``jaxgd.xla``: ``"tuned"``,
+    XLA:CPU's convolutions on its Eigen path; ``"default"``, XLA's own; None: ``$JAXGD_XLA``, else
+    ``"tuned"``).
     """
     share: str = "auto"
     mesh: Any = None
     per_config_data: bool = False
+    xla: str | None = None
 
     def __post_init__(self):
         if self.share not in SHARE:
             raise ValueError(f"Configs.share must be one of {SHARE}, got {self.share!r}")
+        if self.xla is not None:
+            xla.setting(self.xla)
         if self.mesh is not None:
             parallel.check_mesh(self.mesh)
 
@@ -324,7 +330,7 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     carry = (params, trainer.init(params), model_state)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
     return run_epochs(trainer.epoch, trainer.evaluate, carry, data, hparams, lambda e: fold(base, e), int(epochs),
-                      n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback)
+                      n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback, options=configs.xla)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -436,7 +442,7 @@ def _with_means(epoch):
 
 
 def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg=None, monitor=Monitor(),
-               progress=None, callback=None):
+               progress=None, callback=None, options=None):
     """The epoch loop of ``fit``: compile ``epoch_fn`` once, then per epoch train, evaluate, track
     (``Tracker``), report; returns ``(params, model_state, History)``.
 
@@ -444,13 +450,14 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
     on the device; ``key_of(e)`` is epoch ``e``'s key. ``epoch_fn`` may return the per-step losses
     third (``(carry, (loss, accuracy, losses))``: ``History.step_loss``). With ``n_cfg`` configs
     (None: one) every leaf has a leading configs axis, possibly padded beyond ``n_cfg`` (a mesh's
-    cfg axis): the padding is dropped from what is returned.
+    cfg axis): the padding is dropped from what is returned. ``options``: the ``jaxgd.xla`` setting
+    both compile with (``Configs.xla``).
     """
     x, y, val = data[0], data[1], (data[2:] or None)
     t0 = time.perf_counter()
-    epoch_fn = jax.jit(epoch_fn).lower(carry, x, y, hparams, key_of(0)).compile()
+    epoch_fn = xla.jit(epoch_fn, options).lower(carry, x, y, hparams, key_of(0)).compile()
     compile_time = time.perf_counter() - t0
-    eval_fn = jax.jit(eval_fn)
+    eval_fn = xla.jit(eval_fn, options)
     n_run = None if n_cfg is None else int(np.shape(hparams.lr)[0])  # padding included
     track = Tracker(() if n_cfg is None else (n_run,), monitor.select, monitor.patience)
     hist = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")}

@@ -154,16 +154,23 @@ def test_mnist_zoo_resumes_per_model(tmp_path):
 def test_bench_rows_and_ratios(tmp_path):
     from jaxgd.experiments import bench
     res = bench.run({"repeats": 2, "sections": ("matmul", "grad", "cnn_epoch", "conv_parts"), "n_cnn": 128, "cnn_batch": 64,
-                     "matmul_sizes": (64, 128), "torch": False, "cnn_variants": False}, out=tmp_path, verbose=False)
+                     "matmul_sizes": (64, 128), "torch": False, "cnn_variants": False, "conv_shapes": [(6, 8, 4)]},
+                    out=tmp_path, verbose=False)
     for s in res["sections"].values():
         for r in s["rows"]:
             assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 2, r
     assert set(res["sections"]["grad"]["ratios"]) == {"hand/jax.grad MLP", "hand/jax.grad CNN"}
     assert {"best training loop / matmul peak", "CNN epoch / matmul peak"} <= set(res["sections"]["matmul"]["ratios"])
-    parts = res["sections"]["conv_parts"]["rows"]  # jaxgd's five conv2 parts (no PyTorch here), each against the peak
-    assert [r["name"].split(",")[0] for r in parts] == ["conv2 forward", "conv2 forward", "conv2 weight gradient",
-                                                        "conv2 input gradient", "conv2 weight gradient"]
+    parts = res["sections"]["conv_parts"]["rows"]  # jaxgd's conv parts (no PyTorch here), each against the peak
+    assert [r["name"].split(",")[0] for r in parts] == ["conv 6x6 8->4 forward"] * 3 + [
+        "conv 6x6 8->4 weight gradient"] * 4 + ["conv 6x6 8->4 input gradient"] * 2
+    assert [r["name"].split("xla=")[1].split(",")[0] for r in parts] == ["default", "default", "tuned", "default",
+                                                                          "default", "default", "tuned", "default", "tuned"]
     assert all(r["fraction_of_peak"] > 0 for r in parts)
+    cnn = res["sections"]["cnn_epoch"]  # jaxgd's defaults beside the earlier path, on the same data
+    assert [r["name"].split(" (")[1].split(")")[0] for r in cnn["rows"] if r["name"].startswith("jaxgd")] == [
+        "hand backprop, jaxgd's conv defaults, xla=tuned", "hand backprop, earlier path: im2col forward and dW, xla=default"]
+    assert {"earlier path/default, hand CNN epoch"} <= set(cnn["ratios"])
     assert (tmp_path / "bench" / f"{res['device_name']}.json").exists()
     assert (tmp_path / "bench" / f"{res['device_name']}.png").stat().st_size > 0
     assert not (tmp_path / "bench" / f"{res['device_name']}_partial.json").exists()  # written after each section

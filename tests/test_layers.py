@@ -34,6 +34,10 @@ CASES = [
     (L.conv2d(4, 3, weight_grad="taps"), (6, 5, 2), 2, False),
     (L.conv2d(3, 3, "lax", stride=2, weight_grad="taps"), (7, 6, 2), 2, False),
     (L.conv2d(4, 2, padding="valid", weight_grad="taps"), (5, 6, 3), 2, False),
+    # dW as a convolution (canonical operands): "same", strided with a last row unused, "valid" even
+    (L.conv2d(4, 3, weight_grad="conv"), (6, 5, 2), 2, False),
+    (L.conv2d(3, 3, "lax", stride=2, weight_grad="conv"), (8, 7, 2), 2, False),
+    (L.conv2d(4, 2, padding="valid", weight_grad="conv"), (5, 6, 3), 2, False),
     (L.avg_pool(2), (4, 6, 3), 2, False), (L.avg_pool(3), (6, 3, 2), 2, False),
     (L.global_avg_pool(), (4, 5, 3), 3, False),
     (L.leaky_relu(0.1), (6,), 4, False), (L.gelu(), (6,), 4, False), (L.gelu(approximate=True), (6,), 4, False),
@@ -274,10 +278,11 @@ def test_batch_norm_matches_torch_forward_backward_and_running_stats():
         np.testing.assert_allclose(s["var"], bn_t.running_var.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("by", ["taps", "conv"])
 @pytest.mark.parametrize("size,stride,padding", [(3, 1, "same"), (5, 1, "same"), (3, 2, "same"), (3, 2, "valid"),
                                                  (2, 1, "valid")])
-def test_conv_weight_grad_by_taps_equals_by_im2col(size, stride, padding):
-    """The two ways to ``dW`` sum the same products: equal to rounding in float32."""
+def test_conv_weight_grad_ways_equal_by_im2col(size, stride, padding, by):
+    """The ways to ``dW`` sum the same products: equal to rounding in float32."""
     layer = L.conv2d(6, size, stride=stride, padding=padding)
     kx, kd = jax.random.split(jax.random.PRNGKey(2))
     x = draws.normal(kx, (3, 9, 8, 5))
@@ -285,10 +290,25 @@ def test_conv_weight_grad_by_taps_equals_by_im2col(size, stride, padding):
     dy = draws.normal(kd, (3,) + out)
     w_shape = (size, size, 5, 6)
     a = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad)
-    b = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="taps")
+    b = L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by=by)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="by must be one of"):
         L.conv_weight_grad(x, dy, w_shape, stride, layer.pad, by="fft")
+
+
+def test_conv_weight_grad_as_conv_equals_jax_vjp():
+    """``dW`` as a convolution against ``jax.vjp`` of ``lax.conv`` (the same sum, which JAX writes with
+    other dimension numbers), float64: strides that leave input rows unused, "valid", a 1x1."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        for k, stride, pad, hw in ((3, 1, 1, (7, 7)), (3, 2, 1, (8, 8)), (3, 2, 0, (7, 9)), (5, 3, 2, (10, 10)),
+                                   (1, 2, 0, (6, 5)), (2, 1, 0, (5, 6))):
+            x, w = rng.standard_normal((3,) + hw + (2,)), rng.standard_normal((k, k, 2, 4))
+            y, vjp = jax.vjp(lambda w: jax.lax.conv_general_dilated(
+                x, w, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
+            dy = rng.standard_normal(y.shape)
+            np.testing.assert_allclose(L.conv_weight_grad(x, dy, w.shape, stride, pad, by="conv"), vjp(dy)[0],
+                                       rtol=1e-12, atol=1e-12)
 
 
 def test_strided_and_valid_convs_equal_lax_conv():

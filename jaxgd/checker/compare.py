@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxgd import xla
 from jaxgd.checker.diagnoses import diagnose, maxabs
 
 # The checker's programs run once, on a few examples: compiling them is most of a check's time. XLA:CPU
@@ -16,8 +17,9 @@ from jaxgd.checker.diagnoses import diagnose, maxabs
 # they are compiled with it off. The HLO (what is computed, and XLA's own passes) is the same; the
 # rounding may differ in the last bits (on the suite's layers and the gallery, the errors a report
 # prints moved at the 1e-11 level, and no verdict or diagnosis changed), which the checker's tolerances
-# allow for. The bench's ``startup`` section counts the programs and the seconds.
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+# allow for. The bench's ``startup`` section counts the programs and the seconds. They take jaxgd's
+# other compiler options too (``jaxgd.xla``: XLA:CPU's convolutions on its Eigen path).
+jit = functools.partial(xla.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 VJP_TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # max |hand - vjp| / max |vjp| per leaf
 # A leaf whose true gradient is zero or nearly (in training, a bias right before batch norm: exactly

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers as L, losses, models, optim, schedules, train
+from jaxgd import data, layers as L, losses, models, optim, schedules, train, xla
 from jaxgd.experiments.common import duration, load_json, run_datasets
 from jaxgd.experiments.recipes import hand_vs_autodiff
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
@@ -264,7 +264,7 @@ def tta_logits(model, params, state, x, level: int = 2):
 def predictor(model, level):
     """The compiled class prediction with test-time augmentation ``level``: a value to hold and pass
     to ``tta_accuracy`` for every evaluation of that model and level (no module-level cache)."""
-    return jax.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
+    return xla.jit(lambda p, s, v: jnp.argmax(tta_logits(model, p, s, v, level), -1))
 
 
 def tta_accuracy(model, params, state, x, y, level, chunk, predict=None) -> float:
@@ -345,7 +345,7 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, progra
     if x_pad.shape not in programs:
         epoch = make_crop_epoch(make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps,
                                 total, cfg.translate)
-        epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
+        epoch = xla.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
         programs[x_pad.shape] = epoch.lower(carry, x_pad, y, hp_at(0), jnp.asarray(False), keys).compile()
     compiled = programs[x_pad.shape]
     compile_s = time.time() - t0

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import compile_cache, models, optim, parallel, train
+from jaxgd import compile_cache, conv, models, optim, parallel, train, xla
 from jaxgd.experiments import flax_peers, startup, timing, torch_peers
 from jaxgd.experiments.cifar2 import GRID, MODEL as MLP, SIZES as MLP_SIZES
 
@@ -94,9 +94,10 @@ def bench_mlp_epoch(cfg, have_torch) -> dict:
 PEERS = {"torch": "PyTorch eager", "torch.compile": "PyTorch torch.compile", "flax+optax": "flax + optax"}
 
 
-def _peer_rows(cfg, have_torch, what, make_torch, to_torch, make_flax, x, y, bs, flops) -> list:
+def _peer_rows(cfg, have_torch, what, make_torch, to_torch, make_flax, x, y, bs, flops, flax_options=("default",)) -> list:
     """The peers' rows for one epoch of a model: PyTorch eager (``torch_peers.rows``) and with
-    ``torch.compile``, and flax + optax; each where installed and asked for."""
+    ``torch.compile``, and flax + optax compiled with each ``jaxgd.xla`` setting of ``flax_options``;
+    each where installed and asked for."""
     specs = []
     if have_torch:
         xt, yt = to_torch(x), torch_peers.long(y)
@@ -104,7 +105,7 @@ def _peer_rows(cfg, have_torch, what, make_torch, to_torch, make_flax, x, y, bs,
         if cfg.torch_compile:
             specs.append(torch_peers.compiled_row(what, make_torch, xt, yt, bs, flops, HP))
     if cfg.flax and flax_peers.available():
-        specs.append(flax_peers.row(what, make_flax(), x, y, bs, HP, flops))
+        specs += [flax_peers.row(what, make_flax(), x, y, bs, HP, flops, options) for options in flax_options]
     return specs
 
 
@@ -278,97 +279,133 @@ def bench_grid(cfg, have_torch) -> dict:
 # ------------------------------------------------------------------------------------------
 # cnn_epoch and conv_parts: the MNIST CNN
 
-def _cnn_epoch(model, params, x, y, batch_size, grads="hand"):
-    """``(compile_s, fn)``, ``fn`` running one more compiled CNN epoch per call."""
+def _cnn_epoch(model, params, x, y, batch_size, grads="hand", options=None):
+    """``(compile_s, fn)``, ``fn`` running one more compiled CNN epoch per call, compiled with the
+    ``jaxgd.xla`` setting ``options`` (None: jaxgd's, as ``fit`` compiles)."""
     hp = optim.sgd_hyperparams(*HP)
     epoch = train.make_epoch(train.make_step(train.make_grad_fn(model, grads=grads), optim.HAND_SGD), batch_size)
     carry = (params, optim.sgd_init(params), model.empty_state())
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
-    compiled = jax.jit(epoch).lower(carry, x, y, hp, key).compile()
+    compiled = xla.jit(epoch, options).lower(carry, x, y, hp, key).compile()
     return time.perf_counter() - t, timing.training(compiled, carry, x, y, hp, key)
 
 
+# the CNN's convolutions as jaxgd computed them before the measured defaults (im2col forward and dW,
+# XLA's default compiler options): (label, mnist_zoo keywords, xla setting)
+EARLIER_CNN = ("earlier path: im2col forward and dW", {"conv_impl": "im2col", "weight_grad": "im2col"},
+               "default")
+
+
 def bench_cnn_epoch(cfg, have_torch) -> dict:
-    """jaxgd's default (hand gradients, im2col forward) first; with ``cnn_variants`` also the
-    lax.conv forward and ``jax.grad`` through each, the slow ``jax.grad`` of lax.conv on
-    ``n_lax_conv`` samples beside the default on the same samples."""
+    """jaxgd's default (hand gradients; ``conv2d``'s default forward and weight gradient, compiled
+    with ``jaxgd.xla``'s options) first, then the earlier path (``EARLIER_CNN``) on the same data;
+    with ``cnn_variants`` also the lax.conv forward, ``jax.grad`` of the im2col forward, and the
+    slow ``jax.grad`` of lax.conv on ``n_lax_conv`` samples beside the default on the same
+    samples. The peers: PyTorch eager and compiled, and flax with XLA's default options and with
+    jaxgd's (the same compiler, so a fair peer)."""
     bs, n, m = cfg.cnn_batch, cfg.n_cnn, cfg.n_lax_conv
     x, y = _cnn_data(n)
-    variants = [("im2col", "hand", n)] + ([("lax", "hand", n), ("im2col", "autodiff", n), ("im2col", "hand", m),
-                                           ("lax", "autodiff", m)] if cfg.cnn_variants else [])
-    specs = {}  # (impl, grads, samples) -> (row, fn)
-    for impl, grads, k in variants:
-        model = models.mnist_zoo("cnn", conv_impl=impl)
+    # (key, label, mnist_zoo keywords, grads, samples, xla setting)
+    variants = [("default", "hand backprop, jaxgd's conv defaults", {}, "hand", n, None),
+                ("earlier", f"hand backprop, {EARLIER_CNN[0]}", EARLIER_CNN[1], "hand", n, EARLIER_CNN[2])]
+    if cfg.cnn_variants:
+        variants += [("lax", "hand backprop, lax.conv forward", {"conv_impl": "lax"}, "hand", n, None),
+                     ("autodiff", "jax.grad, im2col forward", {"conv_impl": "im2col"}, "autodiff", n, None),
+                     ("default small", "hand backprop, jaxgd's conv defaults", {}, "hand", m, None),
+                     ("lax autodiff", "jax.grad, lax.conv forward", {"conv_impl": "lax"}, "autodiff", m, None)]
+    specs = {}  # key -> (row, fn)
+    for key, label, kw, grads, k, options in variants:
+        model = models.mnist_zoo("cnn", **kw)
         params, _ = model.init(jax.random.PRNGKey(0))
-        how = "hand backprop" if grads == "hand" else "jax.grad"
-        compile_s, fn = _cnn_epoch(model, params, x[:k], y[:k], bs, grads)
-        specs[impl, grads, k] = ({"name": f"jaxgd CNN compiled epoch ({how}, {impl} conv forward), {k} samples bs {bs}",
-                                  "compile_s": compile_s, "flops": model.train_flops((k // bs) * bs)}, fn)
-    full = [sp for (_, _, k), sp in specs.items() if k == n]  # timed interleaved with the peers' loops
+        compile_s, fn = _cnn_epoch(model, params, x[:k], y[:k], bs, grads, options)
+        specs[key] = ({"name": f"jaxgd CNN compiled epoch ({label}, xla={xla.setting(options)}), {k} samples bs {bs}",
+                       "compile_s": compile_s, "flops": model.train_flops((k // bs) * bs)}, fn)
+    full = [sp for (_, _, _, _, k, _), sp in zip(variants, specs.values()) if k == n]  # interleaved with the peers
     full += _peer_rows(cfg, have_torch, f"CNN, {n} samples bs {bs}", torch_peers.cnn, torch_peers.nchw, flax_peers.cnn,
-                       x, y, bs, models.mnist_zoo("cnn").train_flops((n // bs) * bs))
-    small = [sp for (_, _, k), sp in specs.items() if k != n]  # the slow jax.grad of lax.conv, on m samples
+                       x, y, bs, models.mnist_zoo("cnn").train_flops((n // bs) * bs), flax_options=("default", "tuned"))
+    small = [sp for (_, _, _, _, k, _), sp in zip(variants, specs.values()) if k != n]  # jax.grad of lax.conv: slow
     rows = timing.rows(full, cfg.repeats) + timing.rows(small, cfg.repeats)
     t = {key: next(r["median_s"] for r in rows if r["name"] == row["name"]) for key, (row, _) in specs.items()}
-    ratios = {}
+    ratios = {"earlier path/default, hand CNN epoch": t["earlier"] / t["default"]}
     if cfg.cnn_variants:
-        ratios["hand/jax.grad CNN epoch"] = t["im2col", "hand", n] / t["im2col", "autodiff", n]
-        ratios["lax.conv/im2col forward, hand CNN epoch"] = t["lax", "hand", n] / t["im2col", "hand", n]
-        ratios["jax.grad of lax.conv / hand, CNN epoch"] = t["lax", "autodiff", m] / t["im2col", "hand", m]
-    ratios.update(_peer_ratios(t["im2col", "hand", n], rows, " CNN"))
+        ratios["hand/jax.grad CNN epoch"] = t["default"] / t["autodiff"]
+        ratios["lax.conv/default forward, hand CNN epoch"] = t["lax"] / t["default"]
+        ratios["jax.grad of lax.conv / hand, CNN epoch"] = t["lax autodiff"] / t["default small"]
+    ratios.update(_peer_ratios(t["default"], rows, " CNN"))
+    ratios.update(_peer_ratios(t["earlier"], rows, " CNN, earlier path"))
     return {"rows": rows, "ratios": ratios}
 
 
 CONV_STEPS = 10  # minibatches per timed run of a conv part (different ones, so nothing is hoisted)
 
 
-def bench_conv_parts(cfg, have_torch) -> dict:
-    """The MNIST CNN's conv2 (3x3, 32 -> 64 channels on 14x14 maps, batch ``cnn_batch``), each part
-    compiled over ``CONV_STEPS`` minibatches in one scan, time per minibatch: the forward (im2col,
-    jaxgd's default, and lax.conv), the weight gradient (``layers.conv_weight_grad``, one matmul of
-    the im2col columns) and the input gradient (``layers.conv_input_grad``, a lax.conv); then
-    the weight gradient by kernel taps (``conv_weight_grad(by="taps")``); then
-    PyTorch's forward, weight gradient and input gradient (``aten.convolution_backward``) of the
-    same tensors. The ``conv2 ... jaxgd/torch`` ratios say which part the CNN epoch loses in."""
+def _conv_parts_of(c_out, b):
+    """``[(label, xla setting, part(x, dy, W))]``: the forward, weight gradient and input gradient
+    ways timed, each with XLA's default options or jaxgd's (``xla.SETTINGS``)."""
     from jaxgd import layers as L
-    bs, (h, w, c_in), c_out = cfg.cnn_batch, (14, 14, 32), 64
-    kx, kd, kw = jax.random.split(jax.random.PRNGKey(0), 3)
-    xs = jax.random.normal(kx, (CONV_STEPS, bs, h, w, c_in))
-    dys = jax.random.normal(kd, (CONV_STEPS, bs, h, w, c_out))
-    W = jax.random.normal(kw, (3, 3, c_in, c_out)) * 0.05
-    b = jnp.zeros((c_out,))
-    flops = 2.0 * L.conv2d(c_out).macs((h, w, c_in)) * bs
+    fwd = lambda impl: lambda x, dy, W: L.conv2d(c_out, 3, impl).forward({"W": W, "b": b}, {}, x)[0]  # noqa: E731
+    dw = lambda by: lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape, by=by)  # noqa: E731
+    dx = lambda x, dy, W: L.conv_input_grad(dy, W)  # noqa: E731
+    return [("forward, im2col matmul", "default", fwd("im2col")), ("forward, lax.conv", "default", fwd("lax")),
+            ("forward, lax.conv", "tuned", fwd("lax")),
+            ("weight gradient, im2col matmul", "default", dw("im2col")),
+            ("weight gradient, one matmul per kernel tap", "default", dw("taps")),
+            ("weight gradient, as a convolution", "default", dw("conv")),
+            ("weight gradient, as a convolution", "tuned", dw("conv")),
+            ("input gradient, lax.conv", "default", dx), ("input gradient, lax.conv", "tuned", dx)]
 
-    def scanned(part):
-        @jax.jit
-        def run(xs, dys, W):
-            def step(acc, xd):
-                return acc + jnp.sum(part(xd[0], xd[1], W)), None
-            return jax.lax.scan(step, jnp.zeros(()), (xs, dys))[0]
-        return run
 
-    parts = [("conv2 forward, im2col matmul (jaxgd default)",
-              lambda x, dy, W: L.conv2d(c_out, 3, "im2col").forward({"W": W, "b": b}, {}, x)[0]),
-             ("conv2 forward, lax.conv", lambda x, dy, W: L.conv2d(c_out, 3, "lax").forward({"W": W, "b": b}, {}, x)[0]),
-             ("conv2 weight gradient, im2col matmul", lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape)),
-             ("conv2 input gradient, lax.conv", lambda x, dy, W: L.conv_input_grad(dy, W)),
-             ("conv2 weight gradient, one matmul per kernel tap",
-              lambda x, dy, W: L.conv_weight_grad(x, dy, W.shape, by="taps"))]
-    specs = [({"name": f"{name}, bs {bs}", "flops": flops}, lambda f=scanned(part): timing.block(f(xs, dys, W)))
-             for name, part in parts]
-    if have_torch:
-        import torch
-        specs += [({"name": f"conv2 {name}, PyTorch {torch.__version__}, bs {bs}", "flops": flops},
-                   torch_peers.under(torch.no_grad(), lambda op=op: [op(i) for i in range(CONV_STEPS)]))
-                  for name, op in torch_peers.conv_parts(xs, dys, W).items()]
-    rows, ratios = timing.rows(specs, cfg.repeats, per=CONV_STEPS), {}
-    if have_torch:
-        med = {r["name"].split(",")[0]: r["median_s"] for r in rows if "PyTorch" in r["name"]}
-        ratios["conv2 forward jaxgd/torch"] = rows[0]["median_s"] / med["conv2 forward"]
-        ratios["conv2 weight gradient jaxgd/torch"] = rows[2]["median_s"] / med["conv2 weight gradient"]
-        ratios["conv2 input gradient jaxgd/torch"] = rows[3]["median_s"] / med["conv2 input gradient"]
-        ratios["conv2 weight gradient by taps jaxgd/torch"] = rows[4]["median_s"] / med["conv2 weight gradient"]
+def bench_conv_parts(cfg, have_torch) -> dict:
+    """Each 3x3 convolution of ``conv_shapes`` (height = width, c_in, c_out; batch ``cnn_batch``;
+    the first is the MNIST CNN's conv2, 85% of its training FLOPs, the others airbench's), part by
+    part: each way of the forward, the weight gradient and the input gradient, with XLA's default
+    compiler options and with jaxgd's (``_conv_parts_of``), compiled over ``CONV_STEPS`` minibatches
+    in one ``lax.scan`` as in an epoch, time per minibatch; then PyTorch's forward, weight gradient
+    and input gradient (``aten.convolution_backward``) of the same tensors. The ratios per shape:
+    jaxgd's default way (``conv2d``'s defaults, jaxgd's options) over PyTorch, and the earlier
+    default (im2col forward and dW, XLA's options) over PyTorch. A part timed alone is not its
+    time inside the epoch (other programs around it, other fusions): ``cnn_epoch`` is the verdict."""
+    rows, ratios = [], {}
+    for h, c_in, c_out in cfg.conv_shapes:
+        bs, tag = cfg.cnn_batch, f"{h}x{h} {c_in}->{c_out}"
+        kx, kd, kw = jax.random.split(jax.random.PRNGKey(0), 3)
+        xs = jax.random.normal(kx, (CONV_STEPS, bs, h, h, c_in))
+        dys = jax.random.normal(kd, (CONV_STEPS, bs, h, h, c_out))
+        W = jax.random.normal(kw, (3, 3, c_in, c_out)) * 0.05
+        flops = 2.0 * 9 * h * h * c_in * c_out * bs
+
+        def scanned(part, options):
+            def run(xs, dys, W):
+                def step(acc, xd):
+                    return acc + jnp.sum(part(xd[0], xd[1], W)), None
+                return jax.lax.scan(step, jnp.zeros(()), (xs, dys))[0]
+            return xla.jit(run, options)
+
+        specs = [({"name": f"conv {tag} {label}, xla={options}, bs {bs}", "flops": flops},
+                  lambda f=scanned(part, options): timing.block(f(xs, dys, W)))
+                 for label, options, part in _conv_parts_of(c_out, jnp.zeros((c_out,)))]
+        if have_torch:
+            import torch
+            specs += [({"name": f"conv {tag} {name}, PyTorch {torch.__version__}, bs {bs}", "flops": flops},
+                       torch_peers.under(torch.no_grad(), lambda op=op: [op(i) for i in range(CONV_STEPS)]))
+                      for name, op in torch_peers.conv_parts(xs, dys, W).items()]
+        got = timing.rows(specs, cfg.repeats, per=CONV_STEPS)
+        rows += got
+        if have_torch:
+            med = {r["name"]: r["median_s"] for r in got}
+            torch_s = {part: next(v for k, v in med.items() if k.startswith(f"conv {tag} {part}, PyTorch"))
+                       for part in ("forward", "weight gradient", "input gradient")}
+            mine = lambda label, options: med[f"conv {tag} {label}, xla={options}, bs {bs}"]  # noqa: E731
+            default_fwd = "forward, lax.conv" if c_in > conv.IM2COL_MAX_CHANNELS else "forward, im2col matmul"
+            for part, now, then in (("forward", mine(default_fwd, "tuned" if "lax" in default_fwd else "default"),
+                                     mine("forward, im2col matmul", "default")),
+                                    ("weight gradient", mine("weight gradient, as a convolution", "tuned"),
+                                     mine("weight gradient, im2col matmul", "default")),
+                                    ("input gradient", mine("input gradient, lax.conv", "tuned"),
+                                     mine("input gradient, lax.conv", "default"))):
+                ratios[f"conv {tag} {part} jaxgd/torch"] = now / torch_s[part]
+                ratios[f"conv {tag} {part} jaxgd/torch, earlier path"] = then / torch_s[part]
     return {"rows": rows, "ratios": ratios}
 
 
@@ -421,8 +458,8 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
     compiled epoch on the hand reverse pass (``experiments.airbench.make_crop_epoch``) beside airbench's
     own PyTorch loop (``experiments.airbench_torch``, the pinned copy; eager, as airbench94 runs),
     from the same initial network, interleaved. A second jaxgd row trains the same network with its
-    3x3 convolutions computed another way (``AIRBENCH_FAST``: ``lax.conv``'s forward, ``dW`` one
-    matmul per kernel tap), the same arithmetic up to rounding."""
+    convolutions computed the earlier way (``AIRBENCH_EARLIER``: im2col forward and ``dW``, XLA's
+    default compiler options), the same arithmetic up to rounding."""
     from jaxgd.experiments import airbench
     n, bs = cfg.n_airbench, 1024
     rng = np.random.default_rng(0)
@@ -438,11 +475,12 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
     args = (x_pad, jnp.asarray(y), hp._replace(whiten_on=jnp.asarray(True)), jnp.asarray(False), jax.random.PRNGKey(1))
     flops = model.train_flops(steps * bs)
     specs = []
-    for label, m in (("jaxgd airbench epoch", model),
-                     (f"jaxgd airbench epoch, {AIRBENCH_FAST[0]}", models.airbench(**AIRBENCH_FAST[1]))):
+    for label, m, options in (("jaxgd airbench epoch", model, None),
+                              (f"jaxgd airbench epoch, {AIRBENCH_EARLIER[0]}", models.airbench(**AIRBENCH_EARLIER[1]),
+                               AIRBENCH_EARLIER[2])):
         epoch = airbench.make_crop_epoch(airbench.make_lookahead_step(m, opt, 10 * steps), bs, steps, 10 * steps, acfg.translate)
         t = time.perf_counter()
-        compiled = jax.jit(epoch).lower(carry, *args).compile()
+        compiled = xla.jit(epoch, options).lower(carry, *args).compile()
         specs.append(({"name": f"{label} (hand backprop, compiled), {n} images bs {bs}",
                        "compile_s": time.perf_counter() - t, "flops": flops}, timing.training(compiled, carry, *args)))
     if have_torch:
@@ -459,13 +497,14 @@ def bench_airbench_epoch(cfg, have_torch) -> dict:
                        "flops": flops}, lambda: AT.train_epoch(trainer, padded, labels, next(count) % 2, bs)))
     rows = timing.rows(specs, cfg.repeats)
     ratios = {"jaxgd/airbench PyTorch epoch": rows[0]["median_s"] / rows[2]["median_s"],
-              f"jaxgd ({AIRBENCH_FAST[0]})/airbench PyTorch epoch": rows[1]["median_s"] / rows[2]["median_s"]
+              f"jaxgd ({AIRBENCH_EARLIER[0]})/airbench PyTorch epoch": rows[1]["median_s"] / rows[2]["median_s"]
               } if have_torch else {}
+    ratios["earlier path/default, airbench epoch"] = rows[1]["median_s"] / rows[0]["median_s"]
     return {"rows": rows, "ratios": ratios}
 
 
-# the airbench_epoch section's second jaxgd row: its label and models.airbench's keywords
-AIRBENCH_FAST = ("lax.conv forward and dW by taps", {"conv_impl": "lax", "weight_grad": "taps"})
+# the airbench_epoch section's second jaxgd row: its label, models.airbench's keywords, the xla setting
+AIRBENCH_EARLIER = (EARLIER_CNN[0] + ", XLA's default options", {"conv_impl": "im2col", "weight_grad": "im2col"}, "default")
 
 
 SECTION_RUNS = {"matmul": bench_matmul, "mlp_epoch": bench_mlp_epoch, "grad": lambda cfg, _: bench_grad(cfg),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import draws, backprop, data, gradcheck, models, optim, progress, train
+from jaxgd import draws, backprop, data, gradcheck, models, optim, progress, train, xla
 from jaxgd.experiments.common import provenance, record, write
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
@@ -108,7 +108,7 @@ def run(config=None, out=None, force=False, verbose=False, log=print) -> dict:
     runs, weights = {}, {}
     # One compiled program for every setting's test evaluation (op by op, its chunked forward
     # compiled anew per call): the accuracy is the same, from the same logits.
-    evaluate = jax.jit(train.make_eval(models.linear_softmax(d.test.x.shape[1])))
+    evaluate = xla.jit(train.make_eval(models.linear_softmax(d.test.x.shape[1])))
     trainers = {}  # settings with the same lambda share one compiled program
     for s in progress.bar(cfg.settings, "DD2424 settings", quiet=not verbose):
         lam, eta = SETTINGS[s]

@@ -14,6 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from jaxgd import xla
+
 
 def available():
     """``(flax, optax)`` versions, or None where flax is not installed."""
@@ -78,14 +80,17 @@ def epoch_fn(module, hp, batch_size):
     return init, epoch
 
 
-def row(what, module, x, y, batch_size, hp, flops):
-    """``(row, fn)`` for the bench: ``fn`` runs one more compiled epoch from where the last stopped."""
+def row(what, module, x, y, batch_size, hp, flops, options="default"):
+    """``(row, fn)`` for the bench: ``fn`` runs one more compiled epoch from where the last stopped,
+    compiled with the ``jaxgd.xla`` setting ``options`` (``"default"``: as a flax user's ``jax.jit``;
+    ``"tuned"``: the compiler options jaxgd's own epochs take, a fair peer)."""
     from jaxgd.experiments import timing
     init, epoch = epoch_fn(module, hp, batch_size)
     carry = jax.jit(init)(jax.random.PRNGKey(0), x)  # one program, not one per parameter and op
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
-    compiled = jax.jit(epoch).lower(carry, x, y, key).compile()
+    compiled = xla.jit(epoch, options).lower(carry, x, y, key).compile()
     compile_s = time.perf_counter() - t
-    return ({"name": f"flax + optax + jax.grad compiled epoch, {what}", "compile_s": compile_s, "flops": flops},
+    name = f"flax + optax + jax.grad compiled epoch, {what}" + ("" if options == "default" else f", xla={options}")
+    return ({"name": name, "compile_s": compile_s, "flops": flops},
             timing.training(compiled, carry, x, y, key))

@@ -54,7 +54,7 @@ class MnistImprovedConfig(Config):
                            check=at_least(1))
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds (split, init, batch order, dropout, shifts)")
     models: tuple[str, ...] = option(MODELS, "models to train, family/variant", choices=MODELS)
-    conv_impl: str = option("im2col", "conv2d forward", choices=layers.CONV_IMPLS)
+    conv_impl: str = option("auto", "conv2d forward", choices=layers.CONV_IMPLS)
     train_size: int | None = option(None, "train on the first N of the remaining training images", check=at_least(1))
     data_dir: str | None = data_dir_option()
 

@@ -39,7 +39,7 @@ class MnistZooConfig(Config):
     seed: int = option(0, "PRNG seed of the initial weights, batch order and dropout masks")
     grads: str = option("hand", "gradient: the hand-derived reverse pass, jax.grad, or jax.grad through the "
                                 "hand layers' custom_vjp", choices=train.GRADS)
-    conv_impl: str = option("im2col", "conv2d forward", choices=layers.CONV_IMPLS)
+    conv_impl: str = option("auto", "conv2d forward", choices=layers.CONV_IMPLS)
     models: tuple[str, ...] = option(MODELS, "models to train, family/variant", choices=MODELS)
     train_size: int | None = option(None, "train on the first N of the 60,000 training images", check=at_least(1))
     data_dir: str | None = data_dir_option()

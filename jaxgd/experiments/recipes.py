@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxgd import optim, schedules, train
+from jaxgd import optim, schedules, train, xla
 
 
 def improved_step(augmentation=None) -> train.Step:
@@ -50,7 +50,7 @@ def seed_runs(model, params, state, hist, splits, seeds, train_curve):
     test images normalised with that seed's training statistics), the validation curve and the
     ``train_curve`` ("train_acc" or "train_loss") curve; with the test accuracies' mean and standard
     deviation (ddof 1)."""
-    evaluate = jax.jit(train.make_eval(model))
+    evaluate = xla.jit(train.make_eval(model))
     val_acc, curve, runs = np.asarray(hist.val_acc, float), np.asarray(getattr(hist, train_curve)), []
     for i, s in enumerate(seeds):
         _, acc = evaluate(*train.unstack_params((params, state), i),
