@@ -38,6 +38,7 @@ API = {
     "optim": ("jaxgd.optim", "the hand SGD, its optax twin, parameter groups"),
     "schedules": ("jaxgd.schedules", "learning-rate schedules"),
     "train": ("jaxgd.train", "fit and its parts"),
+    "xla": ("jaxgd.xla", "the compiler options jaxgd's own programs take"),
     "checker": ("jaxgd.checker", "jaxgd.check: prove a backward, diagnose a wrong one"),
     "testing": ("jaxgd.testing", "the check inside a test suite"),
     "mistakes": ("jaxgd.mistakes", "the gallery of wrong backwards"),
