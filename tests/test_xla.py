@@ -48,3 +48,18 @@ def test_an_option_this_jaxlib_lacks_is_dropped(monkeypatch):
     got = [train.fit(model, params, (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=8,
                      configs=train.Configs(xla=s))[0] for s in ("tuned", "default")]
     jax.tree_util.tree_map(np.testing.assert_array_equal, *got)
+
+
+def test_the_mlp_compiles_to_the_same_program_either_way(monkeypatch):
+    """The options move convolutions only: an MLP's training step (dots, reductions) compiles to the
+    same program with jaxgd's options as with XLA's defaults, so its epochs run as before."""
+    monkeypatch.delenv(xla.ENV, raising=False)
+    model = models.mlp((64, 32, 10))
+    params, state = model.init(jax.random.PRNGKey(0))
+    grad = train.make_grad_fn(model)
+    x, y = jnp.ones((128, 64)), jnp.zeros((128,), jnp.int32)
+
+    def program(setting):  # the compiled HLO without its module name and metadata
+        text = xla.jit(grad, setting).lower(params, state, x, y).compile().as_text()
+        return [line.split(", metadata=")[0] for line in text.splitlines()[1:]]
+    assert program("tuned") == program("default")
