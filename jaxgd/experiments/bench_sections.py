@@ -300,7 +300,8 @@ EARLIER_CNN = ("earlier path: im2col forward and dW", {"conv_impl": "im2col", "w
 def bench_cnn_epoch(cfg, have_torch) -> dict:
     """jaxgd's default (hand gradients; ``conv2d``'s default forward and weight gradient, compiled
     with ``jaxgd.xla``'s options) first, then the earlier path (``EARLIER_CNN``) on the same data;
-    with ``cnn_variants`` also the lax.conv forward, ``jax.grad`` of the im2col forward, and the
+    with ``cnn_variants`` also the defaults compiled with XLA's default options (what the options
+    alone change), the lax.conv forward, ``jax.grad`` of the im2col forward, and the
     slow ``jax.grad`` of lax.conv on ``n_lax_conv`` samples beside the default on the same
     samples. The peers: PyTorch eager and compiled, and flax with XLA's default options and with
     jaxgd's (the same compiler, so a fair peer)."""
@@ -310,7 +311,8 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     variants = [("default", "hand backprop, jaxgd's conv defaults", {}, "hand", n, None),
                 ("earlier", f"hand backprop, {EARLIER_CNN[0]}", EARLIER_CNN[1], "hand", n, EARLIER_CNN[2])]
     if cfg.cnn_variants:
-        variants += [("lax", "hand backprop, lax.conv forward", {"conv_impl": "lax"}, "hand", n, None),
+        variants += [("default, xla=default", "hand backprop, jaxgd's conv defaults", {}, "hand", n, "default"),
+                     ("lax", "hand backprop, lax.conv forward", {"conv_impl": "lax"}, "hand", n, None),
                      ("autodiff", "jax.grad, im2col forward", {"conv_impl": "im2col"}, "autodiff", n, None),
                      ("default small", "hand backprop, jaxgd's conv defaults", {}, "hand", m, None),
                      ("lax autodiff", "jax.grad, lax.conv forward", {"conv_impl": "lax"}, "autodiff", m, None)]
@@ -330,6 +332,7 @@ def bench_cnn_epoch(cfg, have_torch) -> dict:
     ratios = {"earlier path/default, hand CNN epoch": t["earlier"] / t["default"]}
     if cfg.cnn_variants:
         ratios["hand/jax.grad CNN epoch"] = t["default"] / t["autodiff"]
+        ratios["XLA's default options/jaxgd's, hand CNN epoch"] = t["default, xla=default"] / t["default"]
         ratios["lax.conv/default forward, hand CNN epoch"] = t["lax"] / t["default"]
         ratios["jax.grad of lax.conv / hand, CNN epoch"] = t["lax autodiff"] / t["default small"]
     ratios.update(_peer_ratios(t["default"], rows, " CNN"))
