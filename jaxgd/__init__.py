@@ -9,4 +9,8 @@ from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, test
 from jaxgd.checker import Report, check  # noqa: F401
 
 __all__ = ["backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "Report", "train"]
-__version__ = "0.2.0"
+try:  # one version, the package metadata's (pyproject.toml)
+    from importlib.metadata import PackageNotFoundError, version as _version
+    __version__ = _version("jaxgd")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

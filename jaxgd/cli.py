@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
                   epilog="Each command's --help lists its flags and their defaults. A multi-host run starts the "
                          "same command on every host with --coordinator, --num-processes and --process-id "
                          "(or --distributed where the cluster's environment says them); process 0 writes the results.")
+    from jaxgd import __version__
+    top.add_argument("--version", action="version", version=f"jaxgd {__version__}")
     g = top.add_argument_group("multi-host (jax.distributed)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")

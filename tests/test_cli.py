@@ -25,6 +25,16 @@ def test_jaxgd_is_on_path_and_python_m_works():
         assert r.returncode == 0 and "reproduce" in r.stdout and "mnist-zoo" in r.stdout, r
 
 
+def test_one_version_from_the_package_metadata(capsys):
+    import importlib.metadata
+
+    import jaxgd
+    assert jaxgd.__version__ == importlib.metadata.version("jaxgd")  # pyproject.toml's, as installed
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"jaxgd {jaxgd.__version__}"
+
+
 COMMANDS = {e.cli_name: e.what for e in reproduce.EXPERIMENTS.values() if e.cli_name}
 
 
