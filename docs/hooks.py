@@ -12,6 +12,7 @@ results, so that none of them can drift from what they describe.
 After the build, MathJax 2 (from the ``jupyter-server-mathjax`` package, Apache-2.0, its LICENSE
 copied with it) goes into ``assets/mathjax`` of the site, so that formulas render with no network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,13 @@ def public_names(module) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is not None:
         return list(names)
-    return [n for n, v in vars(module).items() if not n.startswith("_") and (inspect.isfunction(v) or inspect.isclass(v))
-            and getattr(v, "__module__", None) == module.__name__]
+    return [
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and (inspect.isfunction(v) or inspect.isclass(v))
+        and getattr(v, "__module__", None) == module.__name__
+    ]
 
 
 def undocumented(module) -> list[str]:
@@ -82,18 +88,37 @@ def _readme() -> str:
 def _gallery() -> str:
     import jaxgd
     from jaxgd import mistakes
-    lines = ["# Gallery of mistakes", "",
-             "Every entry of `jaxgd.mistakes`, checked by `jaxgd.check` while this page was built: the wrong "
-             "backward (a subclass of the right layer that overrides only the mistake, or a custom rule), and the "
-             "causes the check printed. The test suite asserts each diagnosis "
-             "(`tests/test_checker.py`).", ""]
+
+    lines = [
+        "# Gallery of mistakes",
+        "",
+        "Every entry of `jaxgd.mistakes`, checked by `jaxgd.check` while this page was built: the wrong "
+        "backward (a subclass of the right layer that overrides only the mistake, or a custom rule), and the "
+        "causes the check printed. The test suite asserts each diagnosis "
+        "(`tests/test_checker.py`).",
+        "",
+    ]
     for m in mistakes.GALLERY:
         report = jaxgd.check(m.layer, m.in_shape, x=m.x())
         cls = type(m.layer)
-        lines += [f"## {m.name}", "", f"`{cls.__name__}`, checked on inputs of shape {m.in_shape}: "
-                  f"{inspect.getdoc(cls)}", "", "```python", inspect.getsource(cls).rstrip(), "```", "",
-                  "What `jaxgd.check` says:", "", "```text", *sorted(set(report.causes())), "```", ""]
+        lines += [
+            f"## {m.name}",
+            "",
+            f"`{cls.__name__}`, checked on inputs of shape {m.in_shape}: {inspect.getdoc(cls)}",
+            "",
+            "```python",
+            inspect.getsource(cls).rstrip(),
+            "```",
+            "",
+            "What `jaxgd.check` says:",
+            "",
+            "```text",
+            *sorted(set(report.causes())),
+            "```",
+            "",
+        ]
     import numpy as np
+
     lines += ["## Custom rules (`FUNCTION_GALLERY`)", ""]
     for m in mistakes.FUNCTION_GALLERY:
         report = jaxgd.check(m.f, *m.args(np.random.default_rng(0)))
@@ -103,9 +128,18 @@ def _gallery() -> str:
 
 def _cli() -> str:
     from jaxgd import cli
+
     top = cli.parser()
-    lines = ["# Command reference", "", "Every command's `--help`, generated from `jaxgd.cli.parser()`; "
-             "[Commands](commands.md) says what each is for.", "", "```text", top.format_help().rstrip(), "```", ""]
+    lines = [
+        "# Command reference",
+        "",
+        "Every command's `--help`, generated from `jaxgd.cli.parser()`; [Commands](commands.md) says what each is for.",
+        "",
+        "```text",
+        top.format_help().rstrip(),
+        "```",
+        "",
+    ]
     sub = next(a for a in top._actions if a.__class__.__name__ == "_SubParsersAction")
     seen = set()
     for name, p in sub.choices.items():
@@ -114,18 +148,24 @@ def _cli() -> str:
         seen.add(id(p))
         lines += [f"## jaxgd {name}", "", "```text", p.format_help().rstrip(), "```", ""]
         inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
-        for q_name, q in (inner[0].choices.items() if inner else ()):
+        for q_name, q in inner[0].choices.items() if inner else ():
             lines += [f"### jaxgd {name} {q_name}", "", "```text", q.format_help().rstrip(), "```", ""]
     return "\n".join(lines)
 
 
 def _speed() -> str:
     from jaxgd.experiments import writeup
-    from jaxgd.experiments.registry import EXPERIMENTS, result_files
     from jaxgd.experiments.common import load_json
+    from jaxgd.experiments.registry import EXPERIMENTS, result_files
+
     out = ROOT / "results"
-    lines = ["# Speed", "", "The bench's results (`jaxgd bench`), as `results/REPORT.md` tells them, from the committed "
-             "JSON: ratios measured side by side in one run, and fractions of the machine's own matmul peak.", ""]
+    lines = [
+        "# Speed",
+        "",
+        "The bench's results (`jaxgd bench`), as `results/REPORT.md` tells them, from the committed "
+        "JSON: ratios measured side by side in one run, and fractions of the machine's own matmul peak.",
+        "",
+    ]
     for path, title in result_files("bench", out):
         lines += [f"## {title}", ""] + writeup.section(EXPERIMENTS["bench"], out, load_json(path))
     return re.sub(r"\]\((bench/)", r"](results/\1", "\n".join(lines))
@@ -138,13 +178,14 @@ def _api_page(module_name: str, what: str) -> str:
 
 def on_files(files, config):
     missing = {}
-    for page, (module_name, _) in API.items():
+    for _page, (module_name, _) in API.items():
         bad = undocumented(importlib.import_module(module_name))
         if bad:
             missing[module_name] = bad
     if missing:
-        raise PluginError("public names without a docstring: " + "; ".join(f"{m}: {', '.join(n)}"
-                                                                         for m, n in missing.items()))
+        raise PluginError(
+            "public names without a docstring: " + "; ".join(f"{m}: {', '.join(n)}" for m, n in missing.items())
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         pages = {"index.md": _readme(), "gallery.md": _gallery(), "cli.md": _cli(), "speed.md": _speed()}
     pages.update({f"api/{page}.md": _api_page(m, what) for page, (m, what) in API.items()})
@@ -155,5 +196,6 @@ def on_files(files, config):
 
 def on_post_build(config):
     import jupyter_server_mathjax
+
     static = Path(jupyter_server_mathjax.__file__).parent / "static"
     shutil.copytree(static, Path(config["site_dir"]) / "assets" / "mathjax", dirs_exist_ok=True)

@@ -5,12 +5,15 @@ models and the generic reverse pass), ``losses``, ``backprop`` (derivations done
 ``gradcheck``, ``checker`` (``jaxgd.check``: one call proves a hand backward and diagnoses a
 wrong one), ``optim`` (hand SGD + optax twin), ``train`` (the training loop), ``data``.
 """
-from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, testing, train  # noqa: F401
-from jaxgd.checker import Report, check  # noqa: F401
 
-__all__ = ["backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "Report", "train"]
+from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, testing, train  # noqa: F401
+from jaxgd.checker import Report, check
+
+__all__ = ["Report", "backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "train"]
 try:  # one version, the package metadata's (pyproject.toml)
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
     __version__ = _version("jaxgd")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"

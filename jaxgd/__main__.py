@@ -1,4 +1,5 @@
 """``python -m jaxgd``: the ``jaxgd`` command."""
+
 import sys
 
 from jaxgd.cli import main

@@ -4,6 +4,7 @@ An augmentation is a pure function ``(key, xb) -> xb`` of one training minibatch
 never calls it. Images may be kept NHWC ``(n, h, w, c)`` or flattened ``(n, h*w*c)`` (then
 ``image_shape`` says how to read them).
 """
+
 from __future__ import annotations
 
 import jax
@@ -35,4 +36,5 @@ def flip_crop(image_shape, pad=4, flip=True, crop=True):
             corner = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
             img = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, corner)
         return img.reshape(xb.shape)
+
     return apply

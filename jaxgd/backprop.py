@@ -9,6 +9,7 @@ The models that ``train.fit`` trains use the generic reverse pass over layers
 (``models.Model.grad``); the tests show each derivation here equal to it, to ``jax.grad``
 and to finite differences.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,7 +33,8 @@ def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tupl
         if len(names) != n_layers:
             raise ValueError(
                 f"activations has {len(names)} names but the MLP has {n_layers} layers; "
-                "give one name per layer, or a single name for all hidden layers")
+                "give one name per layer, or a single name for all hidden layers"
+            )
     for name in names:
         if name not in ACTIVATIONS:
             raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
@@ -135,7 +137,7 @@ def linear_softmax_grads(params, x, labels, lam):
 # ---------------------------------------------------------------- matrix chain
 def init_matrix_chain(key, K: int, scale: float | None = None, dtype=jnp.float32) -> dict:
     """``A, B, C ~ N(0, scale^2)`` with ``scale = 1/sqrt(K)`` by default."""
-    scale = K ** -0.5 if scale is None else scale
+    scale = K**-0.5 if scale is None else scale
     kA, kB, kC = jax.random.split(key, 3)
     return {n: scale * draws.normal(k, (K, K), dtype) for n, k in zip("ABC", (kA, kB, kC))}
 
@@ -145,8 +147,10 @@ def matrix_chain_forward(params, x):
     A, B, C = params["A"], params["B"], params["C"]
     K = A.shape[0]
     if x.shape != (K,) or any(m.shape != (K, K) for m in (A, B, C)):
-        raise ValueError(f"matrix chain needs x of shape ({K},) and A, B, C of shape ({K}, {K}); "
-                         f"got x {x.shape}, A {A.shape}, B {B.shape}, C {C.shape}")
+        raise ValueError(
+            f"matrix chain needs x of shape ({K},) and A, B, C of shape ({K}, {K}); "
+            f"got x {x.shape}, A {A.shape}, B {B.shape}, C {C.shape}"
+        )
     y = A @ x
     u = jax.nn.sigmoid(y)
     v = B @ x

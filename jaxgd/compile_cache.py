@@ -24,6 +24,7 @@ later process that builds the same program loads it instead of compiling.
   user's own: it is created private (mode 0700), and one that belongs to someone else or that
   others can write to is refused (the cache stays off, with a warning that says why).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,6 +45,7 @@ def resolve(explicit=None) -> Path | None:
     """The cache folder ``explicit`` (a path, or one of ``OFF``) or ``$JAXGD_COMPILE_CACHE`` or the
     default names; None when it is turned off."""
     from jaxgd.data import resolve_cache_dir
+
     choice = explicit if explicit is not None else os.environ.get(ENV)
     if choice is not None and str(choice).strip().lower() in OFF:
         return None
@@ -79,9 +81,11 @@ def enable(explicit=None, min_compile_secs: float = MIN_COMPILE_SECS) -> Path | 
         return None
     why = unsafe(path)
     if why is not None:
-        warnings.warn(f"jaxgd: compilation cache off: {path} is not safe to load compiled code from: {why}. "
-                      f"Use another folder ({ENV}=DIR or --compile-cache DIR) or turn it off ({ENV}=off).",
-                      stacklevel=2)
+        warnings.warn(
+            f"jaxgd: compilation cache off: {path} is not safe to load compiled code from: {why}. "
+            f"Use another folder ({ENV}=DIR or --compile-cache DIR) or turn it off ({ENV}=off).",
+            stacklevel=2,
+        )
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
@@ -125,5 +129,9 @@ class CompileClock:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
     def as_dict(self) -> dict:
-        return {"compile_s": self.compile_s, "programs": self.compiles, "cache_load_s": self.load_s,
-                "cache_loads": self.loads}
+        return {
+            "compile_s": self.compile_s,
+            "programs": self.compiles,
+            "cache_load_s": self.load_s,
+            "cache_loads": self.loads,
+        }

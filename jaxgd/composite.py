@@ -2,6 +2,7 @@
 forward and reverse pass; ``Branches`` (a residual block, stax's ``FanOut`` + ``FanInSum`` /
 ``FanInConcat``) whose backward runs each branch's reverse pass; ``walk`` over nested layers; and
 ``hand_vjp``. Re-exported by ``jaxgd.layers``, where users find them (``layers.residual``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ import numpy as np
 
 from jaxgd.layers import Layer
 
-
 # ------------------------------------------------------------------------------ sequences and branches
+
 
 def sequence_shapes(layers, in_shape) -> list[tuple]:
     """The per-example shape entering each layer of a sequence, then the output's; a layer that
@@ -80,6 +81,7 @@ class Branches(Layer):
     hold one list per branch. For concat, the residuals also keep an empty ``(0, c_b)`` array per
     branch, which carries the width to split ``dy`` at.
     """
+
     branches: tuple
     merge: str = "add"
 
@@ -102,8 +104,10 @@ class Branches(Layer):
             except ValueError as e:
                 raise ValueError(f"branch {b}: {e}") from None
         if self.merge == "add" and len(set(outs)) > 1:
-            raise ValueError(f"add needs branch outputs of one shape; got {outs} for input {tuple(in_shape)} "
-                             "(a strided or wider body needs a shortcut that matches it, e.g. a 1x1 conv)")
+            raise ValueError(
+                f"add needs branch outputs of one shape; got {outs} for input {tuple(in_shape)} "
+                "(a strided or wider body needs a shortcut that matches it, e.g. a 1x1 conv)"
+            )
         if self.merge == "concat" and len({o[:-1] for o in outs}) > 1:
             raise ValueError(f"concat needs branch outputs that differ in the last axis only; got {outs}")
         return outs[0] if self.merge == "add" else outs[0][:-1] + (sum(o[-1] for o in outs),)
@@ -183,6 +187,7 @@ def walk(layers, residuals=None):
 
 # ------------------------------------------------------------------------------ the pair as a custom_vjp
 
+
 def _zero_cotangent(x):
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.inexact):
@@ -195,6 +200,7 @@ def hand_vjp(layer: Layer, train: bool = False):
     ``layer.backward`` (a ``jax.custom_vjp``): the state and key get zero cotangents. Built afresh
     per call (no cache keyed on the layer): inside a jitted function it is traced once per trace,
     and a layer changed between two traces is differentiated as it is now."""
+
     @jax.custom_vjp
     def f(params, state, x, key):
         y, new_state, _ = layer.forward(params, state, x, train=train, key=key)
@@ -207,8 +213,12 @@ def hand_vjp(layer: Layer, train: bool = False):
     def bwd(saved, cotangents):
         params, res, state, key = saved
         dparams, dx = layer.backward(params, res, cotangents[0])
-        return (dparams, jax.tree_util.tree_map(_zero_cotangent, state), dx,
-                jax.tree_util.tree_map(_zero_cotangent, key))
+        return (
+            dparams,
+            jax.tree_util.tree_map(_zero_cotangent, state),
+            dx,
+            jax.tree_util.tree_map(_zero_cotangent, key),
+        )
 
     f.defvjp(fwd, bwd)
     return f

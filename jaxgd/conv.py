@@ -1,5 +1,6 @@
 """The convolution's arithmetic that the ``Conv2D`` layer (``jaxgd.layers``) is built from: the
 output size, the im2col matrix, the forward, and the hand-derived weight and input gradients."""
+
 from __future__ import annotations
 
 import jax
@@ -16,6 +17,8 @@ def forward_impl(impl: str, c_in: int) -> str:
     if impl == "auto":
         return "im2col" if c_in <= IM2COL_MAX_CHANNELS else "lax"
     return impl
+
+
 PADDINGS = ("same", "valid")
 
 
@@ -33,8 +36,11 @@ def _shifted_views(x, kh: int, kw: int, stride: int = 1, pad: int | None = None)
     ph, pw = (kh // 2, kw // 2) if pad is None else (pad, pad)
     ho, wo = conv_out_size(h, kh, stride, ph), conv_out_size(w, kw, stride, pw)
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(kh) for j in range(kw)]
+    return [
+        xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
 
 
 def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
@@ -48,8 +54,7 @@ def conv(x, W, stride=1, pad=None):
     """The forward convolution of NHWC ``x`` by the HWIO kernel ``W`` (``lax.conv``): "same" (pad
     ``k // 2``) unless ``pad`` is given."""
     padding = "SAME" if pad is None else [(pad, pad), (pad, pad)]
-    return jax.lax.conv_general_dilated(x, W, (stride, stride), padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(x, W, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 WEIGHT_GRADS = ("conv", "im2col", "taps")
@@ -83,13 +88,19 @@ def conv_weight_grad_as_conv(x, dy, w_shape, stride: int = 1, pad: int | None = 
     so that the convolution XLA runs is a plain NHWC/HWIO one: on XLA:CPU a weight-gradient
     convolution written with other dimension numbers (as ``jax.vjp`` of ``lax.conv`` writes it)
     ran about 150x slower inside a ``lax.scan`` (the bench's ``conv_parts`` rows)."""
-    kh, kw, c_in, c_out = w_shape
+    kh, kw, _c_in, _c_out = w_shape
     pads = []
     for n_in, n_out, k in zip(x.shape[1:3], dy.shape[1:3], (kh, kw)):
         p = k // 2 if pad is None else pad
         pads.append((p, k + stride * (n_out - 1) - n_in - p))  # the last window's far edge
-    dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), pads,
-                                      rhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    dw = jax.lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0),
+        dy.transpose(1, 2, 0, 3),
+        (1, 1),
+        pads,
+        rhs_dilation=(stride, stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return dw.transpose(1, 2, 0, 3)
 
 
@@ -109,5 +120,6 @@ def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):
         p = k // 2 if pad is None else pad
         r = n_in + 2 * p - k - stride * (n_out - 1)  # input rows past the last window
         pads.append((k - 1 - p, k - 1 - p + r))
-    return jax.lax.conv_general_dilated(dy, Wt, (1, 1), pads, lhs_dilation=(stride, stride),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        dy, Wt, (1, 1), pads, lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )

@@ -12,6 +12,7 @@ decoded splits to one compressed file that ``load`` reads without TFDS (``jaxgd 
 - Preprocessing: scale to [0, 1], then subtract the per-channel mean and divide by
   the per-channel std of the *training part only*.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,11 @@ from jaxgd.files import atomic_write
 DATASETS = {
     # name: (tfds name, class names or None = from TFDS, labels kept (None = all))
     "mnist": ("mnist", [str(i) for i in range(10)], None),
-    "cifar10": ("cifar10", ["airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck"], None),
+    "cifar10": (
+        "cifar10",
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        None,
+    ),
     # CIFAR-2: airplane (0) and bird (2), relabelled 0 and 1
     "cifar2": ("cifar10", ["airplane", "bird"], (0, 2)),
 }
@@ -63,21 +67,30 @@ def check_split(name, x, y, where="the data"):
     fix = f"write it again with jaxgd.data.export({name!r}, folder)"
     if x.dtype != np.uint8:
         lo, hi = (float(x.min()), float(x.max())) if x.size and np.issubdtype(x.dtype, np.number) else (0, 0)
-        raise DataFormatError(f"{where}: images are {x.dtype} (values {lo:g}..{hi:g}); jaxgd reads uint8 pixels 0..255 "
-                              f"(images in [0, 1]: multiply by 255 and round to uint8), or {fix}")
+        raise DataFormatError(
+            f"{where}: images are {x.dtype} (values {lo:g}..{hi:g}); jaxgd reads uint8 pixels 0..255 "
+            f"(images in [0, 1]: multiply by 255 and round to uint8), or {fix}"
+        )
     if x.ndim != 4 or x.shape[1:] != want:
-        raise DataFormatError(f"{where}: images of shape {x.shape[1:]} (as an array {x.shape}); {name} images are "
-                              f"{want} (height, width, channels), one per row: {fix}")
+        raise DataFormatError(
+            f"{where}: images of shape {x.shape[1:]} (as an array {x.shape}); {name} images are "
+            f"{want} (height, width, channels), one per row: {fix}"
+        )
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-        raise DataFormatError(f"{where}: labels of dtype {y.dtype} and shape {y.shape} for {len(x)} images; jaxgd "
-                              f"reads one integer label per image: {fix}")
+        raise DataFormatError(
+            f"{where}: labels of dtype {y.dtype} and shape {y.shape} for {len(x)} images; jaxgd "
+            f"reads one integer label per image: {fix}"
+        )
     if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise DataFormatError(f"{where}: labels {int(y.min())}..{int(y.max())}, but {name} has {classes} classes "
-                              f"(0..{classes - 1}): {fix}")
+        raise DataFormatError(
+            f"{where}: labels {int(y.min())}..{int(y.max())}, but {name} has {classes} classes "
+            f"(0..{classes - 1}): {fix}"
+        )
 
 
 class Split(NamedTuple):
     """One split of a dataset: images ``x`` (float32, NHWC or flattened) and labels ``y`` (int32)."""
+
     x: np.ndarray  # float32, (n, h, w, c) or (n, h*w*c)
     y: np.ndarray  # int32, (n,)
 
@@ -85,6 +98,7 @@ class Split(NamedTuple):
 class Dataset(NamedTuple):
     """A dataset's train, validation and test splits, and ``info``: its name, classes, normalisation statistics (from
     the training part only), sizes and where it was read."""
+
     train: Split
     val: Split
     test: Split
@@ -116,13 +130,20 @@ DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.
 def how_to_prepare(tfds_name) -> str:
     """What to do, in words, to prepare ``tfds_name`` for ``load`` (the message of a missing dataset)."""
     import importlib.util
+
     have_tf = importlib.util.find_spec("tensorflow") is not None
-    install = ("" if have_tf else "pip install -e '.[prepare]' in the jaxgd checkout (TensorFlow is needed only for "
-               "this step) and ")
-    return (f"Prepare it once on a machine with internet access: {install}load it once (jaxgd.data.load or any "
-            f"experiment), or run python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
-            f"file_format='array_record').download_and_prepare()\"; or point TFDS_DATA_DIR / "
-            f"--data-dir at a folder that already holds {tfds_name}/<version>/.")
+    install = (
+        ""
+        if have_tf
+        else "pip install 'jaxgd[prepare]' (in a checkout: pip install -e '.[prepare]'; "
+        "TensorFlow is needed only for this step) and "
+    )
+    return (
+        f"Prepare it once on a machine with internet access: {install}load it once (jaxgd.data.load or any "
+        f"experiment), or run python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
+        f"file_format='array_record').download_and_prepare()\"; or point TFDS_DATA_DIR / "
+        f"--data-dir at a folder that already holds {tfds_name}/<version>/."
+    )
 
 
 def what_is_there(tfds_name, root) -> str:
@@ -142,9 +163,15 @@ def what_is_there(tfds_name, root) -> str:
         return f"{v} has no dataset_info.json (an unfinished preparation?)"
     names = [p.name for p in v.iterdir()]
     if not any(".array_record" in n for n in names):
-        other = sorted({n.split(".")[1].split("-")[0] for n in names if n.count(".") and "-" in n and not n.endswith(".json")})
-        return (f"{v} holds no ArrayRecord files" + (f" (it holds {', '.join(other).upper()} files, which "
-                "jaxgd cannot read without TensorFlow: prepare it again with file_format='array_record')" if other else ""))
+        other = sorted(
+            {n.split(".")[1].split("-")[0] for n in names if n.count(".") and "-" in n and not n.endswith(".json")}
+        )
+        return f"{v} holds no ArrayRecord files" + (
+            f" (it holds {', '.join(other).upper()} files, which "
+            "jaxgd cannot read without TensorFlow: prepare it again with file_format='array_record')"
+            if other
+            else ""
+        )
     return f"{v} holds ArrayRecord files, but TFDS could not open them"
 
 
@@ -156,11 +183,16 @@ def find_prepared(name, data_dir=None) -> Path:
     exported = exported_path(name, root)
     if exported.is_file():
         return exported
-    found = sorted(p for p in root.glob(f"{tfds_name}/*/dataset_info.json")
-                   if any(".array_record" in q.name for q in p.parent.iterdir()))
+    found = sorted(
+        p
+        for p in root.glob(f"{tfds_name}/*/dataset_info.json")
+        if any(".array_record" in q.name for q in p.parent.iterdir())
+    )
     if not found:
-        raise DataNotFoundError(f"dataset {name!r} ({tfds_name}) is not prepared in {root}: "
-                                f"{what_is_there(tfds_name, root)}. " + how_to_prepare(tfds_name))
+        raise DataNotFoundError(
+            f"dataset {name!r} ({tfds_name}) is not prepared in {root}: "
+            f"{what_is_there(tfds_name, root)}. " + how_to_prepare(tfds_name)
+        )
     return found[-1].parent
 
 
@@ -179,9 +211,20 @@ def export(name, folder, *, data_dir=None, cache=True) -> Path:
     (xtr, ytr), (xte, yte), version = _from_tfds(name, resolve_data_dir(data_dir), _cache_dir(cache), download=False)
     path = Path(folder).expanduser() / f"jaxgd-decoded-{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez_compressed(
-        f, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, name=np.array(name), tfds_name=np.array(tfds_name),
-        version=np.array(version), classes=np.array(classes)))
+    atomic_write(
+        path,
+        lambda f: np.savez_compressed(
+            f,
+            x_train=xtr,
+            y_train=ytr,
+            x_test=xte,
+            y_test=yte,
+            name=np.array(name),
+            tfds_name=np.array(tfds_name),
+            version=np.array(version),
+            classes=np.array(classes),
+        ),
+    )
     return path
 
 
@@ -201,18 +244,29 @@ def _read_export(name, path):
     try:
         with np.load(path) as f:
             got = {k: f[k] for k in f.files}
-    except Exception as e:
-        raise DataNotFoundError(f"{path} is not a readable jaxgd export ({type(e).__name__}: {e}); write it "
-                                f"again with jaxgd.data.export({name!r}, folder)") from None
+    except Exception as e:  # noqa: BLE001  (np.load fails in many ways on a bad file)
+        raise DataNotFoundError(
+            f"{path} is not a readable jaxgd export ({type(e).__name__}: {e}); write it "
+            f"again with jaxgd.data.export({name!r}, folder)"
+        ) from None
     need = {"x_train", "y_train", "x_test", "y_test", "name", "version", "classes"}
-    if not need <= set(got) or str(got["name"]) != name or list(got["classes"]) != _spec(name)[1] or any(
-            len(got[f"x_{s}"]) != len(got[f"y_{s}"]) for s in ("train", "test")):
-        raise DataNotFoundError(f"{path} is not a complete export of {name!r} (it holds "
-                                f"{sorted(got)}); write it again with jaxgd.data.export({name!r}, folder)")
+    if (
+        not need <= set(got)
+        or str(got["name"]) != name
+        or list(got["classes"]) != _spec(name)[1]
+        or any(len(got[f"x_{s}"]) != len(got[f"y_{s}"]) for s in ("train", "test"))
+    ):
+        raise DataNotFoundError(
+            f"{path} is not a complete export of {name!r} (it holds "
+            f"{sorted(got)}); write it again with jaxgd.data.export({name!r}, folder)"
+        )
     for s in ("train", "test"):
         check_split(name, got[f"x_{s}"], got[f"y_{s}"], f"{path} ({s} split)")
-    return ((got["x_train"], got["y_train"].astype(np.int32)), (got["x_test"], got["y_test"].astype(np.int32)),
-            str(got["version"]))
+    return (
+        (got["x_train"], got["y_train"].astype(np.int32)),
+        (got["x_test"], got["y_test"].astype(np.int32)),
+        str(got["version"]),
+    )
 
 
 def _spec(name):
@@ -236,6 +290,7 @@ def reachable(host, port=443, timeout=3.0) -> bool:
             ok.append(True)
         except OSError:
             pass
+
     t = threading.Thread(target=connect, daemon=True)  # a stuck name lookup must not hold us
     t.start()
     t.join(timeout)
@@ -270,19 +325,26 @@ def check_available(name, data_dir=None, download=True):
 def _open(tfds_name, split, root, download):
     """``tfds.data_source`` that fails fast with one clear message when the data is missing."""
     import tensorflow_datasets as tfds
+
     try:
         return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=False)
-    except Exception as e:  # TFDS raises several types for "not prepared"
+    except Exception as e:  # noqa: BLE001  (TFDS raises several types for "not prepared")
         missing = e
     why = can_download(tfds_name, download)
     if why is None:
-        return tfds.data_source(tfds_name, split=split, data_dir=str(root), download=True,
-                                builder_kwargs={"file_format": "array_record"})
+        return tfds.data_source(
+            tfds_name, split=split, data_dir=str(root), download=True, builder_kwargs={"file_format": "array_record"}
+        )
     found = what_is_there(tfds_name, root)
-    cause = (f" TFDS said: {type(missing).__name__}: {str(missing).splitlines()[0][:200]}."
-             if found.endswith("could not open them") else "")
-    raise DataNotFoundError(f"dataset {tfds_name!r} split {split!r} could not be read from {root}: {found} "
-                            f"({why}).{cause} " + how_to_prepare(tfds_name))
+    cause = (
+        f" TFDS said: {type(missing).__name__}: {str(missing).splitlines()[0][:200]}."
+        if found.endswith("could not open them")
+        else ""
+    )
+    raise DataNotFoundError(
+        f"dataset {tfds_name!r} split {split!r} could not be read from {root}: {found} "
+        f"({why}).{cause} " + how_to_prepare(tfds_name)
+    )
 
 
 def _decode(source):
@@ -307,18 +369,28 @@ def _raw_split(tfds_name, split, root, cache, download):
                     stored, x, y = str(f["key"]), f["x"], f["y"]
                 if stored == key and len(x) == len(y) == len(source):
                     return x, y, version
-                warnings.warn(f"stale cache {path} (made from other data); rebuilding it")
-            except Exception as e:  # truncated / corrupt zip, missing arrays
-                warnings.warn(f"corrupt cache {path} ({type(e).__name__}); rebuilding it")
+                warnings.warn(f"stale cache {path} (made from other data); rebuilding it", stacklevel=2)
+            except Exception as e:  # noqa: BLE001  (truncated / corrupt zip, missing arrays)
+                warnings.warn(f"corrupt cache {path} ({type(e).__name__}); rebuilding it", stacklevel=2)
     x, y = _decode(source)
     if path is not None:  # a temp file of its own per writer: two processes may fill a cold cache
         atomic_write(path, lambda f: np.savez(f, x=x, y=y, key=np.array(key)))
     return x, y, version
 
 
-def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int | None = None,
-         train_size: int | None = None, seed: int = 0, layout: str = "flat", normalize: bool = True,
-         cache=True, download: bool = True) -> Dataset:
+def load(
+    name: str,
+    *,
+    data_dir=None,
+    val_fraction: float = 0.1,
+    val_size: int | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+    layout: str = "flat",
+    normalize: bool = True,
+    cache=True,
+    download: bool = True,
+) -> Dataset:
     """Load ``"mnist"``, ``"cifar10"`` or ``"cifar2"`` as float32 images and int32 labels.
 
     The TFDS train split is permuted with ``seed`` and cut into validation
@@ -349,11 +421,13 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
         (xtr, ytr), (xte, yte), version = _from_tfds(name, root, _cache_dir(cache), download)
         for split, (xs, ys) in (("train", (xtr, ytr)), ("test", (xte, yte))):
             check_split(name, xs, ys, f"{name}'s decoded {split} split")
-    counts_before = {"train": np.bincount(ytr, minlength=len(classes)).tolist(),
-                     "test": np.bincount(yte, minlength=len(classes)).tolist()}
+    counts_before = {
+        "train": np.bincount(ytr, minlength=len(classes)).tolist(),
+        "test": np.bincount(yte, minlength=len(classes)).tolist(),
+    }
 
     n = len(ytr)
-    n_val = int(val_size) if val_size is not None else int(round(val_fraction * n))
+    n_val = int(val_size) if val_size is not None else round(val_fraction * n)
     if n_val >= n:
         raise ValueError(f"val_size {n_val} leaves no training images out of {n}")
     perm = np.random.default_rng(seed).permutation(n)
@@ -371,15 +445,29 @@ def load(name: str, *, data_dir=None, val_fraction: float = 0.1, val_size: int |
         x = lookup(table, x)
         return x.reshape(len(x), int(np.prod(x.shape[1:]))) if layout == "flat" else x
 
-    info = {"name": name, "tfds_name": tfds_name, "version": version, "classes": classes,
-            "image_shape": list(xtr.shape[1:]), "mean": mean.tolist(), "std": std.tolist(),
-            "normalized": normalize, "layout": layout, "seed": seed,
-            "sizes": {"train": len(train_idx), "val": n_val, "test": len(yte)},
-            "class_counts_before_split": counts_before, "data_dir": str(root),
-            **({"source": str(source)} if source != root else {}),
-            "split": "seeded random permutation of the TFDS train split (not stratified)"}
-    return Dataset(Split(prep(x_train), ytr[train_idx]), Split(prep(xtr[val_idx]), ytr[val_idx]),
-                   Split(prep(xte), yte.copy()), info)
+    info = {
+        "name": name,
+        "tfds_name": tfds_name,
+        "version": version,
+        "classes": classes,
+        "image_shape": list(xtr.shape[1:]),
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "normalized": normalize,
+        "layout": layout,
+        "seed": seed,
+        "sizes": {"train": len(train_idx), "val": n_val, "test": len(yte)},
+        "class_counts_before_split": counts_before,
+        "data_dir": str(root),
+        **({"source": str(source)} if source != root else {}),
+        "split": "seeded random permutation of the TFDS train split (not stratified)",
+    }
+    return Dataset(
+        Split(prep(x_train), ytr[train_idx]),
+        Split(prep(xtr[val_idx]), ytr[val_idx]),
+        Split(prep(xte), yte.copy()),
+        info,
+    )
 
 
 def unit(u8):
@@ -416,7 +504,7 @@ def lookup(table, u8, chunk=64):
     flat = table.ravel()
     out = np.empty(u8.shape, np.float32)
     for i in range(0, len(u8), chunk):
-        np.take(flat, _value_index(u8[i:i + chunk]), out=out[i:i + chunk])
+        np.take(flat, _value_index(u8[i : i + chunk]), out=out[i : i + chunk])
     return out
 
 
@@ -440,7 +528,7 @@ def channel_moments(u8, chunk=4096):
     c = u8.shape[-1]
     counts = np.zeros((c, 256), np.int64)
     for i in range(0, len(u8), chunk):
-        counts += np.bincount(_value_index(u8[i:i + chunk]).ravel(), minlength=256 * c).reshape(c, 256)
+        counts += np.bincount(_value_index(u8[i : i + chunk]).ravel(), minlength=256 * c).reshape(c, 256)
     n = u8.size // c
     values = unit(np.arange(256, dtype=np.uint8)).astype(np.float64)
     mean = np.array([math.fsum(k * values) for k in counts]) / n

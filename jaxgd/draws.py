@@ -13,6 +13,7 @@ the one ``jax.random`` gives (``tests/test_layers.py::test_draws_are_jax_randoms
 Inside a trace (``jit``, ``vmap``, ``grad``), with another PRNG implementation or with the
 partitionable flag off, they call ``jax.random`` itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,12 @@ MIN_LENGTH = 1024
 def _flat_draw_is_exact(key) -> bool:
     """Whether a flat draw gives ``jax.random``'s numbers for ``key``: a concrete raw key (not a
     tracer, not a typed key) under JAX's default, partitionable threefry."""
-    return (not isinstance(key, jax.core.Tracer) and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            and jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32")
+    return (
+        not isinstance(key, jax.core.Tracer)
+        and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and jax.config.jax_threefry_partitionable  # type: ignore[attr-defined]  # jax sets its flags at import
+        and jax.config.jax_default_prng_impl == "threefry2x32"  # type: ignore[attr-defined]
+    )
 
 
 def _drawn(key, draw, shape, dtype, *args):

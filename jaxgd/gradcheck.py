@@ -10,6 +10,7 @@ The error measure is INF265 project 1's elementwise relative error
 reported as its max and mean per leaf. ``check_gradients`` runs a whole check
 in float64 (``jax.enable_x64`` scoped to the call) or float32.
 """
+
 from __future__ import annotations
 
 import jax
@@ -17,12 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-
 # Pass thresholds on the max relative error. float64 uses INF265 project 1's 1e-6 against
 # finite differences. In float32 a finite difference is mostly rounding noise
 # (about 1e-7 |L| / h), so it is reported but not judged (None); the float32 check
 # is hand vs jax.grad.
-TOLERANCES = {
+TOLERANCES: dict[str, dict[str, float | None]] = {
     "float64": {"fd": 1e-6, "directional": 1e-6, "autodiff": 1e-10},
     "float32": {"fd": None, "directional": None, "autodiff": 1e-4},
 }
@@ -42,8 +42,10 @@ def rel_error(g_a, g_n, eps=1e-12):
 
 def leaf_names(tree) -> list[str]:
     """``"0.W"``-style names of a pytree's leaves, in ``tree_leaves`` order."""
+
     def name(path):
         return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
     return [name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
@@ -92,12 +94,13 @@ def fd_estimates(f, params, index, h, order=2, pattern=None):
 
     def one(i):
         e = jnp.zeros_like(flat).at[i].set(1.0)
-        at = lambda s: unravel(flat + s * e)  # noqa: E731
+        at = lambda s: unravel(flat + s * e)
         estimate = central_difference(lambda s: f(at(s)), h, order)
         if pattern is None:
             return estimate, jnp.bool_(True)
         centre = pattern(at(0.0))
         return estimate, jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
+
     return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
 
 
@@ -138,35 +141,50 @@ def directional_estimates(f, grads, params, directions, h, order=2, pattern=None
 
     def one(i):
         v = jnp.where(owner == i, directions, 0)
-        at = lambda s: unravel(flat + s * v)  # noqa: E731
+        at = lambda s: unravel(flat + s * v)
         numeric = central_difference(lambda s: f(at(s)), h, order)
         valid = jnp.bool_(True)
         if pattern is not None:
             centre = pattern(at(0.0))
             valid = jnp.all(jnp.stack([_same(pattern(at(k * h)), centre) for k in STENCIL_POINTS[order]]))
         return jnp.sum(g_flat * v), numeric, valid
+
     return jax.lax.map(one, jnp.arange(len(leaves)))
 
 
 def cast(tree, dtype):
     """Floating leaves of ``tree`` as ``dtype``; other leaves (integer labels, keys) as they are."""
     return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
-        tree)
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), tree
+    )
 
 
 def host_cast(tree, dtype):
     """``cast`` done by NumPy on the host: no device program per leaf shape. Scalars become arrays."""
+
     def one(x):
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             return x
         a = np.asarray(x)
         return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a
+
     return jax.tree_util.tree_map(one, tree)
 
 
-def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, eps=None, order=4,
-                    max_per_leaf=None, directional=True, seed=0, pattern_fn=None) -> dict:
+def check_gradients(
+    loss_fn,
+    grad_fn,
+    params,
+    *args,
+    dtype=jnp.float64,
+    h=None,
+    eps=None,
+    order=4,
+    max_per_leaf=None,
+    directional=True,
+    seed=0,
+    pattern_fn=None,
+) -> dict:
     """Check ``grad_fn(params, *args)`` against finite differences and ``jax.grad(loss_fn)``.
 
     Floating params and args are cast to ``dtype``; float64 runs inside
@@ -190,7 +208,7 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     eps = (1e-12 if is64 else 1e-6) if eps is None else eps
 
     def measure(params, args, index, directions):
-        f = lambda p: loss_fn(p, *args)  # noqa: E731
+        f = lambda p: loss_fn(p, *args)
         pattern = None if pattern_fn is None else (lambda p: pattern_fn(p, *args))
         grads = grad_fn(params, *args)
         fd, valid = fd_estimates(f, params, index, h, order, pattern)
@@ -200,26 +218,45 @@ def check_gradients(loss_fn, grad_fn, params, *args, dtype=jnp.float64, h=None, 
     with jax.enable_x64(is64):
         params, args = host_cast(params, dtype), host_cast(args, dtype)
         coords = sample_coordinates(params, max_per_leaf, seed)
-        grads, auto, fd, valid, dirs = jax.device_get(jax.jit(measure)(
-            params, args, flat_index(params, coords), random_directions(params, seed)))
+        grads, auto, fd, valid, dirs = jax.device_get(
+            jax.jit(measure)(params, args, flat_index(params, coords), random_directions(params, seed))
+        )
     fd, valid = split_by_leaf(fd, coords), split_by_leaf(valid, coords)
     leaves = []
-    for i, (name, g, a, c, n, ok) in enumerate(zip(leaf_names(params), jax.tree_util.tree_leaves(grads),
-                                                    jax.tree_util.tree_leaves(auto), coords, fd, valid)):
+    for i, (name, g, a, c, n, ok) in enumerate(
+        zip(leaf_names(params), jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(auto), coords, fd, valid)
+    ):
         e = rel_error(np.asarray(g).reshape(-1)[c], n, eps)[ok]
         ea = rel_error(g, a, eps)
-        leaf = {"name": name, "size": int(g.size), "fd_checked": int(ok.sum()), "fd_kinked": int((~ok).sum()),
-                "fd_max": float(e.max()) if e.size else 0.0, "fd_mean": float(e.mean()) if e.size else 0.0,
-                "autodiff_max": float(ea.max()), "autodiff_mean": float(ea.mean())}
+        leaf = {
+            "name": name,
+            "size": int(g.size),
+            "fd_checked": int(ok.sum()),
+            "fd_kinked": int((~ok).sum()),
+            "fd_max": float(e.max()) if e.size else 0.0,
+            "fd_mean": float(e.mean()) if e.size else 0.0,
+            "autodiff_max": float(ea.max()),
+            "autodiff_mean": float(ea.mean()),
+        }
         if directional:
             analytic, numeric, ok_dir = (float(dirs[0][i]), float(dirs[1][i]), bool(dirs[2][i]))
-            leaf["directional"] = {"analytic": analytic, "numeric": numeric, "straddles_kink": not ok_dir,
-                                   "rel": float(rel_error(dirs[0][i], dirs[1][i], eps)) if ok_dir else 0.0}
+            leaf["directional"] = {
+                "analytic": analytic,
+                "numeric": numeric,
+                "straddles_kink": not ok_dir,
+                "rel": float(rel_error(dirs[0][i], dirs[1][i], eps)) if ok_dir else 0.0,
+            }
         leaves.append(leaf)
-    report = {"dtype": jnp.dtype(dtype).name, "h": h, "order": order, "eps": eps, "leaves": leaves,
-              "fd_kinked": sum(l["fd_kinked"] for l in leaves),
-              "fd_max": max(l["fd_max"] for l in leaves),
-              "autodiff_max": max(l["autodiff_max"] for l in leaves)}
+    report = {
+        "dtype": jnp.dtype(dtype).name,
+        "h": h,
+        "order": order,
+        "eps": eps,
+        "leaves": leaves,
+        "fd_kinked": sum(l["fd_kinked"] for l in leaves),
+        "fd_max": max(l["fd_max"] for l in leaves),
+        "autodiff_max": max(l["autodiff_max"] for l in leaves),
+    }
     if directional:
         report["directional_max"] = max(l["directional"]["rel"] for l in leaves)
     return report
@@ -238,6 +275,7 @@ def off_constant(tree, rng):
             return a
         z = rng.standard_normal(a.shape).astype(a.dtype)
         return a * np.exp(0.3 * z) if a.flat[0] > 0 else a + 0.3 * z
+
     return jax.tree_util.tree_map(move, tree)
 
 
@@ -255,6 +293,7 @@ def layer_problem(layer, params, state, x, *, train=False, key=None, seed=0):
     def grad_fn(px, state, c):
         _, _, res = layer.forward(px[0], state, px[1], train=train, key=key)
         return layer.backward(px[0], res, c.astype(px[1].dtype))
+
     return loss_fn, grad_fn, (state, c)
 
 
@@ -262,11 +301,12 @@ def kinks(layers, residuals) -> list:
     """The discrete choices of a forward pass, read from its residuals: the sign of every ReLU
     and leaky-ReLU output and the winner of every max-pool window (branches opened)."""
     from jaxgd import layers as L
+
     out = []
     for layer, r in L.walk(layers, residuals):
         if isinstance(layer, L.MaxPool):
             out.append(r)
-        elif isinstance(layer, L.LeakyReLU) or isinstance(layer, L.Activation) and layer.name == "relu":
+        elif isinstance(layer, L.LeakyReLU) or (isinstance(layer, L.Activation) and layer.name == "relu"):
             out.append(r > 0)
     return out
 
@@ -274,6 +314,8 @@ def kinks(layers, residuals) -> list:
 def model_kinks(model, key=None):
     """``pattern_fn(params, x, y, state)`` for ``check_gradients`` of a ``models.Model`` in training
     mode: ``kinks`` of its forward pass."""
+
     def pattern(params, x, y, state):
         return kinks(model.layers, model.forward(params, state, x, True, key)[2])
+
     return pattern

@@ -18,6 +18,7 @@ axis. ``params`` and ``state`` are plain dicts (``{}`` for a layer without any);
 Dense layers compute ``y = x @ W + b`` with ``W`` shaped ``(d_in, d_out)`` (samples are
 rows: ``torch.nn.Linear`` with ``W`` stored transposed). Images are NHWC, conv kernels HWIO.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,7 @@ def init_linear(key, d_in: int, d_out: int, init: str = "torch", dtype=jnp.float
         W = draws.uniform(kw, (d_in, d_out), dtype, -r, r)
         b = jnp.zeros((d_out,), dtype)
     elif init == "torch":
-        r = d_in ** -0.5
+        r = d_in**-0.5
         W = draws.uniform(kw, (d_in, d_out), dtype, -r, r)
         b = draws.uniform(kb, (d_out,), dtype, -r, r)
     else:
@@ -81,18 +82,22 @@ class Layer:
 
 # ------------------------------------------------------------------------------ dense
 
+
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
     """``y = x W + b`` (``y = x W`` with ``bias=False``). Backward: ``dW = x^T dy`` and
     ``db = sum_batch dy`` (summed over every leading axis), ``dx = dy W^T``. Residual: ``x``."""
+
     features: int
     init_scheme: str = "torch"
     bias: bool = True
 
     def out_shape(self, in_shape):
         if len(in_shape) != 1:
-            raise ValueError(f"dense({self.features}) needs flat inputs but gets per-example shape "
-                             f"{tuple(in_shape)}: put flatten() before it")
+            raise ValueError(
+                f"dense({self.features}) needs flat inputs but gets per-example shape "
+                f"{tuple(in_shape)}: put flatten() before it"
+            )
         return (self.features,)
 
     def init(self, key, in_shape, dtype=jnp.float32):
@@ -114,7 +119,9 @@ class Dense(Layer):
         return int(in_shape[0]) * self.features
 
     def __str__(self):
-        return f"{type(self).__name__.lower()}({self.features}, {self.init_scheme!r}{'' if self.bias else ', bias=False'})"
+        return (
+            f"{type(self).__name__.lower()}({self.features}, {self.init_scheme!r}{'' if self.bias else ', bias=False'})"
+        )
 
 
 # ------------------------------------------------------------------------------ activations
@@ -133,6 +140,7 @@ class Activation(Layer):
     """Elementwise ``y = f(x)``; backward ``dx = dy * f'(x)`` with ``f'`` read from ``y``
     (ReLU: ``y > 0``, so the kink at 0 gets slope 0, as in PyTorch; sigmoid ``y (1 - y)``;
     tanh ``1 - y^2``). Residual: ``y`` (nothing for identity)."""
+
     name: str
 
     def __post_init__(self):
@@ -176,6 +184,7 @@ class LeakyReLU(Layer):
     """``y = x`` where ``x > 0``, else ``slope * x``. Backward ``dx = dy`` where ``y > 0``, else
     ``slope * dy`` (for ``slope > 0``, ``y`` has the sign of ``x``; the kink at 0 gets ``slope``,
     as PyTorch's ``LeakyReLU``). Residual: ``y``."""
+
     slope: float = 0.01
 
     def __post_init__(self):
@@ -204,6 +213,7 @@ class GELU(Layer):
     - tanh:  ``f'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``, ``t = tanh(u)``
 
     Residual: ``x``."""
+
     approximate: bool = False
 
     def forward(self, params, state, x, *, train=False, key=None):
@@ -211,7 +221,7 @@ class GELU(Layer):
 
     def backward(self, params, x, dy):
         if self.approximate:
-            t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x ** 3))
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
             d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
         else:
             d = 0.5 * (1 + jax.lax.erf(x / math.sqrt(2.0))) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
@@ -241,6 +251,7 @@ class Softmax(Layer):
 class Scale(Layer):
     """``y = factor * x``, a constant (airbench's ``Mul(1/9)`` on the logits). Backward:
     ``dx = factor * dy``. Residual: none."""
+
     factor: float
 
     def forward(self, params, state, x, *, train=False, key=None):
@@ -272,8 +283,17 @@ def softmax() -> Softmax:
 
 # ------------------------------------------------------------------------------ conv
 
-from jaxgd.conv import (CONV_IMPLS, PADDINGS, WEIGHT_GRADS, conv, conv_input_grad, conv_out_size,  # noqa: E402,F401
-                        conv_weight_grad, forward_impl, im2col)
+from jaxgd.conv import (  # noqa: E402
+    CONV_IMPLS,
+    PADDINGS,
+    WEIGHT_GRADS,
+    conv,
+    conv_input_grad,
+    conv_out_size,
+    conv_weight_grad,
+    forward_impl,
+    im2col,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +336,7 @@ class Conv2D(Layer):
     (``jaxgd.xla``): ``jaxgd bench``'s ``cnn_epoch`` section times it beside the earlier
     im2col path, and ``conv_parts`` each part beside PyTorch's kernel for it.
     """
+
     features: int
     size: int = 3
     impl: str = "auto"
@@ -331,8 +352,10 @@ class Conv2D(Layer):
         if self.padding not in PADDINGS:
             raise ValueError(f"conv2d padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.size < 1 or (self.padding == "same" and self.size % 2 == 0):
-            raise ValueError(f"conv2d with padding 'same' supports odd kernel sizes only, got {self.size} "
-                             "(use padding='valid' for an even size)")
+            raise ValueError(
+                f"conv2d with padding 'same' supports odd kernel sizes only, got {self.size} "
+                "(use padding='valid' for an even size)"
+            )
         if not isinstance(self.stride, int) or self.stride < 1:
             raise ValueError(f"conv2d stride must be an integer >= 1, got {self.stride!r}")
         if self.impl not in CONV_IMPLS:
@@ -352,8 +375,10 @@ class Conv2D(Layer):
             raise ValueError(f"conv2d needs (height, width, channels) inputs, gets per-example shape {tuple(in_shape)}")
         hw = [conv_out_size(n, self.size, self.stride, self.pad) for n in in_shape[:2]]
         if min(hw) < 1:
-            raise ValueError(f"conv2d({self.features}, {self.size}, padding={self.padding!r}) needs inputs of at "
-                             f"least {self.size} x {self.size} pixels; gets {tuple(in_shape)}")
+            raise ValueError(
+                f"conv2d({self.features}, {self.size}, padding={self.padding!r}) needs inputs of at "
+                f"least {self.size} x {self.size} pixels; gets {tuple(in_shape)}"
+            )
         return tuple(hw) + (self.features,)
 
     def init(self, key, in_shape, dtype=jnp.float32):
@@ -380,8 +405,10 @@ class Conv2D(Layer):
 
     def backward(self, params, x, dy):
         W = params["W"]
-        grads = {"W": conv_weight_grad(x, dy, W.shape, self.stride, self.pad, self.weight_grad),
-                 **({"b": jnp.sum(dy, axis=(0, 1, 2))} if self.bias else {})}
+        grads = {
+            "W": conv_weight_grad(x, dy, W.shape, self.stride, self.pad, self.weight_grad),
+            **({"b": jnp.sum(dy, axis=(0, 1, 2))} if self.bias else {}),
+        }
         return grads, conv_input_grad(dy, W, self.stride, self.pad, x.shape[1:3])
 
     def macs(self, in_shape):
@@ -389,21 +416,27 @@ class Conv2D(Layer):
         return int(h * w * self.size * self.size * in_shape[2] * self.features)
 
     def __str__(self):
-        extra = (f", stride={self.stride}" if self.stride != 1 else "") + (
-            f", padding={self.padding!r}" if self.padding != "same" else "") + ("" if self.bias else ", bias=False") + (
-            f", weight_grad={self.weight_grad!r}" if self.weight_grad != "conv" else "")
+        extra = (
+            (f", stride={self.stride}" if self.stride != 1 else "")
+            + (f", padding={self.padding!r}" if self.padding != "same" else "")
+            + ("" if self.bias else ", bias=False")
+            + (f", weight_grad={self.weight_grad!r}" if self.weight_grad != "conv" else "")
+        )
         return f"conv2d({self.features}, {self.size}, {self.impl!r}, {self.init_scheme!r}{extra})"
 
 
 # ------------------------------------------------------------------------------ pooling, reshaping
 
+
 def _pooled_shape(name, size, in_shape, crop=False):
     """Non-overlapping ``size`` x ``size`` windows: height and width divide by ``size`` (with
     ``crop``, rounded down)."""
     if len(in_shape) != 3 or min(in_shape[:2]) < size or (not crop and (in_shape[0] % size or in_shape[1] % size)):
-        raise ValueError(f"{name}({size}) needs (height, width, channels) inputs with height and "
-                         f"width divisible by {size}{' (or crop=True)' if name == 'max_pool' else ''}; "
-                         f"gets per-example shape {tuple(in_shape)}")
+        raise ValueError(
+            f"{name}({size}) needs (height, width, channels) inputs with height and "
+            f"width divisible by {size}{' (or crop=True)' if name == 'max_pool' else ''}; "
+            f"gets per-example shape {tuple(in_shape)}"
+        )
     return (in_shape[0] // size, in_shape[1] // size, in_shape[2])
 
 
@@ -431,6 +464,7 @@ class MaxPool(Layer):
     The index is kept rather than recomputed as ``x == max(x)``: under jit, XLA may recompute ``x``
     inside two fusions that round differently, and an equality test can then select no element.
     """
+
     size: int = 2
     crop: bool = False
 
@@ -443,7 +477,7 @@ class MaxPool(Layer):
         self.out_shape((h, w, c))
         hs, ws = h // s, w // s
         residual_shape = jnp.zeros((0, h - hs * s, w - ws * s), jnp.int8)  # what the crop left out
-        x6 = x[:, :hs * s, :ws * s].reshape(n, hs, s, ws, s, c)
+        x6 = x[:, : hs * s, : ws * s].reshape(n, hs, s, ws, s, c)
         index = _index_dtype(s * s)
         best, idx = x6[:, :, 0, :, 0, :], jnp.zeros((n, h // s, w // s, c), index)
         for k in range(1, s * s):
@@ -490,6 +524,7 @@ class AvgPool(Layer):
     """Non-overlapping ``size`` x ``size`` average pooling of NHWC input (height and width
     divisible by ``size``): ``y = mean of each window``. Backward: every element of a window gets
     ``dy / size**2``. Residual: none."""
+
     size: int = 2
 
     def out_shape(self, in_shape):
@@ -531,12 +566,14 @@ class GlobalAvgPool(Layer):
 
 # ------------------------------------------------------------------------------ dropout, batch norm
 
+
 @dataclasses.dataclass(frozen=True)
 class Dropout(Layer):
     """Inverted dropout; ``rate`` is the probability of *dropping* a unit (stax's ``Dropout``
     takes the keep probability instead). Training: ``y = x * m / (1 - rate)`` with
     ``m ~ Bernoulli(1 - rate)`` drawn from ``key``; eval: ``y = x``. Backward reuses the mask:
     ``dx = dy * m / (1 - rate)``. Residual: ``m`` (nothing at eval)."""
+
     rate: float
 
     def __post_init__(self):
@@ -587,6 +624,7 @@ class BatchNorm(Layer):
 
     Residuals: ``x_hat`` and ``1 / sqrt(var + eps)``, tagged with the mode.
     """
+
     momentum: float = 0.1
     eps: float = 1e-5
 
@@ -600,13 +638,17 @@ class BatchNorm(Layer):
         if train:
             m = x.size // x.shape[-1]
             if m < 2:
-                raise ValueError(f"batch norm in training mode needs more than one value per feature to "
-                                 f"normalise, but input of shape {tuple(x.shape)} has {m}: use a batch of at least 2")
+                raise ValueError(
+                    f"batch norm in training mode needs more than one value per feature to "
+                    f"normalise, but input of shape {tuple(x.shape)} has {m}: use a batch of at least 2"
+                )
             mean = jnp.mean(x, axes)
             var = jnp.mean(jnp.square(x - mean), axes)
             mom = self.momentum
-            state = {"mean": (1 - mom) * state["mean"] + mom * mean,
-                     "var": (1 - mom) * state["var"] + mom * var * (m / (m - 1))}
+            state = {
+                "mean": (1 - mom) * state["mean"] + mom * mean,
+                "var": (1 - mom) * state["var"] + mom * var * (m / (m - 1)),
+            }
         else:
             mean, var = state["mean"], state["var"]
         inv = jax.lax.rsqrt(var + self.eps)
@@ -642,6 +684,7 @@ class LayerNorm(Layer):
     ``dscale = sum_{other axes} dy * x_hat``, ``dshift = sum_{other axes} dy``.
     Residuals: ``x_hat`` and ``1 / sqrt(var + eps)``.
     """
+
     eps: float = 1e-5
 
     def init(self, key, in_shape, dtype=jnp.float32):
@@ -672,8 +715,17 @@ def dense(features: int, init: str = "torch", *, bias: bool = True) -> Dense:
     return Dense(features, init, bias)
 
 
-def conv2d(features: int, size: int = 3, impl: str = "auto", init: str = "torch", *, stride: int = 1,
-           padding: str = "same", bias: bool = True, weight_grad: str = "conv") -> Conv2D:
+def conv2d(
+    features: int,
+    size: int = 3,
+    impl: str = "auto",
+    init: str = "torch",
+    *,
+    stride: int = 1,
+    padding: str = "same",
+    bias: bool = True,
+    weight_grad: str = "conv",
+) -> Conv2D:
     """A 2-D convolution with ``features`` output channels and a ``size x size`` kernel (NHWC input,
     HWIO kernel): ``Conv2D``'s forward by im2col or ``lax.conv`` (``impl``; ``"auto"``: im2col for
     images of at most 4 channels), its hand backward ``dx`` as the transposed convolution and
@@ -720,5 +772,16 @@ def global_avg_pool() -> GlobalAvgPool:
 
 
 # sequences, branches and the pair as a custom_vjp (``jaxgd.composite``), here for ``layers.residual`` etc.
-from jaxgd.composite import (Branches, fan_in_concat, fan_in_sum, hand_vjp, residual, sequence_backward,  # noqa: E402,F401
-                             sequence_forward, sequence_init, sequence_shapes, stateless, walk)
+from jaxgd.composite import (  # noqa: E402,F401
+    Branches,
+    fan_in_concat,
+    fan_in_sum,
+    hand_vjp,
+    residual,
+    sequence_backward,
+    sequence_forward,
+    sequence_init,
+    sequence_shapes,
+    stateless,
+    walk,
+)

@@ -4,6 +4,7 @@ Shapes: ``y_hat`` / ``logits`` are ``(batch, k)`` or a single ``(k,)``.
 Integer labels are ``(batch,)`` (or a scalar); one-hot or probability targets
 have the logits' shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,8 @@ def targets(logits, labels):
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
             f"labels shape {labels.shape} fits neither integer labels {logits.shape[:-1]} "
-            f"nor one-hot targets {logits.shape} for logits of shape {logits.shape}")
+            f"nor one-hot targets {logits.shape} for logits of shape {logits.shape}"
+        )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"integer class labels expected, got dtype {labels.dtype}")
     if _is_concrete(labels):
@@ -98,6 +100,7 @@ class CrossEntropy:
     Derivative: ``dL/ds = softmax(s) - q`` (over the batch size for the mean): smoothing moves the
     target off the vertex of the simplex, so the gradient never vanishes on a confident example.
     """
+
     smoothing: float = 0.0
     reduction: str = "mean"
 
@@ -161,8 +164,7 @@ def l2_penalty(params, lam):
 
 def l2_penalty_grad(params, lam):
     """``2 lam W`` for weight leaves, zeros elsewhere; same structure as ``params``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: 2 * lam * x if _is_weight(p) else jnp.zeros_like(x), params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: 2 * lam * x if _is_weight(p) else jnp.zeros_like(x), params)
 
 
 def accuracy(logits, labels):

@@ -12,6 +12,7 @@ mistake and ``jaxgd.layers`` is the bug itself.
 a dropped or transposed cotangent, a broadcast argument's cotangent not summed, a slope or a mean
 term forgotten, a nondiff argument's factor), checked as ``jaxgd.check(m.f, *m.args(rng))``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -159,8 +160,9 @@ class ConvValidInputGrad(L.Conv2D):
         g, _ = super().backward(params, x, dy)
         W = params["W"]
         p = W.shape[0] // 2
-        dx = jax.lax.conv_general_dilated(dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2), (1, 1), "VALID",
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dx = jax.lax.conv_general_dilated(
+            dy, jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return g, jnp.pad(dx, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
@@ -170,8 +172,9 @@ class ConvInputGradUnflipped(L.Conv2D):
 
     def backward(self, params, x, dy):
         g, _ = super().backward(params, x, dy)
-        dx = jax.lax.conv_general_dilated(dy, params["W"].transpose(0, 1, 3, 2), (1, 1), "SAME",
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dx = jax.lax.conv_general_dilated(
+            dy, params["W"].transpose(0, 1, 3, 2), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return g, dx
 
 
@@ -222,6 +225,7 @@ class Mistake:
     that must hold it (its ``where`` begins with ``where``: a gradient and mode, a check or the
     summary) and its kind: ``"cause"`` (a verified hypothesis), ``"observation"`` (where the wrong
     entries are, no cause named), ``"check"`` or ``"summary"``."""
+
     name: str
     layer: L.Layer
     in_shape: tuple
@@ -241,48 +245,127 @@ class Mistake:
 GALLERY = (
     Mistake("transposed weight gradient", DenseTransposed(5), (7,), "transposed", where="param W (train"),
     Mistake("transposed square weight gradient", DenseTransposed(5), (5,), "transposed", where="param W (train"),
-    Mistake("mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size",
-            where="param W (train"),
-    Mistake("bias gradient not summed over the batch", DenseBiasNotSummed(5), (7,), "not summed over the batch",
-            where="param b (train"),
-    Mistake("bias gradient summed over the wrong axis", DenseBiasWrongAxis(5), (7,), "reduced over the wrong axis",
-            where="param b (train"),
-    Mistake("one weight entry slightly off", DenseOneEntryOff(5), (5,), "only 1 of 25 coordinates wrong: (1, 2)",
-            where="param W (train", kind="observation"),
+    Mistake(
+        "mean over the batch where the loss sums", DenseMean(5), (7,), "1 / the batch size", where="param W (train"
+    ),
+    Mistake(
+        "bias gradient not summed over the batch",
+        DenseBiasNotSummed(5),
+        (7,),
+        "not summed over the batch",
+        where="param b (train",
+    ),
+    Mistake(
+        "bias gradient summed over the wrong axis",
+        DenseBiasWrongAxis(5),
+        (7,),
+        "reduced over the wrong axis",
+        where="param b (train",
+    ),
+    Mistake(
+        "one weight entry slightly off",
+        DenseOneEntryOff(5),
+        (5,),
+        "only 1 of 25 coordinates wrong: (1, 2)",
+        where="param W (train",
+        kind="observation",
+    ),
     Mistake("bias gradient forgotten", DenseBiasForgotten(5), (7,), "zero everywhere", where="param b (train"),
-    Mistake("GELU's x phi(x) forgotten", GELUTermForgotten(), (6,), "dy * x phi(x) (GELU's second term): that term of "
-            "the derivative forgotten", where="x (train"),
-    Mistake("input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed",
-            where="x (train"),
+    Mistake(
+        "GELU's x phi(x) forgotten",
+        GELUTermForgotten(),
+        (6,),
+        "dy * x phi(x) (GELU's second term): that term of the derivative forgotten",
+        where="x (train",
+    ),
+    Mistake(
+        "input gradient through W, not W^T", DenseInputGradUntransposed(5), (5,), "with W transposed", where="x (train"
+    ),
     Mistake("sign flipped", TanhSignFlipped("tanh"), (6,), "sign is flipped", where="x (train"),
     Mistake("factor 2 forgotten", Square(), (6,), "factor 2 is missing", where="x (train"),
-    Mistake("softmax's sum over the batch axis", SoftmaxWrongAxis(), (6,), "mixes examples",
-            where="x (train", kind="observation"),
-    Mistake("softmax's coupling term forgotten", SoftmaxCouplingForgotten(), (6,), "softmax's coupling term forgotten",
-            where="x (train"),
-    Mistake("layer norm without the mean's term", LayerNormMissingMean(), (6,), "same at every index of axis 1",
-            where="x (train"),
-    Mistake("batch norm's statistics taken as constants", BatchNormConstantStatistics(), (4,),
-            "right in eval mode, wrong in training mode", where="summary", kind="summary"),
-    Mistake("batch norm's mean and variance terms forgotten", BatchNormConstantStatistics(), (5,),
-            "the batch statistics treated as constants", where="x (train"),
-    Mistake("batch norm updating its statistics in eval", BatchNormUpdatesInEval(), (4,), "state updated in eval mode",
-            where="state unchanged in eval (eval", kind="check"),
-    Mistake("conv input gradient without the padding", ConvValidInputGrad(4, 3), (7, 6, 2), "border",
-            where="x (train", kind="observation"),
-    Mistake("max pooling's gradient spread over the window", MaxPoolSpread(2), (4, 4, 2), "spread evenly over each "
-            "window, where max pooling routes it", where="x (train"),
-    Mistake("conv input gradient with the kernel unflipped", ConvInputGradUnflipped(4, 3), (7, 6, 2),
-            "the kernel W flipped in space", where="x (train"),
+    Mistake(
+        "softmax's sum over the batch axis",
+        SoftmaxWrongAxis(),
+        (6,),
+        "mixes examples",
+        where="x (train",
+        kind="observation",
+    ),
+    Mistake(
+        "softmax's coupling term forgotten",
+        SoftmaxCouplingForgotten(),
+        (6,),
+        "softmax's coupling term forgotten",
+        where="x (train",
+    ),
+    Mistake(
+        "layer norm without the mean's term",
+        LayerNormMissingMean(),
+        (6,),
+        "same at every index of axis 1",
+        where="x (train",
+    ),
+    Mistake(
+        "batch norm's statistics taken as constants",
+        BatchNormConstantStatistics(),
+        (4,),
+        "right in eval mode, wrong in training mode",
+        where="summary",
+        kind="summary",
+    ),
+    Mistake(
+        "batch norm's mean and variance terms forgotten",
+        BatchNormConstantStatistics(),
+        (5,),
+        "the batch statistics treated as constants",
+        where="x (train",
+    ),
+    Mistake(
+        "batch norm updating its statistics in eval",
+        BatchNormUpdatesInEval(),
+        (4,),
+        "state updated in eval mode",
+        where="state unchanged in eval (eval",
+        kind="check",
+    ),
+    Mistake(
+        "conv input gradient without the padding",
+        ConvValidInputGrad(4, 3),
+        (7, 6, 2),
+        "border",
+        where="x (train",
+        kind="observation",
+    ),
+    Mistake(
+        "max pooling's gradient spread over the window",
+        MaxPoolSpread(2),
+        (4, 4, 2),
+        "spread evenly over each window, where max pooling routes it",
+        where="x (train",
+    ),
+    Mistake(
+        "conv input gradient with the kernel unflipped",
+        ConvInputGradUnflipped(4, 3),
+        (7, 6, 2),
+        "the kernel W flipped in space",
+        where="x (train",
+    ),
     Mistake("ReLU's slope at 0", ReLUAtZero(), (8,), "exactly 0", zeros=True, where="x (train", kind="observation"),
-    Mistake("leaky ReLU's slope forgotten", LeakyReLUSlopeForgotten(0.1), (6,), "where the input is negative",
-            where="x (train", kind="observation"),
+    Mistake(
+        "leaky ReLU's slope forgotten",
+        LeakyReLUSlopeForgotten(0.1),
+        (6,),
+        "where the input is negative",
+        where="x (train",
+        kind="observation",
+    ),
     Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy", where="jit (train", kind="check"),
     Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64", where="x (train"),
 )
 
 
 # ------------------------------------------------------------------------------ wrong custom rules
+
 
 def _vjp(primal, bwd, nondiff_argnums=()):
     """``primal`` as a ``jax.custom_vjp`` whose forward saves its arguments and whose backward is
@@ -319,20 +402,20 @@ def _softplus(x):
 
 
 def _power(x, p):
-    return x ** p
+    return x**p
 
 
 def _power_bwd(p, res, g):  # the exponent's factor p forgotten: x^(p-1) where p x^(p-1) belongs
-    (x, _), = (res,)
+    ((x, _),) = (res,)
     return (g * x ** (p - 1),)
 
 
 def _standardize(x):
-    return (x - x.mean(-1, keepdims=True))
+    return x - x.mean(-1, keepdims=True)
 
 
 _power_vjp = jax.custom_vjp(_power, nondiff_argnums=(1,))
-_power_vjp.defvjp(lambda x, p: (x ** p, (x, p)), _power_bwd)
+_power_vjp.defvjp(lambda x, p: (x**p, (x, p)), _power_bwd)
 
 
 @jax.custom_jvp
@@ -351,6 +434,7 @@ class FunctionMistake:
     """One wrong ``custom_vjp`` / ``custom_jvp`` rule: the function, its example arguments (a
     function of a NumPy ``Generator``), a phrase the check's diagnosis must contain, and the
     finding that must hold it (``where``, ``kind``: as ``Mistake``'s)."""
+
     name: str
     f: object
     args: object
@@ -359,46 +443,95 @@ class FunctionMistake:
     kind: str = "cause"
 
 
-_X = lambda r: (r.standard_normal((3, 5)),)  # noqa: E731
+_X = lambda r: (r.standard_normal((3, 5)),)
+
+
 def _gelu(x):
     return jax.nn.gelu(x, approximate=False)
 
 
 FUNCTION_GALLERY = (
-    FunctionMistake("log-sum-exp's rule doubled", _vjp(_lse, lambda x, g: (2 * g[..., None] * _softmax(x),)), _X,
-                    "off by a constant factor 2", where="arg 0 (vjp"),
-    FunctionMistake("sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped",
-                    where="arg 0 (vjp"),
-    FunctionMistake("GELU's rule without x phi(x)", _vjp(_gelu, lambda x, g: (g * jax.scipy.stats.norm.cdf(x),)), _X,
-                    "dy * x phi(x) (GELU's second term): that term of the derivative forgotten", where="arg 0 (vjp"),
-    FunctionMistake("an argument's cotangent dropped", _vjp(_scaled, lambda x, s, g: (g * s, jnp.zeros_like(s))),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))), "zero everywhere",
-                    where="arg 1 (vjp"),
-    FunctionMistake("a square weight's gradient transposed",
-                    _vjp(_affine, lambda x, w, g: (g @ w.T, (x.T @ g).T)),
-                    lambda r: (r.standard_normal((4, 5)), r.standard_normal((5, 5))), "transposed", where="arg 1 (vjp"),
-    FunctionMistake("one cotangent returned for two arguments", _vjp(_scaled, lambda x, s, g: (g * s,)),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))),
-                    "it must return a tuple with one cotangent per argument",
-                    where="custom rule runs (vjp", kind="check"),
-    FunctionMistake("a mean over the batch where the function sums",
-                    _vjp(_shift, lambda x, b, g: (g, g.mean(0))),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "1 / the batch size 3",
-                    where="arg 1 (vjp"),
-    FunctionMistake("a broadcast bias's cotangent not summed", _vjp(_shift, lambda x, b, g: (g, g)),
-                    lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)), "for argument 1, whose type is",
-                    where="custom rule runs (vjp", kind="check"),
-    FunctionMistake("softplus's slope forgotten where x < 0", softplus_slope_forgotten, _X,
-                    "where the input is negative",
-                    where="arg 0 (jvp", kind="observation"),
-    FunctionMistake("centering's mean term forgotten", _vjp(_standardize, lambda x, g: (g,)), _X,
-                    "same at every index of axis 1", where="arg 0 (vjp"),
-    FunctionMistake("a nondiff exponent's factor forgotten", _power_vjp, lambda r: (r.uniform(0.5, 2.0, (3, 5)), 4),
-                    "off by a constant factor: hand = 0.25 * true", where="arg 0 (vjp"),
+    FunctionMistake(
+        "log-sum-exp's rule doubled",
+        _vjp(_lse, lambda x, g: (2 * g[..., None] * _softmax(x),)),
+        _X,
+        "off by a constant factor 2",
+        where="arg 0 (vjp",
+    ),
+    FunctionMistake(
+        "sign flipped", _vjp(jnp.sin, lambda x, g: (-g * jnp.cos(x),)), _X, "sign is flipped", where="arg 0 (vjp"
+    ),
+    FunctionMistake(
+        "GELU's rule without x phi(x)",
+        _vjp(_gelu, lambda x, g: (g * jax.scipy.stats.norm.cdf(x),)),
+        _X,
+        "dy * x phi(x) (GELU's second term): that term of the derivative forgotten",
+        where="arg 0 (vjp",
+    ),
+    FunctionMistake(
+        "an argument's cotangent dropped",
+        _vjp(_scaled, lambda x, s, g: (g * s, jnp.zeros_like(s))),
+        lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))),
+        "zero everywhere",
+        where="arg 1 (vjp",
+    ),
+    FunctionMistake(
+        "a square weight's gradient transposed",
+        _vjp(_affine, lambda x, w, g: (g @ w.T, (x.T @ g).T)),
+        lambda r: (r.standard_normal((4, 5)), r.standard_normal((5, 5))),
+        "transposed",
+        where="arg 1 (vjp",
+    ),
+    FunctionMistake(
+        "one cotangent returned for two arguments",
+        _vjp(_scaled, lambda x, s, g: (g * s,)),
+        lambda r: (r.standard_normal((3, 5)), r.standard_normal((3, 5))),
+        "it must return a tuple with one cotangent per argument",
+        where="custom rule runs (vjp",
+        kind="check",
+    ),
+    FunctionMistake(
+        "a mean over the batch where the function sums",
+        _vjp(_shift, lambda x, b, g: (g, g.mean(0))),
+        lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)),
+        "1 / the batch size 3",
+        where="arg 1 (vjp",
+    ),
+    FunctionMistake(
+        "a broadcast bias's cotangent not summed",
+        _vjp(_shift, lambda x, b, g: (g, g)),
+        lambda r: (r.standard_normal((3, 5)), r.standard_normal(5)),
+        "for argument 1, whose type is",
+        where="custom rule runs (vjp",
+        kind="check",
+    ),
+    FunctionMistake(
+        "softplus's slope forgotten where x < 0",
+        softplus_slope_forgotten,
+        _X,
+        "where the input is negative",
+        where="arg 0 (jvp",
+        kind="observation",
+    ),
+    FunctionMistake(
+        "centering's mean term forgotten",
+        _vjp(_standardize, lambda x, g: (g,)),
+        _X,
+        "same at every index of axis 1",
+        where="arg 0 (vjp",
+    ),
+    FunctionMistake(
+        "a nondiff exponent's factor forgotten",
+        _power_vjp,
+        lambda r: (r.uniform(0.5, 2.0, (3, 5)), 4),
+        "off by a constant factor: hand = 0.25 * true",
+        where="arg 0 (vjp",
+    ),
 )
 
 
 # ------------------------------------------------------------------------------ wrong rules inside bigger functions
+
 
 def _sin_doubled():
     """``sin`` whose rule doubles its cotangent."""
@@ -412,14 +545,16 @@ _TANH_FLIPPED = _vjp(jnp.tanh, lambda x, g: (-g * (1 - jnp.tanh(x) ** 2),))
 def loss_with_wrong_rule(x, w):
     """A loss whose hidden layer calls a wrong ``custom_vjp`` under ``jit``."""
     h = jax.jit(lambda v: _SIN2(v @ w))(x)
-    return jnp.sum(h ** 2)
+    return jnp.sum(h**2)
 
 
 def scan_over_wrong_rule(x):
     """A recurrence: ``lax.scan`` of a wrong rule over the rows."""
+
     def body(carry, row):
         carry = _TANH_FLIPPED(carry + row)
         return carry, carry
+
     return jax.lax.scan(body, jnp.zeros(x.shape[1:], x.dtype), x)[1]
 
 
@@ -430,11 +565,25 @@ def vmap_of_wrong_rule(x):
 
 # each located (the rule that is wrong, by the name of its primal) and diagnosed
 NESTED_GALLERY = (
-    FunctionMistake("a loss calling a wrong rule under jit", loss_with_wrong_rule,
-                    lambda r: (r.standard_normal((3, 4)), r.standard_normal((4, 4))), "off by a constant factor 2",
-                    where="sin"),
-    FunctionMistake("a scan over a wrong rule", scan_over_wrong_rule, lambda r: (r.standard_normal((4, 3)),),
-                    "off by a constant factor -1", where="tanh"),
-    FunctionMistake("a vmap of a wrong rule", vmap_of_wrong_rule, lambda r: (r.standard_normal((3, 5)),),
-                    "off by a constant factor 2", where="sin"),
+    FunctionMistake(
+        "a loss calling a wrong rule under jit",
+        loss_with_wrong_rule,
+        lambda r: (r.standard_normal((3, 4)), r.standard_normal((4, 4))),
+        "off by a constant factor 2",
+        where="sin",
+    ),
+    FunctionMistake(
+        "a scan over a wrong rule",
+        scan_over_wrong_rule,
+        lambda r: (r.standard_normal((4, 3)),),
+        "off by a constant factor -1",
+        where="tanh",
+    ),
+    FunctionMistake(
+        "a vmap of a wrong rule",
+        vmap_of_wrong_rule,
+        lambda r: (r.standard_normal((3, 5)),),
+        "off by a constant factor 2",
+        where="sin",
+    ),
 )

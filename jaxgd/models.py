@@ -17,6 +17,7 @@ evaluation in ``train.fit`` all use it. Three gradients of the same model (``tra
 The CIFAR-2 MLP of INF265 project 1 (``mlp``), DD2424's linear softmax (``linear_softmax``) and
 the nine MNIST models of CSI 5340 homework 2 (``mnist_zoo``) are all such models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,17 +33,20 @@ from jaxgd import losses
 class Model:
     """A sequential model: ``layers`` applied in order to examples of shape ``in_shape``
     (no batch axis), trained on ``loss`` (a name in ``losses.LOSSES``, or a ``losses.CrossEntropy``)."""
+
     layers: tuple
     in_shape: tuple
-    loss: str = "cross_entropy"
+    loss: str | losses.CrossEntropy = "cross_entropy"
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, L.Layer):
-                raise ValueError(f"layer {i} is {layer!r}, not a layer: build layers with jaxgd.layers "
-                                 "(dense(128), relu(), conv2d(32), max_pool(2), flatten(), dropout(0.5), batch_norm())")
+                raise ValueError(
+                    f"layer {i} is {layer!r}, not a layer: build layers with jaxgd.layers "
+                    "(dense(128), relu(), conv2d(32), max_pool(2), flatten(), dropout(0.5), batch_norm())"
+                )
         losses.get_loss(self.loss)
         self.shapes()  # every layer accepts its input shape, or a clear error now
 
@@ -61,18 +65,22 @@ class Model:
         """The state of a model whose layers keep none (``[{}, ...]``), so that ``state=None`` works."""
         stateful = [str(l) for l in L.walk(self.layers) if isinstance(l, L.BatchNorm)]
         if stateful:
-            raise ValueError(f"this model has layers with state ({', '.join(stateful)}): pass the state from "
-                             "params, state = model.init(key) (fit: model_state=state)")
+            raise ValueError(
+                f"this model has layers with state ({', '.join(stateful)}): pass the state from "
+                "params, state = model.init(key) (fit: model_state=state)"
+            )
         return L.stateless(self.layers)
 
     def _check(self, params, state, x):
         n = len(self.layers)
         if len(params) != n or len(state) != n:
-            raise ValueError(f"{n} layers but {len(params)} params / {len(state)} state entries: "
-                             "build them with model.init(key)")
+            raise ValueError(
+                f"{n} layers but {len(params)} params / {len(state)} state entries: build them with model.init(key)"
+            )
         if tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"model input must have shape (batch, {', '.join(map(str, self.in_shape))}); "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"model input must have shape (batch, {', '.join(map(str, self.in_shape))}); got {tuple(x.shape)}"
+            )
 
     def forward(self, params, state, x, train=False, key=None):
         """``(out, new_state, residuals)``. In training, dropout layer ``i`` draws its mask from
@@ -133,6 +141,7 @@ def count_params(params) -> int:
 
 # ------------------------------------------------------------------------------ the course reports' models
 
+
 def mlp(sizes, activation="relu", init="torch", loss="cross_entropy") -> Model:
     """Dense layers of widths ``sizes = (d_0, ..., d_L)``, ``activation`` after every hidden one
     (a name, or one per hidden layer); the output is linear (logits). INF265 project 1's CIFAR-2
@@ -143,7 +152,7 @@ def mlp(sizes, activation="relu", init="torch", loss="cross_entropy") -> Model:
     acts = (activation,) * (len(sizes) - 2) if isinstance(activation, str) else tuple(activation)
     if len(acts) != len(sizes) - 2:
         raise ValueError(f"{len(acts)} activations for {len(sizes) - 2} hidden layers: give one per hidden layer")
-    layers = []
+    layers: list[L.Layer] = []
     for i, width in enumerate(sizes[1:]):
         layers.append(L.dense(width, init))
         if i < len(acts):
@@ -182,21 +191,26 @@ def mnist_zoo(family: str, variant: str = "plain", conv_impl: str = "auto", weig
     drop, bn = variant == "dropout", variant == "batchnorm"
 
     def block(linear, rate, pool=False):  # linear - [batch norm] - relu - [max pool] - [dropout]
-        return ([linear] + [L.batch_norm()] * bn + [L.relu()] + [L.max_pool(2)] * pool
-                + [L.dropout(rate)] * drop)
+        return [linear] + [L.batch_norm()] * bn + [L.relu()] + [L.max_pool(2)] * pool + [L.dropout(rate)] * drop
 
     if family == "softmax":
         layers = [L.flatten()] + [L.dropout(0.2)] * drop + [L.batch_norm()] * bn + [L.dense(10)]
     elif family == "mlp":
         layers = [L.flatten()] + block(L.dense(256), 0.5) + block(L.dense(128), 0.5) + [L.dense(10)]
     else:
-        conv = lambda c: L.conv2d(c, 3, conv_impl, weight_grad=weight_grad)  # noqa: E731
-        layers = (block(conv(32), 0.25, pool=True) + block(conv(64), 0.25, pool=True)
-                  + [L.flatten()] + block(L.dense(128), 0.5) + [L.dense(10)])
+        conv = lambda c: L.conv2d(c, 3, conv_impl, weight_grad=weight_grad)
+        layers = (
+            block(conv(32), 0.25, pool=True)
+            + block(conv(64), 0.25, pool=True)
+            + [L.flatten()]
+            + block(L.dense(128), 0.5)
+            + [L.dense(10)]
+        )
     return Model(tuple(layers), (28, 28, 1))
 
 
 # ------------------------------------------------------------------------------ a residual network
+
 
 def _conv_bn(features, stride=1, size=3):
     return (L.conv2d(features, size, stride=stride), L.batch_norm())
@@ -242,9 +256,16 @@ def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32
 AIRBENCH_WIDTHS = (64, 256, 256)
 
 
-def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn_momentum: float = 0.4,
-             logit_scale: float = 1 / 9, label_smoothing: float = 0.2, conv_impl: str = "auto",
-             weight_grad: str = "conv") -> Model:
+def airbench(
+    widths=AIRBENCH_WIDTHS,
+    classes: int = 10,
+    in_shape=(32, 32, 3),
+    bn_momentum: float = 0.4,
+    logit_scale: float = 1 / 9,
+    label_smoothing: float = 0.2,
+    conv_impl: str = "auto",
+    weight_grad: str = "conv",
+) -> Model:
     """The network of airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU",
     arXiv 2404.00498; KellerJordan/cifar10-airbench), a plain chain:
 
@@ -271,7 +292,14 @@ def airbench(widths=AIRBENCH_WIDTHS, classes: int = 10, in_shape=(32, 32, 3), bn
     layers = [L.conv2d(2 * c * 2 * 2, 2, padding="valid"), L.gelu()]
     for w in widths:
         conv = L.conv2d(w, 3, conv_impl, init="dirac", bias=False, weight_grad=weight_grad)
-        layers += [conv, L.max_pool(2, crop=True), L.batch_norm(bn_momentum, 1e-12), L.gelu(),
-                   conv, L.batch_norm(bn_momentum, 1e-12), L.gelu()]
+        layers += [
+            conv,
+            L.max_pool(2, crop=True),
+            L.batch_norm(bn_momentum, 1e-12),
+            L.gelu(),
+            conv,
+            L.batch_norm(bn_momentum, 1e-12),
+            L.gelu(),
+        ]
     layers += [L.max_pool(3, crop=True), L.flatten(), L.dense(classes, bias=False), L.scale(logit_scale)]
     return Model(tuple(layers), in_shape, losses.CrossEntropy(label_smoothing, "sum"))

@@ -10,9 +10,11 @@ configurations are trained at once. They are kept in float64 and take each param
 dtype where they are used, so a float64 run steps with lr 0.01, not with float32's
 0.0099999997764825821 (and matches ``torch.optim.SGD`` to ~1e-15).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from jaxgd import schedules
 
 class SGDHyperparams(NamedTuple):
     """The hand SGD's numbers (``sgd_hyperparams`` builds and checks them): scalars, or one entry per config of a grid."""
+
     lr: Any
     momentum: Any = 0.0
     weight_decay: Any = 0.0
@@ -40,8 +43,9 @@ def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0, dampening=0.0, schedule=
     sched_vals = list(schedule.args.values()) if schedule is not None else []
     shapes = {v.shape for v in vals + sched_vals if v.ndim}
     if any(v.ndim > 1 for v in vals + sched_vals) or len(shapes) > 1:
-        raise ValueError(f"hyperparameters must be scalars or 1-D of one length; got shapes "
-                         f"{[v.shape for v in vals + sched_vals]}")
+        raise ValueError(
+            f"hyperparameters must be scalars or 1-D of one length; got shapes {[v.shape for v in vals + sched_vals]}"
+        )
     lr_, mom, wd, damp = vals
     if not (np.all(np.isfinite(lr_)) and np.all(lr_ > 0)):
         raise ValueError(f"learning rate must be finite and > 0, got {lr}")
@@ -57,11 +61,13 @@ def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0, dampening=0.0, schedule=
     full = (lambda v: np.broadcast_to(v, (n,)).copy()) if n else (lambda v: v)
     if schedule is not None:
         schedule = schedules.Schedule(schedule.kind, {k: full(v) for k, v in schedule.args.items()})
-    return SGDHyperparams(*(full(v) for v in vals), schedule)
+    lr_, mom, wd, damp = (full(v) for v in vals)
+    return SGDHyperparams(lr_, mom, wd, damp, schedule)
 
 
 class SGDState(NamedTuple):
     """The hand SGD's state: the momentum buffer ``b`` and the number of updates made."""
+
     momentum: Any  # the buffer b, same structure as params
     count: Any  # updates made so far (int32): the first-step rule and the schedule read it
 
@@ -97,18 +103,20 @@ def sgd(nesterov=False, wd_mask=None):
         d <- g + mu * b  if nesterov, else b   (with mu = 0 PyTorch keeps no buffer: d = g)
         p <- p - lr * schedule(step) * d
     """
+
     def check(hparams: SGDHyperparams):
         if nesterov and (np.any(np.asarray(hparams.momentum) <= 0) or np.any(np.asarray(hparams.dampening) != 0)):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0 (as in torch.optim.SGD)")
 
     def update(grads, state: SGDState, params, hparams: SGDHyperparams):
-        at = lambda h, p: jnp.asarray(h, p.dtype)  # noqa: E731  (each hyperparameter in the leaf's dtype)
+        at = lambda h, p: jnp.asarray(h, p.dtype)
         mu, wd, first = hparams.momentum, hparams.weight_decay, state.count == 0
         mask = _mask_tree(wd_mask, params)
         g = jax.tree_util.tree_map(lambda g, p, m: g + at(wd, p) * p if m else g, grads, params, mask)
         damp = jnp.where(jnp.asarray(mu) == 0, 0.0, hparams.dampening)  # no buffer without momentum
-        b = jax.tree_util.tree_map(lambda b, g: jnp.where(first, g, at(mu, b) * b + at(1 - damp, g) * g),
-                                   state.momentum, g)
+        b = jax.tree_util.tree_map(
+            lambda b, g: jnp.where(first, g, at(mu, b) * b + at(1 - damp, g) * g), state.momentum, g
+        )
         d = jax.tree_util.tree_map(lambda g, b: g + at(mu, b) * b, g, b) if nesterov else b
         lr = hparams.lr if hparams.schedule is None else hparams.lr * hparams.schedule.factor(state.count)
         new = jax.tree_util.tree_map(lambda p, d: p - at(lr, p) * d, params, d)
@@ -125,6 +133,7 @@ def sgd_update(grads, state: SGDState, params, hparams: SGDHyperparams):
 class Optimizer(NamedTuple):
     """An optimizer as two pure functions, ``init(params) -> state`` and ``update(grads, state, params, hparams) ->
     (params, state)``, and ``check(hparams)``, which raises on hyperparameters it cannot take."""
+
     init: Callable
     update: Callable
     check: Callable = lambda hparams: None  # raises on hyperparameters this optimizer cannot take
@@ -146,7 +155,9 @@ def partition(optimizers: dict, labels) -> Optimizer:
     def merge(tree, parts):
         it = {g: iter(v) for g, v in parts.items()}
         leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return jax.tree_util.tree_unflatten(treedef, [next(it[q]) if q in it else x for x, q in zip(leaves, label_list)])
+        return jax.tree_util.tree_unflatten(
+            treedef, [next(it[q]) if q in it else x for x, q in zip(leaves, label_list)]
+        )
 
     def init(params):
         return {g: optimizers[g].init(part) for g, part in split(params).items()}
@@ -167,17 +178,20 @@ def partition(optimizers: dict, labels) -> Optimizer:
 
 def _optax_chain(learning_rate, momentum, weight_decay, nesterov=False, wd_mask=None):
     # add_decayed_weights must come before sgd's trace: decay enters the momentum buffer, as in PyTorch.
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask=wd_mask),
-                       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=wd_mask),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
 
 
-OPTAX_SCHEDULES = {
+OPTAX_SCHEDULES: dict[str, Callable[..., Any]] = {
     # the optax function of each schedule kind, as a multiplier of 1 (the twin's lr = lr * it)
     "constant": lambda: optax.constant_schedule(1.0),
     "step_decay": lambda step_size, gamma: optax.exponential_decay(1.0, step_size, gamma, staircase=True),
     "cosine": lambda total_steps, final_fraction: optax.cosine_decay_schedule(1.0, total_steps, final_fraction),
     "warmup_cosine": lambda warmup_steps, total_steps, final_fraction: optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, warmup_steps, total_steps, final_fraction),
+        0.0, 1.0, warmup_steps, total_steps, final_fraction
+    ),
 }
 
 
@@ -204,20 +218,23 @@ def optax_sgd(nesterov=False, wd_mask=None, schedule=None) -> Optimizer:
     def chain(learning_rate, momentum, weight_decay):
         mask = None if wd_mask is None else (lambda p: _mask_tree(wd_mask, p))
         return _optax_chain(learning_rate, momentum, weight_decay, nesterov, mask)
+
     tx = optax.inject_hyperparams(chain)(learning_rate=0.0, momentum=0.0, weight_decay=0.0)
 
     def check(hparams: SGDHyperparams):
         if np.any(np.asarray(hparams.dampening) != 0):
             raise ValueError("the optax twin has no dampening (optax.trace); use the hand SGD")
         if (hparams.schedule is None) != (schedule is None) or (
-                schedule is not None and hparams.schedule.kind != schedule.kind):
+            schedule is not None and hparams.schedule.kind != schedule.kind
+        ):
             raise ValueError("build the optax twin with the hyperparameters' schedule: optax_sgd(schedule=...)")
 
     def update(grads, state, params, hparams: SGDHyperparams):
         lr = hparams.lr if schedule is None else hparams.lr * factor(state.count)
         hp = {"learning_rate": lr, "momentum": hparams.momentum, "weight_decay": hparams.weight_decay}
-        state = state._replace(hyperparams={k: jnp.asarray(v, jnp.result_type(state.hyperparams[k]))
-                                            for k, v in hp.items()})
+        state = state._replace(
+            hyperparams={k: jnp.asarray(v, jnp.result_type(state.hyperparams[k])) for k, v in hp.items()}
+        )
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 

@@ -16,6 +16,7 @@ Across hosts, call ``initialize`` first (before any computation): every process 
 program over the global mesh, holds the (small) datasets whole, and ``is_writer()`` (process 0)
 alone writes results.
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,8 +31,11 @@ def initialize(coordinator=None, num_processes=None, process_id=None):
     """Join a multi-process run (``jax.distributed.initialize``; with no arguments it reads them
     from the environment, as on SLURM or a TPU pod). On CPU, collectives go through gloo."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by the CPU backend only
-    kw = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
-                            ("process_id", process_id)) if v is not None}
+    kw = {
+        k: v
+        for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes), ("process_id", process_id))
+        if v is not None
+    }
     jax.distributed.initialize(**kw)
 
 
@@ -48,10 +52,11 @@ def broadcast_json(obj):
     import json
 
     from jax.experimental import multihost_utils
+
     raw = np.frombuffer(json.dumps(obj).encode(), np.uint8) if is_writer() else np.zeros(0, np.uint8)
     n = int(multihost_utils.broadcast_one_to_all(np.int64(raw.size)))
     buf = np.zeros(n, np.uint8)
-    buf[:raw.size] = raw
+    buf[: raw.size] = raw
     return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
 
 
@@ -66,7 +71,7 @@ def make_mesh(configs=None, data=1, devices=None) -> Mesh:
             raise ValueError(f"mesh axis {name} must be an integer >= 1, got {v!r}")
     if configs * data > len(devices):
         raise ValueError(f"a {configs} x {data} mesh needs {configs * data} devices; there are {len(devices)}")
-    return Mesh(np.asarray(devices[:configs * data]).reshape(configs, data), AXES)
+    return Mesh(np.asarray(devices[: configs * data]).reshape(configs, data), AXES)
 
 
 def axis_size(mesh, name) -> int:
@@ -89,8 +94,9 @@ def pad_configs(tree, n, multiple):
     extra = -n % multiple
     if not extra:
         return tree
-    return jax.tree_util.tree_map(lambda a: np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[-1:], extra, 0)]),
-                                  tree)
+    return jax.tree_util.tree_map(
+        lambda a: np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[-1:], extra, 0)]), tree
+    )
 
 
 def put(tree, mesh, spec):
@@ -102,6 +108,7 @@ def put(tree, mesh, spec):
         a = np.asarray(a)
         s = sharding if a.ndim >= len(spec) else NamedSharding(mesh, P())
         return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
+
     return jax.tree_util.tree_map(one, tree)
 
 
@@ -120,9 +127,12 @@ def lay_out(mesh, n_cfg, per_config, key, data, key_per_config=False, data_per_c
 
 def fetch(tree):
     """A global array's values on this host, from every process's shards."""
+
     def one(a):
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
             from jax.experimental import multihost_utils
+
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))
         return np.asarray(a)
+
     return jax.tree_util.tree_map(one, tree)

@@ -5,6 +5,7 @@ them on, ``=0`` off), and never with ``quiet``. They only display: nothing they 
 result. Without bars, ``epoch_logger`` and ``items`` print one line per epoch or item instead
 (if asked to).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ def bar(total, desc, quiet=False, leave=True, unit="it"):
     """A tqdm bar on stderr (a disabled one that does nothing when ``enabled(quiet)`` is false).
     ``total`` is a count, or an iterable to wrap (``for s in bar(items, ...)``)."""
     it = None if isinstance(total, int) or total is None else total
-    return tqdm(it, total=len(it) if it is not None and hasattr(it, "__len__") else total, desc=desc,
-                leave=leave, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not enabled(quiet))
+    return tqdm(
+        it,
+        total=len(it) if it is not None and hasattr(it, "__len__") else total,
+        desc=desc,
+        leave=leave,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not enabled(quiet),
+    )
 
 
 def items(seq, desc, quiet=False, log=None, name=str):
@@ -39,6 +48,7 @@ def items(seq, desc, quiet=False, log=None, name=str):
     its name, the seconds so far and an estimate of the seconds left (nothing if ``log`` is None or
     ``quiet``), so that a long loop in a log file never sits silent."""
     import time
+
     seq = list(seq)
     b = bar(seq, desc, quiet, unit="item")
     t0 = time.perf_counter()
@@ -46,8 +56,10 @@ def items(seq, desc, quiet=False, log=None, name=str):
         yield item
         if b.disable and log is not None and not quiet:
             spent = time.perf_counter() - t0
-            log(f"[{desc}] {i}/{len(seq)} {name(item)} done, {spent:.0f} s so far, about "
-                f"{spent / i * (len(seq) - i):.0f} s left")
+            log(
+                f"[{desc}] {i}/{len(seq)} {name(item)} done, {spent:.0f} s so far, about "
+                f"{spent / i * (len(seq) - i):.0f} s left"
+            )
 
 
 def _short(v):
@@ -69,15 +81,21 @@ def epoch_logger(desc="epochs", epochs=None, quiet=False, log=None, val_name="va
     def progress(m):
         if b.total is None:
             b.reset(total=m["epochs"])
-        shown = {k.replace("val_", f"{val_name}_"): _short(m[k]) for k in ("train_loss", "train_acc", "val_loss",
-                                                                          "val_acc")
-                 if np.isfinite(np.asarray(m[k], float)).any()}
+        shown = {
+            k.replace("val_", f"{val_name}_"): _short(m[k])
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc")
+            if np.isfinite(np.asarray(m[k], float)).any()
+        }
         if not b.disable:
             b.set_postfix(shown, refresh=False)
             b.update(1)
         elif log is not None and not quiet:
-            log(("" if desc == "epochs" else f"[{desc}] ") + f"epoch {m['epoch']:3d}/{m['epochs']}  "
+            log(
+                ("" if desc == "epochs" else f"[{desc}] ")
+                + f"epoch {m['epoch']:3d}/{m['epochs']}  "
                 + "  ".join(f"{k} {v}" for k, v in shown.items())
-                + f"  {m['epoch_time']:.2f}s")
+                + f"  {m['epoch_time']:.2f}s"
+            )
+
     progress.close = b.close
     return progress

@@ -1,4 +1,5 @@
 """Plain-text and Markdown tables of experiment summaries (lists of dicts)."""
+
 from __future__ import annotations
 
 

@@ -24,10 +24,12 @@ rate). ``factor(step)`` multiplies the base learning rate at 0-based step ``step
 The step counts from the first update of a fit; with ``epochs`` epochs of ``b`` batches,
 ``total_steps = epochs * b``, ``b = n // batch_size`` (``train.make_epoch`` drops the last partial batch).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +44,7 @@ class Schedule:
     """A learning-rate schedule: its formula's name (``kind``, static) and its arguments (float64 scalars, or one entry
     per config). ``factor(step)`` is the multiplier of the learning rate at that step, inside the compiled
     epoch."""
+
     kind: str = dataclasses.field(metadata={"static": True})
     args: dict = dataclasses.field(default_factory=dict)  # name -> float64 scalar or 1-D array
 
@@ -69,11 +72,16 @@ _FORMULAS = {
     "step_decay": lambda t, step_size, gamma: gamma ** jnp.floor(t / step_size),
     "cosine": lambda t, total_steps, final_fraction: _cos(t, total_steps, final_fraction),
     "warmup_cosine": lambda t, warmup_steps, total_steps, final_fraction: jnp.where(
-        t < warmup_steps, t / jnp.maximum(warmup_steps, 1.0),
-        _cos(t - warmup_steps, jnp.maximum(total_steps - warmup_steps, 1.0), final_fraction)),
+        t < warmup_steps,
+        t / jnp.maximum(warmup_steps, 1.0),
+        _cos(t - warmup_steps, jnp.maximum(total_steps - warmup_steps, 1.0), final_fraction),
+    ),
     "one_cycle": _one_cycle,
     "triangle": lambda t, total_steps, peak_step, start, end: jnp.where(
-        t < peak_step, start + (1.0 - start) * t / peak_step, 1.0 + (end - 1.0) * (t - peak_step) / (total_steps - peak_step)),
+        t < peak_step,
+        start + (1.0 - start) * t / peak_step,
+        1.0 + (end - 1.0) * (t - peak_step) / (total_steps - peak_step),
+    ),
 }
 
 
@@ -92,24 +100,39 @@ def constant() -> Schedule:
 
 def step_decay(step_size, gamma=0.1) -> Schedule:
     """``factor(t) = gamma ** floor(t / step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
-    return _make("step_decay", {"step_size": (lambda v: v >= 1, ">= 1"), "gamma": (lambda v: v > 0, "> 0")},
-                 step_size=step_size, gamma=gamma)
+    return _make(
+        "step_decay",
+        {"step_size": (lambda v: v >= 1, ">= 1"), "gamma": (lambda v: v > 0, "> 0")},
+        step_size=step_size,
+        gamma=gamma,
+    )
 
 
 def cosine(total_steps, final_fraction=0.0) -> Schedule:
     """``factor(t) = f + (1 - f) (1 + cos(pi min(t / total_steps, 1))) / 2`` with ``f = final_fraction``
     (``CosineAnnealingLR`` with ``eta_min = f lr``)."""
-    return _make("cosine", {"total_steps": (lambda v: v >= 1, ">= 1"),
-                            "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
-                 total_steps=total_steps, final_fraction=final_fraction)
+    return _make(
+        "cosine",
+        {"total_steps": (lambda v: v >= 1, ">= 1"), "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
+        total_steps=total_steps,
+        final_fraction=final_fraction,
+    )
 
 
 def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
     """A linear warm-up ``factor(t) = t / warmup_steps`` for ``t < warmup_steps``, then ``cosine`` over the remaining
     ``total_steps - warmup_steps`` steps down to ``final_fraction``."""
-    s = _make("warmup_cosine", {"warmup_steps": (lambda v: v >= 0, ">= 0"), "total_steps": (lambda v: v >= 1, ">= 1"),
-                                "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")},
-              warmup_steps=warmup_steps, total_steps=total_steps, final_fraction=final_fraction)
+    s = _make(
+        "warmup_cosine",
+        {
+            "warmup_steps": (lambda v: v >= 0, ">= 0"),
+            "total_steps": (lambda v: v >= 1, ">= 1"),
+            "final_fraction": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+        },
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        final_fraction=final_fraction,
+    )
     if np.any(s.args["warmup_steps"] >= s.args["total_steps"]):
         raise ValueError(f"warmup_cosine schedule: warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
     return s
@@ -118,21 +141,43 @@ def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
 def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> Schedule:
     """PyTorch's ``OneCycleLR`` with linear annealing: from ``1 / div_factor`` up to 1 at ``pct_start`` of the steps,
     then down to ``1 / (div_factor final_div_factor)``."""
-    s = _make("one_cycle", {"total_steps": (lambda v: v >= 2, ">= 2"), "pct_start": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
-                            "div_factor": (lambda v: v > 0, "> 0"), "final_div_factor": (lambda v: v > 0, "> 0")},
-              total_steps=total_steps, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    s = _make(
+        "one_cycle",
+        {
+            "total_steps": (lambda v: v >= 2, ">= 2"),
+            "pct_start": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
+            "div_factor": (lambda v: v > 0, "> 0"),
+            "final_div_factor": (lambda v: v > 0, "> 0"),
+        },
+        total_steps=total_steps,
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
     up_end = s.args["pct_start"] * s.args["total_steps"] - 1
     if np.any(up_end <= 0) or np.any(up_end >= s.args["total_steps"] - 1):
-        raise ValueError(f"one_cycle schedule: pct_start * total_steps - 1 must lie in (0, total_steps - 1); "
-                         f"got pct_start {pct_start}, total_steps {total_steps}")
+        raise ValueError(
+            f"one_cycle schedule: pct_start * total_steps - 1 must lie in (0, total_steps - 1); "
+            f"got pct_start {pct_start}, total_steps {total_steps}"
+        )
     return s
 
 
 def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
     """airbench's schedule: linear from ``start`` to 1 at ``peak_step``, then linear to ``end`` at ``total_steps``."""
-    s = _make("triangle", {"total_steps": (lambda v: v >= 2, ">= 2"), "peak_step": (lambda v: v >= 1, ">= 1"),
-                           "start": (lambda v: v >= 0, ">= 0"), "end": (lambda v: v >= 0, ">= 0")},
-              total_steps=total_steps, peak_step=peak_step, start=start, end=end)
+    s = _make(
+        "triangle",
+        {
+            "total_steps": (lambda v: v >= 2, ">= 2"),
+            "peak_step": (lambda v: v >= 1, ">= 1"),
+            "start": (lambda v: v >= 0, ">= 0"),
+            "end": (lambda v: v >= 0, ">= 0"),
+        },
+        total_steps=total_steps,
+        peak_step=peak_step,
+        start=start,
+        end=end,
+    )
     if np.any(s.args["peak_step"] >= s.args["total_steps"]):
         raise ValueError(f"triangle schedule: peak_step ({peak_step}) must be < total_steps ({total_steps})")
     return s
@@ -140,8 +185,14 @@ def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
 
 def by_name(kind, **args) -> Schedule:
     """``by_name("cosine", total_steps=100)``: a schedule from its kind's name (for configs)."""
-    makers = {"constant": constant, "step_decay": step_decay, "cosine": cosine, "warmup_cosine": warmup_cosine,
-              "one_cycle": one_cycle, "triangle": triangle}
+    makers: dict[str, Callable[..., Schedule]] = {
+        "constant": constant,
+        "step_decay": step_decay,
+        "cosine": cosine,
+        "warmup_cosine": warmup_cosine,
+        "one_cycle": one_cycle,
+        "triangle": triangle,
+    }
     if kind not in makers:
         raise ValueError(f"unknown schedule {kind!r}; choose from {KINDS}")
     return makers[kind](**args)

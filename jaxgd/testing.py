@@ -12,6 +12,7 @@ shows why a hand backward is wrong::
     def test_my_logsumexp():  # a jax.custom_vjp function, at example arguments
         assert_backward_correct(logsumexp, np.random.default_rng(0).standard_normal((3, 5)))
 """
+
 from __future__ import annotations
 
 from jaxgd.checker import Report, check

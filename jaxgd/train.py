@@ -25,6 +25,7 @@ axis), on the same minibatches.
 and ``compile(model, batch_size, hparams=...)`` builds them once as a ``Trainer``, a value you hold
 and pass to ``fit`` in place of the model: the loop over settings that compiles once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,6 +65,7 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
             def objective(p):
                 out, new_state = apply(p, state, x, True, key)
                 return loss_fn(out, y), (out, new_state)
+
             (value, (out, new_state)), g = jax.value_and_grad(objective, has_aux=True)(params)
             return value, out, g, new_state
     else:
@@ -77,6 +79,7 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
         value, out, g, state = core(params, state, x, y, key)
         g = jax.tree_util.tree_map(jnp.add, g, losses.l2_penalty_grad(params, l2))
         return value + losses.l2_penalty(params, l2), out, g, state
+
     return with_penalty
 
 
@@ -89,6 +92,7 @@ def make_step(grad_fn, optimizer: optim.Optimizer, augment=None, batch_sharding=
     spreads it over devices (data parallelism; see ``jaxgd.parallel``). The accuracy is that of the
     training-mode logits the gradient came from.
     """
+
     def step(carry, xb, yb, hparams, key):
         params, opt_state, mstate = carry
         x_in, y_in = xb, yb
@@ -100,6 +104,7 @@ def make_step(grad_fn, optimizer: optim.Optimizer, augment=None, batch_sharding=
         value, logits, g, mstate = grad_fn(params, mstate, x_in, y_in, key)
         params, opt_state = optimizer.update(g, opt_state, params, hparams)
         return (params, opt_state, mstate), (value, losses.accuracy(logits, yb))
+
     return step
 
 
@@ -109,6 +114,7 @@ def make_epoch(step, batch_size: int, per_step=False):
     ``len(x) // batch_size`` minibatches (the last partial one is dropped). Loss and accuracy are
     the running means over the minibatches (training mode), or with ``per_step`` one per minibatch.
     """
+
     def epoch(carry, x, y, hparams, key):
         n_batches = x.shape[0] // batch_size
         k_perm, k_steps = jax.random.split(key)
@@ -120,6 +126,7 @@ def make_epoch(step, batch_size: int, per_step=False):
 
         carry, (vals, accs) = jax.lax.scan(body, carry, (idx, jax.random.split(k_steps, n_batches)))
         return carry, ((vals, accs) if per_step else (jnp.mean(vals), jnp.mean(accs)))
+
     return epoch
 
 
@@ -143,11 +150,13 @@ def make_eval(model, l2=0.0):
         logits = predict(model, params, state, x)
         value = loss_fn(logits, y) + (losses.l2_penalty(params, l2) if l2 else 0.0)
         return value, losses.accuracy(logits, y)
+
     return evaluate
 
 
 class History(NamedTuple):
     """Per-epoch metrics. With N configs each entry is a list of N-vectors."""
+
     train_loss: list
     train_acc: list
     val_loss: list
@@ -175,6 +184,7 @@ class Step:
     one of ``GRADS`` (the default: the model's hand-derived gradient); ``l2`` DD2424's penalty in the
     loss (``make_grad_fn``); ``augment(key, xb)`` (e.g. ``jaxgd.augment.flip_crop``) transforms
     training minibatches on the device, never evaluation."""
+
     optimizer: Any = "hand"
     grads: str = "hand"
     l2: float = 0.0
@@ -202,6 +212,7 @@ class Configs:
     XLA:CPU's convolutions on its Eigen path; ``"default"``, XLA's own; None: ``$JAXGD_XLA``, else
     ``"tuned"``).
     """
+
     share: str = "auto"
     mesh: Any = None
     per_config_data: bool = False
@@ -224,17 +235,25 @@ class Configs:
         """Refuse what cannot share a program: ``n_cfg`` configs (None: one) in minibatches of ``batch_size``."""
         n_dev_cfg, n_dev_data = self.devices
         if batch_size % n_dev_data:
-            raise ValueError(f"batch size {batch_size} must be a multiple of the mesh's data axis ({n_dev_data} devices)")
+            raise ValueError(
+                f"batch size {batch_size} must be a multiple of the mesh's data axis ({n_dev_data} devices)"
+            )
         if n_dev_cfg > 1 and n_cfg is None:
-            raise ValueError(f"the mesh's cfg axis spreads configs over {n_dev_cfg} devices, but there is one config: "
-                             "give the hyperparameters as 1-D arrays, or use a mesh with cfg=1")
+            raise ValueError(
+                f"the mesh's cfg axis spreads configs over {n_dev_cfg} devices, but there is one config: "
+                "give the hyperparameters as 1-D arrays, or use a mesh with cfg=1"
+            )
         if n_cfg is None and (self.share != "auto" or self.per_config_data):
             what = f"share={self.share!r}" if self.share != "auto" else "per_config_data (data per config)"
-            raise ValueError(f"Configs {what} needs several configs: give the hyperparameters as 1-D arrays "
-                             "(one entry per config) and params stacked with stack_params")
+            raise ValueError(
+                f"Configs {what} needs several configs: give the hyperparameters as 1-D arrays "
+                "(one entry per config) and params stacked with stack_params"
+            )
         if n_dev_cfg > 1 and self.share == "map":
-            raise ValueError("configs sharded over devices run as one vmapped program: Configs.share must be "
-                             "'vmap' or 'auto' with a mesh whose cfg axis is > 1")
+            raise ValueError(
+                "configs sharded over devices run as one vmapped program: Configs.share must be "
+                "'vmap' or 'auto' with a mesh whose cfg axis is > 1"
+            )
 
     def batch_sharding(self):
         """How each minibatch is laid out over the mesh's data axis (None: not spread)."""
@@ -259,6 +278,7 @@ class Monitor:
     changing (its later metrics are NaN; ``History.stopped_at``) while the others go on.
     ``step_losses`` also keeps every minibatch's training loss (``History.step_loss``), from the
     same program: the running means are unchanged."""
+
     eval_train: bool = False
     select: str | None = None
     patience: int | None = None
@@ -268,8 +288,10 @@ class Monitor:
         if self.select is not None and self.select not in SELECT:
             raise ValueError(f"select must be one of {list(SELECT)} or None, got {self.select!r}")
         if self.patience is not None and (self.select is None or not _is_int(self.patience) or self.patience < 1):
-            raise ValueError(f"patience must be an integer >= 1 and needs select=, got patience={self.patience!r}, "
-                             f"select={self.select!r}")
+            raise ValueError(
+                f"patience must be an integer >= 1 and needs select=, got patience={self.patience!r}, "
+                f"select={self.select!r}"
+            )
 
 
 @jax.jit
@@ -287,8 +309,23 @@ def epoch_key(seed, epoch: int):
     return jax.random.fold_in(data_key(seed), epoch)
 
 
-def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs: int, batch_size: int | None = None,
-        seed=0, model_state=None, step=None, configs=None, monitor=Monitor(), progress=None, callback=None):
+def fit(
+    model,
+    params,
+    train,
+    val=None,
+    *,
+    hparams: optim.SGDHyperparams,
+    epochs: int,
+    batch_size: int | None = None,
+    seed=0,
+    model_state=None,
+    step=None,
+    configs=None,
+    monitor=Monitor(),
+    progress=None,
+    callback=None,
+):
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``model`` is a model, or a ``Trainer`` (``compile``) whose programs this fit runs: a loop over
@@ -314,8 +351,15 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     else:
         if batch_size is None:
             raise ValueError("fit(model, ...) needs batch_size= (or pass a Trainer from train.compile)")
-        trainer = compile(model, batch_size, hparams=hparams, step=step or Step(), configs=configs or Configs(),
-                          monitor=monitor, seed=seed)
+        trainer = compile(
+            model,
+            batch_size,
+            hparams=hparams,
+            step=step or Step(),
+            configs=configs or Configs(),
+            monitor=monitor,
+            seed=seed,
+        )
     model, batch_size, configs = trainer.model, trainer.batch_size, trainer.configs
     n_cfg = None if jnp.ndim(hparams.lr) == 0 else int(hparams.lr.shape[0])
     seeds = _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor)
@@ -325,12 +369,24 @@ def fit(model, params, train, val=None, *, hparams: optim.SGDHyperparams, epochs
     data = tuple(_to_device(a) for a in (*train, *(val if val is not None and len(val[1]) else ())))
     if configs.mesh is not None:  # lay everything out on the mesh (global arrays, across hosts too)
         params, model_state, hparams, base, data = parallel.lay_out(
-            configs.mesh, n_cfg, (params, model_state, hparams), base, data, seeds is not None,
-            configs.per_config_data)
+            configs.mesh, n_cfg, (params, model_state, hparams), base, data, seeds is not None, configs.per_config_data
+        )
     carry = (params, trainer.init(params), model_state)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds is not None else jax.random.fold_in
-    return run_epochs(trainer.epoch, trainer.evaluate, carry, data, hparams, lambda e: fold(base, e), int(epochs),
-                      n_cfg=n_cfg, monitor=monitor, progress=progress, callback=callback, options=configs.xla)
+    return run_epochs(
+        trainer.epoch,
+        trainer.evaluate,
+        carry,
+        data,
+        hparams,
+        lambda e: fold(base, e),
+        int(epochs),
+        n_cfg=n_cfg,
+        monitor=monitor,
+        progress=progress,
+        callback=callback,
+        options=configs.xla,
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -342,6 +398,7 @@ class Trainer:
     trainer compiles once, and ``fit(model, ...)`` builds a fresh one each call. Nothing is kept
     anywhere else: a model changed after ``compile`` (an attribute its ``apply`` reads) trains as
     it was when compiled until you compile again, which is what holding the value says."""
+
     model: Any
     batch_size: int
     step: Step
@@ -360,24 +417,36 @@ class Trainer:
         given = {"batch_size": batch_size, "step": step, "configs": configs}
         for name, v in given.items():
             if v is not None and v != getattr(self, name):
-                raise ValueError(f"fit(trainer, {name}={v!r}): the trainer was compiled with {name}="
-                                 f"{getattr(self, name)!r}; compile another (train.compile) or leave {name} out")
+                raise ValueError(
+                    f"fit(trainer, {name}={v!r}): the trainer was compiled with {name}="
+                    f"{getattr(self, name)!r}; compile another (train.compile) or leave {name} out"
+                )
         stacked, per_seed = _per_config(hparams, seed)
-        for what, now, then in (("1-D hyperparameters (one per config)", stacked, self.stacked),
-                                ("a seed per config", per_seed, self.seed_per_config),
-                                ("Monitor(step_losses=True)", monitor.step_losses, self.step_losses)):
+        for what, now, then in (
+            ("1-D hyperparameters (one per config)", stacked, self.stacked),
+            ("a seed per config", per_seed, self.seed_per_config),
+            ("Monitor(step_losses=True)", monitor.step_losses, self.step_losses),
+        ):
             if now != then:
-                raise ValueError(f"fit(trainer, ...) {'with' if now else 'without'} {what}, but the trainer was "
-                                 f"compiled {'with' if then else 'without'}: compile one for this fit (train.compile)")
-        if not _same_schedule(hparams.schedule, self.schedule, numbers=isinstance(self.step.optimizer, str)
-                              and self.step.optimizer != "hand"):
-            raise ValueError("fit(trainer, ...) with another learning-rate schedule than the trainer was compiled "
-                             "with: compile one for this schedule (train.compile)")
+                raise ValueError(
+                    f"fit(trainer, ...) {'with' if now else 'without'} {what}, but the trainer was "
+                    f"compiled {'with' if then else 'without'}: compile one for this fit (train.compile)"
+                )
+        if not _same_schedule(
+            hparams.schedule,
+            self.schedule,
+            numbers=isinstance(self.step.optimizer, str) and self.step.optimizer != "hand",
+        ):
+            raise ValueError(
+                "fit(trainer, ...) with another learning-rate schedule than the trainer was compiled "
+                "with: compile one for this schedule (train.compile)"
+            )
         self.optimizer.check(hparams)
 
 
-def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(), configs=Configs(),  # noqa: A001
-            monitor=Monitor(), seed=0) -> Trainer:
+def compile(
+    model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(), configs=Configs(), monitor=Monitor(), seed=0
+) -> Trainer:
     """Build ``fit``'s programs for ``model`` once (``Trainer``): ``fit(trainer, params, ...)`` with
     hyperparameters of the same layout (scalars, or 1-D with ``seed`` one per config or not) and the
     same schedule kind runs them without tracing or compiling again. ``hparams``, ``seed`` and
@@ -395,8 +464,20 @@ def compile(model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(
     if stacked:
         epoch_fn, eval_fn = configs.run(epoch_fn, eval_fn, per_config_key=per_seed)
     init = _init_program(opt.init, stacked)
-    return Trainer(model, int(batch_size), step, configs, stacked, per_seed, bool(monitor.step_losses),
-                   hparams.schedule, opt, epoch_fn, eval_fn, init)
+    return Trainer(
+        model,
+        int(batch_size),
+        step,
+        configs,
+        stacked,
+        per_seed,
+        bool(monitor.step_losses),
+        hparams.schedule,
+        opt,
+        epoch_fn,
+        eval_fn,
+        init,
+    )
 
 
 def _per_config(hparams, seed) -> tuple[bool, bool]:
@@ -428,21 +509,37 @@ def _same_schedule(a, b, numbers) -> bool:
     """The same schedule kind (and, with ``numbers``, the same arguments: an optax schedule holds them)."""
     if a is None or b is None:
         return a is b
-    return a.kind == b.kind and (not numbers or (a.args.keys() == b.args.keys() and all(
-        np.array_equal(a.args[k], b.args[k]) for k in a.args)))
+    return a.kind == b.kind and (
+        not numbers or (a.args.keys() == b.args.keys() and all(np.array_equal(a.args[k], b.args[k]) for k in a.args))
+    )
 
 
 def _with_means(epoch):
     """A ``per_step`` epoch that returns the running means as ``make_epoch`` computes them, and the
     per-step losses: ``(carry, (mean loss, mean accuracy, losses))``."""
+
     def run(*args):
         carry, (vals, accs) = epoch(*args)
         return carry, (jnp.mean(vals), jnp.mean(accs), vals)
+
     return run
 
 
-def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg=None, monitor=Monitor(),
-               progress=None, callback=None, options=None):
+def run_epochs(
+    epoch_fn,
+    eval_fn,
+    carry,
+    data,
+    hparams,
+    key_of,
+    epochs,
+    *,
+    n_cfg=None,
+    monitor=Monitor(),
+    progress=None,
+    callback=None,
+    options=None,
+):
     """The epoch loop of ``fit``: compile ``epoch_fn`` once, then per epoch train, evaluate, track
     (``Tracker``), report; returns ``(params, model_state, History)``.
 
@@ -490,13 +587,17 @@ def run_epochs(epoch_fn, eval_fn, carry, data, hparams, key_of, epochs, *, n_cfg
         if track.done():
             break
     params_out, state_out = best if monitor.select is not None else (carry[0], carry[2])
-    if n_run != n_cfg or not all(getattr(a, "is_fully_addressable", True)
-                                 for a in jax.tree_util.tree_leaves((params_out, state_out))):
+    if n_run != n_cfg or not all(
+        getattr(a, "is_fully_addressable", True) for a in jax.tree_util.tree_leaves((params_out, state_out))
+    ):
         params_out, state_out = jax.tree_util.tree_map(real, parallel.fetch((params_out, state_out)))
     summary = track.summary(n_cfg)
     _warn_diverged(summary["diverged_at"], hparams, n_cfg)
-    return params_out, state_out, History(**hist, compile_time=compile_time, extra=extra, **summary,
-                                          step_loss=step_loss or None)
+    return (
+        params_out,
+        state_out,
+        History(**hist, compile_time=compile_time, extra=extra, **summary, step_loss=step_loss or None),
+    )
 
 
 class DivergedWarning(UserWarning):
@@ -507,6 +608,7 @@ def _warn_diverged(diverged_at, hparams, n_cfg):
     """Tell the user, once per fit, which configs diverged: fit prints nothing, and a NaN curve
     otherwise ends a run without a word."""
     import warnings
+
     at = diverged_at if n_cfg else [diverged_at]
     bad = [(i, e) for i, e in enumerate(at) if e is not None]
     if not bad:
@@ -514,9 +616,12 @@ def _warn_diverged(diverged_at, hparams, n_cfg):
     lrs = np.atleast_1d(np.asarray(parallel.fetch(hparams.lr)))
     which = "; ".join(f"config {i} (learning rate {float(lrs[i]):g}) at epoch {e}" for i, e in bad[:5])
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    warnings.warn(f"fit: the training loss stopped being finite for {len(bad)} of {len(at)} config(s): {which}{more}; "
-                  "their later numbers are NaN (History.diverged_at). A smaller learning rate usually fixes this.",
-                  DivergedWarning, stacklevel=4)
+    warnings.warn(
+        f"fit: the training loss stopped being finite for {len(bad)} of {len(at)} config(s): {which}{more}; "
+        "their later numbers are NaN (History.diverged_at). A smaller learning rate usually fixes this.",
+        DivergedWarning,
+        stacklevel=4,
+    )
 
 
 def _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, monitor):
@@ -525,7 +630,7 @@ def _check_fit(model, train, val, epochs, batch_size, seed, n_cfg, configs, moni
         if not _is_int(v) or v < 1:
             raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
     seeds = np.asarray(seed) if not _is_int(seed) and np.ndim(seed) == 1 else None
-    if seeds is None and not _is_int(seed) or seeds is not None and not all(_is_int(v) for v in seed):
+    if (seeds is None and not _is_int(seed)) or (seeds is not None and not all(_is_int(v) for v in seed)):
         raise ValueError(f"seed must be an integer, or one integer per config, got {seed!r}")
     if seeds is not None and n_cfg is None:
         raise ValueError("seed per config needs several configs (1-D hyperparameters)")
@@ -590,12 +695,16 @@ class Tracker:
     def summary(self, n_cfg=None):
         """``History``'s ``diverged_at``, ``best_epoch`` and ``stopped_at`` (1-based epochs, None
         where it never happened), one per config for the first ``n_cfg`` (None: one config)."""
+
         def per_config(a):
             out = [int(v) if v else None for v in np.atleast_1d(a)[:n_cfg]]
             return out if n_cfg else out[0]
-        return {"diverged_at": per_config(self.diverged_at),
-                "best_epoch": per_config(self.best_epoch) if self.select else None,
-                "stopped_at": per_config(self.stopped_at) if self.patience else None}
+
+        return {
+            "diverged_at": per_config(self.diverged_at),
+            "best_epoch": per_config(self.best_epoch) if self.select else None,
+            "stopped_at": per_config(self.stopped_at) if self.patience else None,
+        }
 
 
 def _to_device(a):
@@ -610,9 +719,11 @@ def _to_device(a):
 def _where_configs(mask, new, old):
     """Per config (the leading axis of every leaf; a scalar mask for one config): ``new`` where
     ``mask``, else ``old``. One compiled program per tree, not one per leaf shape."""
+
     def pick(a, b):
         m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - mask.ndim))
         return jnp.where(m, a, b)
+
     return jax.tree_util.tree_map(pick, new, old)
 
 
@@ -643,14 +754,18 @@ def share_configs(epoch_fn, eval_fn, how="map", per_config_data=False, per_confi
         raise ValueError(f"share_configs: how must be 'vmap' or 'map', got {how!r}")
     dax, kax = (0 if per_config_data else None), (0 if per_config_key else None)
     if how == "vmap":
-        return (jax.vmap(epoch_fn, in_axes=(0, dax, dax, 0, kax), spmd_axis_name=spmd_axis),
-                jax.vmap(eval_fn, in_axes=(0, 0, dax, dax), spmd_axis_name=spmd_axis))
+        return (
+            jax.vmap(epoch_fn, in_axes=(0, dax, dax, 0, kax), spmd_axis_name=spmd_axis),
+            jax.vmap(eval_fn, in_axes=(0, 0, dax, dax), spmd_axis_name=spmd_axis),
+        )
 
     def epoch(carry, x, y, hparams, key):
         def one(c):
             carry_i, hp_i, x_i, y_i, k_i = c
-            return epoch_fn(carry_i, x if x_i is None else x_i, y if y_i is None else y_i, hp_i,
-                            key if k_i is None else k_i)
+            return epoch_fn(
+                carry_i, x if x_i is None else x_i, y if y_i is None else y_i, hp_i, key if k_i is None else k_i
+            )
+
         data = (x, y) if per_config_data else (None, None)
         return jax.lax.map(one, (carry, hparams, *data, key if per_config_key else None))
 
@@ -658,6 +773,7 @@ def share_configs(epoch_fn, eval_fn, how="map", per_config_data=False, per_confi
         if per_config_data:
             return jax.lax.map(lambda c: eval_fn(*c), (params, state, x, y))
         return jax.lax.map(lambda ps: eval_fn(ps[0], ps[1], x, y), (params, state))
+
     return epoch, evaluate
 
 
@@ -674,4 +790,3 @@ def unstack_params(tree, i):
 # one compiled program per tree structure, not one per leaf shape as op-by-op stacking and indexing
 _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
 _unstack = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree))
-

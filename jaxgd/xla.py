@@ -16,6 +16,7 @@ code gives none):
 An option the jaxlib in use does not have is dropped without a word (jaxgd then compiles as XLA's
 defaults would): each is tried once per process on a one-number program.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,7 +57,7 @@ def _takes(name: str, value: str) -> bool:
     option names, never on a caller's object)."""
     try:
         jax.jit(_one, compiler_options={name: value}).lower(0.0).compile()
-    except Exception:  # "No such compile option" / not a valid value: an older or newer jaxlib
+    except Exception:  # noqa: BLE001  ("No such compile option" / not a valid value: an older or newer jaxlib)
         return False
     return True
 

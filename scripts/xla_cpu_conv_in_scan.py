@@ -12,6 +12,7 @@ prints milliseconds per call, the best of 3 runs of ``STEPS`` calls, with XLA's 
 options and with ``xla_cpu_experimental_ynn_fusion_type`` set to dots and reductions only (XLA's
 Eigen path for convolutions: what ``jaxgd.xla`` passes).
 """
+
 import time
 
 import jax
@@ -32,13 +33,14 @@ def dw_as_jax_writes_it(x, dy, w):
 
 
 def dw_canonical(x, dy, w):  # x as (c_in, h, w, batch) NHWC, dy as (h, w, batch, c_out) HWIO
-    out = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), [(1, 1), (1, 1)],
-                                   dimension_numbers=DN)
+    out = lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), [(1, 1), (1, 1)], dimension_numbers=DN
+    )
     return out.transpose(1, 2, 0, 3)
 
 
 def pool_grad_autodiff(x, dy, w):
-    pool = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
+    pool = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     return jax.vjp(pool, x)[1](dy[:, ::2, ::2, :C_IN])[0]
 
 
@@ -73,18 +75,26 @@ def main():
     def in_scan(part):
         def run(xs, dys, w):
             return lax.scan(lambda acc, xd: (acc + jnp.sum(part(xd[0], xd[1], w)), None), 0.0, (xs, dys))[0]
+
         return run
 
     def unrolled(part):
         def run(xs, dys, w):
             return sum(jnp.sum(part(xs[i], dys[i], w)) for i in range(STEPS))
+
         return run
 
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; batch {B}, {H}x{H}, {C_IN} -> {C_OUT}, "
-          f"ms per call (best of 3 runs of {STEPS} calls)")
-    for name, part in (("forward conv", lambda x, dy, w: conv(x, w)), ("dW as jax.vjp writes it", dw_as_jax_writes_it),
-                       ("dW canonical operands", dw_canonical), ("max-pool dx, jax.vjp", pool_grad_autodiff),
-                       ("max-pool dx, reshape+mask", pool_grad_mask)):
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; batch {B}, {H}x{H}, {C_IN} -> {C_OUT}, "
+        f"ms per call (best of 3 runs of {STEPS} calls)"
+    )
+    for name, part in (
+        ("forward conv", lambda x, dy, w: conv(x, w)),
+        ("dW as jax.vjp writes it", dw_as_jax_writes_it),
+        ("dW canonical operands", dw_canonical),
+        ("max-pool dx, jax.vjp", pool_grad_autodiff),
+        ("max-pool dx, reshape+mask", pool_grad_mask),
+    ):
         cells = []
         for options in (None, EIGEN):
             for loop, how in (("scan", in_scan), ("unrolled", unrolled)):

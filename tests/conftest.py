@@ -24,6 +24,7 @@ def require_real_data(name, tfds=False):
     """Skip (locally) or fail (CI) when the prepared TFDS dataset ``name`` is absent. A decoded
     export (``jaxgd data export``) will do, unless ``tfds``: the test reads TFDS itself."""
     from jaxgd import data
+
     try:
         found = data.find_prepared(name)
     except FileNotFoundError as e:
@@ -43,10 +44,12 @@ def require_peer(name):
         return importlib.import_module(name)
     except ImportError as e:
         if IN_CI:
-            pytest.fail(f"CI must run the cross-checks, but {name} does not import ({e}): .ci/run installs "
-                        "the 'peers' extra")
-        pytest.skip(f"{name} is not installed here: pip install -e '.[peers]' runs this cross-check",
-                    allow_module_level=True)
+            pytest.fail(
+                f"CI must run the cross-checks, but {name} does not import ({e}): .ci/run installs the 'peers' extra"
+            )
+        pytest.skip(
+            f"{name} is not installed here: pip install -e '.[peers]' runs this cross-check", allow_module_level=True
+        )
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,6 +6,7 @@ starts) for tests/test_parallel.py; prints one JSON line with what it trained.
     python tests/parallel_worker.py mesh2d             # 4 configs on a 2 x 4 (cfg x data) mesh, and on one
     python tests/parallel_worker.py multi PROCESS_ID NUM_PROCESSES PORT   # grid 8 over all processes' devices
 """
+
 import json
 import sys
 
@@ -31,15 +32,27 @@ def _grid_problem(n_cfg, n=256, seed=0):
 
 def _out(params, h):
     leaves = [np.asarray(a, np.float64).tolist() for a in jax.tree_util.tree_leaves(params)]
-    return {"params": leaves, "train_loss": np.asarray(h.train_loss, np.float64).tolist(),
-            "val_acc": np.asarray(h.val_acc, np.float64).tolist(), "devices": jax.device_count()}
+    return {
+        "params": leaves,
+        "train_loss": np.asarray(h.train_loss, np.float64).tolist(),
+        "val_acc": np.asarray(h.val_acc, np.float64).tolist(),
+        "devices": jax.device_count(),
+    }
 
 
 def grid(n_cfg, how):
     model, params, data, hp = _grid_problem(n_cfg)
     mesh = parallel.make_mesh(configs=jax.device_count()) if how == "sharded" else None
-    p, _, h = train.fit(model, params, data, data, hparams=hp, epochs=2, batch_size=32,
-                        configs=train.Configs(share="vmap" if how == "vmap" else "auto", mesh=mesh))
+    p, _, h = train.fit(
+        model,
+        params,
+        data,
+        data,
+        hparams=hp,
+        epochs=2,
+        batch_size=32,
+        configs=train.Configs(share="vmap" if how == "vmap" else "auto", mesh=mesh),
+    )
     return _out(p, h)
 
 
@@ -53,15 +66,32 @@ def data_parallel(name, how):
     y = rng.integers(0, 10, 256).astype(np.int32)
     params, state = model.init(jax.random.PRNGKey(0))
     mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if how == "sharded" else None
-    p, s, h = train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.05, 0.9, 5e-4), epochs=1,
-                        batch_size=128, model_state=state, configs=train.Configs(mesh=mesh))
+    p, s, h = train.fit(
+        model,
+        params,
+        (x, y),
+        (x, y),
+        hparams=optim.sgd_hyperparams(0.05, 0.9, 5e-4),
+        epochs=1,
+        batch_size=128,
+        model_state=state,
+        configs=train.Configs(mesh=mesh),
+    )
     return {**_out(p, h), "state": [np.asarray(a, np.float64).tolist() for a in jax.tree_util.tree_leaves(s)]}
 
 
 def mesh2d():
     model, params, data, hp = _grid_problem(4)
-    p, _, h = train.fit(model, params, data, data, hparams=hp, epochs=2, batch_size=32,
-                        configs=train.Configs(mesh=parallel.make_mesh(configs=2, data=4)))
+    p, _, h = train.fit(
+        model,
+        params,
+        data,
+        data,
+        hparams=hp,
+        epochs=2,
+        batch_size=32,
+        configs=train.Configs(mesh=parallel.make_mesh(configs=2, data=4)),
+    )
     return _out(p, h)
 
 

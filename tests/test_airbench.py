@@ -1,25 +1,29 @@
 """airbench94's network and recipe by hand (experiments.airbench): each new piece checked as every
 layer is, the whole network's hand gradient against jax.grad, the recipe step for step against the
 pinned PyTorch airbench (where torch is installed), and a short run on a slice."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxgd import draws, checker, gradcheck, layers as L, losses, models, schedules
-from jaxgd.experiments import airbench
-
 from conftest import require_peer, require_real_data
 
+from jaxgd import checker, draws, gradcheck, losses, models, schedules
+from jaxgd import layers as L
+from jaxgd.experiments import airbench
 
-@pytest.mark.parametrize("layer,shape", [
-    (L.conv2d(5, 3, init="dirac", bias=False), (6, 6, 3)),
-    (L.conv2d(4, 2, padding="valid"), (5, 5, 3)),
-    (L.max_pool(2, crop=True), (5, 7, 2)),
-    (L.scale(1 / 9), (5,)),
-    (L.dense(3, bias=False), (4,)),
-    (L.batch_norm(0.4, 1e-12), (3, 3, 2)),
-])
+
+@pytest.mark.parametrize(
+    "layer,shape",
+    [
+        (L.conv2d(5, 3, init="dirac", bias=False), (6, 6, 3)),
+        (L.conv2d(4, 2, padding="valid"), (5, 5, 3)),
+        (L.max_pool(2, crop=True), (5, 7, 2)),
+        (L.scale(1 / 9), (5,)),
+        (L.dense(3, bias=False), (4,)),
+        (L.batch_norm(0.4, 1e-12), (3, 3, 2)),
+    ],
+)
 def test_the_new_layers_pass_the_check(layer, shape):
     report = checker.check(layer, shape)
     assert report.passed, str(report)
@@ -69,8 +73,9 @@ def test_triangle_schedule_is_airbenchs():
     total = 476
     with jax.enable_x64(True):
         f = np.asarray(schedules.triangle(total, int(0.23 * total), 0.2, 0.07).factor(jnp.arange(total + 1)))
-    np.testing.assert_allclose(f, np.interp(np.arange(total + 1), [0, int(0.23 * total), total], [0.2, 1, 0.07]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        f, np.interp(np.arange(total + 1), [0, int(0.23 * total), total], [0.2, 1, 0.07]), rtol=1e-12
+    )
     with pytest.raises(ValueError, match="peak_step"):
         schedules.triangle(10, 10)
 
@@ -82,8 +87,9 @@ def test_whitening_makes_the_patches_covariance_the_identity():
     W = airbench.whiten(x, 2, eps=0.0)
     assert W.shape == (2, 2, 3, 24)
     with jax.enable_x64(True):
-        y = np.asarray(L.conv2d(24, 2, padding="valid").forward({"W": jnp.asarray(W), "b": jnp.zeros(24)}, {},
-                                                                jnp.asarray(x))[0]).reshape(-1, 24)
+        y = np.asarray(
+            L.conv2d(24, 2, padding="valid").forward({"W": jnp.asarray(W), "b": jnp.zeros(24)}, {}, jnp.asarray(x))[0]
+        ).reshape(-1, 24)
     cov = y.T @ y / len(y)  # about 0, as the whitening's covariance
     np.testing.assert_allclose(cov[:12, :12], np.eye(12), atol=1e-8)
     np.testing.assert_allclose(cov[12:, :12], -np.eye(12), atol=1e-8)  # the negated copies
@@ -107,7 +113,10 @@ def test_the_other_conv_arithmetic_gives_the_same_gradient():
     """``models.airbench(conv_impl="lax", weight_grad="taps")``, which the bench's ``airbench_epoch``
     times beside the default: the same network, its hand gradient equal to the default's in float64."""
     with jax.enable_x64(True):
-        base, other = models.airbench((4, 8, 8), 10), models.airbench((4, 8, 8), 10, conv_impl="lax", weight_grad="taps")
+        base, other = (
+            models.airbench((4, 8, 8), 10),
+            models.airbench((4, 8, 8), 10, conv_impl="lax", weight_grad="taps"),
+        )
         assert [str(a) for a in base.layers] != [str(b) for b in other.layers]
         params, state = base.init(jax.random.PRNGKey(0), jnp.float64)
         x = draws.normal(jax.random.PRNGKey(1), (4, 32, 32, 3), jnp.float64)
@@ -119,8 +128,9 @@ def test_the_other_conv_arithmetic_gives_the_same_gradient():
 
 
 def _small(**kw):
-    return airbench.AirbenchConfig.make({"widths": (4, 8, 8), "batch_size": 16, "epochs": 1.5,
-                                         "whiten_bias_epochs": 1, **kw})
+    return airbench.AirbenchConfig.make(
+        {"widths": (4, 8, 8), "batch_size": 16, "epochs": 1.5, "whiten_bias_epochs": 1, **kw}
+    )
 
 
 def test_the_optimizer_freezes_what_airbench_freezes():
@@ -133,14 +143,16 @@ def test_the_optimizer_freezes_what_airbench_freezes():
     assert total == 6
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     new, _ = opt.update(grads, opt.init(params), params, hp._replace(whiten_on=jnp.asarray(False)))
-    for r, p, q in zip(jax.tree_util.tree_leaves(roles), jax.tree_util.tree_leaves(params),
-                       jax.tree_util.tree_leaves(new)):
+    for r, p, q in zip(
+        jax.tree_util.tree_leaves(roles), jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new)
+    ):
         assert bool(jnp.all(p == q)) == (r in ("frozen", "whiten_bias")), r
 
 
 def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
     torch = require_peer("torch")
     from jaxgd.experiments import airbench_torch as AT
+
     cfg = _small()
     model = models.airbench(cfg.widths, 10)
     x = np.asarray(draws.normal(jax.random.PRNGKey(1), (64, 32, 32, 3)))
@@ -161,8 +173,12 @@ def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
             e = i // steps
             if i % steps == 0:
                 trainer.start_epoch(e, cfg.whiten_bias_epochs)
-            carry, _ = step(carry, jnp.asarray(x[b], jnp.float64), jnp.asarray(y[b]),
-                            hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs)))
+            carry, _ = step(
+                carry,
+                jnp.asarray(x[b], jnp.float64),
+                jnp.asarray(y[b]),
+                hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs)),
+            )
             assert trainer.step(AT.nchw(x[b], torch.float64), torch.tensor(y[b]))
         assert not trainer.step(AT.nchw(x[:16], torch.float64), torch.tensor(y[:16]))  # all steps taken
         mine = AT.make_net(cfg.widths, 10, dtype=torch.float64)
@@ -170,18 +186,31 @@ def test_the_recipe_step_for_step_equals_airbenchs_pytorch():
     theirs, ours = net.state_dict(), mine.state_dict()
     for k in theirs:
         if theirs[k].dtype == torch.float64:  # torch keeps the schedules in float32: ~1e-7 relative
-            np.testing.assert_allclose(ours[k].numpy(), theirs[k].numpy(), rtol=2e-6,
-                                       atol=2e-6 * float(theirs[k].abs().max()), err_msg=k)
+            np.testing.assert_allclose(
+                ours[k].numpy(), theirs[k].numpy(), rtol=2e-6, atol=2e-6 * float(theirs[k].abs().max()), err_msg=k
+            )
     assert not np.allclose(ours["0.bias"].numpy(), 0)  # the whitening bias trained, then froze
 
 
 def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     require_real_data("cifar2")
-    res = airbench.run({"datasets": ["cifar2"], "cifar2_seeds": [0, 1], "widths": [8, 16, 16], "train_size": 1024,
-                        "batch_size": 256, "epochs": 2.5, "whiten_images": 500, "together": 1,
-                        # mirror only: level 2's six forward passes per image were a third of this test's
-                        # time; test_whitening_augmentation_and_tta_equal_airbenchs_pytorch checks level 2
-                        "tta_level": 1}, out=False, verbose=False)
+    res = airbench.run(
+        {
+            "datasets": ["cifar2"],
+            "cifar2_seeds": [0, 1],
+            "widths": [8, 16, 16],
+            "train_size": 1024,
+            "batch_size": 256,
+            "epochs": 2.5,
+            "whiten_images": 500,
+            "together": 1,
+            # mirror only: level 2's six forward passes per image were a third of this test's
+            # time; test_whitening_augmentation_and_tta_equal_airbenchs_pytorch checks level 2
+            "tta_level": 1,
+        },
+        out=False,
+        verbose=False,
+    )
     r = res["datasets"]["cifar2"]
     assert r["total_steps"] == 10 and [x["steps"] for x in r["runs"]] == [10, 10]
     assert r["hand_vs_autodiff"]["max_rel"] < 1e-10
@@ -191,11 +220,13 @@ def test_a_short_run_on_a_slice_learns_and_reports(tmp_path):
     part = airbench.about(res, tmp_path) + "".join(airbench.notes(res, tmp_path)) + airbench.headline(res, tmp_path)[0]
     assert "airbench94" in part and f"{r['test_acc_mean']:.4f}" in part
     from jaxgd.experiments import figures
+
     assert figures.airbench_curves(res, tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_bad_configs_are_refused():
     from jaxgd.experiments.config import ConfigError
+
     for bad in ({"widths": (8, 8)}, {"cifar2_seeds": ()}, {"momentum": 1.0}, {"tta_level": 3}):
         with pytest.raises((ConfigError, ValueError)):
             airbench.AirbenchConfig.make({"datasets": ["cifar2"], **bad})
@@ -206,6 +237,7 @@ def test_whitening_augmentation_and_tta_equal_airbenchs_pytorch():
     float64: the whitening filters, the reflect padding, the crops and the test-time augmentation."""
     torch = require_peer("torch")
     from jaxgd.experiments import airbench_torch as AT
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 32, 32, 3)) @ rng.normal(size=(3, 3))  # correlated channels
     # whitening: the same filters, each up to the sign eigh gives its eigenvector
@@ -225,12 +257,16 @@ def test_whitening_augmentation_and_tta_equal_airbenchs_pytorch():
         np.testing.assert_array_equal(padded, tpad.permute(0, 2, 3, 1).numpy())
         torch.manual_seed(0)
         cropped = AT.batch_crop(tpad, 32).permute(0, 2, 3, 1).numpy()
-        windows = {(a, b): np.asarray(airbench.crop(jnp.asarray(padded), jnp.tile(jnp.array([a, b]), (24, 1)), pad))
-                   for a in range(2 * pad + 1) for b in range(2 * pad + 1)}
+        windows = {
+            (a, b): np.asarray(airbench.crop(jnp.asarray(padded), jnp.tile(jnp.array([a, b]), (24, 1)), pad))
+            for a in range(2 * pad + 1)
+            for b in range(2 * pad + 1)
+        }
         offsets = [next(o for o, w in windows.items() if np.array_equal(w[i], cropped[i])) for i in range(24)]
         assert len(set(offsets)) > 5  # the shifts vary, and each is one of jaxgd's offsets
-        np.testing.assert_array_equal(np.asarray(airbench.crop(jnp.asarray(padded), jnp.asarray(offsets), pad)),
-                                      cropped)
+        np.testing.assert_array_equal(
+            np.asarray(airbench.crop(jnp.asarray(padded), jnp.asarray(offsets), pad)), cropped
+        )
     # test-time augmentation, levels 0, 1 and 2, on the same network
     model = models.airbench((4, 8, 8), 10)
     params, state, _ = airbench.init_run(model, _small(), 0, x)

@@ -1,6 +1,7 @@
 """jaxgd.check of any function: the functions JAX and optax ship pass (no false alarms), rules
 nested inside bigger functions are found where they sit and diagnosed, and a function with no rule
 is checked against finite differences."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,14 +14,24 @@ from jaxgd.checker import anyfn
 
 # differentiable at random normal points (no kink is hit there), each as a user would call it
 SHIPPED = {
-    "jax.nn.relu": jax.nn.relu, "jax.nn.softmax": jax.nn.softmax, "jax.nn.log_softmax": jax.nn.log_softmax,
-    "jax.nn.silu": jax.nn.silu, "jax.nn.gelu": jax.nn.gelu, "jax.nn.gelu exact": lambda v: jax.nn.gelu(v, False),
-    "jax.nn.softplus": jax.nn.softplus, "jax.nn.sigmoid": jax.nn.sigmoid, "jax.nn.elu": jax.nn.elu,
-    "jax.nn.celu": jax.nn.celu, "jax.nn.selu": jax.nn.selu, "jax.nn.glu": jax.nn.glu,
-    "jax.nn.standardize": jax.nn.standardize, "jax.nn.logsumexp": jax.nn.logsumexp,
+    "jax.nn.relu": jax.nn.relu,
+    "jax.nn.softmax": jax.nn.softmax,
+    "jax.nn.log_softmax": jax.nn.log_softmax,
+    "jax.nn.silu": jax.nn.silu,
+    "jax.nn.gelu": jax.nn.gelu,
+    "jax.nn.gelu exact": lambda v: jax.nn.gelu(v, False),
+    "jax.nn.softplus": jax.nn.softplus,
+    "jax.nn.sigmoid": jax.nn.sigmoid,
+    "jax.nn.elu": jax.nn.elu,
+    "jax.nn.celu": jax.nn.celu,
+    "jax.nn.selu": jax.nn.selu,
+    "jax.nn.glu": jax.nn.glu,
+    "jax.nn.standardize": jax.nn.standardize,
+    "jax.nn.logsumexp": jax.nn.logsumexp,
     "jax.scipy.special.logsumexp": jax.scipy.special.logsumexp,
     "jax.scipy.special.xlogy": lambda v: jax.scipy.special.xlogy(v, jnp.abs(v) + 0.5),
-    "jnp.linalg.norm": jnp.linalg.norm, "optax.safe_norm": lambda v: optax.safe_norm(v, 1e-6),
+    "jnp.linalg.norm": jnp.linalg.norm,
+    "optax.safe_norm": lambda v: optax.safe_norm(v, 1e-6),
     "optax.safe_root_mean_squares": lambda v: optax.safe_root_mean_squares(v, 1e-6),
 }
 _S = jax.scipy.special
@@ -30,20 +41,34 @@ _T = (np.random.default_rng(5).uniform(0.1, 0.9, (3, 6))).astype(np.float32)
 _L = np.eye(6, dtype=np.float32)[[1, 4, 2]]
 # the rest of jax.nn, jax.scipy.special and optax's losses, each on its domain: name -> (f, point maker)
 MORE = {
-    "jax.nn.log_sigmoid": (jax.nn.log_sigmoid, None), "jax.nn.hard_tanh": (jax.nn.hard_tanh, lambda x: 0.5 * x),
-    "jax.nn.leaky_relu": (jax.nn.leaky_relu, None), "jax.nn.mish": (jax.nn.mish, None),
-    "jax.nn.squareplus": (jax.nn.squareplus, None), "jax.nn.relu6": (jax.nn.relu6, None),
-    "jax.nn.hard_sigmoid": (jax.nn.hard_sigmoid, None), "jax.nn.hard_silu": (jax.nn.hard_silu, None),
-    "erf": (_S.erf, None), "erfc": (_S.erfc, None), "erfinv": (_S.erfinv, lambda x: np.tanh(x) * 0.9),
-    "expit": (_S.expit, None), "logit": (_S.logit, lambda x: 1 / (1 + np.exp(-x))), "ndtr": (_S.ndtr, None),
-    "ndtri": (_S.ndtri, lambda x: 1 / (1 + np.exp(-x))), "log_ndtr": (_S.log_ndtr, None),
-    "gammaln": (_S.gammaln, lambda x: np.abs(x) + 0.5), "digamma": (_S.digamma, lambda x: np.abs(x) + 0.5),
-    "gamma": (_S.gamma, lambda x: np.abs(x) + 0.5), "polygamma(1, x)": (lambda v: _S.polygamma(1, v), lambda x: np.abs(x) + 0.5),
-    "i0e": (_S.i0e, None), "i1e": (_S.i1e, None), "entr": (_S.entr, lambda x: np.abs(x) + 0.5),
+    "jax.nn.log_sigmoid": (jax.nn.log_sigmoid, None),
+    "jax.nn.hard_tanh": (jax.nn.hard_tanh, lambda x: 0.5 * x),
+    "jax.nn.leaky_relu": (jax.nn.leaky_relu, None),
+    "jax.nn.mish": (jax.nn.mish, None),
+    "jax.nn.squareplus": (jax.nn.squareplus, None),
+    "jax.nn.relu6": (jax.nn.relu6, None),
+    "jax.nn.hard_sigmoid": (jax.nn.hard_sigmoid, None),
+    "jax.nn.hard_silu": (jax.nn.hard_silu, None),
+    "erf": (_S.erf, None),
+    "erfc": (_S.erfc, None),
+    "erfinv": (_S.erfinv, lambda x: np.tanh(x) * 0.9),
+    "expit": (_S.expit, None),
+    "logit": (_S.logit, lambda x: 1 / (1 + np.exp(-x))),
+    "ndtr": (_S.ndtr, None),
+    "ndtri": (_S.ndtri, lambda x: 1 / (1 + np.exp(-x))),
+    "log_ndtr": (_S.log_ndtr, None),
+    "gammaln": (_S.gammaln, lambda x: np.abs(x) + 0.5),
+    "digamma": (_S.digamma, lambda x: np.abs(x) + 0.5),
+    "gamma": (_S.gamma, lambda x: np.abs(x) + 0.5),
+    "polygamma(1, x)": (lambda v: _S.polygamma(1, v), lambda x: np.abs(x) + 0.5),
+    "i0e": (_S.i0e, None),
+    "i1e": (_S.i1e, None),
+    "entr": (_S.entr, lambda x: np.abs(x) + 0.5),
     "betaln": (lambda v: _S.betaln(v, 1.5 + v), lambda x: np.abs(x) + 0.5),
     "rel_entr": (lambda v: _S.rel_entr(v, _T), lambda x: np.abs(x) + 0.5),
     "kl_div": (lambda v: _S.kl_div(v, _T), lambda x: np.abs(x) + 0.5),
-    "optax.l2_loss": (lambda v: optax.l2_loss(v, _T), None), "optax.huber_loss": (lambda v: optax.huber_loss(v, _T), None),
+    "optax.l2_loss": (lambda v: optax.l2_loss(v, _T), None),
+    "optax.huber_loss": (lambda v: optax.huber_loss(v, _T), None),
     "optax.log_cosh": (lambda v: optax.log_cosh(v, _T), None),
     "optax.softmax_cross_entropy": (lambda v: optax.softmax_cross_entropy(v, _L), None),
     "optax.sigmoid_binary_cross_entropy": (lambda v: optax.sigmoid_binary_cross_entropy(v, _T), None),
@@ -137,6 +162,7 @@ def test_a_rule_is_reached_and_checked_alone_under_remat_cond_and_while(f):
     """Each rule is checked at the arguments it receives (a loop's first iteration, the branch
     taken), and the check compiles a few programs per rule."""
     from jaxgd.compile_cache import CompileClock
+
     x = np.random.default_rng(0).standard_normal((3, 4))
     with CompileClock() as clock:
         report = jaxgd.check(f, x, dtypes=("float64",))

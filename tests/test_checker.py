@@ -1,5 +1,6 @@
 """jaxgd.check: every built-in layer and model passes it, every mistake of the gallery fails it
 with the right diagnosis, and bad arguments get clear errors."""
+
 import dataclasses
 import functools
 import json
@@ -10,15 +11,27 @@ import numpy as np
 import pytest
 
 import jaxgd
-from jaxgd import layers as L
 from jaxgd import checker, mistakes, models
+from jaxgd import layers as L
 
 LAYERS = [
-    (L.dense(5), (7,)), (L.relu(), (6,)), (L.tanh(), (6,)), (L.leaky_relu(0.1), (6,)), (L.gelu(), (6,)),
-    (L.gelu(approximate=True), (6,)), (L.softmax(), (6,)), (L.conv2d(4, 3), (6, 5, 2)),
-    (L.conv2d(3, 3, "lax", stride=2), (7, 6, 2)), (L.conv2d(4, 2, padding="valid"), (5, 6, 3)),
-    (L.max_pool(2), (4, 6, 3)), (L.avg_pool(2), (4, 6, 3)), (L.global_avg_pool(), (4, 5, 3)), (L.flatten(), (3, 2, 2)),
-    (L.dropout(0.3), (20,)), (L.batch_norm(), (3, 3, 4)), (L.layer_norm(), (5,)),
+    (L.dense(5), (7,)),
+    (L.relu(), (6,)),
+    (L.tanh(), (6,)),
+    (L.leaky_relu(0.1), (6,)),
+    (L.gelu(), (6,)),
+    (L.gelu(approximate=True), (6,)),
+    (L.softmax(), (6,)),
+    (L.conv2d(4, 3), (6, 5, 2)),
+    (L.conv2d(3, 3, "lax", stride=2), (7, 6, 2)),
+    (L.conv2d(4, 2, padding="valid"), (5, 6, 3)),
+    (L.max_pool(2), (4, 6, 3)),
+    (L.avg_pool(2), (4, 6, 3)),
+    (L.global_avg_pool(), (4, 5, 3)),
+    (L.flatten(), (3, 2, 2)),
+    (L.dropout(0.3), (20,)),
+    (L.batch_norm(), (3, 3, 4)),
+    (L.layer_norm(), (5,)),
     # a bias right before batch norm: its gradient is 0 on paper, rounding noise in practice
     (L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))), (4, 4, 4)),
     (L.residual((L.conv2d(4, 3, stride=2), L.relu()), (L.conv2d(4, 1, stride=2),)), (6, 6, 3)),
@@ -35,9 +48,17 @@ def test_every_built_in_layer_passes(layer, shape):
 
 
 def _small_resnet():
-    return models.Model((L.conv2d(4, 3, stride=2), L.batch_norm(), L.relu(),
-                         L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))),
-                         L.global_avg_pool(), L.dense(3)), (6, 6, 2))
+    return models.Model(
+        (
+            L.conv2d(4, 3, stride=2),
+            L.batch_norm(),
+            L.relu(),
+            L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))),
+            L.global_avg_pool(),
+            L.dense(3),
+        ),
+        (6, 6, 2),
+    )
 
 
 def test_models_pass_with_their_loss_gradient():
@@ -49,6 +70,7 @@ def test_models_pass_with_their_loss_gradient():
 
 def _perturbed(family):
     """``family`` with its prediction moved by a thousandth of its scale: no longer what hand is."""
+
     def moved(h, t, ctx):
         hyp = family(h, t, ctx)
         if hyp is None:
@@ -56,19 +78,24 @@ def _perturbed(family):
         p = np.asarray(hyp.predicted, np.float64)
         wiggle = np.cos(np.arange(p.size) + 1.0).reshape(p.shape)  # fixed, never all zero
         return dataclasses.replace(hyp, predicted=p + 1e-3 * max(float(np.max(np.abs(p))), 1.0) * wiggle)
+
     moved.__name__ = family.__name__
     return moved
 
 
 def _finding(report, m):
     """The finding ``m`` (a gallery entry) names: on its gradient and mode, of its kind, with its phrase."""
-    return [f for f in report.findings if f["where"].startswith(m.where) and f.get("kind") == m.kind
-            and m.expect in f["cause"]]
+    return [
+        f
+        for f in report.findings
+        if f["where"].startswith(m.where) and f.get("kind") == m.kind and m.expect in f["cause"]
+    ]
 
 
 def _unverified_causes(report, m, monkeypatch, check_again):
     """The same check with every family's hypothesis perturbed: the causes it still prints."""
     from jaxgd.checker import diagnoses
+
     monkeypatch.setattr(diagnoses, "DIAGNOSES", tuple(_perturbed(f) for f in diagnoses.DIAGNOSES))
     return [f for f in check_again().findings if f.get("kind") == "cause"]
 
@@ -78,7 +105,7 @@ def test_every_gallery_mistake_fails_with_its_diagnosis(m, monkeypatch):
     """Each mistake's finding on the right gradient and mode, of the right kind; and a cause is
     printed only because its hypothesis reproduced hand: perturbed slightly, it is not printed."""
     store = checker.Programs()
-    again = lambda: jaxgd.check(m.layer, m.in_shape, x=m.x(), programs=store)  # noqa: E731
+    again = lambda: jaxgd.check(m.layer, m.in_shape, x=m.x(), programs=store)
     report = again()
     assert not report.passed, report
     assert _finding(report, m), report
@@ -91,6 +118,7 @@ def test_a_diagnosis_is_printed_only_when_it_reproduces_hand_from_true():
     the report says so and names no pattern as ruled out; where the wrong entries are is an
     observation, never a cause."""
     from jaxgd.checker import diagnose
+
     rng = np.random.default_rng(0)
     t = rng.standard_normal((5, 5))
     ctx = {"batch": 3, "dtype": np.dtype(np.float64), "tol": 1e-10, "is_input": False, "x": None, "c": None}
@@ -104,8 +132,9 @@ def test_a_diagnosis_is_printed_only_when_it_reproduces_hand_from_true():
     assert "same at every index of axis 0" in diagnose(row, t, ctx).text
     assert diagnose(t.T, t, ctx).family == "transposed"
     c = rng.standard_normal((3, 5))  # a bias's cotangent: dy summed over the features is not a wrong shape only
-    assert diagnose(c.sum(1), c.sum(0), {**ctx, "c": c}).text.startswith("reduced over the wrong axis: hand is dy "
-                                                                        "summed over axis 1")
+    assert diagnose(c.sum(1), c.sum(0), {**ctx, "c": c}).text.startswith(
+        "reduced over the wrong axis: hand is dy summed over axis 1"
+    )
     other = diagnose(rng.standard_normal(3), c.sum(0), {**ctx, "c": c})
     assert other.kind == "observation" and "wrong shape: (3,) instead of (5,)" in other.text
 
@@ -123,15 +152,21 @@ def test_new_families_name_a_cause_only_when_it_reproduces_hand():
         def backward(self, params, x, dy):
             _, vjp = jax.vjp(lambda v: L.MaxPool(self.size).forward({}, {}, v)[0], x)
             return {}, vjp(dy)[0]
-    assert "max pooling's gradient: dy routed to each window's maximum" in jaxgd.check(AvgPoolRouted(2), (4, 4, 2)).causes()[0]
+
+    assert (
+        "max pooling's gradient: dy routed to each window's maximum"
+        in jaxgd.check(AvgPoolRouted(2), (4, 4, 2)).causes()[0]
+    )
     rng = np.random.default_rng(1)
     x, c, t = (rng.standard_normal((3, 6)) for _ in range(3))
     y = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
     ctx = {"batch": 3, "dtype": np.dtype(np.float64), "tol": 1e-10, "is_input": True, "x": x, "c": c, "y": y}
     near = t + c * x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi) * (1 + 1e-3 * rng.standard_normal(x.shape))
     assert diagnose(near, t, ctx).kind != "cause"  # close to a term, not it
-    assert "x phi(x) (GELU's second term): that term of the derivative counted twice" in \
-        diagnose(t + c * x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), t, ctx).text
+    assert (
+        "x phi(x) (GELU's second term): that term of the derivative counted twice"
+        in diagnose(t + c * x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), t, ctx).text
+    )
     assert diagnose(t - y * (c * y).sum(-1, keepdims=True), t, ctx).text.startswith("hand = true - y sum(dy y)")
     assert "coupling term of the derivative forgotten or scaled" in diagnose(t + 0.3 * y, t, ctx).text
 
@@ -139,6 +174,7 @@ def test_new_families_name_a_cause_only_when_it_reproduces_hand():
 @dataclasses.dataclass(frozen=True)
 class _Scale(L.Layer):
     """A user's layer whose backward reads a class attribute (the review's reproduction)."""
+
     kf = 2.0
     kb = 2.0
 
@@ -164,10 +200,12 @@ def test_a_layer_made_wrong_between_two_checks_fails_the_second():
 def test_a_kernel_gradient_wrong_in_one_channel_gets_no_border_cause():
     """The review's reproduction: a conv's weight gradient halved for input channel 0 is told
     where the wrong entries are (that channel of W, by a factor), never the padding or the border."""
+
     class HalvedChannel(L.Conv2D):
         def backward(self, params, x, dy):
             g, dx = super().backward(params, x, dy)
             return {**g, "W": g["W"].at[:, :, 0, :].multiply(0.5)}, dx
+
     report = jaxgd.check(HalvedChannel(4, 3), (6, 6, 2), dtypes=("float64",))
     assert not report.passed
     w = [f for f in report.findings if f["where"].startswith("param W")]
@@ -184,8 +222,10 @@ class _RaisingDense(L.Dense):
 def test_a_backward_that_raises_is_a_failed_report_in_every_kind_of_check():
     """The commonest first mistake, a shape bug: a FAILED report with the error and the user's
     line, for a layer, for a model holding it, and for a custom rule; never an exception."""
-    for report in (jaxgd.check(_RaisingDense(3), (5,), dtypes=("float64",)),
-                   jaxgd.check(models.Model((_RaisingDense(3), L.tanh()), (5,)), dtypes=("float64",))):
+    for report in (
+        jaxgd.check(_RaisingDense(3), (5,), dtypes=("float64",)),
+        jaxgd.check(models.Model((_RaisingDense(3), L.tanh()), (5,)), dtypes=("float64",)),
+    ):
         assert not report.passed
         raised = [c for c in report.checks if not c["ok"] and c["name"].startswith("backward runs")]
         assert raised and "test_checker.py" in raised[0]["detail"] and "dy @ params" in raised[0]["detail"], report
@@ -194,6 +234,7 @@ def test_a_backward_that_raises_is_a_failed_report_in_every_kind_of_check():
     @jax.custom_vjp
     def scale(x, w):
         return x * w
+
     scale.defvjp(lambda x, w: (x * w, (x, w)), lambda r, g: (g @ r[1], g * r[0]))  # a matmul where * belongs
     rng = np.random.default_rng(0)
     report = jaxgd.check(scale, rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), dtypes=("float64",))
@@ -247,6 +288,7 @@ def _exp_rule():
 def _norm_rule():
     def normalize(x):
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
     f = jax.custom_vjp(normalize)
     f.defvjp(lambda x: (normalize(x), x), lambda x, g: (g / jnp.linalg.norm(x, axis=-1, keepdims=True),))
     return f
@@ -254,14 +296,18 @@ def _norm_rule():
 
 # wrong backwards in neither gallery, as a new user writes them: (subject, args, causes it may get)
 NEW_USER = [
-    (_Sigmoid(), ((6,),), ()), (_TanhFromInput(), ((6,),), ()), (_DenseDoubled(4), ((5,),), ("constant_factor",)),
-    (_DenseBiasFromX(4), ((5,),), ()), (_exp_rule(), (np.linspace(-1, 1, 6).reshape(2, 3),), ()),
+    (_Sigmoid(), ((6,),), ()),
+    (_TanhFromInput(), ((6,),), ()),
+    (_DenseDoubled(4), ((5,),), ("constant_factor",)),
+    (_DenseBiasFromX(4), ((5,),), ()),
+    (_exp_rule(), (np.linspace(-1, 1, 6).reshape(2, 3),), ()),
     (_norm_rule(), (np.random.default_rng(2).standard_normal((3, 4)),), ()),
 ]
 
 
-@pytest.mark.parametrize("subject,args,allowed", NEW_USER, ids=[getattr(s, "__name__", type(s).__name__)
-                                                                for s, _, _ in NEW_USER])
+@pytest.mark.parametrize(
+    "subject,args,allowed", NEW_USER, ids=[getattr(s, "__name__", type(s).__name__) for s, _, _ in NEW_USER]
+)
 def test_new_user_mistakes_are_caught_and_get_no_cause_but_how_they_were_made(subject, args, allowed):
     report = jaxgd.check(subject, *args, dtypes=("float64",))
     assert not report.passed, report
@@ -293,14 +339,17 @@ def test_check_on_given_inputs_with_zeros_sees_the_kink():
     assert not jaxgd.check(m.layer, x=m.x()).passed
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda: jaxgd.check(L.dense(3)), ValueError, "needs the per-example input shape"),
-    (lambda: jaxgd.check(object(), (3,)), TypeError, "has no init"),
-    (lambda: jaxgd.check(L.dense(3), (4,), x=np.zeros((2, 5))), ValueError, "give one of them"),
-    (lambda: jaxgd.check(L.dense(3), (4,), modes=("test",)), ValueError, "modes must be among"),
-    (lambda: jaxgd.check(L.dense(3), (4,), dtypes=("float16",)), ValueError, "dtypes must be among"),
-    (lambda: jaxgd.check(models.mlp((4, 3)), x=np.zeros((2, 5))), ValueError, "takes"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: jaxgd.check(L.dense(3)), ValueError, "needs the per-example input shape"),
+        (lambda: jaxgd.check(object(), (3,)), TypeError, "has no init"),
+        (lambda: jaxgd.check(L.dense(3), (4,), x=np.zeros((2, 5))), ValueError, "give one of them"),
+        (lambda: jaxgd.check(L.dense(3), (4,), modes=("test",)), ValueError, "modes must be among"),
+        (lambda: jaxgd.check(L.dense(3), (4,), dtypes=("float16",)), ValueError, "dtypes must be among"),
+        (lambda: jaxgd.check(models.mlp((4, 3)), x=np.zeros((2, 5))), ValueError, "takes"),
+    ],
+)
 def test_bad_arguments_give_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -308,6 +357,7 @@ def test_bad_arguments_give_clear_errors(call, error, match):
 
 def test_off_constant_moves_initial_scales_but_keeps_signs():
     from jaxgd import gradcheck
+
     p = {"scale": jax.numpy.ones(4), "shift": jax.numpy.zeros(4), "W": jax.numpy.arange(4.0)}
     q = gradcheck.off_constant(p, 0)
     assert np.all(np.asarray(q["scale"]) > 0) and len(set(np.asarray(q["scale"]).tolist())) == 4
@@ -318,9 +368,12 @@ def test_off_constant_moves_initial_scales_but_keeps_signs():
 def test_the_readme_example_prints_what_the_readme_shows(capsys):
     """The check example (the README's, and the checker page's, the same block) prints what it shows."""
     from pathlib import Path
+
     root = Path(__file__).parents[1]
-    blocks = [(root / p).read_text().split("<!-- check-example:start -->")[1].split("<!-- check-example:end -->")[0]
-              for p in ("README.md", "docs/checker.md")]
+    blocks = [
+        (root / p).read_text().split("<!-- check-example:start -->")[1].split("<!-- check-example:end -->")[0]
+        for p in ("README.md", "docs/checker.md")
+    ]
     assert blocks[0] == blocks[1]
     code = blocks[0].split("```python\n")[1].split("```")[0]
     shown = blocks[0].split("```text\n")[1].split("```")[0]
@@ -331,6 +384,7 @@ def test_the_readme_example_prints_what_the_readme_shows(capsys):
 def _programs_compiled(fn):
     """How many XLA programs ``fn()`` compiles (JAX's own compilation events)."""
     from jaxgd.compile_cache import CompileClock
+
     with CompileClock() as clock:
         fn()
     return clock.compiles
@@ -347,6 +401,7 @@ def test_a_check_is_a_few_programs_and_a_second_one_none():
 
 
 # ---------------------------------------------------------------- check(f, *args): a function's custom rule
+
 
 @jax.custom_vjp
 def _logsumexp(x):
@@ -423,6 +478,7 @@ def test_nondiff_arguments_integer_arguments_and_several_outputs():
         x, idx = res
         dx = jax.numpy.zeros_like(x).at[idx].add(power * x[idx] ** (power - 1) * g[0]) + jax.numpy.cos(x) * g[1]["w"]
         return dx, np.zeros(idx.shape, jax.dtypes.float0)
+
     f.defvjp(fwd, bwd)
     report = jaxgd.check(f, np.linspace(0.5, 2.0, 6), np.array([0, 3, 3]), 3)
     assert report.passed, report
@@ -432,12 +488,14 @@ def test_nondiff_arguments_integer_arguments_and_several_outputs():
 def test_a_primal_jax_cannot_differentiate_is_checked_against_finite_differences():
     @jax.custom_vjp
     def root(x):  # sqrt by Newton's iteration in a while_loop: reverse mode cannot go through it
-        return jax.lax.while_loop(lambda y: jax.numpy.max(jax.numpy.abs(y * y - x)) > 1e-12,
-                                  lambda y: 0.5 * (y + x / y), x)
+        return jax.lax.while_loop(
+            lambda y: jax.numpy.max(jax.numpy.abs(y * y - x)) > 1e-12, lambda y: 0.5 * (y + x / y), x
+        )
 
     def fwd(x):
         y = root(x)
         return y, y
+
     root.defvjp(fwd, lambda y, g: (g / (2 * y),))
     report = jaxgd.check(root, np.linspace(1.0, 3.0, 5), dtypes=("float64",))
     assert report.passed and report.rows[0]["verdict"] == "close", report
@@ -448,8 +506,9 @@ def test_a_function_without_a_custom_rule_is_checked_against_finite_differences(
     with jaxgd's report; a gradient that autodiff gets NaN where the function is smooth is named."""
     report = jaxgd.check(jax.numpy.sin, np.linspace(-1, 1, 6))
     assert report.passed and report.subject == "function sin" and not report.rules, report
-    nan_leak = jaxgd.check(lambda v: jax.numpy.where(v > 0, jax.numpy.sqrt(v), 0.0), np.array([[1.0, -2.0, 0.5]]),
-                           dtypes=("float64",))
+    nan_leak = jaxgd.check(
+        lambda v: jax.numpy.where(v > 0, jax.numpy.sqrt(v), 0.0), np.array([[1.0, -2.0, 0.5]]), dtypes=("float64",)
+    )
     assert not nan_leak.passed
     found = nan_leak.findings[0]
     assert found["kind"] == "observation" and "NaN or infinite ((0, 1))" in found["cause"], nan_leak
@@ -460,18 +519,19 @@ def test_a_function_without_a_custom_rule_is_checked_against_finite_differences(
 
 def test_assert_backward_correct_raises_with_the_verdict_as_its_message():
     from jaxgd.testing import assert_backward_correct
+
     x = np.random.default_rng(0).standard_normal((3, 5))
     assert assert_backward_correct(_logsumexp, x).passed
     assert assert_backward_correct(L.dense(3), (4,)).passed
-    with pytest.raises(AssertionError, match="(?s)FAILED.*off by a constant factor 2"):
+    with pytest.raises(AssertionError, match=r"(?s)FAILED.*off by a constant factor 2"):
         assert_backward_correct(_lse_doubled, x)
-    with pytest.raises(AssertionError, match="(?s)FAILED.*transposed"):
+    with pytest.raises(AssertionError, match=r"(?s)FAILED.*transposed"):
         assert_backward_correct(mistakes.DenseTransposed(5), (7,))
 
 
 @pytest.mark.parametrize("m", mistakes.FUNCTION_GALLERY, ids=[m.name for m in mistakes.FUNCTION_GALLERY])
 def test_every_wrong_custom_rule_fails_with_its_diagnosis(m, monkeypatch):
-    again = lambda: jaxgd.check(m.f, *m.args(np.random.default_rng(0)))  # noqa: E731
+    again = lambda: jaxgd.check(m.f, *m.args(np.random.default_rng(0)))
     report = again()
     assert not report.passed, report
     assert _finding(report, m), report
@@ -481,22 +541,25 @@ def test_every_wrong_custom_rule_fails_with_its_diagnosis(m, monkeypatch):
 
 def test_the_custom_rules_of_jaxs_own_docs_pass():
     """The custom_jvp and custom_vjp examples of JAX's "Custom derivative rules" tutorial."""
+
     @jax.custom_jvp
     def log1pexp(x):
         return jax.numpy.log(1.0 + jax.numpy.exp(x))
 
     @log1pexp.defjvp
     def log1pexp_jvp(primals, tangents):
-        x, = primals
-        x_dot, = tangents
+        (x,) = primals
+        (x_dot,) = tangents
         return log1pexp(x), (1 - 1 / (1 + jax.numpy.exp(x))) * x_dot
 
     @jax.custom_vjp
     def f(x, y):
         return jax.numpy.sin(x) * y
 
-    f.defvjp(lambda x, y: (f(x, y), (jax.numpy.cos(x), jax.numpy.sin(x), y)),
-             lambda res, g: (res[0] * g * res[2], res[1] * g))
+    f.defvjp(
+        lambda x, y: (f(x, y), (jax.numpy.cos(x), jax.numpy.sin(x), y)),
+        lambda res, g: (res[0] * g * res[2], res[1] * g),
+    )
     rng = np.random.default_rng(3)
     assert jaxgd.check(log1pexp, rng.standard_normal(6)).passed
     assert jaxgd.check(f, rng.standard_normal((2, 3)), rng.standard_normal((2, 3))).passed

@@ -1,4 +1,5 @@
 """The user surface: the ``jaxgd`` command, progress bars, and the README's Python examples."""
+
 import os
 import re
 import shutil
@@ -9,9 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import require_real_data
-from jaxgd import draws, cli, progress
+
+from jaxgd import cli, draws, progress
 from jaxgd.experiments import reproduce
 
 README = Path(__file__).parents[1] / "README.md"
@@ -29,6 +30,7 @@ def test_one_version_from_the_package_metadata(capsys):
     import importlib.metadata
 
     import jaxgd
+
     assert jaxgd.__version__ == importlib.metadata.version("jaxgd")  # pyproject.toml's, as installed
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
@@ -57,6 +59,7 @@ def test_every_subcommand_has_help_with_defaults(argv, capsys):
 def test_data_export_writes_what_load_reads_without_tfds(tmp_path, capsys):
     require_real_data("mnist", tfds=True)
     from jaxgd import data
+
     assert cli.main(["data", "export", "mnist", "--to", str(tmp_path)]) == 0
     assert "jaxgd-decoded-mnist.npz" in capsys.readouterr().out
     got, want = data.load("mnist", data_dir=tmp_path, val_size=5000), data.load("mnist", val_size=5000)
@@ -70,6 +73,7 @@ def test_data_export_writes_what_load_reads_without_tfds(tmp_path, capsys):
 
 def test_flags_come_from_the_config():
     from jaxgd.experiments import cifar2, config
+
     p = cli.parser()
     a = p.parse_args(["cifar2", "--epochs", "3", "--grid", "0.01,0.9,0", "0.02,0,0.001", "--train-size", "100"])
     cfg = config.from_flags(cifar2.CONFIG, a)
@@ -89,20 +93,43 @@ def test_epoch_lines_name_the_held_out_set(monkeypatch):
     monkeypatch.setenv("JAXGD_PROGRESS", "0")
     lines = []
     show = progress.epoch_logger("x", 2, log=lines.append, val_name="test")
-    show({"epoch": 1, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": [0.9, 0.95],
-          "epoch_time": 1.0})
+    show(
+        {
+            "epoch": 1,
+            "epochs": 2,
+            "train_loss": 0.5,
+            "train_acc": 0.8,
+            "val_loss": 0.25,
+            "val_acc": [0.9, 0.95],
+            "epoch_time": 1.0,
+        }
+    )
     show.close()
     assert lines == ["[x] epoch   1/2  train_loss 0.5  train_acc 0.8  test_loss 0.25  test_acc 0.9..0.95  1.00s"]
     quiet = progress.epoch_logger("x", 2, quiet=True, log=lines.append)
-    quiet({"epoch": 2, "epochs": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.25, "val_acc": 0.9,
-           "epoch_time": 1.0})
+    quiet(
+        {
+            "epoch": 2,
+            "epochs": 2,
+            "train_loss": 0.5,
+            "train_acc": 0.8,
+            "val_loss": 0.25,
+            "val_acc": 0.9,
+            "epoch_time": 1.0,
+        }
+    )
     assert len(lines) == 1  # quiet: no bar and no line
 
 
 def test_a_non_interactive_run_draws_no_bar(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAXGD_PROGRESS"}
-    r = subprocess.run([sys.executable, "-m", "jaxgd", "matrix-chain", "--Ks", "2", "--iters", "5",
-                        "--results", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxgd", "matrix-chain", "--Ks", "2", "--iters", "5", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "%|" not in r.stderr and "max |hand - autodiff|" in r.stdout
 
@@ -110,8 +137,14 @@ def test_a_non_interactive_run_draws_no_bar(tmp_path):
 def test_results_are_identical_with_and_without_progress_bars(tmp_path, monkeypatch):
     require_real_data("mnist")
     from jaxgd.experiments import mnist_zoo
-    cfg = {"models": ["softmax/dropout", "mlp/batchnorm"], "epochs": 2, "train_size": 512, "batch_size": 64,
-           "compare_epoch": False}
+
+    cfg = {
+        "models": ["softmax/dropout", "mlp/batchnorm"],
+        "epochs": 2,
+        "train_size": 512,
+        "batch_size": 64,
+        "compare_epoch": False,
+    }
     runs = {}
     for mode in ("1", "0"):
         monkeypatch.setenv("JAXGD_PROGRESS", mode)
@@ -120,18 +153,20 @@ def test_results_are_identical_with_and_without_progress_bars(tmp_path, monkeypa
     for name in cfg["models"]:
         a, b = ({k: v for k, v in runs[m]["models"][name].items() if k not in drop} for m in ("1", "0"))
         assert a == b, name
-    assert ((tmp_path / "1" / "mnist" / "results.json").exists() and (tmp_path / "0" / "mnist" / "results.json").exists())
+    assert (tmp_path / "1" / "mnist" / "results.json").exists() and (tmp_path / "0" / "mnist" / "results.json").exists()
 
 
 def test_fit_reports_progress_and_prints_nothing(capsys):
     from jaxgd import models, optim, train
+
     model = models.mlp((4, 8, 3))
     params, _ = model.init(jax.random.PRNGKey(0))
     x = np.asarray(draws.normal(jax.random.PRNGKey(1), (64, 4)))
     y = np.arange(64) % 3
     seen = []
-    train.fit(model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=3, batch_size=16,
-              progress=seen.append)
+    train.fit(
+        model, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=3, batch_size=16, progress=seen.append
+    )
     assert [m["epoch"] for m in seen] == [1, 2, 3] and all(m["epochs"] == 3 for m in seen)
     assert set(seen[0]) == {"epoch", "epochs", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time"}
     assert capsys.readouterr() == ("", "")
@@ -148,11 +183,14 @@ def test_readme_examples_run(monkeypatch):
     require_real_data("cifar2")
     require_real_data("mnist")
     from jaxgd import data, train
+
     load, fit = data.load, train.fit
+
     def small(*a, **k):  # a tiny slice: 256 training images, at most 512 validation and test ones
         d = load(*a, **{**k, "train_size": 256})
-        cut = lambda s: type(s)(s.x[:512], s.y[:512])  # noqa: E731
+        cut = lambda s: type(s)(s.x[:512], s.y[:512])
         return d._replace(val=cut(d.val), test=cut(d.test))
+
     monkeypatch.setattr(data, "load", small)
     monkeypatch.setattr(train, "fit", lambda *a, **k: fit(*a, **{**k, "epochs": 1}))
     docs = sorted(README.parent.glob("docs/*.md"))
@@ -202,7 +240,7 @@ def test_a_long_loop_says_each_item_in_a_log(monkeypatch):
     assert quiet == []
 
 
-CHECK_FILE = '''
+CHECK_FILE = """
 import jax
 import jax.numpy as jnp
 from jaxgd import layers, mistakes
@@ -236,11 +274,12 @@ def norm_example():
 
 def broken_example():
     raise RuntimeError("no data here")
-'''
+"""
 
 
 def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, capsys):
     import json
+
     f = tmp_path / "mine.py"
     f.write_text(CHECK_FILE)
     assert cli.main(["--no-compile-cache", "check", f"{f}:dense", "--in-shape", "3", "--dtypes", "float64"]) == 0
@@ -249,15 +288,17 @@ def test_check_command_checks_a_layer_and_a_custom_vjp_from_a_file(tmp_path, cap
     assert cli.main(["--no-compile-cache", "check", f"{f}:transposed", "--in-shape", "5", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is False
-    assert any(f["where"].startswith("param W (train") and f["kind"] == "cause" and f["cause"].startswith("transposed")
-               for f in report["findings"]), report
+    assert any(
+        f["where"].startswith("param W (train") and f["kind"] == "cause" and f["cause"].startswith("transposed")
+        for f in report["findings"]
+    ), report
     assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--args", "5"]) == 1
     assert "constant factor 2" in capsys.readouterr().out
     assert cli.main(["--no-compile-cache", "check", f"{f}:safe_norm", "--example", "norm_example", "--quiet"]) == 1
     assert "at arguments of shapes (5,)" in capsys.readouterr().out
 
 
-FUTURE_FILE = '''
+FUTURE_FILE = """
 from __future__ import annotations
 
 import dataclasses
@@ -283,7 +324,7 @@ class Broken(layers.Dense):
 
 double = Double()
 broken = Broken(3)
-'''
+"""
 
 
 def test_check_command_imports_a_file_as_python_does_and_a_raising_backward_is_wrong(tmp_path, capsys):
@@ -299,26 +340,29 @@ def test_check_command_imports_a_file_as_python_does_and_a_raising_backward_is_w
     assert "FAILED" in out and "the backward raised" in out and "future_style.py" in out, out
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["{exits}:x"], "called sys.exit(3)"),
-    (["{f}:nope", "--in-shape", "3"], "has no 'nope'"),
-    (["{d}/missing.py:x"], "no such file"),
-    (["{f}"], "give FILE.py:NAME"),
-    (["{f}:dense"], "give its per-example input shape with --in-shape"),
-    (["{f}:safe_norm"], "give its example arguments"),
-    (["{f}:safe_norm", "--in-shape", "3"], "not --in-shape"),
-    (["{f}:dense", "--args", "3"], "--args and --example are for"),
-    (["{f}:safe_norm", "--args", "5", "--example", "norm_example"], "either as shapes"),
-    (["{f}:safe_norm", "--example", "broken_example"], "--example broken_example() failed: RuntimeError: no data"),
-    (["{f}:safe_norm", "--example", "nothing"], "has no 'nothing'"),
-    (["{f}:not_a_layer", "--in-shape", "3"], "is a int, not a layer"),
-    (["jaxgd.mistakes:GALLERY", "--in-shape", "3"], "is a tuple, not a layer"),
-    (["jax.numpy:sin", "--in-shape", "3"], "is a function: give its example arguments"),
-    (["jax.nn:glu", "--args", "3,5"], "cannot be checked at these arguments: it raised"),
-    (["{bad}:x"], "importing"),
-    (["{f}:dense", "--in-shape", "0,3"], "is not a shape"),
-    (["jaxgd.mistakes:DenseOneEntryOff", "--in-shape", "4"], "is a class"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["{exits}:x"], "called sys.exit(3)"),
+        (["{f}:nope", "--in-shape", "3"], "has no 'nope'"),
+        (["{d}/missing.py:x"], "no such file"),
+        (["{f}"], "give FILE.py:NAME"),
+        (["{f}:dense"], "give its per-example input shape with --in-shape"),
+        (["{f}:safe_norm"], "give its example arguments"),
+        (["{f}:safe_norm", "--in-shape", "3"], "not --in-shape"),
+        (["{f}:dense", "--args", "3"], "--args and --example are for"),
+        (["{f}:safe_norm", "--args", "5", "--example", "norm_example"], "either as shapes"),
+        (["{f}:safe_norm", "--example", "broken_example"], "--example broken_example() failed: RuntimeError: no data"),
+        (["{f}:safe_norm", "--example", "nothing"], "has no 'nothing'"),
+        (["{f}:not_a_layer", "--in-shape", "3"], "is a int, not a layer"),
+        (["jaxgd.mistakes:GALLERY", "--in-shape", "3"], "is a tuple, not a layer"),
+        (["jax.numpy:sin", "--in-shape", "3"], "is a function: give its example arguments"),
+        (["jax.nn:glu", "--args", "3,5"], "cannot be checked at these arguments: it raised"),
+        (["{bad}:x"], "importing"),
+        (["{f}:dense", "--in-shape", "0,3"], "is not a shape"),
+        (["jaxgd.mistakes:DenseOneEntryOff", "--in-shape", "4"], "is a class"),
+    ],
+)
 def test_check_command_refuses_what_it_cannot_check_in_one_line(tmp_path, capsys, argv, says):
     f, bad = tmp_path / "mine.py", tmp_path / "broken.py"
     f.write_text(CHECK_FILE)
@@ -334,7 +378,7 @@ def test_check_command_refuses_what_it_cannot_check_in_one_line(tmp_path, capsys
     assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
 
 
-LOSS_FILE = '''
+LOSS_FILE = """
 import jax
 import jax.numpy as jnp
 
@@ -349,7 +393,7 @@ clip_grad.defvjp(lambda x: (x, None), lambda _, g: (2 * g,))  # wrong: the ident
 
 def loss(x, w):
     return jnp.sum(jnp.tanh(clip_grad(x @ w)) ** 2)
-'''
+"""
 
 
 def test_check_command_checks_any_function_and_names_the_wrong_rule_inside(tmp_path, capsys):

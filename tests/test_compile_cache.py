@@ -1,6 +1,7 @@
 """The persistent compilation cache of the jaxgd command: on by default in a private folder, a
 second process loads what the first compiled and computes the same numbers, off on request, and
 never loads code from a folder someone else can write to."""
+
 import json
 import os
 import subprocess
@@ -12,8 +13,13 @@ from jaxgd import compile_cache
 
 
 def _jaxgd(*args, env=None):
-    r = subprocess.run([sys.executable, "-m", "jaxgd", *args], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, **(env or {})})
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxgd", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -22,8 +28,21 @@ def test_a_second_process_loads_what_the_first_compiled_and_gets_the_same_number
     cache = tmp_path / "xla"
     reports = []
     for i in range(2):
-        _jaxgd("--compile-cache", str(cache), "--compile-report", str(tmp_path / f"r{i}.json"), "matrix-chain",
-               "--Ks", "2", "3", "--iters", "20", "--results", str(tmp_path / f"res{i}"), "--quiet")
+        _jaxgd(
+            "--compile-cache",
+            str(cache),
+            "--compile-report",
+            str(tmp_path / f"r{i}.json"),
+            "matrix-chain",
+            "--Ks",
+            "2",
+            "3",
+            "--iters",
+            "20",
+            "--results",
+            str(tmp_path / f"res{i}"),
+            "--quiet",
+        )
         reports.append(json.loads((tmp_path / f"r{i}.json").read_text()))
     assert oct(cache.stat().st_mode & 0o777) == "0o700" and any(cache.iterdir())
     first, second = reports
@@ -36,13 +55,35 @@ def test_a_second_process_loads_what_the_first_compiled_and_gets_the_same_number
 
 def test_the_cache_is_off_on_request_and_where_the_environment_says(tmp_path):
     cache = tmp_path / "xla"
-    _jaxgd("--no-compile-cache", "--compile-cache", str(cache), "--compile-report", str(tmp_path / "r.json"),
-           "matrix-chain", "--Ks", "2", "--iters", "5", "--results", str(tmp_path / "res"), "--quiet")
+    _jaxgd(
+        "--no-compile-cache",
+        "--compile-cache",
+        str(cache),
+        "--compile-report",
+        str(tmp_path / "r.json"),
+        "matrix-chain",
+        "--Ks",
+        "2",
+        "--iters",
+        "5",
+        "--results",
+        str(tmp_path / "res"),
+        "--quiet",
+    )
     assert not cache.exists() and json.loads((tmp_path / "r.json").read_text())["cache_dir"] is None
     assert compile_cache.resolve("off") is None and compile_cache.resolve("0") is None
     env_dir = tmp_path / "from-env"
-    _jaxgd("matrix-chain", "--Ks", "2", "--iters", "5", "--results", str(tmp_path / "res2"), "--quiet",
-           env={compile_cache.ENV: str(env_dir)})
+    _jaxgd(
+        "matrix-chain",
+        "--Ks",
+        "2",
+        "--iters",
+        "5",
+        "--results",
+        str(tmp_path / "res2"),
+        "--quiet",
+        env={compile_cache.ENV: str(env_dir)},
+    )
     assert any(env_dir.iterdir())
 
 

@@ -1,9 +1,10 @@
 """Data loading: logic on tfds.testing.mock_data, facts on the real prepared data."""
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import require_real_data
+
 from jaxgd import data
 
 
@@ -38,6 +39,7 @@ def test_channel_moments_are_the_exact_ones_rounded(shape):
     ones (rational arithmetic on the float32 pixel values) to within an ulp, and rounded to float32
     (what load normalises with) they are numpy's x.mean and x.std in float64, what load used before."""
     from fractions import Fraction
+
     u8 = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     x = u8.astype(np.float32) / 255.0
     axes = (0, 1, 2)
@@ -78,11 +80,13 @@ def test_real_normalisation_is_the_committed_results(experiment):
     load gives the same float32 numbers today, so the results are reproducible on this data code."""
     import json
     from pathlib import Path
+
     info = json.loads((Path(__file__).parents[1] / "results" / experiment / "results.json").read_text())["data"]
     require_real_data(info["name"])
     sizes = info["sizes"]
-    d = data.load(info["name"], seed=info["seed"], val_size=sizes["val"], train_size=sizes["train"],
-                  layout=info["layout"])
+    d = data.load(
+        info["name"], seed=info["seed"], val_size=sizes["val"], train_size=sizes["train"], layout=info["layout"]
+    )
     assert d.info["sizes"] == sizes
     assert (d.info["mean"], d.info["std"]) == (info["mean"], info["std"])
 
@@ -94,7 +98,7 @@ def test_mock_cifar2_relabels(mock_cifar, tmp_path):
     assert set(np.unique(two.train.y)) <= {0, 1} and len(two.train.y) == keep.sum()
     assert (two.train.y == 1).sum() == (full.train.y == 2).sum()  # bird -> 1
     # the same images (order differs: each split is permuted)
-    key = lambda x: np.sort(x.sum(axis=1))  # noqa: E731
+    key = lambda x: np.sort(x.sum(axis=1))
     np.testing.assert_allclose(key(two.train.x[two.train.y == 0]), key(full.train.x[full.train.y == 0]), rtol=1e-6)
     assert two.info["classes"] == ["airplane", "bird"]
 
@@ -108,6 +112,7 @@ def test_export_loads_without_tfds_exactly_as_from_tfds(mock_cifar, tmp_path, mo
 
     def no_tfds(*a, **k):
         raise AssertionError("TFDS was opened although an export is there")
+
     monkeypatch.setattr(data, "_open", no_tfds)
     for n, want in via_tfds.items():
         got = data.load(n, data_dir=out, **kw)
@@ -116,7 +121,8 @@ def test_export_loads_without_tfds_exactly_as_from_tfds(mock_cifar, tmp_path, mo
             np.testing.assert_array_equal(a.y, b.y)
         assert got.info["source"] == str(paths[n]) and "source" not in want.info
         assert {k: v for k, v in got.info.items() if k not in ("source", "data_dir")} == {
-            k: v for k, v in want.info.items() if k != "data_dir"}
+            k: v for k, v in want.info.items() if k != "data_dir"
+        }
     data.check_available("cifar2", out, download=False)
     with pytest.raises(data.DataNotFoundError, match="not prepared"):  # mnist was not exported
         data.check_available("mnist", out, download=False)
@@ -133,14 +139,20 @@ def test_a_wrong_or_broken_export_is_refused(mock_cifar, tmp_path):
         data.load("cifar2", data_dir=out)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda x, y: (x.astype(np.float32) / 255, y), r"images are float32 \(values 0\.\.0\.99\d*\); jaxgd reads uint8"),
-    (lambda x, y: (x.astype(np.int16) + 44, y), "images are int16"),
-    (lambda x, y: (x[..., :1], y), r"images of shape \(32, 32, 1\).*are \(32, 32, 3\)"),
-    (lambda x, y: (x.reshape(len(x), -1), y), r"images of shape \(3072,\)"),
-    (lambda x, y: (x, y + 1), "labels 1..2, but cifar2 has 2 classes"),
-    (lambda x, y: (x, y.astype(np.float32)), "one integer label per image"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda x, y: (x.astype(np.float32) / 255, y),
+            r"images are float32 \(values 0\.\.0\.99\d*\); jaxgd reads uint8",
+        ),
+        (lambda x, y: (x.astype(np.int16) + 44, y), "images are int16"),
+        (lambda x, y: (x[..., :1], y), r"images of shape \(32, 32, 1\).*are \(32, 32, 3\)"),
+        (lambda x, y: (x.reshape(len(x), -1), y), r"images of shape \(3072,\)"),
+        (lambda x, y: (x, y + 1), "labels 1..2, but cifar2 has 2 classes"),
+        (lambda x, y: (x, y.astype(np.float32)), "one integer label per image"),
+    ],
+)
 def test_an_export_of_another_dtype_range_or_shape_is_refused(mock_cifar, tmp_path, change, match):
     """Unguarded, float images in [0, 1] would all become pixel 0 and an int16 300 would read
     another channel's table entry: wrong statistics, wrong training data, no error."""
@@ -177,13 +189,16 @@ def test_cache_hit_and_corruption(mock_cifar, tmp_path):
         data.load("mnist", cache=tmp_path)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"name": "imagenet"}, "unknown dataset"),
-    ({"name": "mnist", "val_fraction": 1.0}, "val_fraction"),
-    ({"name": "mnist", "val_fraction": -0.1}, "val_fraction"),
-    ({"name": "mnist", "val_size": 2.5}, "val_size"),
-    ({"name": "mnist", "layout": "nchw"}, "layout"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"name": "imagenet"}, "unknown dataset"),
+        ({"name": "mnist", "val_fraction": 1.0}, "val_fraction"),
+        ({"name": "mnist", "val_fraction": -0.1}, "val_fraction"),
+        ({"name": "mnist", "val_size": 2.5}, "val_size"),
+        ({"name": "mnist", "layout": "nchw"}, "layout"),
+    ],
+)
 def test_bad_arguments(kwargs, match, mock_cifar):
     with pytest.raises(ValueError, match=match):
         data.load(**kwargs, cache=False)
@@ -191,6 +206,7 @@ def test_bad_arguments(kwargs, match, mock_cifar):
 
 def test_missing_data_fails_fast_with_instructions(tmp_path, monkeypatch):
     import time
+
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)  # as without TensorFlow
     t = time.time()
     with pytest.raises(data.DataNotFoundError) as e:
@@ -217,8 +233,7 @@ def test_real_mnist_counts():
     require_real_data("mnist")
     d = data.load("mnist", val_fraction=0.0, normalize=False)
     assert d.info["sizes"] == {"train": 60000, "val": 0, "test": 10000}
-    assert d.info["class_counts_before_split"]["train"] == [5923, 6742, 5958, 6131, 5842,
-                                                            5421, 5918, 6265, 5851, 5949]
+    assert d.info["class_counts_before_split"]["train"] == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     np.testing.assert_allclose(d.info["mean"], [0.1307], atol=1e-4)
     np.testing.assert_allclose(d.info["std"], [0.3081], atol=1e-4)
 

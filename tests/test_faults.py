@@ -1,6 +1,7 @@
 """Faults injected on purpose: interrupted runs, corrupt files, racing processes, bad configs,
 no data and no network. Each must end in one clear error or a correct resumed run, never in lost
 or mislabelled results. (Bad arguments to ``fit`` and ``sgd_hyperparams``: tests/test_train.py.)"""
+
 import dataclasses
 import functools
 import json
@@ -14,15 +15,27 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import require_real_data
+
 from jaxgd import data, models, optim, train
 from jaxgd.experiments import common, reproduce
 from jaxgd.experiments.config import ConfigError
 
 # a CNN last: after the first model, seconds of work remain for the signal to land in
-ZOO = ["--models", "softmax/plain", "mlp/plain", "mlp/dropout", "cnn/plain", "--epochs", "1", "--train-size", "1024",
-       "--batch-size", "128", "--no-compare-epoch"]
+ZOO = [
+    "--models",
+    "softmax/plain",
+    "mlp/plain",
+    "mlp/dropout",
+    "cnn/plain",
+    "--epochs",
+    "1",
+    "--train-size",
+    "1024",
+    "--batch-size",
+    "128",
+    "--no-compare-epoch",
+]
 
 
 def _jaxgd(*args, env=None, **kw):
@@ -31,8 +44,14 @@ def _jaxgd(*args, env=None, **kw):
     # Python handler is not inherited (the child starts with the default), so set one around the spawn.
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen([sys.executable, "-m", "jaxgd", *args], env={**os.environ, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jaxgd", *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
@@ -57,6 +76,7 @@ def _wait_for_models(partial, n, proc, timeout=300):
 def _uninterrupted_zoo():
     """The zoo run of test_interrupted_zoo_... in one piece, in this process (once for both signals)."""
     from jaxgd.experiments import mnist_zoo
+
     cfg = {"models": ZOO[1:5], "epochs": 1, "train_size": 1024, "batch_size": 128, "compare_epoch": False}
     return mnist_zoo.run(cfg, out=False, verbose=False)
 
@@ -78,8 +98,10 @@ def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tm
             break
         except subprocess.TimeoutExpired:
             pass
-    assert proc.returncode != 0, f"the run finished despite the signal (this process's SIGINT handler: " \
-                                 f"{signal.getsignal(signal.SIGINT)}); its log ends: {err[-1500:]}"
+    assert proc.returncode != 0, (
+        f"the run finished despite the signal (this process's SIGINT handler: "
+        f"{signal.getsignal(signal.SIGINT)}); its log ends: {err[-1500:]}"
+    )
     first = json.loads(partial.read_text())  # whole: written atomically
     kept = set(first["models"])
     assert kept and not (tmp_path / "mnist" / "results.json").exists()
@@ -87,7 +109,7 @@ def test_interrupted_zoo_resumes_keeping_what_was_finished_and_its_provenance(tm
         assert not [p.name for p in (tmp_path / "mnist").iterdir() if p.name.startswith(".")]
 
     again = _jaxgd("mnist-zoo", *ZOO, "--results", str(tmp_path))
-    out, err = again.communicate(timeout=600)
+    _out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert f"resuming: {len(kept)} finished models kept" in err
     res = json.loads((tmp_path / "mnist" / "results.json").read_text())
@@ -149,14 +171,15 @@ def test_truncated_result_is_rerun_by_reproduce_and_named_in_the_report(tmp_path
 
 
 def test_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
-    from jaxgd.experiments import figures
-    from jaxgd.experiments import matrix_chain
+    from jaxgd.experiments import figures, matrix_chain
+
     matrix_chain.run({"Ks": [2], "iters": 5}, out=tmp_path)
     d = tmp_path / "matrix_chain"
     before = {p.name: p.read_bytes() for p in d.iterdir()}
 
     def broken(*a, **k):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(figures, "matrix_chain", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         matrix_chain.run({"Ks": [2, 4], "iters": 5}, out=tmp_path)
@@ -168,8 +191,16 @@ def test_concurrent_cold_cache_loads(tmp_path):
     require_real_data("mnist", tfds=True)  # the cache holds what TFDS decodes
     code = "from jaxgd import data; d = data.load('mnist'); print(len(d.train.y))"
     env = {"JAXGD_CACHE_DIR": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [o.strip() for o, _ in outs] == ["54000", "54000"]
@@ -180,15 +211,18 @@ def test_concurrent_cold_cache_loads(tmp_path):
 def test_a_path_in_a_config_is_kept_as_text(tmp_path):
     require_real_data("mnist")
     from jaxgd.experiments import data_report
+
     res = data_report.run({"datasets": ["mnist"], "data_dir": data.resolve_data_dir()}, out=tmp_path)
     assert res["mnist"]["config"]["data_dir"] == str(data.resolve_data_dir())
-    assert json.loads((tmp_path / "data" / "mnist.json").read_text())["config"]["data_dir"] == str(data.resolve_data_dir())
+    assert json.loads((tmp_path / "data" / "mnist.json").read_text())["config"]["data_dir"] == str(
+        data.resolve_data_dir()
+    )
 
 
 @pytest.mark.parametrize("name", list(reproduce.EXPERIMENTS))
 def test_unknown_and_bad_config_keys_are_refused(name):
     exp = reproduce.EXPERIMENTS[name]
-    with pytest.raises(ConfigError, match="unknown .* config key 'iter'"):
+    with pytest.raises(ConfigError, match=r"unknown .* config key 'iter'"):
         exp.run({"iter": 5}, out=False)
     first = next(iter(exp.config.__dataclass_fields__))
     with pytest.raises(ConfigError, match=repr(first)):
@@ -197,9 +231,16 @@ def test_unknown_and_bad_config_keys_are_refused(name):
 
 def test_cli_bad_flags_and_values_give_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
     from jaxgd import cli
+
     monkeypatch.chdir(tmp_path)  # were one to run, its results land here
-    for argv in (["cifar2", "--epochs", "0"], ["cifar2", "--epochs", "x"], ["mnist-zoo", "--models", "cnn/resnet"],
-                 ["matrix-chain", "--iter", "5"], ["cifar2", "--grid", "0.1,2,0"], ["nonsense"]):
+    for argv in (
+        ["cifar2", "--epochs", "0"],
+        ["cifar2", "--epochs", "x"],
+        ["mnist-zoo", "--models", "cnn/resnet"],
+        ["matrix-chain", "--iter", "5"],
+        ["cifar2", "--grid", "0.1,2,0"],
+        ["nonsense"],
+    ):
         with pytest.raises(SystemExit) as e:
             sys.exit(cli.main(argv))
         assert e.value.code == 2, argv
@@ -210,9 +251,14 @@ def test_cli_bad_flags_and_values_give_one_line_and_exit_2(capsys, tmp_path, mon
 def test_first_command_without_data_or_network_fails_before_any_work(tmp_path):
     """The README's first command on a machine with no prepared data and no network: one line,
     before anything runs (the timeout is a hang guard, not a speed claim)."""
-    p = _jaxgd("reproduce", "--quick", "--results", str(tmp_path / "results"),
-               env={"TFDS_DATA_DIR": str(tmp_path / "empty"), "JAXGD_OFFLINE": "1"})
-    out, err = p.communicate(timeout=120)
+    p = _jaxgd(
+        "reproduce",
+        "--quick",
+        "--results",
+        str(tmp_path / "results"),
+        env={"TFDS_DATA_DIR": str(tmp_path / "empty"), "JAXGD_OFFLINE": "1"},
+    )
+    _out, err = p.communicate(timeout=120)
     assert p.returncode == 1
     assert "not prepared" in err and "does not exist" in err and "pip install -e '.[prepare]'" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -223,9 +269,14 @@ def test_an_unfinished_preparation_is_one_line_without_absl_warnings_before_it(t
     """TFDS warned through absl ('Variant folder ... has no dataset_info.json') before jaxgd's own
     message; the command's answer is its one line."""
     (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
-    p = _jaxgd("mnist-zoo", "--epochs", "1", "--results", str(tmp_path / "results"),
-               env={"TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAXGD_CACHE_DIR": str(tmp_path / "cache"),
-                    "JAXGD_OFFLINE": "1"})
+    p = _jaxgd(
+        "mnist-zoo",
+        "--epochs",
+        "1",
+        "--results",
+        str(tmp_path / "results"),
+        env={"TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAXGD_CACHE_DIR": str(tmp_path / "cache"), "JAXGD_OFFLINE": "1"},
+    )
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1 and "has no dataset_info.json" in err
     assert len(err.strip().splitlines()) == 1 and "absl" not in err, err
@@ -243,9 +294,12 @@ def test_no_network_is_found_in_seconds_when_tensorflow_could_download(tmp_path,
 
 def test_offline_with_real_tensorflow_fails_in_seconds(tmp_path, monkeypatch):
     import importlib.util
+
     if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("TensorFlow is not installed here (pip install -e '.[prepare]' in the jaxgd checkout); the offline check "
-                    "without it is test_first_command_without_data_or_network_fails_before_any_work")
+        pytest.skip(
+            "TensorFlow is not installed here (pip install -e '.[prepare]' in the jaxgd checkout); the offline check "
+            "without it is test_first_command_without_data_or_network_fails_before_any_work"
+        )
     monkeypatch.setitem(data.DOWNLOAD_HOSTS, "mnist", "no-such-host.invalid")
     t = time.time()
     with pytest.raises(data.DataNotFoundError, match="cannot be reached"):
@@ -292,10 +346,12 @@ def test_formerly_refused_valid_inputs_and_missing_model_state():
     bn = models.Model((models.L.dense(3), models.L.batch_norm()), (4,))
     params, state = bn.init(jax.random.PRNGKey(0))
     _, new_state, _ = _tiny_fit(model=bn, params=params, model_state=state)
-    moved = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state))]
+    moved = [
+        not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state))
+    ]
     assert any(moved)  # the running statistics went through fit and were updated
     for wrong in (None, ()):  # no state, or a wrong one: say how to make the right one
-        with pytest.raises(ValueError, match="model.init"):
+        with pytest.raises(ValueError, match=r"model.init"):
             _tiny_fit(model=bn, params=params, model_state=wrong)
 
 
@@ -306,11 +362,13 @@ def test_a_failed_experiment_releases_its_memory_and_run_all_leaves_gc_as_it_was
     import gc
 
     from jaxgd.experiments import common, reproduce
+
     released = []
     monkeypatch.setattr(common, "release_memory", lambda: released.append(1))
 
     def failing(cfg, **kw):
         raise RuntimeError("boom")
+
     exp = reproduce.EXPERIMENTS["matrix_chain"]
     monkeypatch.setitem(reproduce.EXPERIMENTS, "matrix_chain", dataclasses.replace(exp, run=failing))
     with pytest.raises(RuntimeError, match="boom"):

@@ -1,4 +1,5 @@
 """fit's best-epoch selection, patience, seeds as a dimension, and on-device augmentation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,33 +37,67 @@ def test_patience_stops_a_config_while_the_others_go_on():
     (x, y), (xv, yv) = _data(), _data(96, 1)
     params, _ = MODEL.init(jax.random.PRNGKey(0))
     hp = optim.sgd_hyperparams([3.0, 0.05], [0.9, 0.0])  # the first one thrashes and stops early
-    p, _, h = train.fit(MODEL, train.stack_params([params] * 2), (x, y), (xv, yv), hparams=hp, epochs=15,
-                        batch_size=32, monitor=train.Monitor(select="val_acc", patience=2))
+    p, _, h = train.fit(
+        MODEL,
+        train.stack_params([params] * 2),
+        (x, y),
+        (xv, yv),
+        hparams=hp,
+        epochs=15,
+        batch_size=32,
+        monitor=train.Monitor(select="val_acc", patience=2),
+    )
     stop = h.stopped_at[0]
     assert stop is not None and stop < 15 and (h.stopped_at[1] is None or h.stopped_at[1] > stop)
     va = np.asarray(h.val_acc)
     assert np.all(np.isnan(va[stop:, 0])) and np.all(np.isfinite(va[:stop, 0])) and np.isfinite(va[stop, 1])
     # the stopped config returned its best epoch's parameters; the other kept training
-    alone, _, ha = train.fit(MODEL, params, (x, y), (xv, yv), hparams=optim.sgd_hyperparams(3.0, 0.9),
-                             epochs=stop, batch_size=32, monitor=train.Monitor(select="val_acc"))
+    alone, _, ha = train.fit(
+        MODEL,
+        params,
+        (x, y),
+        (xv, yv),
+        hparams=optim.sgd_hyperparams(3.0, 0.9),
+        epochs=stop,
+        batch_size=32,
+        monitor=train.Monitor(select="val_acc"),
+    )
     assert ha.best_epoch == h.best_epoch[0]
     np.testing.assert_allclose(np.asarray(train.unstack_params(p, 0)[0]["W"]), np.asarray(alone[0]["W"]), rtol=1e-5)
 
 
 def test_seeds_as_a_dimension_equal_each_seed_alone():
-    x, y = _data()
+    _x, _y = _data()
     inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in (0, 1, 2)]
     splits = [_data(192, s) for s in (0, 1, 2)]  # one data set per seed, stacked on the configs axis
     xs, ys = np.stack([a for a, _ in splits]), np.stack([b for _, b in splits])
     hp = optim.sgd_hyperparams([0.1] * 3, 0.9)
     for mode in ("map", "vmap"):
-        p, _, h = train.fit(MODEL, train.stack_params(inits), (xs, ys), (xs, ys), hparams=hp, epochs=3,
-                            batch_size=32, seed=[0, 1, 2], configs=train.Configs(mode, per_config_data=True))
+        p, _, h = train.fit(
+            MODEL,
+            train.stack_params(inits),
+            (xs, ys),
+            (xs, ys),
+            hparams=hp,
+            epochs=3,
+            batch_size=32,
+            seed=[0, 1, 2],
+            configs=train.Configs(mode, per_config_data=True),
+        )
         for i in range(3):
-            q, _, g = train.fit(MODEL, inits[i], splits[i], splits[i], hparams=optim.sgd_hyperparams(0.1, 0.9),
-                                epochs=3, batch_size=32, seed=i)
-            np.testing.assert_allclose(np.asarray(train.unstack_params(p, i)[0]["W"]), np.asarray(q[0]["W"]),
-                                       rtol=1e-5, atol=1e-6)
+            q, _, g = train.fit(
+                MODEL,
+                inits[i],
+                splits[i],
+                splits[i],
+                hparams=optim.sgd_hyperparams(0.1, 0.9),
+                epochs=3,
+                batch_size=32,
+                seed=i,
+            )
+            np.testing.assert_allclose(
+                np.asarray(train.unstack_params(p, i)[0]["W"]), np.asarray(q[0]["W"]), rtol=1e-5, atol=1e-6
+            )
             np.testing.assert_allclose(np.asarray(h.val_acc)[:, i], g.val_acc)
     assert len({float(np.asarray(h.val_loss)[-1, i]) for i in range(3)}) == 3
 
@@ -115,20 +150,34 @@ def test_evaluation_never_augments():
     def spy(key, xb):
         calls.append(xb.shape)
         return xb * 0.0  # trains on nothing; evaluation must still see the real data
-    p, _, h = train.fit(MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=2,
-                        batch_size=32, step=train.Step(augment=spy), monitor=train.Monitor(eval_train=True))
+
+    p, _, h = train.fit(
+        MODEL,
+        params,
+        (x, y),
+        (x, y),
+        hparams=optim.sgd_hyperparams(0.1),
+        epochs=2,
+        batch_size=32,
+        step=train.Step(augment=spy),
+        monitor=train.Monitor(eval_train=True),
+    )
     assert calls and all(s == (32, 12) for s in calls)  # traced once, on training minibatches only
-    loss, acc = train.make_eval(MODEL)(p, None, jnp.asarray(x), jnp.asarray(y))
+    _loss, acc = train.make_eval(MODEL)(p, None, jnp.asarray(x), jnp.asarray(y))
     assert float(acc) == pytest.approx(h.val_acc[-1]) and float(acc) == pytest.approx(h.train_acc[-1])
 
 
-@pytest.mark.parametrize("kw,match", [
-    (lambda: {"monitor": train.Monitor(select="val_f1")}, "select"),
-    (lambda: {"monitor": train.Monitor(patience=3)}, "patience"),
-    (lambda: {"monitor": train.Monitor(select="val_acc", patience=0)}, "patience"),
-    (lambda: {"monitor": train.Monitor(select="val_acc")}, "validation set"),
-    (lambda: {"seed": [0, 1]}, "per config"),
-    (lambda: {"configs": train.Configs(per_config_data=True)}, "per config")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (lambda: {"monitor": train.Monitor(select="val_f1")}, "select"),
+        (lambda: {"monitor": train.Monitor(patience=3)}, "patience"),
+        (lambda: {"monitor": train.Monitor(select="val_acc", patience=0)}, "patience"),
+        (lambda: {"monitor": train.Monitor(select="val_acc")}, "validation set"),
+        (lambda: {"seed": [0, 1]}, "per config"),
+        (lambda: {"configs": train.Configs(per_config_data=True)}, "per config"),
+    ],
+)
 def test_bad_selection_arguments(kw, match):
     """Each is refused with its reason, whether the typed object (Monitor, Configs) or fit sees it."""
     x, y = _data()

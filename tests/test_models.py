@@ -1,5 +1,6 @@
 """The model system: the generic reverse pass equals jax.grad, the custom_vjp path and the paper
 derivations of backprop.py; the nine MNIST models; fit threads state and keys."""
+
 import math
 
 import chex
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import draws, backprop, gradcheck, losses, models, optim, train
+from jaxgd import backprop, draws, gradcheck, losses, models, optim, train
 from jaxgd import layers as L
 
 N_PARAMS = {("softmax", "plain"): 7_850, ("mlp", "plain"): 235_146, ("cnn", "plain"): 421_642}
@@ -25,7 +26,9 @@ def _normwise(a, b):
     0 in exact arithmetic (a bias feeding batch norm) or cancel to near 0, where two exact float64
     formulas differ in the last bits and an elementwise relative error reads that rounding (the
     per-layer tests in test_layers.py judge each backward elementwise)."""
-    diff = max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    diff = max(
+        float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
     return diff / max(float(jnp.max(jnp.abs(v))) for v in jax.tree_util.tree_leaves(b))
 
 
@@ -100,6 +103,7 @@ def test_inf265_mlp_recursion_equals_the_generic_pass():
 def _compiled_dots(model, grads, x, y):
     """The dots (shape and contraction) of the compiled gradient, in program order."""
     import re
+
     params, state = model.init(jax.random.PRNGKey(0))
     g = jax.jit(train.make_grad_fn(model, grads=grads))
     txt = g.lower(params, state, x, y, None).compile().as_text()
@@ -111,6 +115,7 @@ def test_hand_mlp_gradient_compiles_to_the_program_jax_grad_gives():
     of the first layer, no transposes): the bench's ``hand/jax.grad MLP`` compares two equal
     programs, so it reads 1.0 up to timing noise."""
     from jaxgd.experiments.cifar2 import MODEL
+
     x, y = _batch(MODEL, n=64)
     hand = _compiled_dots(MODEL, "hand", x, y)
     dense = sum(isinstance(layer, L.Dense) for layer in MODEL.layers)
@@ -144,18 +149,22 @@ def test_a_model_with_batch_norm_needs_its_state():
     with pytest.raises(ValueError, match="pass the state"):
         model.apply(params, None, x)
     with pytest.raises(ValueError, match="model_state"):
-        train.fit(model, params, (np.asarray(x), np.asarray(y)), hparams=optim.sgd_hyperparams(0.1), epochs=1,
-                  batch_size=2)
+        train.fit(
+            model, params, (np.asarray(x), np.asarray(y)), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=2
+        )
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: models.Model((L.dense(3), "relu"), (4,)), "not a layer"),
-    (lambda: models.Model((L.dense(3),), (28, 28, 1)), "flatten"),
-    (lambda: models.Model((L.dense(3),), (4,), loss="hinge"), "unknown loss"),
-    (lambda: models.mnist_zoo("resnet"), "families"),
-    (lambda: models.mlp((3,)), "sizes"),
-    (lambda: models.mlp((3, 4, 2), ("relu", "tanh")), "one per hidden layer"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: models.Model((L.dense(3), "relu"), (4,)), "not a layer"),
+        (lambda: models.Model((L.dense(3),), (28, 28, 1)), "flatten"),
+        (lambda: models.Model((L.dense(3),), (4,), loss="hinge"), "unknown loss"),
+        (lambda: models.mnist_zoo("resnet"), "families"),
+        (lambda: models.mlp((3,)), "sizes"),
+        (lambda: models.mlp((3, 4, 2), ("relu", "tanh")), "one per hidden layer"),
+    ],
+)
 def test_bad_models_give_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -174,8 +183,9 @@ def test_fit_threads_batch_norm_state_and_dropout_keys():
     x = rng.normal(size=(64, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, 64).astype(np.int32)
     params, state = model.init(jax.random.PRNGKey(0))
-    _, new_state, h = train.fit(model, params, (x, y), hparams=optim.sgd_hyperparams(0.01, 0.9),
-                                epochs=2, batch_size=32, model_state=state)
+    _, new_state, h = train.fit(
+        model, params, (x, y), hparams=optim.sgd_hyperparams(0.01, 0.9), epochs=2, batch_size=32, model_state=state
+    )
     i = [type(l) for l in model.layers].index(L.BatchNorm)
     assert not np.allclose(new_state[i]["mean"], 0) and len(h.train_loss) == 2
 
@@ -183,15 +193,18 @@ def test_fit_threads_batch_norm_state_and_dropout_keys():
 @pytest.mark.parametrize("family", models.ZOO_FAMILIES)
 def test_a_few_hand_gradient_steps_reduce_the_loss_on_real_mnist(family):
     from conftest import require_real_data
+
     from jaxgd import data
+
     require_real_data("mnist")
     d = data.load("mnist", val_size=0, train_size=512, layout="nhwc")
     model = models.mnist_zoo(family, "batchnorm" if family == "cnn" else "dropout")
     params, state = model.init(jax.random.PRNGKey(0))
     evaluate = train.make_eval(model)
     before = float(evaluate(params, state, *map(jnp.asarray, d.train))[0])
-    params, state, _ = train.fit(model, params, d.train, hparams=optim.sgd_hyperparams(0.05, 0.9),
-                                 epochs=3, batch_size=64, model_state=state)  # grads="hand" by default
+    params, state, _ = train.fit(
+        model, params, d.train, hparams=optim.sgd_hyperparams(0.05, 0.9), epochs=3, batch_size=64, model_state=state
+    )  # grads="hand" by default
     after = float(evaluate(params, state, *map(jnp.asarray, d.train))[0])
     assert after < 0.7 * before, (before, after)
 
@@ -199,8 +212,11 @@ def test_a_few_hand_gradient_steps_reduce_the_loss_on_real_mnist(family):
 def test_losses_pair_with_their_derivatives():
     y_hat = draws.normal(jax.random.PRNGKey(0), (5, 3))
     for name, (f, df) in losses.LOSSES.items():
-        y = (jax.random.randint(jax.random.PRNGKey(1), (5,), 0, 3) if name == "cross_entropy"
-             else draws.normal(jax.random.PRNGKey(1), (5, 3)))
+        y = (
+            jax.random.randint(jax.random.PRNGKey(1), (5,), 0, 3)
+            if name == "cross_entropy"
+            else draws.normal(jax.random.PRNGKey(1), (5, 3))
+        )
         chex.assert_trees_all_close(df(y_hat, y), jax.grad(f)(y_hat, y), rtol=1e-5, atol=1e-7)
 
 
@@ -217,7 +233,9 @@ def test_hand_and_autodiff_training_agree_in_float64(variant):
         hp = optim.sgd_hyperparams(0.05, 0.9, 5e-4)
         curves = []
         for how in ("hand", "autodiff"):
-            epoch = train.make_epoch(train.make_step(train.make_grad_fn(model, grads=how), optim.HAND_SGD), 32, per_step=True)
+            epoch = train.make_epoch(
+                train.make_step(train.make_grad_fn(model, grads=how), optim.HAND_SGD), 32, per_step=True
+            )
             _, (steps, _) = jax.jit(epoch)((params, optim.sgd_init(params), state), x, y, hp, jax.random.PRNGKey(1))
             curves.append(np.asarray(steps))
         np.testing.assert_allclose(curves[0], curves[1], rtol=1e-12)
@@ -281,19 +299,32 @@ def _matmul_flops(jaxpr) -> int:
     return total
 
 
-@pytest.mark.parametrize("model", [
-    models.mlp((6, 5, 3)),
-    models.mnist_zoo("cnn", "plain"),
-    models.Model((L.conv2d(4, 3), L.batch_norm(), L.relu(),
-                  L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))),
-                  L.global_avg_pool(), L.dense(3)), (8, 8, 3)),
-], ids=["mlp", "mnist-cnn", "residual"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        models.mlp((6, 5, 3)),
+        models.mnist_zoo("cnn", "plain"),
+        models.Model(
+            (
+                L.conv2d(4, 3),
+                L.batch_norm(),
+                L.relu(),
+                L.residual((L.conv2d(4, 3), L.batch_norm(), L.relu(), L.conv2d(4, 3))),
+                L.global_avg_pool(),
+                L.dense(3),
+            ),
+            (8, 8, 3),
+        ),
+    ],
+    ids=["mlp", "mnist-cnn", "residual"],
+)
 def test_train_flops_are_the_products_the_hand_step_computes(model):
     """train_flops, counted from the layer shapes, equals the dots and convolutions of the hand
     training step's own program, counted from that program once dead code is dropped (the first
     layer's dx, which nothing uses). A strided convolution's hand dx also multiplies the zeros it
     dilates dy with, so a strided model's step does more work than train_flops counts."""
     from jax._src.interpreters import partial_eval as pe
+
     params, state = model.init(jax.random.PRNGKey(0))
     x, y = jnp.ones((2,) + model.in_shape), jnp.zeros((2,), jnp.int32)
     closed = jax.make_jaxpr(lambda p: model.grad(p, state, x, y)[2])(params)
@@ -311,10 +342,19 @@ def test_a_resnet_trains_through_fit_as_one_program_per_config(share):
     params, state = model.init(jax.random.PRNGKey(0))
     lrs = (0.05, 0.1)
     kw = dict(epochs=2, batch_size=16, step=train.Step(optim.sgd(nesterov=True, wd_mask=optim.weights_only)))
-    ps, _, hs = train.fit(model, train.stack_params([params] * 2), xy, xy, hparams=optim.sgd_hyperparams(list(lrs), 0.9,
-                          5e-4), model_state=train.stack_params([state] * 2), configs=train.Configs(share), **kw)
+    ps, _, _hs = train.fit(
+        model,
+        train.stack_params([params] * 2),
+        xy,
+        xy,
+        hparams=optim.sgd_hyperparams(list(lrs), 0.9, 5e-4),
+        model_state=train.stack_params([state] * 2),
+        configs=train.Configs(share),
+        **kw,
+    )
     for i, lr in enumerate(lrs):
-        p, _, h = train.fit(model, params, xy, xy, hparams=optim.sgd_hyperparams(lr, 0.9, 5e-4), model_state=state, **kw)
+        p, _, h = train.fit(
+            model, params, xy, xy, hparams=optim.sgd_hyperparams(lr, 0.9, 5e-4), model_state=state, **kw
+        )
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
         assert h.train_loss[-1] < h.train_loss[0]
-

@@ -1,5 +1,6 @@
 """Many devices (forced CPU devices, in processes of their own) and many processes
 (jax.distributed on localhost, gloo collectives): the same numbers as one device."""
+
 import json
 import os
 import socket
@@ -20,19 +21,22 @@ def _env(devices):
 def _result(proc_out):
     line = [ln for ln in proc_out.splitlines() if ln.startswith("RESULT ")]
     assert line, proc_out[-2000:]
-    return json.loads(line[-1][len("RESULT "):])
+    return json.loads(line[-1][len("RESULT ") :])
 
 
 def run_worker(*args, devices=8):
-    r = subprocess.run([sys.executable, WORKER, *map(str, args)], capture_output=True, text=True, env=_env(devices),
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, WORKER, *map(str, args)], capture_output=True, text=True, env=_env(devices), timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return _result(r.stdout)
 
 
 def max_rel_diff(a, b):
-    return max(float(np.max(np.abs(np.subtract(x, y))) / max(np.max(np.abs(y)), 1e-12))
-               for x, y in zip(a["params"], b["params"]))
+    return max(
+        float(np.max(np.abs(np.subtract(x, y))) / max(np.max(np.abs(y)), 1e-12))
+        for x, y in zip(a["params"], b["params"])
+    )
 
 
 @pytest.mark.slow
@@ -73,8 +77,16 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_joined_by_jax_distributed_give_one_process_numbers():
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, WORKER, "multi", str(i), "2", str(port)], env=_env(4),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, "multi", str(i), "2", str(port)],
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert "RESULT" not in outs[1][0]  # only process 0 reports

@@ -1,4 +1,5 @@
 """Hand SGD == optax twin (== torch), vmapped configs == alone, hand backprop fit == jax.grad fit."""
+
 import dataclasses
 
 import chex
@@ -6,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_peer
 
 from jaxgd import draws, losses, models, optim, train
-
-from conftest import require_peer
 
 
 def _problem(n=256, d=20, k=3, seed=0):
@@ -52,7 +52,7 @@ def test_first_step_rule_and_formula():
     b1 = g["W"] + 0.01 * p["W"]  # first step: b = g + wd p
     np.testing.assert_allclose(s1.momentum["W"], b1, rtol=1e-6)
     np.testing.assert_allclose(p1["W"], p["W"] - 0.1 * b1, rtol=1e-6)
-    p2, s2 = optim.sgd_update(g, s1, p1, hp)
+    _p2, s2 = optim.sgd_update(g, s1, p1, hp)
     np.testing.assert_allclose(s2.momentum["W"], 0.9 * b1 + g["W"] + 0.01 * p1["W"], rtol=1e-6)
 
 
@@ -82,11 +82,12 @@ def test_fit_hand_equals_autodiff_and_optax():
     hp = optim.sgd_hyperparams(0.05, 0.9, 0.001)
     runs = {}
     for opt, gr in (("hand", "hand"), ("optax", "autodiff"), ("hand", "autodiff"), ("hand", "vjp")):
-        p, _, h = train.fit(MODEL, params, tr, tr, hparams=hp, epochs=3, batch_size=32,
-                            step=train.Step(optimizer=opt, grads=gr))
+        p, _, h = train.fit(
+            MODEL, params, tr, tr, hparams=hp, epochs=3, batch_size=32, step=train.Step(optimizer=opt, grads=gr)
+        )
         runs[opt, gr] = (p, h)
     ref = runs["hand", "hand"][0]
-    for key, (p, h) in runs.items():
+    for _key, (p, _h) in runs.items():
         # float32 under XLA: an ulp or so per step from fused multiply-adds; 24 steps stay within 1e-5
         chex.assert_trees_all_close(p, ref, atol=1e-5, rtol=1e-5)
     assert runs["hand", "hand"][1].train_loss[-1] < runs["hand", "hand"][1].train_loss[0]
@@ -94,12 +95,13 @@ def test_fit_hand_equals_autodiff_and_optax():
 
 @pytest.mark.parametrize("share", ["map", "vmap"])
 def test_many_configs_equal_each_alone(share):
-    tr, params = _problem()
+    tr, _params = _problem()
     grid = [(0.05, 0.9, 0.001), (0.1, 0.0, 0.0), (0.02, 0.5, 0.01)]
     inits = [MODEL.init(jax.random.PRNGKey(s))[0] for s in range(3)]
     hp = optim.sgd_hyperparams(*zip(*grid))
-    ps, _, hs = train.fit(MODEL, train.stack_params(inits), tr, tr, hparams=hp, epochs=2,
-                          batch_size=32, configs=train.Configs(share))
+    ps, _, hs = train.fit(
+        MODEL, train.stack_params(inits), tr, tr, hparams=hp, epochs=2, batch_size=32, configs=train.Configs(share)
+    )
     for i, (g, p0) in enumerate(zip(grid, inits)):
         p, _, h = train.fit(MODEL, p0, tr, tr, hparams=optim.sgd_hyperparams(*g), epochs=2, batch_size=32)
         chex.assert_trees_all_close(train.unstack_params(ps, i), p, atol=1e-5, rtol=1e-5)
@@ -116,6 +118,7 @@ def test_a_trainer_compiles_once_and_trains_as_a_fresh_build():
     and each run equals a fresh ``fit(model, ...)``, which builds (and compiles) its own: no hidden
     cache serves it."""
     from jaxgd.compile_cache import CompileClock
+
     x, y = _xy()
     params, _ = MODEL.init(jax.random.PRNGKey(0))
     step = train.Step(l2=0.01)
@@ -127,8 +130,9 @@ def test_a_trainer_compiles_once_and_trains_as_a_fresh_build():
         counts.append(clock.compiles)
     assert counts[0] > 0 and counts[1:] == [0, 0], counts
     with CompileClock() as clock:  # a fresh build compiles again, and gives the same numbers
-        fresh = train.fit(MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1, 0.9), epochs=2,
-                          batch_size=16, step=step)
+        fresh = train.fit(
+            MODEL, params, (x, y), (x, y), hparams=optim.sgd_hyperparams(0.1, 0.9), epochs=2, batch_size=16, step=step
+        )
     assert clock.compiles > 0
     chex.assert_trees_all_equal(runs[1][0], fresh[0])
     assert runs[1][2].train_loss == fresh[2].train_loss and runs[0][2].train_loss != runs[1][2].train_loss
@@ -138,6 +142,7 @@ def test_a_trainer_compiles_once_and_trains_as_a_fresh_build():
 class _Scaled:
     """A user's model as fit's docstring allows it: a plain class (hashed by identity) whose
     ``apply`` reads a mutable attribute."""
+
     loss = MODEL.loss
 
     def __init__(self, scale):
@@ -175,8 +180,9 @@ def test_a_trainer_refuses_a_fit_it_was_not_compiled_for():
     with pytest.raises(ValueError, match="batch_size=32"):
         train.fit(trainer, params, (x, y), batch_size=32, **one)
     with pytest.raises(ValueError, match="one per config"):
-        train.fit(trainer, train.stack_params([params] * 2), (x, y), hparams=optim.sgd_hyperparams([0.1, 0.2]),
-                  epochs=1)
+        train.fit(
+            trainer, train.stack_params([params] * 2), (x, y), hparams=optim.sgd_hyperparams([0.1, 0.2]), epochs=1
+        )
     with pytest.raises(ValueError, match="step="):
         train.fit(trainer, params, (x, y), step=train.Step(l2=0.1), **one)
     with pytest.raises(ValueError, match="needs batch_size"):
@@ -187,8 +193,7 @@ def test_a_trainer_refuses_a_fit_it_was_not_compiled_for():
 def test_divergence_is_marked_and_others_continue():
     tr, params = _problem()
     hp = optim.sgd_hyperparams([0.05, 1e6], [0.9, 0.9], [0.0, 0.0])
-    _, _, h = train.fit(MODEL, train.stack_params([params] * 2), tr, tr, hparams=hp,
-                        epochs=3, batch_size=32)
+    _, _, h = train.fit(MODEL, train.stack_params([params] * 2), tr, tr, hparams=hp, epochs=3, batch_size=32)
     assert h.diverged_at[0] is None and h.diverged_at[1] == 1
     assert np.all(np.isfinite(np.asarray(h.train_loss)[:, 0])) and np.isnan(h.train_loss[-1][1])
 
@@ -200,17 +205,29 @@ def test_the_parts_wired_by_hand_are_fit():
     tr, params = _problem()
     val = (tr[0][:64], tr[1][:64])
     hp = optim.sgd_hyperparams([0.1, 0.05, 0.2], [0.9, 0.0, 0.5], [0.0, 1e-3, 0.0])
-    flip = lambda k, xb: jnp.where(jax.random.bernoulli(k, 0.5, (xb.shape[0], 1)), -xb, xb)  # noqa: E731
+    flip = lambda k, xb: jnp.where(jax.random.bernoulli(k, 0.5, (xb.shape[0], 1)), -xb, xb)
     monitor = train.Monitor(select="val_loss")
     for share in ("map", "vmap"):
         ps = train.stack_params([params] * 3)
-        p_fit, _, h_fit = train.fit(MODEL, ps, tr, val, hparams=hp, epochs=3, batch_size=32, seed=4,
-                                    step=train.Step(augment=flip), configs=train.Configs(share), monitor=monitor)
+        p_fit, _, h_fit = train.fit(
+            MODEL,
+            ps,
+            tr,
+            val,
+            hparams=hp,
+            epochs=3,
+            batch_size=32,
+            seed=4,
+            step=train.Step(augment=flip),
+            configs=train.Configs(share),
+            monitor=monitor,
+        )
         step = train.make_step(train.make_grad_fn(MODEL), optim.HAND_SGD, augment=flip)
         epoch, evaluate = train.share_configs(train.make_epoch(step, 32), train.make_eval(MODEL), share)
         carry = (ps, jax.vmap(optim.HAND_SGD.init)(ps), MODEL.empty_state())
-        p_hand, _, h_hand = train.run_epochs(epoch, evaluate, carry, (*tr, *val), hp,
-                                             lambda e: train.epoch_key(4, e), 3, n_cfg=3, monitor=monitor)
+        p_hand, _, h_hand = train.run_epochs(
+            epoch, evaluate, carry, (*tr, *val), hp, lambda e: train.epoch_key(4, e), 3, n_cfg=3, monitor=monitor
+        )
         chex.assert_trees_all_equal(p_hand, p_fit)
         for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
             np.testing.assert_array_equal(getattr(h_hand, k), getattr(h_fit, k))
@@ -227,25 +244,39 @@ def test_epoch_compiles_once():
         carry, _ = epoch(carry, x, y, optim.sgd_hyperparams(0.1, 0.5, 0.0), jax.random.PRNGKey(e))
 
 
-@pytest.mark.parametrize("hp,match", [
-    (([], [], []), "at least one entry"),
-    ((0.0, 0.0, 0.0), "learning rate"), ((float("nan"), 0.0, 0.0), "learning rate"),
-    ((0.1, 1.0, 0.0), "momentum"), ((0.1, -0.1, 0.0), "momentum"), ((0.1, 0.0, -1e-3), "weight decay"),
-    (([0.1, 0.2], [0.0, 0.1, 0.2], 0.0), "one length"),
-])
+@pytest.mark.parametrize(
+    "hp,match",
+    [
+        (([], [], []), "at least one entry"),
+        ((0.0, 0.0, 0.0), "learning rate"),
+        ((float("nan"), 0.0, 0.0), "learning rate"),
+        ((0.1, 1.0, 0.0), "momentum"),
+        ((0.1, -0.1, 0.0), "momentum"),
+        ((0.1, 0.0, -1e-3), "weight decay"),
+        (([0.1, 0.2], [0.0, 0.1, 0.2], 0.0), "one length"),
+    ],
+)
 def test_bad_hyperparameters(hp, match):
     with pytest.raises(ValueError, match=match):
         optim.sgd_hyperparams(*hp)
 
 
-@pytest.mark.parametrize("kw,match", [({"batch_size": 0}, "batch size"), ({"epochs": 0}, "epochs"),
-                                      ({"epochs": True}, "epochs"), ({"epochs": 1.0}, "epochs"),
-                                      ({"seed": 1.5}, "seed"), ({"step": train.Step(l2=-0.1)}, "l2"),
-                                      ({"configs": train.Configs(share="vmap")}, "several configs"),
-                                      ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
-                                      ({"batch_size": 10_000}, "batch size"),
-                                      ({"step": train.Step(optimizer="adam")}, "unknown optimizer"),
-                                      ({"step": train.Step(grads="numeric")}, "grads")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"batch_size": 0}, "batch size"),
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": True}, "epochs"),
+        ({"epochs": 1.0}, "epochs"),
+        ({"seed": 1.5}, "seed"),
+        ({"step": train.Step(l2=-0.1)}, "l2"),
+        ({"configs": train.Configs(share="vmap")}, "several configs"),
+        ({"hparams": optim.SGDHyperparams(-1.0)}, "learning rate"),
+        ({"batch_size": 10_000}, "batch size"),
+        ({"step": train.Step(optimizer="adam")}, "unknown optimizer"),
+        ({"step": train.Step(grads="numeric")}, "grads"),
+    ],
+)
 def test_bad_fit_arguments(kw, match):
     tr, params = _problem()
     args = {"hparams": optim.sgd_hyperparams(0.1), "epochs": 1, "batch_size": 32, **kw}
@@ -255,8 +286,9 @@ def test_bad_fit_arguments(kw, match):
 
 def test_numpy_integers_are_accepted_and_bad_labels_refused():
     tr, params = _problem()
-    hist = train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=np.int64(2),
-                     batch_size=np.int64(32))[2]
+    hist = train.fit(
+        MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=np.int64(2), batch_size=np.int64(32)
+    )[2]
     assert len(hist.train_loss) == 2 and hist.train_loss[1] < hist.train_loss[0]
     x, y = tr
     # every loss that takes class labels checks them, a CrossEntropy object as well as the name
@@ -275,7 +307,6 @@ def test_one_hot_targets_train_like_integer_labels():
     np.testing.assert_allclose(h_hot.train_loss, h_int.train_loss, rtol=1e-6)
 
 
-
 def test_fit_never_shuffles_with_a_key_init_gave_a_layer():
     """Epoch e's key and layer i's init key come from separate streams of the same seed: before,
     epoch e shuffled with fold_in(PRNGKey(seed), e), which is layer e's init key."""
@@ -288,8 +319,9 @@ def test_fit_never_shuffles_with_a_key_init_gave_a_layer():
     hp = optim.sgd_hyperparams(0.1, 0.9)
     p_fit = train.fit(MODEL, params, tr, hparams=hp, epochs=1, batch_size=32, seed=3)[0]
     epoch = jax.jit(train.make_epoch(train.make_step(train.make_grad_fn(MODEL), optim.HAND_SGD), 32))
-    (p_hand, _, _), _ = epoch((params, optim.HAND_SGD.init(params), MODEL.empty_state()), *tr, hp,
-                              train.epoch_key(3, 0))
+    (p_hand, _, _), _ = epoch(
+        (params, optim.HAND_SGD.init(params), MODEL.empty_state()), *tr, hp, train.epoch_key(3, 0)
+    )
     chex.assert_trees_all_equal(p_hand, p_fit)
 
 
@@ -300,6 +332,7 @@ def test_a_diverging_fit_says_so():
         hist = train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(1e6), epochs=3, batch_size=32)[2]
     assert hist.diverged_at is not None
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", train.DivergedWarning)  # a healthy run: no warning
         train.fit(MODEL, params, tr, hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=32)

@@ -1,6 +1,8 @@
 """The tutorials (tutorials/*.py, jupytext percent notebooks) run end to end, as a user runs them,
 and their final checks say what their text says: each runs in a fresh Python process (some turn
 on float64 for the whole process, as a notebook would) and hands back its ``CHECKS``."""
+
+import itertools
 import json
 import os
 import re
@@ -9,27 +11,34 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_real_data
 
 ROOT = Path(__file__).parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
-RUN = ("import json, runpy, sys; ns = runpy.run_path(sys.argv[1], run_name='__main__'); "
-       "print('CHECKS=' + json.dumps(ns['CHECKS']))")
+RUN = (
+    "import json, runpy, sys; ns = runpy.run_path(sys.argv[1], run_name='__main__'); "
+    "print('CHECKS=' + json.dumps(ns['CHECKS']))"
+)
 
 
 def run_tutorial(name):
     path = ROOT / "tutorials" / name
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}  # figures drawn, not shown
-    r = subprocess.run([sys.executable, "-c", RUN, str(path)], capture_output=True, text=True, env=env,
-                       cwd=ROOT / "tutorials", timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", RUN, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT / "tutorials",
+        timeout=900,
+    )
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return json.loads(r.stdout.rsplit("CHECKS=", 1)[1]), r.stdout
 
 
 def test_the_series_is_six_tutorials_in_order_each_linked_from_the_last():
     assert [p.name[:2] for p in TUTORIALS] == ["01", "02", "03", "04", "05", "06"]
-    for this, nxt in zip(TUTORIALS, TUTORIALS[1:]):
+    for this, nxt in itertools.pairwise(TUTORIALS):
         assert f"]({nxt.name})" in this.read_text(), f"{this.name} does not lead to {nxt.name}"
     readme = (ROOT / "README.md").read_text()
     assert "](tutorials/01_chain_rule.py)" in readme and "](tutorials/README.md)" in readme
@@ -42,6 +51,7 @@ def test_each_tutorial_is_a_notebook_whose_links_exist(path):
     """jupytext reads it as a notebook (markdown and code cells, a python3 kernel), and every
     relative link in its text points at a file of this repository."""
     import jupytext  # in the test extra; the tutorials themselves run without it
+
     nb = jupytext.read(path)
     kinds = [c.cell_type for c in nb.cells]
     assert kinds[0] == "markdown" and nb.cells[0].source.startswith(f"# {int(path.name[:2])}.")
@@ -63,7 +73,7 @@ def test_02_mlp_backward():
 
 
 def test_03_your_own_layer():
-    c, out = run_tutorial("03_your_own_layer.py")
+    c, _out = run_tutorial("03_your_own_layer.py")
     assert not c["hasty_passed"] and c["leaky_passed"] and c["fixed_passed"]
     assert c["conv_7x7_passed"] and not c["conv_8x8_passed"]
     assert any("coordinates wrong" in s and "hand 0" in s for s in c["hasty_causes"])  # the text reads this

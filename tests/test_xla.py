@@ -1,11 +1,13 @@
 """jaxgd.xla: the compiler options jaxgd's own programs take, the setting's precedence, and a jaxlib
 without the option (a made-up option set): dropped without a word, the fit runs as with XLA's defaults."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgd import layers as L, models, optim, train, xla
+from jaxgd import layers as L
+from jaxgd import models, optim, train, xla
 from jaxgd.conv import conv
 
 
@@ -29,7 +31,10 @@ def test_tuned_takes_convolutions_off_ynnpack(monkeypatch):
     if jax.default_backend() != "cpu":
         assert xla.options() == {}
         return
-    x, w = jnp.ones((8, 14, 14, 32)), jnp.ones((3, 3, 32, 64))  # the MNIST CNN's conv2 (XLA keeps small ones off YNNPACK)
+    x, w = (
+        jnp.ones((8, 14, 14, 32)),
+        jnp.ones((3, 3, 32, 64)),
+    )  # the MNIST CNN's conv2 (XLA keeps small ones off YNNPACK)
     hlo = {s: xla.jit(conv, s).lower(x, w).compile().as_text() for s in xla.SETTINGS}
     if not xla.options("tuned"):
         pytest.fail(f"this jaxlib ({jax.__version__}) refuses {xla.SETTINGS['tuned']}: re-measure jaxgd.xla's choice")
@@ -45,8 +50,18 @@ def test_an_option_this_jaxlib_lacks_is_dropped(monkeypatch):
     params, _ = model.init(jax.random.PRNGKey(0))
     x = np.random.default_rng(0).standard_normal((16, 5, 5, 1)).astype(np.float32)
     y = (x.sum((1, 2, 3)) > 0).astype(np.int32)
-    got = [train.fit(model, params, (x, y), hparams=optim.sgd_hyperparams(0.1), epochs=1, batch_size=8,
-                     configs=train.Configs(xla=s))[0] for s in ("tuned", "default")]
+    got = [
+        train.fit(
+            model,
+            params,
+            (x, y),
+            hparams=optim.sgd_hyperparams(0.1),
+            epochs=1,
+            batch_size=8,
+            configs=train.Configs(xla=s),
+        )[0]
+        for s in ("tuned", "default")
+    ]
     jax.tree_util.tree_map(np.testing.assert_array_equal, *got)
 
 
@@ -62,4 +77,5 @@ def test_the_mlp_compiles_to_the_same_program_either_way(monkeypatch):
     def program(setting):  # the compiled HLO without its module name and metadata
         text = xla.jit(grad, setting).lower(params, state, x, y).compile().as_text()
         return [line.split(", metadata=")[0] for line in text.splitlines()[1:]]
+
     assert program("tuned") == program("default")

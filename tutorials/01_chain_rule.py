@@ -41,6 +41,7 @@ x = jax.random.normal(key_x, (K,), jnp.float64)
 #
 # The backward pass needs some of the forward's intermediate values: $x$, $u$, $z$ and $w$.
 
+
 # %%
 def forward(p, x):
     y = p["A"] @ x
@@ -72,14 +73,15 @@ print(f"L = {loss:.6f}")
 # A matrix-vector product $m = M a$ always gives $\bar M = \bar m\, a^\top$ (an outer product, the
 # shape of $M$) and $\bar a = M^\top \bar m$.
 
+
 # %%
 def backward(p, cache):
     x, u, z, w = cache
     dw = 2 * w
     dC = jnp.outer(dw, z)
     dz = p["C"].T @ dw
-    dB = jnp.outer(dz, x)          # dv = dz
-    dy = dz * u * (1 - u)          # du = dz, times sigmoid's derivative
+    dB = jnp.outer(dz, x)  # dv = dz
+    dy = dz * u * (1 - u)  # du = dz, times sigmoid's derivative
     dA = jnp.outer(dy, x)
     return {"A": dA, "B": dB, "C": dC}
 
@@ -105,12 +107,13 @@ print(f"largest |ours - jax.grad| = {vs_autodiff:.1e}")
 # project 1's relative error $|g - \hat g| / \max(|g|, |\hat g|)$. The project's bar is $10^{-6}$.
 
 # %%
-report = gradcheck.check_gradients(lambda p, x: forward(p, x)[0], lambda p, x: backward(p, forward(p, x)[1]),
-                                   params, x)
+report = gradcheck.check_gradients(lambda p, x: forward(p, x)[0], lambda p, x: backward(p, forward(p, x)[1]), params, x)
 worst_fd = report["fd_max"]
 print(f"largest relative error against finite differences = {worst_fd:.1e}")
-print("jaxgd's own derivation agrees too:",
-      max(float(jnp.max(jnp.abs(backprop.matrix_chain_grads(params, x)[n] - ours[n]))) for n in "ABC"))
+print(
+    "jaxgd's own derivation agrees too:",
+    max(float(jnp.max(jnp.abs(backprop.matrix_chain_grads(params, x)[n] - ours[n]))) for n in "ABC"),
+)
 
 # %% [markdown]
 # ## Using the gradient: gradient descent
@@ -118,6 +121,7 @@ print("jaxgd's own derivation agrees too:",
 # With the gradient in hand, $\theta \leftarrow \theta - \eta\, \partial L / \partial \theta$ drives
 # $L$ towards its minimum 0 (here $w = 0$ is reachable). The hand gradient and `jax.grad` take the
 # same steps.
+
 
 # %%
 def descend(grad_fn, p, steps=100, lr=0.1 / K):
@@ -143,5 +147,9 @@ print(f"loss {hand_curve[0]:.3f} -> {hand_curve[-1]:.2e}; curves differ by at mo
 # [2. an MLP's backward](02_mlp_backward.py), where the same bookkeeping becomes a recursion.
 
 # %%
-CHECKS = {"vs_autodiff": vs_autodiff, "vs_finite_differences": worst_fd, "descent_gap": curves_gap,
-          "loss_ratio": hand_curve[-1] / hand_curve[0]}
+CHECKS = {
+    "vs_autodiff": vs_autodiff,
+    "vs_finite_differences": worst_fd,
+    "descent_gap": curves_gap,
+    "loss_ratio": hand_curve[-1] / hand_curve[0],
+}

@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 from jaxgd import backprop, losses, models
 
 jax.config.update("jax_enable_x64", True)
-sizes = (20, 16, 8, 3)                                  # a small MLP: 20 inputs, 3 classes
+sizes = (20, 16, 8, 3)  # a small MLP: 20 inputs, 3 classes
 kp, kx, kw = jax.random.split(jax.random.PRNGKey(0), 3)
 params = backprop.init_mlp(kp, sizes, dtype=jnp.float64)  # [{"W": (20, 16), "b": (16,)}, ...]
 X = jax.random.normal(kx, (64, sizes[0]), jnp.float64)
@@ -44,6 +44,7 @@ y = jnp.argmax(X @ jax.random.normal(kw, (sizes[0], sizes[-1]), jnp.float64), ax
 
 # %% [markdown]
 # ## Forward, keeping every $z_l$ and $a_l$
+
 
 # %%
 def forward(params, X):
@@ -58,10 +59,12 @@ def forward(params, X):
 def loss(params, X, y):
     return losses.softmax_cross_entropy(forward(params, X)[0][-1], y)
 
+
 # %% [markdown]
 # ## Backward: the delta recursion
 #
 # Read it bottom-up against the equations above. `(z > 0)` is ReLU's derivative $f'(z)$.
+
 
 # %%
 def backward(params, zs, acts, y):
@@ -77,8 +80,9 @@ def backward(params, zs, acts, y):
 
 ours = backward(params, *forward(params, X), y)
 auto = jax.grad(loss)(params, X, y)
-gap = lambda a, b: max(float(jnp.max(jnp.abs(u - v)))  # noqa: E731
-                       for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+gap = lambda a, b: max(
+    float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+)
 vs_autodiff = gap(ours, auto)
 print(f"largest |ours - jax.grad| = {vs_autodiff:.1e}")
 
@@ -105,7 +109,7 @@ model = models.mlp(sizes, "relu")
 model_params = []
 for p in params:
     model_params += [p, {}]
-model_params = model_params[:-1]                        # no activation after the last dense layer
+model_params = model_params[:-1]  # no activation after the last dense layer
 value, logits, layer_grads, _ = model.grad(model_params, model.empty_state(), X, y)
 vs_layers = gap([g for g in layer_grads if g], ours)
 print(model.layers)
@@ -119,8 +123,12 @@ print(f"loss {value:.6f}; largest |layers - ours| = {vs_layers:.1e}")
 dense = model.layers[0]
 _, _, res = dense.forward(params[0], {}, X)
 dparams, dx = dense.backward(params[0], res, jnp.ones((64, sizes[1])))
-print("dW == X^T dy:", bool(jnp.allclose(dparams["W"], X.T @ jnp.ones((64, sizes[1])))),
-      "| dx == dy W^T:", bool(jnp.allclose(dx, jnp.ones((64, sizes[1])) @ params[0]["W"].T)))
+print(
+    "dW == X^T dy:",
+    bool(jnp.allclose(dparams["W"], X.T @ jnp.ones((64, sizes[1])))),
+    "| dx == dy W^T:",
+    bool(jnp.allclose(dx, jnp.ones((64, sizes[1])) @ params[0]["W"].T)),
+)
 
 # %% [markdown]
 # ## DD2424's closed form is the one-layer case
@@ -165,5 +173,4 @@ plt.show()
 # [3. write your own layer](03_your_own_layer.py) and prove its backward with one call.
 
 # %%
-CHECKS = {"vs_autodiff": vs_autodiff, "vs_inf265": vs_inf265, "vs_layers": vs_layers,
-          "vs_closed_form": vs_closed_form}
+CHECKS = {"vs_autodiff": vs_autodiff, "vs_inf265": vs_inf265, "vs_layers": vs_layers, "vs_closed_form": vs_closed_form}

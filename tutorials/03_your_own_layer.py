@@ -41,16 +41,17 @@ from jaxgd import layers
 # $\bar x = \bar y$ where $x > 0$, else $s \bar y$. First the version written in a hurry: the
 # backward of a plain ReLU.
 
+
 # %%
 @dataclasses.dataclass(frozen=True)
 class HastyLeakyReLU(layers.Layer):
     slope: float = 0.1
 
     def forward(self, params, state, x, *, train=False, key=None):
-        return jnp.where(x > 0, x, self.slope * x), state, x   # residual: x
+        return jnp.where(x > 0, x, self.slope * x), state, x  # residual: x
 
     def backward(self, params, x, dy):
-        return {}, jnp.where(x > 0, dy, 0.0)                     # forgot the slope
+        return {}, jnp.where(x > 0, dy, 0.0)  # forgot the slope
 
 
 hasty = jaxgd.check(HastyLeakyReLU(), (6,))
@@ -62,6 +63,7 @@ print(hasty)
 # and at the worst one the hand gradient is 0 where the true one is not. That points at the
 # $x \le 0$ branch. Fixed:
 
+
 # %%
 @dataclasses.dataclass(frozen=True)
 class MyLeakyReLU(HastyLeakyReLU):
@@ -71,10 +73,17 @@ class MyLeakyReLU(HastyLeakyReLU):
 
 leaky = jaxgd.check(MyLeakyReLU(), (6,))
 print(leaky)
-print("the same as jaxgd's own:", bool(jnp.all(
-    MyLeakyReLU(0.1).backward({}, jnp.linspace(-1, 1, 5), jnp.ones(5))[1]
-    == layers.leaky_relu(0.1).backward({}, layers.leaky_relu(0.1).forward({}, {}, jnp.linspace(-1, 1, 5))[2],
-                                       jnp.ones(5))[1])))
+print(
+    "the same as jaxgd's own:",
+    bool(
+        jnp.all(
+            MyLeakyReLU(0.1).backward({}, jnp.linspace(-1, 1, 5), jnp.ones(5))[1]
+            == layers.leaky_relu(0.1).backward(
+                {}, layers.leaky_relu(0.1).forward({}, {}, jnp.linspace(-1, 1, 5))[2], jnp.ones(5)
+            )[1]
+        )
+    ),
+)
 
 # %% [markdown]
 # ## A strided convolution's input gradient
@@ -85,6 +94,7 @@ print("the same as jaxgd's own:", bool(jnp.all(
 # channel axes swapped. The weight gradient stays $\bar W = \mathrm{im2col}(x)^\top \bar y$
 # (`layers.conv_weight_grad`). We keep jaxgd's forward (`layers.Conv2D`) and write the backward:
 
+
 # %%
 class MyStridedConv(layers.Conv2D):
     def backward(self, params, x, dy):
@@ -92,8 +102,14 @@ class MyStridedConv(layers.Conv2D):
         s, p = self.stride, self.size // 2
         dW = layers.conv_weight_grad(x, dy, W.shape, s, p)
         W_flipped = jnp.flip(W, (0, 1)).transpose(0, 1, 3, 2)
-        dx = jax.lax.conv_general_dilated(dy, W_flipped, (1, 1), self.dx_padding(x, dy), lhs_dilation=(s, s),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dx = jax.lax.conv_general_dilated(
+            dy,
+            W_flipped,
+            (1, 1),
+            self.dx_padding(x, dy),
+            lhs_dilation=(s, s),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         return {"W": dW, "b": dy.sum((0, 1, 2))}, dx
 
     def dx_padding(self, x, dy):
@@ -121,12 +137,15 @@ print(on_8x8)
 # the transposed convolution must give it a (zero) gradient: pad $r = n + 2p - k - s(n_{out} - 1)$
 # more at the bottom and right. The fix changes the padding only:
 
+
 # %%
 class FixedStridedConv(MyStridedConv):
     def dx_padding(self, x, dy):
         k, s, p = self.size, self.stride, self.size // 2
-        return [(k - 1 - p, k - 1 - p + n + 2 * p - k - s * (m - 1))     # r more at the end
-                for n, m in zip(x.shape[1:3], dy.shape[1:3])]
+        return [
+            (k - 1 - p, k - 1 - p + n + 2 * p - k - s * (m - 1))  # r more at the end
+            for n, m in zip(x.shape[1:3], dy.shape[1:3])
+        ]
 
 
 fixed = [jaxgd.check(FixedStridedConv(4, 3, stride=2), (n, n, 2)) for n in (7, 8)]
@@ -152,6 +171,7 @@ plt.show()
 # $y = x\,\Phi(x)$, whose derivative by the product rule is $\Phi(x) + x\,\varphi(x)$, written
 # with the second term forgotten:
 
+
 # %%
 @jax.custom_vjp
 def my_gelu(x):
@@ -175,6 +195,7 @@ print(gelu_report)
 # gradient gives the hand one to within the tolerance, so the check names the forgotten term. Put it
 # back and the rule passes:
 
+
 # %%
 def my_gelu_bwd_fixed(x, g):
     return (g * (jax.scipy.stats.norm.cdf(x) + x * jax.scipy.stats.norm.pdf(x)),)
@@ -193,7 +214,15 @@ print(str(gelu_fixed).splitlines()[0])  # the verdict line
 # gives. Next: [4. SGD with momentum by hand](04_sgd_by_hand.py).
 
 # %%
-CHECKS = {"hasty_passed": hasty.passed, "leaky_passed": leaky.passed, "conv_7x7_passed": on_7x7.passed,
-          "conv_8x8_passed": on_8x8.passed, "fixed_passed": all(r.passed for r in fixed),
-          "hasty_causes": hasty.causes(), "conv_8x8_causes": on_8x8.causes(),
-          "gelu_passed": gelu_report.passed, "gelu_causes": gelu_report.causes(), "gelu_fixed_passed": gelu_fixed.passed}
+CHECKS = {
+    "hasty_passed": hasty.passed,
+    "leaky_passed": leaky.passed,
+    "conv_7x7_passed": on_7x7.passed,
+    "conv_8x8_passed": on_8x8.passed,
+    "fixed_passed": all(r.passed for r in fixed),
+    "hasty_causes": hasty.causes(),
+    "conv_8x8_causes": on_8x8.causes(),
+    "gelu_passed": gelu_report.passed,
+    "gelu_causes": gelu_report.causes(),
+    "gelu_fixed_passed": gelu_fixed.passed,
+}

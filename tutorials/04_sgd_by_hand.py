@@ -42,6 +42,7 @@ def sgd_step(p, b, g, first, lr, mu, wd, dampening=0.0, nesterov=False):
     d = g + mu * b if nesterov else b
     return p - lr * d, b
 
+
 # %% [markdown]
 # ## The same steps four ways
 #
@@ -52,9 +53,9 @@ def sgd_step(p, b, g, first, lr, mu, wd, dampening=0.0, nesterov=False):
 model = models.mlp((10, 16, 3))
 params, _ = model.init(jax.random.PRNGKey(0), jnp.float64)
 kx, ky = jax.random.split(jax.random.PRNGKey(1))
-X = jax.random.normal(kx, (20, 32, 10), jnp.float64)      # 20 minibatches of 32
+X = jax.random.normal(kx, (20, 32, 10), jnp.float64)  # 20 minibatches of 32
 Y = jax.random.randint(ky, (20, 32), 0, 3)
-grad = jax.jit(lambda p, x, y: model.grad(p, model.empty_state(), x, y)[2])   # hand backprop
+grad = jax.jit(lambda p, x, y: model.grad(p, model.empty_state(), x, y)[2])  # hand backprop
 lr, mu, wd = 0.1, 0.9, 1e-3
 leaves = jax.tree_util.tree_leaves
 
@@ -64,8 +65,7 @@ def by_hand(nesterov):
     b = jax.tree_util.tree_map(jnp.zeros_like, p)
     for t in range(20):
         g = grad(p, X[t], Y[t])
-        step = jax.tree_util.tree_map(lambda p, b, g: sgd_step(p, b, g, t == 0, lr, mu, wd, nesterov=nesterov),
-                                      p, b, g)
+        step = jax.tree_util.tree_map(lambda p, b, g: sgd_step(p, b, g, t == 0, lr, mu, wd, nesterov=nesterov), p, b, g)
         p = jax.tree_util.tree_map(lambda s: s[0], step, is_leaf=lambda s: isinstance(s, tuple))
         b = jax.tree_util.tree_map(lambda s: s[1], step, is_leaf=lambda s: isinstance(s, tuple))
     return p
@@ -89,6 +89,7 @@ def optax_sgd(nesterov):
     def update(g, s, p):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
+
     return with_optimizer(tx.init, update)
 
 
@@ -136,6 +137,7 @@ for name, v in gaps.items():
 # consistent flat-direction gradient; Nesterov looks ahead and damps the oscillation across the
 # valley; dampening $\tau$ scales down each gradient's entry into the buffer.
 
+
 # %%
 def valley(z):
     return 0.5 * (z[0] ** 2 + 30 * z[1] ** 2)
@@ -149,11 +151,15 @@ def path(steps=60, lr=0.03, **kw):
     return jnp.stack(out)
 
 
-runs = {"plain SGD": path(mu=0.0), "momentum 0.9": path(mu=0.9), "Nesterov 0.9": path(mu=0.9, nesterov=True),
-        "momentum 0.9, dampening 0.5": path(mu=0.9, dampening=0.5)}
+runs = {
+    "plain SGD": path(mu=0.0),
+    "momentum 0.9": path(mu=0.9),
+    "Nesterov 0.9": path(mu=0.9, nesterov=True),
+    "momentum 0.9, dampening 0.5": path(mu=0.9, dampening=0.5),
+}
 fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5))
 u, v = np.meshgrid(np.linspace(-10, 2, 100), np.linspace(-2, 2, 100))
-ax.contour(u, v, 0.5 * (u ** 2 + 30 * v ** 2), 20, colors="0.85")
+ax.contour(u, v, 0.5 * (u**2 + 30 * v**2), 20, colors="0.85")
 for name, zs in runs.items():
     ax.plot(zs[:, 0], zs[:, 1], ".-", ms=3, label=name)
     bx.semilogy([float(valley(z)) for z in zs], label=name)

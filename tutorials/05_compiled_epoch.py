@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxgd import data, models, optim, train
 
-d = data.load("cifar2", train_size=1024)          # 1,024 training images, flattened, normalised
+d = data.load("cifar2", train_size=1024)  # 1,024 training images, flattened, normalised
 x, y = jnp.asarray(d.train.x), jnp.asarray(d.train.y)
 model = models.mlp((3072, 512, 128, 32, 2))
 params, state = model.init(jax.random.PRNGKey(0))
@@ -53,6 +53,7 @@ step_keys = jax.random.split(k_steps, order.shape[0])
 # %% [markdown]
 # ## 1 and 2: Python loops
 
+
 # %%
 def python_loop(step_fn):
     carry = carry0
@@ -62,7 +63,7 @@ def python_loop(step_fn):
 
 
 def seconds(fn, repeats=3):
-    fn()                                   # the first call compiles (where there is anything to compile)
+    fn()  # the first call compiles (where there is anything to compile)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -92,8 +93,9 @@ t_epoch = seconds(lambda: jax.block_until_ready(epoch(carry0, x, y, hp, key)))
 
 
 def gap(a, b):
-    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a),
-                                                               jax.tree_util.tree_leaves(b)))
+    return max(
+        float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 loop_vs_epoch = gap(jit_carry[0], epoch_carry[0])
@@ -121,13 +123,16 @@ lrs = [0.002, 0.005, 0.01, 0.02]
 grid_hp = optim.sgd_hyperparams(lrs, 0.9, 0.001)
 kw = dict(epochs=3, batch_size=batch, seed=0)
 t = time.perf_counter()
-grid_params, _, grid_hist = train.fit(model, train.stack_params([params] * len(lrs)), d.train, d.val,
-                                      hparams=grid_hp, **kw)
+grid_params, _, grid_hist = train.fit(
+    model, train.stack_params([params] * len(lrs)), d.train, d.val, hparams=grid_hp, **kw
+)
 t_grid = time.perf_counter() - t
 t = time.perf_counter()
 one = train.compile(model, batch, hparams=optim.sgd_hyperparams(0.01, 0.9, 0.001))  # the programs, built once
-alone = [train.fit(one, params, d.train, d.val, hparams=optim.sgd_hyperparams(lr, 0.9, 0.001), epochs=3, seed=0)
-         for lr in lrs]
+alone = [
+    train.fit(one, params, d.train, d.val, hparams=optim.sgd_hyperparams(lr, 0.9, 0.001), epochs=3, seed=0)
+    for lr in lrs
+]
 t_alone = time.perf_counter() - t
 grid_vs_alone = max(gap(train.unstack_params(grid_params, i), a[0]) for i, a in enumerate(alone))
 print(f"grid vs each alone: largest parameter gap {grid_vs_alone:.1e}")
@@ -147,5 +152,9 @@ plt.show()
 # [6. batch norm and dropout by hand](06_batchnorm_dropout.py).
 
 # %%
-CHECKS = {"loop_vs_epoch": loop_vs_epoch, "eager_vs_epoch": eager_vs_epoch, "grid_vs_alone": grid_vs_alone,
-          "seconds": {"eager": t_eager, "jit_step": t_jit, "scan": t_epoch, "grid": t_grid, "alone": t_alone}}
+CHECKS = {
+    "loop_vs_epoch": loop_vs_epoch,
+    "eager_vs_epoch": eager_vs_epoch,
+    "grid_vs_alone": grid_vs_alone,
+    "seconds": {"eager": t_eager, "jit_step": t_jit, "scan": t_epoch, "grid": t_grid, "alone": t_alone},
+}

@@ -48,8 +48,10 @@ class MyBatchNorm(layers.BatchNorm):  # jaxgd's init (scale 1, shift 0; running 
         if train:
             m = x.shape[0]
             mean, var = x.mean(0), x.var(0)
-            state = {"mean": (1 - self.momentum) * state["mean"] + self.momentum * mean,
-                     "var": (1 - self.momentum) * state["var"] + self.momentum * var * m / (m - 1)}
+            state = {
+                "mean": (1 - self.momentum) * state["mean"] + self.momentum * mean,
+                "var": (1 - self.momentum) * state["var"] + self.momentum * var * m / (m - 1),
+            }
         else:
             mean, var = state["mean"], state["var"]
         inv = 1 / jnp.sqrt(var + self.eps)
@@ -66,6 +68,7 @@ class MyBatchNorm(layers.BatchNorm):  # jaxgd's init (scale 1, shift 0; running 
 
     def __str__(self):
         return "my_batch_norm"
+
 
 # %% [markdown]
 # ### Checked against `jax.vjp` and against jaxgd's layer, in both modes
@@ -85,10 +88,14 @@ for train in (True, False):
     _, vjp = jax.vjp(lambda p, x: bn.forward(p, state, x, train=train)[0], params, x)
     y_ref, _, res_ref = ref.forward(params, state, x, train=train)
     mode = "train" if train else "eval"
-    gaps[f"{mode} vs jax.vjp"] = max(float(jnp.max(jnp.abs(a - b)))
-                                     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(vjp(dy))))
-    gaps[f"{mode} vs jaxgd"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-        jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref.backward(params, res_ref, dy))))
+    gaps[f"{mode} vs jax.vjp"] = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(vjp(dy)))
+    )
+    gaps[f"{mode} vs jaxgd"] = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref.backward(params, res_ref, dy)))
+    )
 print({k: f"{v:.1e}" for k, v in gaps.items()})
 
 # %% [markdown]
@@ -136,6 +143,7 @@ print(f"eval-mode output: mean {float(y_eval.mean()):.3f}, std {float(y_eval.std
 # evaluation $y = x$. The backward reuses the same mask: $\bar x = \bar y \odot m / (1 - r)$. The
 # mask is a residual, so it must come from the forward's key, never be drawn again.
 
+
 # %%
 @dataclasses.dataclass(frozen=True)
 class MyDropout(layers.Layer):
@@ -153,7 +161,9 @@ class MyDropout(layers.Layer):
 
 drop = MyDropout(0.5)
 xd = jnp.ones((1, 8))
-samples = jax.vmap(lambda k: drop.forward({}, {}, xd, train=True, key=k)[0])(jax.random.split(jax.random.PRNGKey(0), 2000))
+samples = jax.vmap(lambda k: drop.forward({}, {}, xd, train=True, key=k)[0])(
+    jax.random.split(jax.random.PRNGKey(0), 2000)
+)
 mean_error = float(jnp.max(jnp.abs(samples.mean(0) - xd)))
 print(f"E[y] over 2000 masks, largest distance from x: {mean_error:.3f}; one mask: {samples[0, 0]}")
 drop_report = jaxgd.check(MyDropout(0.5), (8,))
@@ -166,6 +176,12 @@ print(drop_report)
 # [1. the chain rule](01_chain_rule.py), or on to the library's [README](../README.md).
 
 # %%
-CHECKS = {"gaps": gaps, "ones_cotangent_dx": ones_dx, "batch_norm_passed": bn_report.passed,
-          "running_mean": means[-1], "running_var": varis[-1], "dropout_mean_error": mean_error,
-          "dropout_passed": drop_report.passed}
+CHECKS = {
+    "gaps": gaps,
+    "ones_cotangent_dx": ones_dx,
+    "batch_norm_passed": bn_report.passed,
+    "running_mean": means[-1],
+    "running_var": varis[-1],
+    "dropout_mean_error": mean_error,
+    "dropout_passed": drop_report.passed,
+}

@@ -4,6 +4,7 @@ from Debian's packages, driven by Selenium, over a loopback server.
 Run after the build: ``python -m pytest docs/tests`` (CI's docs step does both). Screenshots of the
 pages go to ``$JAXGD_SITE_SHOTS`` (default ``site-shots/``, not committed).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(os.environ.get("JAXGD_SITE", ROOT / "site"))
 SHOTS = Path(os.environ.get("JAXGD_SITE_SHOTS", ROOT / "site-shots"))
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, DRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -49,11 +53,21 @@ def _serve(folder: Path):
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1600"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -74,7 +88,8 @@ def broken_images(driver) -> list[str]:
     driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # lazy images load too
     return driver.execute_script(
         "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-        ".map(i => i.getAttribute('src').slice(0, 120));")
+        ".map(i => i.getAttribute('src').slice(0, 120));"
+    )
 
 
 def broken_links(driver, base: str) -> list[str]:
@@ -94,8 +109,11 @@ def broken_links(driver, base: str) -> list[str]:
 
 def missing_resources(driver) -> list[str]:
     """What the browser failed to load for the open page (404s in its console), the site's own files only."""
-    return [e["message"][:200] for e in driver.get_log("browser")
-            if "Failed to load resource" in e["message"] and "127.0.0.1" in e["message"]]
+    return [
+        e["message"][:200]
+        for e in driver.get_log("browser")
+        if "Failed to load resource" in e["message"] and "127.0.0.1" in e["message"]
+    ]
 
 
 def _open(driver, url, shot):
@@ -108,8 +126,9 @@ def _open(driver, url, shot):
 def test_the_checks_catch_a_broken_image_and_a_broken_link(browser, tmp_path):
     """The checks below can fail: on a page with a missing image and a dead link they say so."""
     (tmp_path / "ok.html").write_text("<p>ok</p>")
-    (tmp_path / "index.html").write_text('<img src="missing.png"><a href="nowhere.html">x</a><a href="ok.html">y</a>'
-                                         '<a href="empty/">z</a>')
+    (tmp_path / "index.html").write_text(
+        '<img src="missing.png"><a href="nowhere.html">x</a><a href="ok.html">y</a><a href="empty/">z</a>'
+    )
     (tmp_path / "empty").mkdir()
     server, url = _serve(tmp_path)
     try:
@@ -134,10 +153,16 @@ def test_a_tutorial_with_its_figures(browser, site):
     n = browser.execute_script("return document.images.length;")
     assert n >= 1 and broken_images(browser) == []  # the executed notebook's figures
     from selenium.webdriver.support.ui import WebDriverWait
+
     typeset = WebDriverWait(browser, 60).until(  # the formulas, by the site's own MathJax (no network)
-        lambda d: d.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, .MathJax_SVG').length;") or False)
+        lambda d: (
+            d.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, .MathJax_SVG').length;")
+            or False
+        )
+    )
     assert typeset >= 3
     import time
+
     time.sleep(2)  # the fonts MathJax asks for after typesetting
     assert missing_resources(browser) == []
     browser.save_screenshot(str(SHOTS / "tutorial_04_math.png"))
@@ -154,9 +179,11 @@ def test_search_finds_check(browser, site):
     """The search box, filled by the theme's deep link (?q=), lists the checker's pages."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
     browser.get(site + "?q=check")
     hits = WebDriverWait(browser, 60).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a") or False)
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a") or False
+    )
     assert browser.find_element(By.CSS_SELECTOR, "input.md-search__input").get_attribute("value") == "check"
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "search_check.png"))

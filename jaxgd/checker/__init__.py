@@ -61,13 +61,25 @@ The package: ``layer`` (the check of a layer or model), ``function`` (of a custo
 ``diagnoses``, ``compare`` (tolerances, the per-leaf comparison, the compile helper), ``programs``
 (the compiled pieces and their stores), ``report``.
 """
-from jaxgd.checker.compare import (DTYPES, F32_SLACK, FD_TOLERANCE, MODES, VJP_TOLERANCES,  # noqa: F401
-                                   ZERO_FLOOR)
-from jaxgd.checker.diagnoses import DIAGNOSES, INPUT_TERMS, OBSERVATIONS, Diagnosis, Hypothesis, diagnose  # noqa: F401
-from jaxgd.checker.function import check_function, custom_rule  # noqa: F401
-from jaxgd.checker.layer import check, is_layer  # noqa: F401
-from jaxgd.checker.programs import Programs  # noqa: F401
-from jaxgd.checker.report import Report  # noqa: F401
 
-__all__ = ["check", "check_function", "custom_rule", "is_layer", "diagnose", "Report", "Programs", "Diagnosis", "Hypothesis",
-           "DIAGNOSES", "OBSERVATIONS", "VJP_TOLERANCES"]
+from jaxgd.checker.compare import DTYPES, F32_SLACK, FD_TOLERANCE, MODES, VJP_TOLERANCES, ZERO_FLOOR  # noqa: F401
+from jaxgd.checker.diagnoses import DIAGNOSES, INPUT_TERMS, OBSERVATIONS, Diagnosis, Hypothesis, diagnose  # noqa: F401
+from jaxgd.checker.function import check_function, custom_rule
+from jaxgd.checker.layer import check, is_layer
+from jaxgd.checker.programs import Programs
+from jaxgd.checker.report import Report
+
+__all__ = [
+    "DIAGNOSES",
+    "OBSERVATIONS",
+    "VJP_TOLERANCES",
+    "Diagnosis",
+    "Hypothesis",
+    "Programs",
+    "Report",
+    "check",
+    "check_function",
+    "custom_rule",
+    "diagnose",
+    "is_layer",
+]

@@ -14,10 +14,12 @@ stripped.
   ``while_loop``, its first iteration; in a ``cond``, the branch taken), to check the rule alone
   where it sits.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,18 +34,22 @@ class Rule:
     """A custom rule found inside a function: ``kind`` (``"custom_jvp"`` / ``"custom_vjp"``),
     ``name`` and ``defined`` (``file:line`` of the primal it differentiates), ``called`` (the line of
     your code that calls it), ``path`` (the primitives around it, outermost first), and ``eqn``."""
+
     kind: str
     name: str
     defined: str
     called: str | None  # None: JAX's own code calls it (jax.nn.softplus calls logaddexp)
     path: tuple
-    eqn: object = dataclasses.field(repr=False, compare=False)
+    eqn: Any = dataclasses.field(repr=False, compare=False)  # a jax.extend.core.JaxprEqn
 
     def where(self) -> str:
         inside = " > ".join(self.path)
         called = "called from JAX's own code" if self.called is None else f"called at {self.called}"
-        return (f"{self.kind} {self.name} (defined at {self.defined}; {called}"
-                + (f"; inside {inside}" if inside else "") + ")")
+        return (
+            f"{self.kind} {self.name} (defined at {self.defined}; {called}"
+            + (f"; inside {inside}" if inside else "")
+            + ")"
+        )
 
     def hand(self, *args):
         """The rule's function: its primitive bound again (its derivative is the rule's)."""
@@ -71,7 +77,7 @@ def _sub_jaxprs(params):
 
 def _user_line(eqn) -> str | None:
     tb = getattr(eqn.source_info, "traceback", None)
-    for frame in (tb.frames if tb is not None else ()):
+    for frame in tb.frames if tb is not None else ():
         if not frame.file_name.startswith(_JAX):
             return f"{Path(frame.file_name).name}:{frame.line_num}"
     return None
@@ -104,6 +110,7 @@ def rules(f, *args) -> list[Rule]:
 
 # ------------------------------------------------------------------------------ the rules stripped
 
+
 def _has_rules(jaxpr) -> bool:
     return next(_walk(jaxpr), None) is not None
 
@@ -134,8 +141,14 @@ def _stripped_params(params):
         elif isinstance(v, jcore.Jaxpr):
             new[k] = _strip_open(v)
         elif isinstance(v, (tuple, list)) and any(isinstance(s, (jcore.ClosedJaxpr, jcore.Jaxpr)) for s in v):
-            new[k] = type(v)(_strip_closed(s) if isinstance(s, jcore.ClosedJaxpr) else
-                             _strip_open(s) if isinstance(s, jcore.Jaxpr) else s for s in v)
+            new[k] = type(v)(
+                _strip_closed(s)
+                if isinstance(s, jcore.ClosedJaxpr)
+                else _strip_open(s)
+                if isinstance(s, jcore.Jaxpr)
+                else s
+                for s in v
+            )
     return new
 
 
@@ -146,6 +159,7 @@ def _eval(jaxpr, consts, args, on_rule=None):
 
     def read(v):
         return v.val if isinstance(v, jcore.Literal) else env[v]
+
     for v, c in zip(jaxpr.constvars, consts):
         env[v] = c
     for v, a in zip(jaxpr.invars, args):
@@ -172,16 +186,20 @@ def _eval(jaxpr, consts, args, on_rule=None):
 def stripped(f):
     """``f`` with every custom rule inside replaced by its primal: the same values, and
     ``jax.grad`` of it is plain autodiff of what the rules claim to differentiate."""
+
     def g(*args):
         leaves, tree = jax.tree_util.tree_flatten(args)
-        closed, out_shape = jax.make_jaxpr(lambda *l: f(*jax.tree_util.tree_unflatten(tree, l)),
-                                           return_shape=True)(*leaves)
+        closed, out_shape = jax.make_jaxpr(lambda *l: f(*jax.tree_util.tree_unflatten(tree, l)), return_shape=True)(
+            *leaves
+        )
         outs = _eval(closed.jaxpr, closed.consts, leaves)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+
     return g
 
 
 # ------------------------------------------------------------------------------ rules at their arguments
+
 
 def _capture_inside(eqn, invals, on_rule):
     """Where a higher-order primitive holds rules, run its body once eagerly to see their arguments:
@@ -195,18 +213,18 @@ def _capture_inside(eqn, invals, on_rule):
     elif name == "scan" and int(p["length"]) > 0:
         n_c, n_carry = int(p["num_consts"]), int(p["num_carry"])
         i = int(p["length"]) - 1 if p.get("reverse") else 0
-        xs = [np.asarray(x)[i] for x in invals[n_c + n_carry:]]
+        xs = [np.asarray(x)[i] for x in invals[n_c + n_carry :]]
         body = p["jaxpr"]
-        _eval(body.jaxpr, body.consts, invals[:n_c + n_carry] + xs, on_rule)
+        _eval(body.jaxpr, body.consts, invals[: n_c + n_carry] + xs, on_rule)
     elif name == "cond":
         branch = p["branches"][int(np.asarray(invals[0]))]
         _eval(branch.jaxpr, branch.consts, invals[1:], on_rule)
     elif name == "while":
         n_cc, n_bc = int(p["cond_nconsts"]), int(p["body_nconsts"])
-        carry = invals[n_cc + n_bc:]
+        carry = invals[n_cc + n_bc :]
         cond, body = p["cond_jaxpr"], p["body_jaxpr"]
         if bool(np.asarray(_eval(cond.jaxpr, cond.consts, invals[:n_cc] + carry)[0])):  # its first iteration
-            _eval(body.jaxpr, body.consts, invals[n_cc:n_cc + n_bc] + carry, on_rule)
+            _eval(body.jaxpr, body.consts, invals[n_cc : n_cc + n_bc] + carry, on_rule)
 
 
 def captured(f, *args) -> list[tuple[Rule, list]]:
@@ -220,5 +238,6 @@ def captured(f, *args) -> list[tuple[Rule, list]]:
     def on_rule(eqn, invals):
         if id(eqn) in found and id(eqn) not in seen:
             seen[id(eqn)] = (found[id(eqn)], [np.asarray(v) for v in invals])
+
     _eval(closed.jaxpr, closed.consts, leaves, on_rule)
     return list(seen.values())

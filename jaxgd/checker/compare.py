@@ -1,10 +1,12 @@
 """The checker's tolerances and its one per-leaf comparison, shared by the layer check and the
 custom-rule check; the compile helper; and the user's error said in one line with its place."""
+
 from __future__ import annotations
 
 import functools
 import traceback
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -68,8 +70,14 @@ def allowances(true, tol, ref=None):
     floor = max(max((maxabs(t) for t in true), default=0.0) * ZERO_FLOOR, 1e-300)
     out = [tol * max(maxabs(t), floor) for t in true]
     if ref is not None:  # rounding spreads through shared intermediates: the largest error anywhere
-        noise = max((maxabs(np.asarray(t, np.float64) - np.asarray(r)) for t, r in zip(true, ref)
-                     if np.shape(t) == np.shape(r)), default=0.0)
+        noise = max(
+            (
+                maxabs(np.asarray(t, np.float64) - np.asarray(r))
+                for t, r in zip(true, ref)
+                if np.shape(t) == np.shape(r)
+            ),
+            default=0.0,
+        )
         out = [max(a, F32_SLACK * noise) for a in out]
     return {"floor": floor, "abs": out}
 
@@ -79,7 +87,7 @@ def compare_leaf(h, t, dtype, allow, floor, context) -> dict:
     the worst index, and where it is wrong (another shape or dtype, or a difference over ``allow``)
     its diagnosis (``diagnose`` with ``context()``, its ``allow`` added)."""
     h, t = np.asarray(h), np.asarray(t)
-    leaf = {"abs": None, "rel": None, "cause": None}
+    leaf: dict[str, Any] = {"abs": None, "rel": None, "cause": None}
     if h.shape == t.shape:
         diff = np.abs(h.astype(np.float64) - t.astype(np.float64))
         leaf["abs"] = float(diff.max(initial=0.0))

@@ -16,6 +16,7 @@ gradient is the input's), ``spatial`` (an NHWC input), ``x``, ``c`` (the cotange
 (the output), ``leaf`` and ``name`` (which gradient), ``params``, ``layer``, ``true_with(params)``
 (the true gradients at other parameters) and ``coupling()`` (a probe of the batch axis).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ class Hypothesis:
     """A family's claim: under ``cause``, ``of(hand)`` (hand itself by default) is ``predicted``.
     ``rtol`` replaces the check's tolerance where the claim is about another dtype's rounding;
     ``about_values``: the claim is that the values differ from the true ones (all but the dtype's)."""
+
     cause: str
     predicted: np.ndarray
     of: Callable | None = None
@@ -52,8 +54,12 @@ def verified(hyp: Hypothesis, h, t, ctx) -> bool:
     bound = max(bound, _rounding(h, t))
     if np.max(np.abs(got - pred), initial=0.0) > bound:
         return False
-    same_as_true = hyp.about_values and hyp.of is None and pred.shape == np.shape(t) and \
-        np.max(np.abs(np.asarray(t, np.float64) - pred), initial=0.0) <= bound
+    same_as_true = (
+        hyp.about_values
+        and hyp.of is None
+        and pred.shape == np.shape(t)
+        and np.max(np.abs(np.asarray(t, np.float64) - pred), initial=0.0) <= bound
+    )
     return not same_as_true
 
 
@@ -79,6 +85,7 @@ def _f64(a):
 
 # ------------------------------------------------------------------------------ the families
 
+
 def _permutations(h, t):
     """The axis permutations (not the identity) that take ``t``'s shape to ``h``'s."""
     if h.ndim != t.ndim or h.ndim < 2:
@@ -92,8 +99,11 @@ def transposed(h, t, ctx):
     """``hand`` is the true gradient with its axes swapped (``dy^T x`` where ``x^T dy`` is meant;
     a kernel's rows and columns), of another shape or, for axes of equal length, the same."""
     for perm in _permutations(h, t):
-        text = ("transposed: hand.T equals the true gradient (e.g. dy^T x where x^T dy is meant)" if h.ndim == 2
-                else f"axes permuted: hand equals the true gradient transposed by {perm}")
+        text = (
+            "transposed: hand.T equals the true gradient (e.g. dy^T x where x^T dy is meant)"
+            if h.ndim == 2
+            else f"axes permuted: hand equals the true gradient transposed by {perm}"
+        )
         hyp = Hypothesis(text, np.transpose(_f64(t), perm))
         if verified(hyp, h, t, ctx):
             return hyp
@@ -106,9 +116,12 @@ def batch_kept(h, t, ctx):
     if h.ndim != t.ndim + 1 or h.shape[0] != n or h.shape[1:] != t.shape:
         return None
     for how, reduce in (("sum", np.sum), ("mean", np.mean)):
-        hyp = Hypothesis(f"not {'summed' if how == 'sum' else 'reduced'} over the batch: hand keeps the batch axis "
-                         f"(shape {h.shape}); its {how} over axis 0 equals the true gradient", _f64(t),
-                         of=lambda a, r=reduce: r(_f64(a), 0))
+        hyp = Hypothesis(
+            f"not {'summed' if how == 'sum' else 'reduced'} over the batch: hand keeps the batch axis "
+            f"(shape {h.shape}); its {how} over axis 0 equals the true gradient",
+            _f64(t),
+            of=lambda a, r=reduce: r(_f64(a), 0),
+        )
         if verified(hyp, h, t, ctx):
             return hyp
     return None
@@ -125,9 +138,12 @@ def wrong_axis(h, t, ctx):
     true_axes = [a for a, v in sums.items() if v.shape == t.shape and maxabs(v - t) <= 1e-6 * maxabs(t)]
     for axes, v in sums.items():
         if true_axes and axes not in true_axes and v.shape == h.shape:
-            hyp = Hypothesis(f"reduced over the wrong axis: hand is dy summed over axis {_axes(axes)} (shape "
-                             f"{h.shape}), the true gradient dy summed over axis {_axes(true_axes[0])} (shape "
-                             f"{t.shape})", v)
+            hyp = Hypothesis(
+                f"reduced over the wrong axis: hand is dy summed over axis {_axes(axes)} (shape "
+                f"{h.shape}), the true gradient dy summed over axis {_axes(true_axes[0])} (shape "
+                f"{t.shape})",
+                v,
+            )
             if verified(hyp, h, t, ctx):
                 return hyp
     return None
@@ -141,22 +157,30 @@ def wrong_dtype(h, t, ctx):
     """Right values (to ``hand``'s dtype's rounding) in another dtype: a hard-coded float32, a NumPy float64."""
     if h.dtype == ctx["dtype"] or h.shape != t.shape:
         return None
-    return Hypothesis(f"dtype {h.dtype} instead of {ctx['dtype']} (the values are right): a hard-coded dtype in the "
-                      "backward", _f64(t), rtol=100 * float(np.finfo(h.dtype).eps)
-                      if np.issubdtype(h.dtype, np.floating) else 0.0, about_values=False)
+    return Hypothesis(
+        f"dtype {h.dtype} instead of {ctx['dtype']} (the values are right): a hard-coded dtype in the backward",
+        _f64(t),
+        rtol=100 * float(np.finfo(h.dtype).eps) if np.issubdtype(h.dtype, np.floating) else 0.0,
+        about_values=False,
+    )
 
 
 def all_zero(h, t, ctx):
     """``hand`` is zero everywhere where the true gradient is not."""
     if h.shape != t.shape:
         return None
-    return Hypothesis("zero everywhere: a term that is never computed, or a gradient that is dropped", np.zeros(h.shape))
+    return Hypothesis(
+        "zero everywhere: a term that is never computed, or a gradient that is dropped", np.zeros(h.shape)
+    )
 
 
-FACTORS = (("the batch size {n}", lambda n: n),
-           ("1 / the batch size {n} (a mean where the forward sums)", lambda n: 1 / n),
-           ("-1 (the sign is flipped)", lambda n: -1.0), ("2", lambda n: 2.0),
-           ("1/2 (a factor 2 is missing)", lambda n: 0.5))
+FACTORS = (
+    ("the batch size {n}", lambda n: n),
+    ("1 / the batch size {n} (a mean where the forward sums)", lambda n: 1 / n),
+    ("-1 (the sign is flipped)", lambda n: -1.0),
+    ("2", lambda n: 2.0),
+    ("1/2 (a factor 2 is missing)", lambda n: 0.5),
+)
 
 
 def constant_factor(h, t, ctx):
@@ -181,10 +205,16 @@ def constant_factor(h, t, ctx):
 
 # a parameter changed as a backward's classic slip changes it: (test, change, what it means)
 PARAM_CHANGES = (
-    (lambda w: w.ndim == 2 and w.shape[0] == w.shape[1] > 1, lambda w: w.T,
-     "{p} transposed: the factor used where its transpose belongs (e.g. dy W where dy W^T is meant)"),
-    (lambda w: w.ndim == 4 and w.shape[0] * w.shape[1] > 1, lambda w: w[::-1, ::-1],
-     "the kernel {p} flipped in space: a correlation where the backward needs a convolution, or the reverse"),
+    (
+        lambda w: w.ndim == 2 and w.shape[0] == w.shape[1] > 1,
+        lambda w: w.T,
+        "{p} transposed: the factor used where its transpose belongs (e.g. dy W where dy W^T is meant)",
+    ),
+    (
+        lambda w: w.ndim == 4 and w.shape[0] * w.shape[1] > 1,
+        lambda w: w[::-1, ::-1],
+        "the kernel {p} flipped in space: a correlation where the backward needs a convolution, or the reverse",
+    ),
 )
 
 
@@ -204,7 +234,7 @@ def factor_changed(h, t, ctx):
             w2 = np.ascontiguousarray(change(w))
             if np.array_equal(w2, w):
                 continue
-            alt = np.asarray(redo(jax.tree_util.tree_unflatten(tree, ws[:j] + [w2] + ws[j + 1:]))[leaf])
+            alt = np.asarray(redo(jax.tree_util.tree_unflatten(tree, ws[:j] + [w2] + ws[j + 1 :]))[leaf])
             hyp = Hypothesis("hand is the true gradient with " + text.format(p=names[j]), alt)
             if verified(hyp, h, t, ctx):
                 return hyp
@@ -215,6 +245,7 @@ def pooling_swapped(h, t, ctx):
     """For a pooling layer's input gradient: ``hand`` is the other pooling's true gradient at the
     same input and ``dy`` (average pooling's where max pooling routes to the maximum, or the reverse)."""
     from jaxgd import layers as L
+
     layer, x, c = ctx.get("layer"), ctx.get("x"), ctx.get("c")
     if not ctx["is_input"] or x is None or c is None or getattr(layer, "crop", False):
         return None
@@ -224,10 +255,14 @@ def pooling_swapped(h, t, ctx):
     other = L.AvgPool(layer.size) if is_max else L.MaxPool(layer.size)
     _, vjp = jax.vjp(lambda v: other.forward({}, {}, v)[0], jnp.asarray(x, ctx["dtype"]))
     alt = np.asarray(vjp(jnp.asarray(c, ctx["dtype"]))[0])
-    return Hypothesis("hand is average pooling's gradient: dy spread evenly over each window, where max pooling routes "
-                      "it to the window's maximum" if is_max else
-                      "hand is max pooling's gradient: dy routed to each window's maximum, where average pooling "
-                      "spreads it evenly over the window", alt)
+    return Hypothesis(
+        "hand is average pooling's gradient: dy spread evenly over each window, where max pooling routes "
+        "it to the window's maximum"
+        if is_max
+        else "hand is max pooling's gradient: dy routed to each window's maximum, where average pooling "
+        "spreads it evenly over the window",
+        alt,
+    )
 
 
 def broadcast_mistake(h, t, ctx):
@@ -238,9 +273,11 @@ def broadcast_mistake(h, t, ctx):
     d = _f64(h) - _f64(t)
     for axis in range(h.ndim):
         if h.shape[axis] > 1:
-            hyp = Hypothesis(f"a broadcasting mistake: hand - true is the same at every index of axis {axis} (length "
-                             f"{h.shape[axis]}): a term broadcast over that axis, or reduced over the wrong one",
-                             _f64(t) + np.broadcast_to(d.mean(axis=axis, keepdims=True), d.shape))
+            hyp = Hypothesis(
+                f"a broadcasting mistake: hand - true is the same at every index of axis {axis} (length "
+                f"{h.shape[axis]}): a term broadcast over that axis, or reduced over the wrong one",
+                _f64(t) + np.broadcast_to(d.mean(axis=axis, keepdims=True), d.shape),
+            )
             if verified(hyp, h, t, ctx):
                 return hyp
     return None
@@ -257,16 +294,20 @@ def coupling_term(h, t, ctx):
     if c is not None and np.shape(c) == h.shape:
         dyy = np.sum(_f64(c) * y, -1, keepdims=True)
         for k, what in ((1.0, "forgotten"), (-1.0, "counted twice")):
-            hyp = Hypothesis(f"hand = true {'+' if k > 0 else '-'} y sum(dy y): softmax's coupling term {what}",
-                             tf + k * dyy * y)
+            hyp = Hypothesis(
+                f"hand = true {'+' if k > 0 else '-'} y sum(dy y): softmax's coupling term {what}", tf + k * dyy * y
+            )
             if verified(hyp, h, t, ctx):
                 return hyp
     yy = np.sum(y * y, -1, keepdims=True)
     if not np.all(yy > 0):
         return None
     s = np.sum((_f64(h) - tf) * y, -1, keepdims=True) / yy
-    return Hypothesis("hand - true = y * (one number per row of the last axis): a coupling term of the derivative "
-                      "forgotten or scaled (softmax's y sum(dy y), a normalisation's mean terms)", tf + s * y)
+    return Hypothesis(
+        "hand - true = y * (one number per row of the last axis): a coupling term of the derivative "
+        "forgotten or scaled (softmax's y sum(dy y), a normalisation's mean terms)",
+        tf + s * y,
+    )
 
 
 def batch_statistics_terms(h, t, ctx):
@@ -284,10 +325,12 @@ def batch_statistics_terms(h, t, ctx):
         return None
     xhat = (x2 - x2.mean(0)) / sd
     a, b = d.mean(0), np.sum(d * xhat, 0) / np.sum(xhat * xhat, 0)
-    return Hypothesis("hand - true = a + b * xhat for each feature over the batch (xhat: the input standardised over "
-                      "the batch): the terms through the batch mean and variance, mean(dy) and xhat mean(dy xhat), "
-                      "forgotten or wrong (the batch statistics treated as constants?)",
-                      _f64(t) + (a + b * xhat).reshape(h.shape))
+    return Hypothesis(
+        "hand - true = a + b * xhat for each feature over the batch (xhat: the input standardised over "
+        "the batch): the terms through the batch mean and variance, mean(dy) and xhat mean(dy xhat), "
+        "forgotten or wrong (the batch statistics treated as constants?)",
+        _f64(t) + (a + b * xhat).reshape(h.shape),
+    )
 
 
 def _phi(x):
@@ -331,19 +374,34 @@ def input_term(h, t, ctx):
         if abs(k) <= 1e-6:
             continue
         what = "forgotten" if abs(k + 1) < 1e-3 else "counted twice" if abs(k - 1) < 1e-3 else f"scaled by {k + 1:.6g}"
-        hyp = Hypothesis(f"hand = true {'-' if k < 0 else '+'} {abs(k):.6g} * dy * {name}: that term of the derivative "
-                         f"{what}", tf + k * term)
+        hyp = Hypothesis(
+            f"hand = true {'-' if k < 0 else '+'} {abs(k):.6g} * dy * {name}: that term of the derivative {what}",
+            tf + k * term,
+        )
         if verified(hyp, h, t, ctx):
             return hyp
     return None
 
 
 # Tried in this order on a wrong gradient: the first verified one is its cause.
-DIAGNOSES = (transposed, batch_kept, wrong_axis, wrong_dtype, all_zero, constant_factor, factor_changed,
-             pooling_swapped, broadcast_mistake, coupling_term, batch_statistics_terms, input_term)
+DIAGNOSES = (
+    transposed,
+    batch_kept,
+    wrong_axis,
+    wrong_dtype,
+    all_zero,
+    constant_factor,
+    factor_changed,
+    pooling_swapped,
+    broadcast_mistake,
+    coupling_term,
+    batch_statistics_terms,
+    input_term,
+)
 
 
 # ------------------------------------------------------------------------------ observations
+
 
 def non_finite(h, t, ctx):
     """NaN or infinite entries in hand where the true gradient is finite."""
@@ -352,9 +410,11 @@ def non_finite(h, t, ctx):
         return None
     where = np.argwhere(bad)
     listed = _listed(where)
-    return (f"{int(bad.sum())} of {bad.size} coordinates of hand are NaN or infinite ({listed}) where the true gradient "
-            "is finite: an operation whose derivative is infinite there (a sqrt or log at 0, a division by 0), or a "
-            "jnp.where whose branch not taken has a NaN gradient, which the where multiplies by 0 and keeps")
+    return (
+        f"{int(bad.sum())} of {bad.size} coordinates of hand are NaN or infinite ({listed}) where the true gradient "
+        "is finite: an operation whose derivative is infinite there (a sqrt or log at 0, a division by 0), or a "
+        "jnp.where whose branch not taken has a NaN gradient, which the where multiplies by 0 and keeps"
+    )
 
 
 def other_shape(h, t, ctx):
@@ -371,8 +431,10 @@ def mixes_examples(h, t, ctx):
         return None
     hand_couples, true_couples = probe()
     if hand_couples and not true_couples:
-        return ("mixes examples: changing dy of example 0 changes the hand dx of the other examples, which the forward "
-                "never couples (a sum or mean over the batch axis?)")
+        return (
+            "mixes examples: changing dy of example 0 changes the hand dx of the other examples, which the forward "
+            "never couples (a sum or mean over the batch axis?)"
+        )
     return None
 
 
@@ -403,7 +465,9 @@ def some_coordinates(h, t, ctx):
     for axis in range(h.ndim if k > 1 else 0):
         idx = np.unique(where[:, axis])
         if len(idx) == 1 and h.shape[axis] > 1 and h.ndim > 1:
-            what = f"{_HWIO[axis]} {idx[0]}" if h.ndim == 4 and not ctx["is_input"] else f"index {idx[0]} of axis {axis}"
+            what = (
+                f"{_HWIO[axis]} {idx[0]}" if h.ndim == 4 and not ctx["is_input"] else f"index {idx[0]} of axis {axis}"
+            )
             ratio = _f64(h)[bad] / np.where(_f64(t)[bad] == 0, np.nan, _f64(t)[bad])
             same = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(1.0, np.max(np.abs(ratio)))
             facts.append(f"all in {what} of {name}" + (f", where hand = {float(ratio[0]):.6g} * true" if same else ""))
@@ -432,14 +496,17 @@ def some_coordinates(h, t, ctx):
 
 
 OBSERVATIONS = (other_shape, non_finite, mixes_examples, some_coordinates)
-UNRECOGNISED = ("wrong, cause not recognised: no known mistake (a transpose, a constant factor, a broadcast term, a "
-                "term of the derivative, a parameter transposed or flipped) reproduces hand from the true gradient")
+UNRECOGNISED = (
+    "wrong, cause not recognised: no known mistake (a transpose, a constant factor, a broadcast term, a "
+    "term of the derivative, a parameter transposed or flipped) reproduces hand from the true gradient"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
     """``kind``: ``"cause"`` (a verified hypothesis, ``family`` its name), ``"observation"`` (where
     the wrong entries are, no cause named) or ``"unknown"``; ``text`` what the report prints."""
+
     kind: str
     text: str
     family: str | None = None

@@ -1,6 +1,7 @@
 """``check(f, *args)`` of a function with a custom derivative rule (``jax.custom_vjp`` or
 ``jax.custom_jvp``): the rule's gradient against autodiff of its primal, or float64 central
 differences where the primal cannot be differentiated."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,19 @@ import numpy as np
 from jaxgd import gradcheck
 from jaxgd.checker import anyfn
 from jaxgd.checker import report as R
-from jaxgd.checker.compare import (DTYPES, FD_H, FD_PER_LEAF, VJP_TOLERANCES, allowances, compare_leaf, explain,
-                                   fd_eps, jit, numpy_tree, within)
+from jaxgd.checker.compare import (
+    DTYPES,
+    FD_H,
+    FD_PER_LEAF,
+    VJP_TOLERANCES,
+    allowances,
+    compare_leaf,
+    explain,
+    fd_eps,
+    jit,
+    numpy_tree,
+    within,
+)
 
 FD_ONLY_MAX = 4096  # coordinates: where autodiff is not the truth, the truth is this many central differences at most
 FD_TRUTH_TOLERANCE = 1e-7  # max |autodiff - central differences| / max |central differences|, float64
@@ -43,8 +55,11 @@ class _Function:
         self.is_var = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in leaves]
         self.leaves = [np.asarray(a) for a in leaves]
         names = gradcheck.leaf_names([args[i] for i in self.diff])
-        self.names = [f"arg {self.diff[int(n.split('.')[0])]}" + (n[n.index("."):] if "." in n else "")
-                      for n, v in zip(names, self.is_var) if v]
+        self.names = [
+            f"arg {self.diff[int(n.split('.')[0])]}" + (n[n.index(".") :] if "." in n else "")
+            for n, v in zip(names, self.is_var)
+            if v
+        ]
 
     def program(self, name):
         """The check's jitted pieces, built once per function and kept for both dtype passes (a
@@ -52,11 +67,17 @@ class _Function:
         ``L`` through ``f`` and through ``primal``), ``vmap`` (``hand`` over stacked points) and
         ``measure`` (central differences of ``L`` through ``primal`` at given coordinates)."""
         if not hasattr(self, "_programs"):
+
             def measure(v, c, index):
                 est, _ = gradcheck.fd_estimates(lambda u: self.loss(self.primal, u, c), v, index, FD_H, 4)
                 return est, self.loss(self.primal, v, c, absolute=True)
-            self._programs = {"hand": jit(self.hand_of), "true": jit(self.true_of), "vmap": jit(jax.vmap(self.hand_of)),
-                              "measure": jit(measure)}
+
+            self._programs = {
+                "hand": jit(self.hand_of),
+                "true": jit(self.true_of),
+                "vmap": jit(jax.vmap(self.hand_of)),
+                "measure": jit(measure),
+            }
         return self._programs[name]
 
     def hand_of(self, v, c):
@@ -75,7 +96,9 @@ class _Function:
 
     def loss(self, g, v, c, absolute=False):
         """``L = sum(c * outputs)`` over the floating outputs (``sum |c * outputs|`` with ``absolute``)."""
-        outs = [o for o in jax.tree_util.tree_leaves(self.call(g, v)) if jnp.issubdtype(jnp.asarray(o).dtype, jnp.floating)]
+        outs = [
+            o for o in jax.tree_util.tree_leaves(self.call(g, v)) if jnp.issubdtype(jnp.asarray(o).dtype, jnp.floating)
+        ]
         return sum(jnp.sum(jnp.abs(ci * o) if absolute else ci * o) for ci, o in zip(c, outs))
 
     def variables(self, dtype):
@@ -87,19 +110,27 @@ def _subject(f, args) -> tuple[_Function, list]:
     rule = custom_rule(f)
     if rule is not None:
         kind, primal, nondiff = rule
-        return _Function(f, args, kind, primal, nondiff, f"autodiff of {getattr(primal, '__name__', 'the primal')} "
-                                                         "(f.fun)"), []
+        return _Function(
+            f, args, kind, primal, nondiff, f"autodiff of {getattr(primal, '__name__', 'the primal')} (f.fun)"
+        ), []
     with jax.enable_x64(True):
         found = anyfn.rules(f, *_as64(args))
     if found:
-        return _Function(f, args, "function", anyfn.stripped(f), (), f"autodiff of f with its {len(found)} custom "
-                         "rule(s) replaced by their primals"), found
+        return _Function(
+            f,
+            args,
+            "function",
+            anyfn.stripped(f),
+            (),
+            f"autodiff of f with its {len(found)} custom rule(s) replaced by their primals",
+        ), found
     return _Function(f, args, "function", f, (), "float64 central differences", fd_truth=True), []
 
 
 def _as64(args):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
-                                  else a, args)
+    return jax.tree_util.tree_map(
+        lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else a, args
+    )
 
 
 def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> R.Report:
@@ -123,8 +154,9 @@ def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> 
         with jax.enable_x64(True):
             at = anyfn.captured(f, *_as64(args))
     for rule, invals in at:
-        sub = _Function(rule.hand, invals, rule.kind, rule.primal, range(rule.num_consts),
-                        f"autodiff of {rule.name}'s primal")
+        sub = _Function(
+            rule.hand, invals, rule.kind, rule.primal, range(rule.num_consts), f"autodiff of {rule.name}'s primal"
+        )
         if not sub.names:
             continue
         r_rows, r_findings, r_checks = _check_subject(sub, ("float64",), seed, fd_per_leaf, vmap=False)
@@ -141,9 +173,21 @@ def check_function(f, *args, dtypes=DTYPES, seed=0, fd_per_leaf=FD_PER_LEAF) -> 
     on = "at arguments of shapes " + ", ".join(str(s) for s in shapes)
     if found:
         on += f" ({len(found)} custom rule(s) inside, each also checked alone in float64 where it is reached)"
-    return R.Report(name, shapes, 0, passed, tuple(rows), tuple(findings), tuple(checks), on=on,
-                    rules=tuple(r.where() + ("" if r in reached else ": not reached at these arguments, checked "
-                                             "through the whole function only") for r in found))
+    return R.Report(
+        name,
+        shapes,
+        0,
+        passed,
+        tuple(rows),
+        tuple(findings),
+        tuple(checks),
+        on=on,
+        rules=tuple(
+            r.where()
+            + ("" if r in reached else ": not reached at these arguments, checked through the whole function only")
+            for r in found
+        ),
+    )
 
 
 def _check_subject(fn, dtypes, seed, fd_per_leaf, vmap=True):
@@ -183,6 +227,7 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
 
     def note(name, ok, detail=""):
         checks.append({"name": f"{name} ({mode}, {dtype})", "ok": bool(ok), "detail": detail})
+
     v, c = fn.variables(dt), [ci.astype(dt) for ci in c]
     try:
         if fn.fd_truth:
@@ -192,8 +237,10 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         true = _fd_truth(fn, v, c) if dtype == "float64" else None
     if true is None:  # float32 without autodiff: float64's differences at the float32 point
         with jax.enable_x64(True):
-            true = [t.astype(dt) for t in _fd_truth(fn, [a.astype(np.float64) for a in v],
-                                                    [ci.astype(np.float64) for ci in c])]
+            true = [
+                t.astype(dt)
+                for t in _fd_truth(fn, [a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c])
+            ]
     try:
         hand = numpy_tree(fn.program("hand")(v, c))
         note("jit", True)
@@ -202,15 +249,18 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
             hand = numpy_tree(fn.hand_of(v, c))
         except Exception as e2:  # noqa: BLE001  (it fails eagerly too: not a jit problem)
             note("custom rule runs", False, _explain_rule(e2))
-            return [{"abs": None, "rel": None, "kind": "error", "cause": "the rule raised an error (see below)"}
-                    for _ in true]
+            return [
+                {"abs": None, "rel": None, "kind": "error", "cause": "the rule raised an error (see below)"}
+                for _ in true
+            ]
         note("jit", False, "fails under jit: " + explain(e))
     ref = None
     if dtype == "float32":
         with jax.enable_x64(True):
             try:
-                ref = numpy_tree(fn.program("true")([a.astype(np.float64) for a in v],
-                                                    [ci.astype(np.float64) for ci in c]))
+                ref = numpy_tree(
+                    fn.program("true")([a.astype(np.float64) for a in v], [ci.astype(np.float64) for ci in c])
+                )
             except Exception:  # noqa: BLE001
                 ref = None
     # against central differences (no rule inside) the truth itself is good to about 1e-9 in float64
@@ -220,11 +270,17 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
     batch = int(np.shape(v[0])[0]) if np.ndim(v[0]) else 1
     leaves = []
     for i, (h, t, x) in enumerate(zip(hand, true, v)):
-        ctx = lambda x=x, i=i: {  # noqa: E731
-            "batch": batch, "dtype": dt, "tol": tol, "is_input": True, "x": np.asarray(x),
-            "coupling": None, "name": fn.names[i],
+        ctx = lambda x=x, i=i: {
+            "batch": batch,
+            "dtype": dt,
+            "tol": tol,
+            "is_input": True,
+            "x": np.asarray(x),
+            "coupling": None,
+            "name": fn.names[i],
             # one argument and one output: dy for the elementwise-term family
-            "c": np.asarray(c[0]) if len(c) == 1 and len(v) == 1 else None}
+            "c": np.asarray(c[0]) if len(c) == 1 and len(v) == 1 else None,
+        }
         leaves.append(compare_leaf(h, t, dt, allow["abs"][i], allow["floor"], ctx))
     if dtype == "float64":
         coords = gradcheck.sample_coordinates(v, fd_per_leaf, seed=0)
@@ -233,18 +289,19 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
         else:
             est, terms = _fd_estimates(fn, v, c, coords)
         eps = fd_eps(terms)
-        for r, h, x, co, e in zip(leaves, hand, v, coords, est):
+        for r, h, x, co, fd in zip(leaves, hand, v, coords, est):
             if np.shape(h) == np.shape(x):
-                r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], e, eps), initial=0.0))
+                r["fd_rel"] = float(np.max(gradcheck.rel_error(np.asarray(h).reshape(-1)[co], fd, eps), initial=0.0))
     if v2 is None:  # a rule checked where it sits: its function's own check covers vmap
         return leaves
     try:  # vmap: the rule on two stacked points, against each point alone
-        stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])  # noqa: E731
+        stack = lambda a, b: np.stack([np.asarray(a, dt), np.asarray(b, dt)])
         vs, cs = [stack(a, b) for a, b in zip(v, v2)], [stack(a, b) for a, b in zip(c, c2)]
         batched = numpy_tree(fn.program("vmap")(vs, cs))
         alone = numpy_tree(fn.program("hand")([a[1] for a in vs], [ci[1] for ci in cs]))
-        same = all(within(b[0], h, lim) and within(b[1], a, lim)
-                   for b, h, a, lim in zip(batched, hand, alone, allow["abs"]))
+        same = all(
+            within(b[0], h, lim) and within(b[1], a, lim) for b, h, a, lim in zip(batched, hand, alone, allow["abs"])
+        )
         note("vmap", same, "under vmap the rule gives other numbers than one point at a time")
     except Exception as e:  # noqa: BLE001
         note("vmap", False, "fails under vmap: " + explain(e))
@@ -253,17 +310,25 @@ def _check_function_one(fn, dtype, c, v2, c2, fd_per_leaf, mode, checks) -> list
 
 def _explain_rule(e) -> str:
     """A custom rule's error in one line; JAX's check of a bwd rule's output types said plainly."""
-    m = re.search(r"at output\[(\d+)\] the bwd rule produced an output of type (\S+) corresponding to an input "
-                  r"of type (\S+)", str(e))
+    m = re.search(
+        r"at output\[(\d+)\] the bwd rule produced an output of type (\S+) corresponding to an input "
+        r"of type (\S+)",
+        str(e),
+    )
     if m:
-        return (f"the bwd rule returns {m.group(2)} for argument {m.group(1)}, whose type is {m.group(3)}: each "
-                "cotangent must have its argument's shape and dtype (a broadcast argument's cotangent summed over "
-                "the broadcast axes)")
-    m = re.search(r"got bwd output structure (PyTreeDef\(.*?\)) for primal input structure (PyTreeDef\(.*?\))\.?$",
-                  str(e).strip())
+        return (
+            f"the bwd rule returns {m.group(2)} for argument {m.group(1)}, whose type is {m.group(3)}: each "
+            "cotangent must have its argument's shape and dtype (a broadcast argument's cotangent summed over "
+            "the broadcast axes)"
+        )
+    m = re.search(
+        r"got bwd output structure (PyTreeDef\(.*?\)) for primal input structure (PyTreeDef\(.*?\))\.?$", str(e).strip()
+    )
     if m:
-        return (f"the bwd rule returns the structure {m.group(1)} for arguments of structure {m.group(2)}: it must "
-                "return a tuple with one cotangent per argument of the primal (none for its nondiff_argnums)")
+        return (
+            f"the bwd rule returns the structure {m.group(1)} for arguments of structure {m.group(2)}: it must "
+            "return a tuple with one cotangent per argument of the primal (none for its nondiff_argnums)"
+        )
     return "the rule raised " + explain(e)
 
 
@@ -272,8 +337,10 @@ def _fd_truth(fn, v, c) -> list[np.ndarray]:
     the primal cannot be differentiated by JAX)."""
     size = sum(a.size for a in v)
     if size > FD_ONLY_MAX:
-        raise ValueError(f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
-                         f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments")
+        raise ValueError(
+            f"check(f, *args): f's primal cannot be differentiated by JAX, and central differences at "
+            f"all {size} coordinates are too many (at most {FD_ONLY_MAX}): give smaller arguments"
+        )
     coords = [np.arange(a.size) for a in v]
     est, fn.fd_terms = _fd_estimates(fn, v, c, coords)
     return [e.reshape(a.shape) for e, a in zip(est, v)]

@@ -3,6 +3,7 @@ store that the caller holds, or, for subjects made only of jaxgd's own layers (f
 whose behaviour is their fields' values), in the checker's own store. A user's object is never a
 key of a store the caller did not give: a class attribute changed between two checks (which a
 frozen dataclass's equality does not see) would otherwise get the first check's programs."""
+
 from __future__ import annotations
 
 import collections
@@ -13,13 +14,15 @@ import jax.numpy as jnp
 from jaxgd import gradcheck
 from jaxgd.checker.compare import FD_H, jit
 
+
 class Programs:
     """Compiled pieces of checks, kept for the next check that passes the same store
     (``check(subject, ..., programs=store)``), the last ``size`` of them. Holding one is saying
     the subjects checked through it do not change between checks."""
 
     def __init__(self, size: int = 64):
-        self.size, self._kept = size, collections.OrderedDict()
+        self.size = size
+        self._kept: collections.OrderedDict = collections.OrderedDict()
 
     def get(self, key, build):
         """The pieces stored under ``key`` (a hashable description of subject and problem), built
@@ -47,9 +50,14 @@ def by_value(obj) -> bool:
     those, no subclass): frozen dataclasses whose behaviour is their fields' values."""
     from jaxgd import layers as L
     from jaxgd import models
+
     layers = obj.layers if type(obj) is models.Model else (obj,)
-    return all(type(layer).__module__ == L.__name__ and getattr(type(layer), "__dataclass_params__", None) is not None
-               and type(layer).__dataclass_params__.frozen for layer in (*layers, *L.walk(layers)))
+    return all(
+        type(layer).__module__ == L.__name__
+        and getattr(type(layer), "__dataclass_params__", None) is not None
+        and type(layer).__dataclass_params__.frozen
+        for layer in (*layers, *L.walk(layers))
+    )
 
 
 def store_for(obj, programs):
@@ -117,6 +125,7 @@ class Pieces:
 
     def _fd(self, p, state, x, c, key, index):
         from jaxgd import layers as L
+
         sub = self.sub
 
         def loss(px):
@@ -125,14 +134,16 @@ class Pieces:
         def kinks(px):
             res = self.forward(px[0], state, px[1], key)[2]
             return gradcheck.kinks(sub.layers, res if sub.model is not None else [res])
-        has_kinks = sub.layers and any(isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation))
-                                       for l in L.walk(sub.layers))
+
+        has_kinks = sub.layers and any(
+            isinstance(l, (L.MaxPool, L.LeakyReLU, L.Activation)) for l in L.walk(sub.layers)
+        )
         return gradcheck.fd_estimates(loss, (p, x), index, FD_H, 4, kinks if has_kinks else None)
 
     def _loss_grads(self, p, state, x, y, key):
         from jaxgd import losses
+
         model = self.sub.model
         loss_fn, _ = losses.get_loss(model.loss)
         hand = model.grad(p, state, x, y, key)[2]
         return hand, jax.grad(lambda p: loss_fn(model.forward(p, state, x, True, key)[0], y))(p)
-

@@ -1,4 +1,5 @@
 """The report a check returns: a row per gradient, a finding per wrong one and per failed check."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +14,7 @@ class Report:
     the largest absolute and relative differences against ``jax.vjp`` in each dtype and the
     finite-difference error in float64, and a verdict (exact / close / wrong). ``findings``: a
     line per wrong gradient (its worst index and suspected cause) and per failed check."""
+
     subject: str
     in_shape: tuple
     batch: int
@@ -24,30 +26,54 @@ class Report:
     rules: tuple = ()  # the custom rules found inside a function, each where it is defined and called
 
     def as_dict(self) -> dict:
-        return {"subject": self.subject, "in_shape": list(self.in_shape), "batch": self.batch,
-                "passed": self.passed, "rows": [dict(r) for r in self.rows],
-                "findings": list(self.findings), "checks": [dict(c) for c in self.checks], "on": self.on,
-                "rules": list(self.rules)}
+        return {
+            "subject": self.subject,
+            "in_shape": list(self.in_shape),
+            "batch": self.batch,
+            "passed": self.passed,
+            "rows": [dict(r) for r in self.rows],
+            "findings": list(self.findings),
+            "checks": [dict(c) for c in self.checks],
+            "on": self.on,
+            "rules": list(self.rules),
+        }
 
     def causes(self) -> list[str]:
         return [f["cause"] for f in self.findings]
 
     def __str__(self):
         n_wrong = sum(r["verdict"] == "wrong" for r in self.rows)
-        head = "PASSED" if self.passed else f"FAILED ({n_wrong} of {len(self.rows)} gradients wrong)" if n_wrong \
+        head = (
+            "PASSED"
+            if self.passed
+            else f"FAILED ({n_wrong} of {len(self.rows)} gradients wrong)"
+            if n_wrong
             else "FAILED"
+        )
         at = self.on or f"on a batch of {self.batch} x {self.in_shape}"
         lines = [f"check {self.subject} {at}: {head}", ""]
         cols = ("gradient", "mode", "verdict", "float64 abs", "float64 rel", "float32 rel", "finite diff rel")
-        table = [cols] + [(r["leaf"], r["mode"], r["verdict"], _num(r.get("float64_abs")), _num(r.get("float64_rel")),
-                           _num(r.get("float32_rel")), _num(r.get("fd_rel"))) for r in self.rows]
+        table = [cols] + [
+            (
+                r["leaf"],
+                r["mode"],
+                r["verdict"],
+                _num(r.get("float64_abs")),
+                _num(r.get("float64_rel")),
+                _num(r.get("float32_rel")),
+                _num(r.get("fd_rel")),
+            )
+            for r in self.rows
+        ]
         widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
         failed = [c for c in self.checks if not c["ok"]]
         lines.append("")
         kinds = dict.fromkeys(c["name"].split(" (")[0] for c in self.checks)
-        lines.append(f"checks: {len(self.checks) - len(failed)} of {len(self.checks)} passed"
-                     + ("" if failed else f" ({', '.join(kinds)})"))
+        lines.append(
+            f"checks: {len(self.checks) - len(failed)} of {len(self.checks)} passed"
+            + ("" if failed else f" ({', '.join(kinds)})")
+        )
         for f in self.findings:
             lines.append(f"- {f['where']}: {f['cause']}")
         if self.rules:
@@ -71,19 +97,39 @@ def row(name, mode, per_dtype, truth) -> tuple[dict, dict | None]:
         if dtype == "float64":
             row["fd_rel"] = c.get("fd_rel")
             if c.get("fd_rel") is not None and c["fd_rel"] > FD_TOLERANCE and not c["cause"]:
-                wrong.append((dtype, {**c, "kind": "observation",
-                                      "cause": f"finite differences disagree (max rel {c['fd_rel']:.1e}) although "
-                                               f"{truth} agrees: is the forward differentiable here (a kink inside "
-                                               "the stencil)?"}))
+                wrong.append(
+                    (
+                        dtype,
+                        {
+                            **c,
+                            "kind": "observation",
+                            "cause": f"finite differences disagree (max rel {c['fd_rel']:.1e}) although "
+                            f"{truth} agrees: is the forward differentiable here (a kink inside "
+                            "the stencil)?",
+                        },
+                    )
+                )
     row["verdict"] = "wrong" if wrong else "exact" if exact else "close"
     if not wrong:
         return row, None
     dtype, c = wrong[0]
-    worst = f"; worst at {c['index']}: hand {c['hand_at']:.6g}, true {c['true_at']:.6g}" if c.get("index") is not None \
+    worst = (
+        f"; worst at {c['index']}: hand {c['hand_at']:.6g}, true {c['true_at']:.6g}"
+        if c.get("index") is not None
         else ""
-    return row, {"where": f"{name} ({mode}, {dtype})", "leaf": name, "mode": mode, "dtype": dtype,
-                 "index": c.get("index"), "hand": c.get("hand_at"), "true": c.get("true_at"), "cause": c["cause"] + worst,
-                 "kind": c.get("kind", "error"), "family": c.get("family")}
+    )
+    return row, {
+        "where": f"{name} ({mode}, {dtype})",
+        "leaf": name,
+        "mode": mode,
+        "dtype": dtype,
+        "index": c.get("index"),
+        "hand": c.get("hand_at"),
+        "true": c.get("true_at"),
+        "cause": c["cause"] + worst,
+        "kind": c.get("kind", "error"),
+        "family": c.get("family"),
+    }
 
 
 def cross_findings(rows, modes, names):
@@ -95,21 +141,45 @@ def cross_findings(rows, modes, names):
     if "x" in names and len(names) > 1:
         params_wrong = sorted({l for l, _ in wrong if l != "x"})
         if params_wrong and not any(l == "x" for l, _ in wrong):
-            out.append({"where": "summary", "kind": "summary", "cause": f"the input gradient is right but {', '.join(params_wrong)} "
-                                                     "wrong: the error is in the parameters' formulas only"})
+            out.append(
+                {
+                    "where": "summary",
+                    "kind": "summary",
+                    "cause": f"the input gradient is right but {', '.join(params_wrong)} "
+                    "wrong: the error is in the parameters' formulas only",
+                }
+            )
         elif not params_wrong:
-            out.append({"where": "summary", "kind": "summary", "cause": "the parameters' gradients are right but the input gradient "
-                                                     "is wrong: the error is in dx only"})
+            out.append(
+                {
+                    "where": "summary",
+                    "kind": "summary",
+                    "cause": "the parameters' gradients are right but the input gradient "
+                    "is wrong: the error is in dx only",
+                }
+            )
     if set(modes) == {"train", "eval"}:
         in_train = {l for l, m in wrong if m == "train"}
         in_eval = {l for l, m in wrong if m == "eval"}
         if in_train and not in_eval:
-            out.append({"where": "summary", "kind": "summary", "cause": "right in eval mode, wrong in training mode: the backward misses "
-                                                     "what training changes (batch statistics depend on x; dropout's "
-                                                     "mask scales dy)"})
+            out.append(
+                {
+                    "where": "summary",
+                    "kind": "summary",
+                    "cause": "right in eval mode, wrong in training mode: the backward misses "
+                    "what training changes (batch statistics depend on x; dropout's "
+                    "mask scales dy)",
+                }
+            )
         elif in_eval and not in_train:
-            out.append({"where": "summary", "kind": "summary", "cause": "right in training mode, wrong in eval mode: in eval, batch "
-                                                     "norm uses its running statistics (constants), dropout is off"})
+            out.append(
+                {
+                    "where": "summary",
+                    "kind": "summary",
+                    "cause": "right in training mode, wrong in eval mode: in eval, batch "
+                    "norm uses its running statistics (constants), dropout is off",
+                }
+            )
     return out
 
 
@@ -120,4 +190,3 @@ def failed_checks(checks) -> list[dict]:
 
 def leaf_names(params):
     return [f"param {n}" if n else "param" for n in gradcheck.leaf_names(params)] + ["x"]
-

@@ -36,6 +36,7 @@ epoch are its own, not ``train``'s, for what those lack: a lookahead average car
 optimizer state (``make_lookahead_step``), and crops drawn per minibatch from reflect-padded images
 inside the scan, flips alternating by epoch and a stop in mid-epoch (``make_crop_epoch``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,11 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgd import data, layers as L, losses, models, optim, schedules, train, xla
+from jaxgd import data, losses, models, optim, schedules, train, xla
+from jaxgd import layers as L
 from jaxgd.experiments.common import duration, load_json, run_datasets
-from jaxgd.experiments.recipes import hand_vs_autodiff
 from jaxgd.experiments.config import POSITIVE, Config, at_least, data_dir_option, option
 from jaxgd.experiments.protocol import Experiment
+from jaxgd.experiments.recipes import hand_vs_autodiff
 
 DATASETS = ("cifar10", "cifar2")
 CLASSES = {"cifar2": 2, "cifar10": 10}
@@ -67,21 +69,26 @@ class AirbenchConfig(Config):
     batch_size: int = option(1024, "minibatch size (images)", check=at_least(2))
     lr: float = option(11.5, "learning rate per 1,024 examples (airbench's decoupled form)", check=POSITIVE)
     momentum: float = option(0.85, "Nesterov momentum", check=((lambda v: 0 < v < 1), "in (0, 1)"))
-    weight_decay: float = option(0.0153, "weight decay per 1,024 examples (decoupled from the learning rate)",
-                                 check=at_least(0))
+    weight_decay: float = option(
+        0.0153, "weight decay per 1,024 examples (decoupled from the learning rate)", check=at_least(0)
+    )
     bias_scaler: float = option(64.0, "learning-rate multiplier of the batch-norm shifts", check=POSITIVE)
-    label_smoothing: float = option(0.2, "label smoothing of the cross-entropy",
-                                    check=((lambda v: 0 <= v < 1), "in [0, 1)"))
-    whiten_bias_epochs: int = option(3, "epochs the whitening layer's bias trains before it is frozen",
-                                     check=at_least(0))
-    translate: int = option(2, "random translation of the training images (pixels, reflect padding)",
-                            check=at_least(0))
+    label_smoothing: float = option(
+        0.2, "label smoothing of the cross-entropy", check=((lambda v: 0 <= v < 1), "in [0, 1)")
+    )
+    whiten_bias_epochs: int = option(
+        3, "epochs the whitening layer's bias trains before it is frozen", check=at_least(0)
+    )
+    translate: int = option(2, "random translation of the training images (pixels, reflect padding)", check=at_least(0))
     widths: tuple[int, ...] = option(models.AIRBENCH_WIDTHS, "channels of the three conv groups", check=at_least(1))
     lookahead_every: int = option(5, "steps between lookahead (EMA) updates", check=at_least(1))
-    tta_level: int = option(2, "test-time augmentation: 0 none, 1 mirror, 2 mirror + translate",
-                            choices=(0, 1, 2))
-    together: int | None = option(None, "seeds trained as one program (vmapped) at a time; default all (each "
-                                        "takes several GB at batch 1,024: 1 on a 24 GB CPU machine)", check=at_least(1))
+    tta_level: int = option(2, "test-time augmentation: 0 none, 1 mirror, 2 mirror + translate", choices=(0, 1, 2))
+    together: int | None = option(
+        None,
+        "seeds trained as one program (vmapped) at a time; default all (each "
+        "takes several GB at batch 1,024: 1 on a 24 GB CPU machine)",
+        check=at_least(1),
+    )
     whiten_images: int = option(5000, "training images whose patches set the whitening layer", check=at_least(1))
     train_size: int | None = option(None, "train on the first N training images only", check=at_least(1))
     eval_chunk: int = option(500, "test images per forward pass at evaluation", check=at_least(1))
@@ -104,6 +111,7 @@ CONFIG = AirbenchConfig
 
 # ------------------------------------------------------------------------------ the whitening layer
 
+
 def whiten(x, size: int = 2, eps: float = 5e-4) -> np.ndarray:
     """The whitening layer's HWIO kernel from NHWC images ``x``: with ``C`` the covariance (about 0,
     as airbench) of all ``size x size`` patches, ``C = V diag(lam) V^T``, the filters are the
@@ -116,9 +124,10 @@ def whiten(x, size: int = 2, eps: float = 5e-4) -> np.ndarray:
     d = size * size * c
     cov, count = np.zeros((d, d)), 0
     for i in range(0, n, 500):  # patches ordered (row, column, channel), as an HWIO kernel flattens
-        b = x[i:i + 500]
-        p = np.concatenate([b[:, r:h - size + 1 + r, q:w - size + 1 + q] for r in range(size) for q in range(size)],
-                           axis=-1).reshape(-1, d)
+        b = x[i : i + 500]
+        p = np.concatenate(
+            [b[:, r : h - size + 1 + r, q : w - size + 1 + q] for r in range(size) for q in range(size)], axis=-1
+        ).reshape(-1, d)
         cov += p.T @ p
         count += len(p)
     lam, V = np.linalg.eigh(cov / count)
@@ -129,21 +138,25 @@ def whiten(x, size: int = 2, eps: float = 5e-4) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the optimizer
 
+
 def roles(model, params) -> list:
     """Each parameter's part in airbench's optimizer: the whitening weights and the batch-norm
     scales are ``frozen``; the whitening bias trains for a few epochs (``whiten_bias``); the
     batch-norm shifts (``norm_bias``) and the other weights (``other``) are PyTorch's two groups."""
+
     def role(i, layer, k):
         if i == 0:
             return "frozen" if k == "W" else "whiten_bias"
         if isinstance(layer, L.BatchNorm):
             return "frozen" if k == "scale" else "norm_bias"
         return "other"
+
     return [{k: role(i, layer, k) for k in p} for i, (layer, p) in enumerate(zip(model.layers, params))]
 
 
 class Hyper(NamedTuple):
     """The two parameter groups' hand-SGD hyperparameters and whether the whitening bias trains."""
+
     norm: optim.SGDHyperparams
     other: optim.SGDHyperparams
     whiten_on: Any
@@ -157,8 +170,11 @@ def hyperparams(cfg, steps_per_epoch: int) -> tuple[Hyper, int]:
     lr, wd = cfg.lr / k, cfg.weight_decay * cfg.batch_size / k
     lr_b = lr * cfg.bias_scaler
     sched = schedules.triangle(total, int(0.23 * total), 0.2, 0.07)
-    return Hyper(optim.sgd_hyperparams(lr_b, cfg.momentum, wd / lr_b, schedule=sched),
-                 optim.sgd_hyperparams(lr, cfg.momentum, wd / lr, schedule=sched), True), total
+    return Hyper(
+        optim.sgd_hyperparams(lr_b, cfg.momentum, wd / lr_b, schedule=sched),
+        optim.sgd_hyperparams(lr, cfg.momentum, wd / lr, schedule=sched),
+        True,
+    ), total
 
 
 def make_optimizer(role_tree) -> optim.Optimizer:
@@ -170,18 +186,22 @@ def make_optimizer(role_tree) -> optim.Optimizer:
     groups = optim.partition({"frozen": None, "whiten_bias": sgd, "norm_bias": sgd, "other": sgd}, role_tree)
 
     def update(grads, state, params, hp: Hyper):
-        new, new_state = groups.update(grads, state, params, {"whiten_bias": hp.other, "norm_bias": hp.norm,
-                                                              "other": hp.other})
-        new = jax.tree_util.tree_map(lambda r, n, p: jnp.where(hp.whiten_on, n, p) if r == "whiten_bias" else n,
-                                     role_tree, new, params)
-        new_state["whiten_bias"] = jax.tree_util.tree_map(lambda n, s: jnp.where(hp.whiten_on, n, s),
-                                                          new_state["whiten_bias"], state["whiten_bias"])
+        new, new_state = groups.update(
+            grads, state, params, {"whiten_bias": hp.other, "norm_bias": hp.norm, "other": hp.other}
+        )
+        new = jax.tree_util.tree_map(
+            lambda r, n, p: jnp.where(hp.whiten_on, n, p) if r == "whiten_bias" else n, role_tree, new, params
+        )
+        new_state["whiten_bias"] = jax.tree_util.tree_map(
+            lambda n, s: jnp.where(hp.whiten_on, n, s), new_state["whiten_bias"], state["whiten_bias"]
+        )
         return new, new_state
 
     return optim.Optimizer(groups.init, update)
 
 
 # ------------------------------------------------------------------------------ the epoch
+
 
 def _lerp(ema, net, w):
     return jax.tree_util.tree_map(lambda e, x: e + jnp.asarray(w, e.dtype) * (x - e), ema, net)
@@ -193,8 +213,9 @@ def make_lookahead_step(model, optimizer, total_steps: int, lookahead_every: int
     summed loss, the update, and the lookahead (every ``lookahead_every`` steps ``ema`` moves
     towards the network by ``1 - decay`` and the network jumps to it; after step ``total_steps``
     the network takes ``ema``). The loss returned is the batch's mean."""
+
     def decay(c):
-        return 0.95 ** 5 * (c / total_steps) ** 3
+        return 0.95**5 * (c / total_steps) ** 3
 
     def step(carry, xb, yb, hp):
         params, opt_state, mstate, ema, count = carry
@@ -202,10 +223,14 @@ def make_lookahead_step(model, optimizer, total_steps: int, lookahead_every: int
         params, opt_state = optimizer.update(g, opt_state, params, hp)
         c = count + 1
         look = c % lookahead_every == 0
-        ema = jax.tree_util.tree_map(lambda e, n: jnp.where(look, n, e), ema, _lerp(ema, (params, mstate), 1.0 - decay(c)))
-        params, mstate = jax.tree_util.tree_map(lambda e, n: jnp.where(look | (c >= total_steps), e, n),
-                                                ema, (params, mstate))
+        ema = jax.tree_util.tree_map(
+            lambda e, n: jnp.where(look, n, e), ema, _lerp(ema, (params, mstate), 1.0 - decay(c))
+        )
+        params, mstate = jax.tree_util.tree_map(
+            lambda e, n: jnp.where(look | (c >= total_steps), e, n), ema, (params, mstate)
+        )
         return (params, opt_state, mstate, ema, c), (loss / yb.shape[0], losses.accuracy(logits, yb))
+
     return step
 
 
@@ -222,6 +247,7 @@ def make_crop_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: in
     seeded permutation, each cropped from the reflect-padded images at a random offset per image
     (and mirrored when ``flip_all``); steps past ``total_steps`` do nothing (``active`` 0), so the
     fractional last epoch stops where airbench's does."""
+
     def epoch(carry, x_pad, y, hp, flip_all, key):
         k_perm, k_crop = jax.random.split(key)
         idx = jax.random.permutation(k_perm, y.shape[0])[: steps_per_epoch * batch_size]
@@ -235,29 +261,32 @@ def make_crop_epoch(step, batch_size: int, steps_per_epoch: int, total_steps: in
             def go(carry):
                 xb = crop(x_pad[i], o, pad)
                 return step(carry, jnp.where(flip_all, xb[:, :, ::-1, :], xb), y[i], hp)
+
             zero = jnp.zeros((), jnp.float32)
             carry, (loss, acc) = jax.lax.cond(active, go, lambda carry: (carry, (zero, zero)), carry)
             return carry, (loss, acc, active.astype(jnp.float32))
 
         return jax.lax.scan(body, carry, (idx, offsets))
+
     return epoch
 
 
 # ------------------------------------------------------------------------------ evaluation
 
+
 def tta_logits(model, params, state, x, level: int = 2):
     """airbench's test-time augmentation of eval-mode logits (module docstring): level 0 the plain
     logits, 1 the mean with the mirror's, 2 that averaged half and half with the mirrored means of
     the images translated by one pixel up-left and down-right (reflect padding)."""
-    net = lambda v: model.apply(params, state, v, False, None)[0]  # noqa: E731
-    mirror = lambda v: 0.5 * net(v) + 0.5 * net(v[:, :, ::-1, :])  # noqa: E731
+    net = lambda v: model.apply(params, state, v, False, None)[0]
+    mirror = lambda v: 0.5 * net(v) + 0.5 * net(v[:, :, ::-1, :])
     if level == 0:
         return net(x)
     if level == 1:
         return mirror(x)
     h, w = x.shape[1:3]
     xp = reflect_pad(x, 1)
-    shifted = 0.5 * (mirror(xp[:, :h, :w]) + mirror(xp[:, 2:h + 2, 2:w + 2]))
+    shifted = 0.5 * (mirror(xp[:, :h, :w]) + mirror(xp[:, 2 : h + 2, 2 : w + 2]))
     return 0.5 * mirror(x) + 0.5 * shifted
 
 
@@ -271,12 +300,15 @@ def tta_accuracy(model, params, state, x, y, level, chunk, predict=None) -> floa
     """The accuracy of ``params`` on ``(x, y)`` in chunks of ``chunk``, with test-time augmentation
     ``level``; ``predict`` (``predictor(model, level)``) reuses its compiled program."""
     f = predict or predictor(model, level)
-    hits = sum(int(jnp.sum(f(params, state, jnp.asarray(x[i:i + chunk])) == jnp.asarray(y[i:i + chunk])))
-               for i in range(0, len(y), chunk))
+    hits = sum(
+        int(jnp.sum(f(params, state, jnp.asarray(x[i : i + chunk])) == jnp.asarray(y[i : i + chunk])))
+        for i in range(0, len(y), chunk)
+    )
     return hits / len(y)
 
 
 # ------------------------------------------------------------------------------ a dataset's runs
+
 
 def reflect_pad(x, pad):
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else x
@@ -288,8 +320,10 @@ def init_run(model, cfg, seed, x_train):
     images flipped at random once (half of them) and reflect-padded for the crops."""
     key = jax.random.PRNGKey(seed)
     params, state = model.init(key)
-    params[0] = {"W": jnp.asarray(whiten(x_train[: cfg.whiten_images]), jnp.float32),
-                 "b": jnp.zeros_like(params[0]["b"])}
+    params[0] = {
+        "W": jnp.asarray(whiten(x_train[: cfg.whiten_images]), jnp.float32),
+        "b": jnp.zeros_like(params[0]["b"]),
+    }
     x = jnp.asarray(x_train)
     mirror = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (x.shape[0], 1, 1, 1))
     return params, state, reflect_pad(jnp.where(mirror, x[:, :, ::-1, :], x), cfg.translate)
@@ -301,8 +335,17 @@ def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
     seeds = cfg.seeds(dataset)
     split_seed = (lambda s: s) if dataset == "cifar2" else (lambda s: 0)
     val_size = None if dataset == "cifar2" else 0  # CIFAR-10: airbench trains on all 50,000
-    splits = {s: data.load(dataset, seed=split_seed(s), layout="nhwc", data_dir=cfg.data_dir, val_size=val_size,
-                           train_size=cfg.train_size) for s in seeds}
+    splits = {
+        s: data.load(
+            dataset,
+            seed=split_seed(s),
+            layout="nhwc",
+            data_dir=cfg.data_dir,
+            val_size=val_size,
+            train_size=cfg.train_size,
+        )
+        for s in seeds
+    }
     model = models.airbench(cfg.widths, CLASSES[dataset], label_smoothing=cfg.label_smoothing)
     first = splits[seeds[0]].train
     p0, s0, _ = init_run(model, cfg, seeds[0], first.x[: cfg.whiten_images])
@@ -312,18 +355,31 @@ def train_runs(dataset, cfg, log=print, verbose=True) -> dict:
     if steps < 1:
         raise ValueError(f"{dataset}: {n_train} training images make no batch of {cfg.batch_size}")
     k = cfg.together or len(seeds)
-    programs = {}  # the compiled epoch of a group's shapes (the next group of that size reuses it), the predictors
-    groups = [_train_group(model, cfg, dataset, seeds[i:i + k], splits, steps, log, verbose, programs)
-              for i in range(0, len(seeds), k)]
+    programs: dict = {}  # the compiled epoch of a group's shapes (the next group of that size reuses it), the predictors
+    groups = [
+        _train_group(model, cfg, dataset, seeds[i : i + k], splits, steps, log, verbose, programs)
+        for i in range(0, len(seeds), k)
+    ]
     out = [r for g in groups for r in g["runs"]]
     tests = np.array([r["test_acc_tta"] for r in out])
-    return {"dataset": dataset, "layers": model.describe(), "n_params": models.count_params(p0),
-            "train_flops_per_image": model.train_flops(1), "seeds": list(seeds), "together": k, "n_train": n_train,
-            "steps_per_epoch": steps, "total_steps": groups[0]["total_steps"], "hand_vs_autodiff": check,
-            "runs": out, "test_acc_mean": float(tests.mean()),
-            "test_acc_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
-            "compile_s": sum(g["compile_s"] for g in groups), "train_s": sum(g["train_s"] for g in groups),
-            "epoch_s": [g["epoch_s"] for g in groups]}
+    return {
+        "dataset": dataset,
+        "layers": model.describe(),
+        "n_params": models.count_params(p0),
+        "train_flops_per_image": model.train_flops(1),
+        "seeds": list(seeds),
+        "together": k,
+        "n_train": n_train,
+        "steps_per_epoch": steps,
+        "total_steps": groups[0]["total_steps"],
+        "hand_vs_autodiff": check,
+        "runs": out,
+        "test_acc_mean": float(tests.mean()),
+        "test_acc_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
+        "compile_s": sum(g["compile_s"] for g in groups),
+        "train_s": sum(g["train_s"] for g in groups),
+        "epoch_s": [g["epoch_s"] for g in groups],
+    }
 
 
 def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, programs) -> dict:
@@ -340,11 +396,12 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, progra
     del runs
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 2))(jnp.asarray(seeds))
     n_epochs = math.ceil(cfg.epochs)
-    hp_at = lambda e: hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs))  # noqa: E731
+    hp_at = lambda e: hp._replace(whiten_on=jnp.asarray(e < cfg.whiten_bias_epochs))
     t0 = time.time()
     if x_pad.shape not in programs:
-        epoch = make_crop_epoch(make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps,
-                                total, cfg.translate)
+        epoch = make_crop_epoch(
+            make_lookahead_step(model, opt, total, cfg.lookahead_every), cfg.batch_size, steps, total, cfg.translate
+        )
         epoch = xla.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=(0,))
         programs[x_pad.shape] = epoch.lower(carry, x_pad, y, hp_at(0), jnp.asarray(False), keys).compile()
     compiled = programs[x_pad.shape]
@@ -359,41 +416,66 @@ def _train_group(model, cfg, dataset, seeds, splits, steps, log, verbose, progra
         epoch_times.append(time.time() - t)
         curves.append({"train_loss": lo.tolist(), "train_acc": ac.tolist()})
         if verbose:
-            log(f"  {dataset} seeds {list(seeds)} epoch {e + 1}/{n_epochs}: train loss {np.mean(lo):.4f} "
-                f"acc {np.mean(ac):.4f} ({epoch_times[-1]:.1f} s)")
+            log(
+                f"  {dataset} seeds {list(seeds)} epoch {e + 1}/{n_epochs}: train loss {np.mean(lo):.4f} "
+                f"acc {np.mean(ac):.4f} ({epoch_times[-1]:.1f} s)"
+            )
     train_s = time.time() - t0 - compile_s
     del x_pad
     params, _, state, _, count = carry
     out = []
     for level in {cfg.tta_level, 0}:  # held with the epochs: the next group evaluates with the same programs
         programs.setdefault(("predict", level), predictor(model, level))
-    acc = lambda p, st, split, level: tta_accuracy(model, p, st, split.x, split.y, level,  # noqa: E731
-                                                   cfg.eval_chunk, programs[("predict", level)])
+    acc = lambda p, st, split, level: tta_accuracy(
+        model,
+        p,
+        st,
+        split.x,
+        split.y,
+        level,
+        cfg.eval_chunk,
+        programs[("predict", level)],
+    )
     for i, s in enumerate(seeds):
         (p, st), sp = train.unstack_params((params, state), i), splits[s]
         t = time.time()
-        r = {"seed": s, "steps": int(count[i]),
-             "test_acc_tta": acc(p, st, sp.test, cfg.tta_level), "tta_eval_s": time.time() - t,
-             "test_acc_plain": acc(p, st, sp.test, 0)}
+        r = {
+            "seed": s,
+            "steps": int(count[i]),
+            "test_acc_tta": acc(p, st, sp.test, cfg.tta_level),
+            "tta_eval_s": time.time() - t,
+            "test_acc_plain": acc(p, st, sp.test, 0),
+        }
         if len(sp.val.y):
             r["val_acc_tta"] = acc(p, st, sp.val, cfg.tta_level)
         r["train_loss_curve"] = [c["train_loss"][i] for c in curves]
         r["train_acc_curve"] = [c["train_acc"][i] for c in curves]
         out.append(r)
         if verbose:
-            log(f"  {dataset} seed {s}: test accuracy {r['test_acc_tta']:.4f} with test-time augmentation, "
-                f"{r['test_acc_plain']:.4f} without")
+            log(
+                f"  {dataset} seed {s}: test accuracy {r['test_acc_tta']:.4f} with test-time augmentation, "
+                f"{r['test_acc_plain']:.4f} without"
+            )
     return {"runs": out, "total_steps": total, "compile_s": compile_s, "train_s": train_s, "epoch_s": epoch_times}
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = AirbenchConfig.make(config)
     from jaxgd.experiments import figures
-    return run_datasets("airbench", cfg, lambda ds: train_runs(ds, cfg, log, verbose),
-                        "airbench94's recipe, not tuned here; the test set read once per run, after training",
-                        desc="airbench", say=lambda ds: f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)",
-                        out=out, force=force, verbose=verbose, log=log,
-                        figures=lambda res: [("curves.png", lambda path: figures.airbench_curves(res, path))])
+
+    return run_datasets(
+        "airbench",
+        cfg,
+        lambda ds: train_runs(ds, cfg, log, verbose),
+        "airbench94's recipe, not tuned here; the test set read once per run, after training",
+        desc="airbench",
+        say=lambda ds: f"airbench on {ds} ({cfg.epochs} epochs x {len(cfg.seeds(ds))} seeds)",
+        out=out,
+        force=force,
+        verbose=verbose,
+        log=log,
+        figures=lambda res: [("curves.png", lambda path: figures.airbench_curves(res, path))],
+    )
 
 
 def _median_epoch(r) -> float:
@@ -407,19 +489,31 @@ def summary(res) -> list[dict]:
     rows = []
     for ds, r in res["datasets"].items():
         n = len(r["runs"])
-        rows.append({"dataset": ds, "model": "airbench94 network", "params": r["n_params"],
-                     "steps": r["total_steps"], "seeds": n,
-                     "test acc (TTA), mean +- std": (f"{r['test_acc_mean']:.4f} +- {r['test_acc_std']:.4f}" if n > 1
-                                                     else f"{r['test_acc_mean']:.4f} (1 seed)"),
-                     "per seed": ", ".join(f"{x['test_acc_tta']:.4f}" for x in r["runs"]),
-                     "without TTA": ", ".join(f"{x['test_acc_plain']:.4f}" for x in r["runs"]),
-                     "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
-                     "train time": f"{duration(r['train_s'])} wall, {_median_epoch(r):.0f} s per epoch"})
+        rows.append(
+            {
+                "dataset": ds,
+                "model": "airbench94 network",
+                "params": r["n_params"],
+                "steps": r["total_steps"],
+                "seeds": n,
+                "test acc (TTA), mean +- std": (
+                    f"{r['test_acc_mean']:.4f} +- {r['test_acc_std']:.4f}"
+                    if n > 1
+                    else f"{r['test_acc_mean']:.4f} (1 seed)"
+                ),
+                "per seed": ", ".join(f"{x['test_acc_tta']:.4f}" for x in r["runs"]),
+                "without TTA": ", ".join(f"{x['test_acc_plain']:.4f}" for x in r["runs"]),
+                "hand vs jax.grad (float64)": f"{r['hand_vs_autodiff']['max_rel']:.1e}",
+                "train time": f"{duration(r['train_s'])} wall, {_median_epoch(r):.0f} s per epoch",
+            }
+        )
     return rows
 
 
-COMPARE_WITH = ("airbench94 in PyTorch on a GPU: 94.01% mean test accuracy on CIFAR-10 (n = 1,000 runs, airbench "
-                "0.1.8); targets here: >= 0.940 on CIFAR-10 and >= 0.96 on CIFAR-2 (mean over 3 seeds)")
+COMPARE_WITH = (
+    "airbench94 in PyTorch on a GPU: 94.01% mean test accuracy on CIFAR-10 (n = 1,000 runs, airbench "
+    "0.1.8); targets here: >= 0.940 on CIFAR-10 and >= 0.96 on CIFAR-2 (mean over 3 seeds)"
+)
 
 
 def about(res, out) -> str:
@@ -427,26 +521,37 @@ def about(res, out) -> str:
     c, p = res["config"], res["provenance"]
     hours = sum(d["train_s"] for d in res["datasets"].values()) / 3600
     k = {d.get("together") for d in res["datasets"].values()}
-    together = "every dataset's seeds as one program" if k == {None} or c.get("together") is None else (
-        f"{c['together']} seed(s) per program")
-    return (f"**airbench94's network and recipe, every gradient by hand** (`jaxgd airbench`; `models.airbench`, the "
-            f"network of the CIFAR-10 speed record, Jordan 2024, arXiv 2404.00498, trained by the hand reverse pass "
-            f"and the hand SGD: whitening from the patch covariance, label smoothing {c['label_smoothing']:g}, Nesterov "
-            f"SGD with airbench's two parameter groups, triangle schedule, lookahead, alternating flips, "
-            f"{c['translate']}-pixel translations, {c['epochs']:g} epochs of batch {c['batch_size']}, test-time "
-            f"augmentation at level {c['tta_level']}; the recipe is airbench94's, not tuned here, and the test set is "
-            f"read once per run, after training; float32 on `{p.get('device')}` ({p.get('cpu_model')}), {hours:.1f} h of "
-            f"training, {together}, shared part of the time with other runs).")
+    together = (
+        "every dataset's seeds as one program"
+        if k == {None} or c.get("together") is None
+        else (f"{c['together']} seed(s) per program")
+    )
+    return (
+        f"**airbench94's network and recipe, every gradient by hand** (`jaxgd airbench`; `models.airbench`, the "
+        f"network of the CIFAR-10 speed record, Jordan 2024, arXiv 2404.00498, trained by the hand reverse pass "
+        f"and the hand SGD: whitening from the patch covariance, label smoothing {c['label_smoothing']:g}, Nesterov "
+        f"SGD with airbench's two parameter groups, triangle schedule, lookahead, alternating flips, "
+        f"{c['translate']}-pixel translations, {c['epochs']:g} epochs of batch {c['batch_size']}, test-time "
+        f"augmentation at level {c['tta_level']}; the recipe is airbench94's, not tuned here, and the test set is "
+        f"read once per run, after training; float32 on `{p.get('device')}` ({p.get('cpu_model')}), {hours:.1f} h of "
+        f"training, {together}, shared part of the time with other runs)."
+    )
 
 
 def notes(res, out) -> list[str]:
     """What a dataset's few seeds say against a target stated as a mean over 3 seeds, and the epoch's
     speed from ``jaxgd bench --sections matmul airbench_epoch`` run into results/airbench."""
-    lines = [f"{ds}: {len(d['runs'])} seed(s), {d['test_acc_mean']:.4f}: "
-             + ("one run is one draw (airbench94's own runs spread around their mean of 0.9401), so "
-                if len(d["runs"]) == 1 else "")
-             + "the target, a mean over 3 seeds, is not tested by this result."
-             for ds, d in res["datasets"].items() if len(d["runs"]) < 3]
+    lines = [
+        f"{ds}: {len(d['runs'])} seed(s), {d['test_acc_mean']:.4f}: "
+        + (
+            "one run is one draw (airbench94's own runs spread around their mean of 0.9401), so "
+            if len(d["runs"]) == 1
+            else ""
+        )
+        + "the target, a mean over 3 seeds, is not tested by this result."
+        for ds, d in res["datasets"].items()
+        if len(d["runs"]) < 3
+    ]
     return lines + [_speed(load_json(f)) for f in sorted((out / "airbench/bench").glob("*.json"))]
 
 
@@ -458,25 +563,47 @@ def _speed(b) -> str:
     ratio = sec["ratios"].get("jaxgd/airbench PyTorch epoch")
     others = [f"{k} {v:.2f}" for k, v in sec["ratios"].items() if k != "jaxgd/airbench PyTorch epoch"]
     p = b["provenance"]
-    parts = [f"{name}: {r['median_s']:.1f} s" + (f" ({r['fraction_of_peak']:.2f} of the matmul peak)"
-                                                 if "fraction_of_peak" in r else "") for name, r in rows.items()]
-    return (f"Speed on `{b['device_name']}` ({p.get('cpu_model', p.get('device'))}), {b['config']['n_airbench']} images "
-            f"per epoch, median of {b['config']['repeats']}, interleaved: " + "; ".join(parts)
-            + (f"; **jaxgd/airbench PyTorch epoch {ratio:.2f}** (target <= 1.0)" if ratio else "")
-            + "".join(f"; {o}" for o in others) + f" (`airbench/bench/{b['device_name']}.json`, commit {p.get('commit')}).")
-
+    parts = [
+        f"{name}: {r['median_s']:.1f} s"
+        + (f" ({r['fraction_of_peak']:.2f} of the matmul peak)" if "fraction_of_peak" in r else "")
+        for name, r in rows.items()
+    ]
+    return (
+        f"Speed on `{b['device_name']}` ({p.get('cpu_model', p.get('device'))}), {b['config']['n_airbench']} images "
+        f"per epoch, median of {b['config']['repeats']}, interleaved: "
+        + "; ".join(parts)
+        + (f"; **jaxgd/airbench PyTorch epoch {ratio:.2f}** (target <= 1.0)" if ratio else "")
+        + "".join(f"; {o}" for o in others)
+        + f" (`airbench/bench/{b['device_name']}.json`, commit {p.get('commit')})."
+    )
 
 
 def headline(res, out) -> tuple[str, str]:
-    return ("; ".join(f"{ds} {d['test_acc_mean']:.4f}" + (f" +- {d['test_acc_std']:.4f}" if len(d["runs"]) > 1 else "")
-                      + f" ({len(d['runs'])} seed{'s' if len(d['runs']) > 1 else ''})"
-                      for ds, d in res["datasets"].items()),
-            "airbench94 in PyTorch on a GPU: 0.9401 (mean of 1,000 runs)")
+    return (
+        "; ".join(
+            f"{ds} {d['test_acc_mean']:.4f}"
+            + (f" +- {d['test_acc_std']:.4f}" if len(d["runs"]) > 1 else "")
+            + f" ({len(d['runs'])} seed{'s' if len(d['runs']) > 1 else ''})"
+            for ds, d in res["datasets"].items()
+        ),
+        "airbench94 in PyTorch on a GPU: 0.9401 (mean of 1,000 runs)",
+    )
 
 
 EXPERIMENT = Experiment(
-    name="airbench", what="airbench94's network and recipe (the CIFAR-10 speed record's) on CIFAR-10 and CIFAR-2, "
-                          "every gradient by hand, seeds as one program", run=run,
-    config=AirbenchConfig, results="airbench/results.json", summary=summary, quick=None,  # hours on a CPU
-    figures=("airbench/curves.png",), needs=("cifar10", "cifar2"), resumable=True, compare_with=COMPARE_WITH,
-    notes=notes, about=about, headline=headline)
+    name="airbench",
+    what="airbench94's network and recipe (the CIFAR-10 speed record's) on CIFAR-10 and CIFAR-2, "
+    "every gradient by hand, seeds as one program",
+    run=run,
+    config=AirbenchConfig,
+    results="airbench/results.json",
+    summary=summary,
+    quick=None,  # hours on a CPU
+    figures=("airbench/curves.png",),
+    needs=("cifar10", "cifar2"),
+    resumable=True,
+    compare_with=COMPARE_WITH,
+    notes=notes,
+    about=about,
+    headline=headline,
+)

@@ -47,6 +47,7 @@ What was changed from airbench 0.1.8:
 - PEP 8 spacing and shorter comments throughout.
 - Added (jaxgd's own): ``load_jaxgd`` and ``nchw``, to start from jaxgd's parameters and images.
 """
+
 from __future__ import annotations
 
 from math import ceil
@@ -87,7 +88,7 @@ class Conv(nn.Conv2d):
         if self.bias is not None:
             self.bias.data.zero_()
         w = self.weight.data
-        torch.nn.init.dirac_(w[:w.size(1)])
+        torch.nn.init.dirac_(w[: w.size(1)])
 
 
 class ConvGroup(nn.Module):
@@ -114,7 +115,7 @@ class ConvGroup(nn.Module):
 def make_net(widths=(64, 256, 256), classes=10, batchnorm_momentum=0.6, scaling_factor=1 / 9, dtype=torch.float32):
     """airbench's ``make_net94`` on the CPU (or wherever the caller moves it), in ``dtype``."""
     whiten_kernel_size = 2
-    whiten_width = 2 * 3 * whiten_kernel_size ** 2
+    whiten_width = 2 * 3 * whiten_kernel_size**2
     net = nn.Sequential(
         Conv(3, whiten_width, whiten_kernel_size, padding=0, bias=True),
         nn.GELU(),
@@ -176,8 +177,17 @@ class Trainer:
     """airbench's ``train`` loop, one step at a time on given batches (NCHW tensors): its two
     parameter groups, Nesterov SGD, triangle schedule, lookahead and the whitening bias's freeze."""
 
-    def __init__(self, model, batch_size, total_train_steps, learning_rate=11.5, momentum=0.85,
-                 weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2):
+    def __init__(
+        self,
+        model,
+        batch_size,
+        total_train_steps,
+        learning_rate=11.5,
+        momentum=0.85,
+        weight_decay=0.0153,
+        bias_scaler=64.0,
+        label_smoothing=0.2,
+    ):
         self.model, self.total_train_steps, self.current_steps = model, total_train_steps, 0
         kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
         lr = learning_rate / kilostep_scale
@@ -186,16 +196,18 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
         norm_biases = [p for k, p in model.named_parameters() if "norm" in k and p.requires_grad]
         other_params = [p for k, p in model.named_parameters() if "norm" not in k and p.requires_grad]
-        param_configs = [dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
-                         dict(params=other_params, lr=lr, weight_decay=wd / lr)]
+        param_configs = [
+            dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
+            dict(params=other_params, lr=lr, weight_decay=wd / lr),
+        ]
         self.optimizer = torch.optim.SGD(param_configs, momentum=momentum, nesterov=True)
         lr_schedule = triangle(total_train_steps, start=0.2, end=0.07, peak=0.23)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_schedule[i])
-        self.alpha_schedule = 0.95 ** 5 * (torch.arange(total_train_steps + 1) / total_train_steps) ** 3
+        self.alpha_schedule = 0.95**5 * (torch.arange(total_train_steps + 1) / total_train_steps) ** 3
         self.lookahead_state = LookaheadState(model)
 
     def start_epoch(self, epoch, whiten_bias_epochs=3):
-        self.model[0].bias.requires_grad = (epoch < whiten_bias_epochs)
+        self.model[0].bias.requires_grad = epoch < whiten_bias_epochs
         self.model.train()
 
     def step(self, inputs, labels):
@@ -229,15 +241,17 @@ def batch_crop(images, crop_size):
         for sy in range(-r, r + 1):
             for sx in range(-r, r + 1):
                 mask = (shifts[:, 0] == sy) & (shifts[:, 1] == sx)
-                images_out[mask] = images[mask, :, r + sy:r + sy + crop_size, r + sx:r + sx + crop_size]
+                images_out[mask] = images[mask, :, r + sy : r + sy + crop_size, r + sx : r + sx + crop_size]
     else:
-        images_tmp = torch.empty((len(images), 3, crop_size, crop_size + 2 * r), device=images.device, dtype=images.dtype)
+        images_tmp = torch.empty(
+            (len(images), 3, crop_size, crop_size + 2 * r), device=images.device, dtype=images.dtype
+        )
         for s in range(-r, r + 1):
-            mask = (shifts[:, 0] == s)
-            images_tmp[mask] = images[mask, :, r + s:r + s + crop_size, :]
+            mask = shifts[:, 0] == s
+            images_tmp[mask] = images[mask, :, r + s : r + s + crop_size, :]
         for s in range(-r, r + 1):
-            mask = (shifts[:, 1] == s)
-            images_out[mask] = images_tmp[mask, :, :, r + s:r + s + crop_size]
+            mask = shifts[:, 1] == s
+            images_out[mask] = images_tmp[mask, :, :, r + s : r + s + crop_size]
     return images_out
 
 
@@ -250,13 +264,14 @@ def train_epoch(trainer, padded, labels, epoch, batch_size, crop_size=32, whiten
         images = images.flip(-1)
     indices = torch.randperm(len(images), device=images.device)
     for i in range(len(images) // batch_size):
-        idxs = indices[i * batch_size:(i + 1) * batch_size]
+        idxs = indices[i * batch_size : (i + 1) * batch_size]
         trainer.step(images[idxs], labels[idxs])
 
 
 def infer(model, inputs, tta_level=0):
     """airbench's ``infer`` on one tensor of normalised images: logits with test-time augmentation
     (0: none, 1: mirror, 2: mirror and translate)."""
+
     def infer_basic(inputs, net):
         return net(inputs).clone()
 
@@ -283,13 +298,14 @@ def infer(model, inputs, tta_level=0):
 
 # ------------------------------------------------------------------------------ from jaxgd's parameters
 
+
 def load_jaxgd(net, params, state):
     """Copy ``models.airbench``'s parameters and batch-norm statistics into airbench's ``net``
     (HWIO kernels to OIHW, dense ``(in, out)`` to ``(out, in)``)."""
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    linear = [m for m in net.modules() if isinstance(m, nn.Linear)][0]
-    t = lambda a: torch.tensor(np.asarray(a), dtype=net[0].weight.dtype)  # noqa: E731
+    linear = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    t = lambda a: torch.tensor(np.asarray(a), dtype=net[0].weight.dtype)
     jconv = [p for p in params if "W" in p and np.ndim(p["W"]) == 4]
     jnorm = [(p, s) for p, s in zip(params, state) if "scale" in p]
     with torch.no_grad():

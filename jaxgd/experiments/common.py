@@ -1,5 +1,6 @@
 """What every experiment shares: provenance, the code fingerprint, atomic and all-or-nothing
 writes, corrupt-file handling, resumable partial runs, the results folder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -91,14 +92,18 @@ def device_label() -> str:
 # its code had (provenance "fixes"); REPORT.md and the README mark a result that lacks one of its
 # experiment's (``predates``).
 FIXES = {
-    "key_streams": ("fit drew each epoch's batch order, dropout and augmentation from fold_in(PRNGKey(seed), e), "
-                    "layer e's initialisation key; it now has a stream of its own (train.data_key)",
-                    ("cifar2", "cifar2_improved", "cifar10_softmax", "cifar10_improved", "mnist_zoo",
-                     "mnist_improved", "resnet")),
-    "conv_defaults": ("conv2d's defaults became the fastest path measured in the MNIST CNN's compiled epoch: the "
-                      "lax.conv forward above 4 input channels, dW computed as a convolution, and jaxgd's programs "
-                      "compiled with XLA:CPU's convolutions on its Eigen path (jaxgd.xla); the same arithmetic, "
-                      "rounded differently", ("gradcheck", "mnist_zoo", "mnist_improved", "resnet", "airbench")),
+    "key_streams": (
+        "fit drew each epoch's batch order, dropout and augmentation from fold_in(PRNGKey(seed), e), "
+        "layer e's initialisation key; it now has a stream of its own (train.data_key)",
+        ("cifar2", "cifar2_improved", "cifar10_softmax", "cifar10_improved", "mnist_zoo", "mnist_improved", "resnet"),
+    ),
+    "conv_defaults": (
+        "conv2d's defaults became the fastest path measured in the MNIST CNN's compiled epoch: the "
+        "lax.conv forward above 4 input channels, dW computed as a convolution, and jaxgd's programs "
+        "compiled with XLA:CPU's convolutions on its Eigen path (jaxgd.xla); the same arithmetic, "
+        "rounded differently",
+        ("gradcheck", "mnist_zoo", "mnist_improved", "resnet", "airbench"),
+    ),
 }
 
 
@@ -119,19 +124,36 @@ def provenance() -> dict:
     import chex
     import matplotlib
     import optax
+
     try:
         import tensorflow_datasets as tfds
+
         tfds_version = tfds.__version__
-    except Exception as e:  # data can come from a jaxgd export without TFDS
+    except Exception as e:  # noqa: BLE001  (data can come from a jaxgd export without TFDS)
         tfds_version = f"not importable ({type(e).__name__})"
 
     here = Path(__file__).parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=here, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here, timeout=5
+            ).stdout.strip()
+            or None
+        )
         # uncommitted changes to the library: the commit alone does not say what computed the result
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", str(here.parent)], capture_output=True,
-                                    text=True, cwd=here, timeout=5).stdout.strip()) if commit else None
+        dirty = (
+            bool(
+                subprocess.run(
+                    ["git", "status", "--porcelain", "--", str(here.parent)],
+                    capture_output=True,
+                    text=True,
+                    cwd=here,
+                    timeout=5,
+                ).stdout.strip()
+            )
+            if commit
+            else None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = dirty = None
     told = {}
@@ -156,9 +178,14 @@ def provenance() -> dict:
         "code_fingerprint": code_fingerprint(),
         "fixes": sorted(FIXES),
         "xla": xla.describe(),  # the compiler options jaxgd's programs compiled with
-        "versions": {"jax": jax.__version__, "optax": optax.__version__, "chex": chex.__version__,
-                     "numpy": np.__version__, "tensorflow_datasets": tfds_version,
-                     "matplotlib": matplotlib.__version__},
+        "versions": {
+            "jax": jax.__version__,
+            "optax": optax.__version__,
+            "chex": chex.__version__,
+            "numpy": np.__version__,
+            "tensorflow_datasets": tfds_version,
+            "matplotlib": matplotlib.__version__,
+        },
     }
 
 
@@ -265,8 +292,9 @@ def write(name, out, res, json_name="results.json", figures=(), draw=None) -> No
             draw(st)
 
 
-def run_datasets(name, cfg, train, note, *, desc, say, out=None, force=False, verbose=True, log=print,
-                 figures=lambda res: ()) -> dict:
+def run_datasets(
+    name, cfg, train, note, *, desc, say, out=None, force=False, verbose=True, log=print, figures=lambda res: ()
+) -> dict:
     """An experiment run over ``cfg.datasets``: ``train(dataset)`` for each, saved as soon as it
     finishes (``PartialRun``: a stopped run resumes at the next dataset), then the results
     ``{experiment, config, datasets, note, reused, wall_time_s, provenance}`` written with
@@ -280,8 +308,12 @@ def run_datasets(name, cfg, train, note, *, desc, say, out=None, force=False, ve
 
 
 def _resume_key(settings: dict) -> dict:
-    return {"settings": _plain(settings), "code_fingerprint": code_fingerprint(), "device": device_label(),
-            "jax": jax.__version__}
+    return {
+        "settings": _plain(settings),
+        "code_fingerprint": code_fingerprint(),
+        "device": device_label(),
+        "jax": jax.__version__,
+    }
 
 
 class PartialRun:
@@ -306,8 +338,10 @@ class PartialRun:
             else:
                 self.done, self.made_by = dict(prev.get(what, {})), dict(prev.get("provenance", {}))
                 if self.done:
-                    log(f"resuming: {len(self.done)} finished {what} kept from {path} "
-                        "(each keeps the provenance of the run that computed it)")
+                    log(
+                        f"resuming: {len(self.done)} finished {what} kept from {path} "
+                        "(each keeps the provenance of the run that computed it)"
+                    )
         self._earlier = set(self.done)
 
     @classmethod

@@ -7,6 +7,7 @@ tuples and ``pathlib.Path`` into ``str`` so that it hashes and serialises. ``add
 an ``argparse`` flag of every field (``--batch-size``), with the field's help, choices and
 default, and ``from_flags`` builds the config back from the parsed flags.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def option(default, help, *, choices=None, check=None, metavar=None, shown=None)
     """A config field: its ``default``, a ``help`` line (with units), the allowed ``choices`` and a
     ``check`` ``(predicate, "must be ...")``, both applied to each element of a tuple field; the
     flag's ``metavar`` and how ``--help`` shows the default (``shown``)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "check": check,
-                                                        "metavar": metavar, "shown": shown})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "check": check, "metavar": metavar, "shown": shown}
+    )
 
 
 def at_least(lo):
@@ -47,8 +49,9 @@ def data_dir_option():
 
 def warmup_option():
     """The ``warmup`` field of the improved protocols (``recipes.improved_schedule``)."""
-    return option(0.05, "fraction of the steps of linear warm-up before the cosine",
-                  check=((lambda v: 0 <= v < 1), "in [0, 1)"))
+    return option(
+        0.05, "fraction of the steps of linear warm-up before the cosine", check=((lambda v: 0 <= v < 1), "in [0, 1)")
+    )
 
 
 def _unwrap_optional(tp):
@@ -64,8 +67,11 @@ def _describe(tp) -> str:
     tp, optional = _unwrap_optional(tp)
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
-        s = (f"a list of {_describe(args[0])}" if len(args) == 2 and args[1] is Ellipsis
-             else f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})")
+        s = (
+            f"a list of {_describe(args[0])}"
+            if len(args) == 2 and args[1] is Ellipsis
+            else f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+        )
     else:
         s = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[tp]
     return s + " or None" if optional else s
@@ -121,7 +127,7 @@ class Config:
             where = f"{self.NAME} config {f.name!r}"
             v = _coerce(getattr(self, f.name), hints[f.name], where)
             choices, check = f.metadata.get("choices"), f.metadata.get("check")
-            for item in (() if v is None else _each(v)):
+            for item in () if v is None else _each(v):
                 if choices is not None and item not in choices:
                     raise ConfigError(f"{where}: {item!r} is not one of {list(choices)}")
                 if check is not None and not check[0](item):
@@ -150,19 +156,24 @@ class Config:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(config) - set(names), key=str)
         if unknown:
-            raise ConfigError(f"unknown {cls.NAME} config key{'s' * (len(unknown) > 1)} "
-                              f"{', '.join(map(repr, unknown))}; the keys are: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown {cls.NAME} config key{'s' * (len(unknown) > 1)} "
+                f"{', '.join(map(repr, unknown))}; the keys are: {', '.join(names)}"
+            )
         return cls(**config)
 
     def to_dict(self) -> dict:
         """The config as plain JSON values (tuples become lists)."""
+
         def plain(v):
             return [plain(x) for x in v] if isinstance(v, tuple) else v
+
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # ------------------------------------------------------------------------------------------
 # command-line flags
+
 
 def _parse_tuple(args, name):
     def parse(s):
@@ -170,6 +181,7 @@ def _parse_tuple(args, name):
         if len(parts) != len(args):
             raise argparse.ArgumentTypeError(f"{name} takes {len(args)} comma-separated values, got {s!r}")
         return tuple(_scalar_type(a)(p) for a, p in zip(args, parts))
+
     parse.__name__ = f"{len(args)} comma-separated values"
     return parse
 
@@ -187,11 +199,15 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        tp, optional = _unwrap_optional(hints[f.name])
-        shown = f.metadata.get("shown") or (" ".join(map(str, f.default)) if isinstance(f.default, tuple)
-                                            else f.default)
-        kw = {"dest": f.name, "default": argparse.SUPPRESS,
-              "help": f.metadata["help"] + ("" if f.default is None else f" (default: {shown})")}
+        tp, _optional = _unwrap_optional(hints[f.name])
+        shown = f.metadata.get("shown") or (
+            " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        )
+        kw = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f.metadata["help"] + ("" if f.default is None else f" (default: {shown})"),
+        }
         for k in ("choices", "metavar"):
             if f.metadata.get(k) is not None:
                 kw[k] = list(f.metadata[k]) if k == "choices" else f.metadata[k]

@@ -1,5 +1,6 @@
 """The experiments' figures (matplotlib), drawn from their results' layouts: each takes a results dict (or
 plain arrays) and a path, and writes one PNG."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,7 +81,7 @@ def overlay(h_a, h_b, title, path, labels=("hand backprop + hand SGD", "jax.grad
     fig, axes = _subplots(1, 2, figsize=(10, 3.6))
     for h, lab, st in ((h_a, labels[0], dict(lw=4, alpha=0.4)), (h_b, labels[1], dict(lw=1, ls="--", color="k"))):
         for ax, kind in zip(axes, ("loss", "acc")):
-            for split, mark in (("train", ""), ("val", "")):
+            for split, _mark in (("train", ""), ("val", "")):
                 y = _floats(h[f"{split}_{kind}"])
                 ax.plot(np.arange(1, len(y) + 1), y, label=f"{split}: {lab}", **st)
     axes[0].set_title(f"{title}: loss")
@@ -227,10 +228,11 @@ def seed_curves(res, path):
     a.set_title("choosing lr on validation (seed 0)", fontsize=9)
     for r in res["runs"]:
         v = np.asarray(r["val_curve"], float)
-        line, = b.plot(np.arange(1, len(v) + 1), v, label=f"seed {r['seed']}: test {r['test_acc']:.4f}")
+        (line,) = b.plot(np.arange(1, len(v) + 1), v, label=f"seed {r['seed']}: test {r['test_acc']:.4f}")
         b.plot([r["best_epoch"]], [r["val_acc"]], "o", color=line.get_color())
-    b.set_title(f"lr {ch['chosen_lr']:g} over seeds: test {res['test_acc_mean']:.4f} +- {res['test_acc_std']:.4f}",
-                fontsize=9)
+    b.set_title(
+        f"lr {ch['chosen_lr']:g} over seeds: test {res['test_acc_mean']:.4f} +- {res['test_acc_std']:.4f}", fontsize=9
+    )
     for ax in (a, b):
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy")
@@ -250,7 +252,7 @@ def _seed_curves(res, path, curve, ylabel, loss_label, label, title, best=False)
         for run in r["runs"]:
             v, tl = np.asarray(run[curve], float), np.asarray(run["train_loss_curve"], float)
             e = np.arange(1, len(v) + 1)
-            line, = ax.plot(e, v, label=label(run))
+            (line,) = ax.plot(e, v, label=label(run))
             if best:
                 ax.plot([run["best_epoch"]], [run["val_acc"]], "o", color=line.get_color())
             loss_ax.plot(e, tl, "--", color=line.get_color(), alpha=0.6)
@@ -267,26 +269,39 @@ def resnet_curves(res, path):
     """ResNet: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one
     panel per dataset, one line per seed with its best epoch marked."""
     from jaxgd.models import resnet_depth
+
     depth = resnet_depth(res["config"]["widths"], res["config"]["blocks"])
-    return _seed_curves(res, path, "val_curve", "validation accuracy (solid)", "training loss (dashed)",
-                        lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
-                        lambda ds, r: f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)", best=True)
+    return _seed_curves(
+        res,
+        path,
+        "val_curve",
+        "validation accuracy (solid)",
+        "training loss (dashed)",
+        lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
+        lambda ds, r: f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)",
+        best=True,
+    )
 
 
 def airbench_curves(res, path):
     """airbench94 by hand: training accuracy (solid) and loss (dashed, right axis) per epoch of each
     run (the training batches' own, in training mode, augmented), one panel per dataset."""
-    return _seed_curves(res, path, "train_acc_curve", "training accuracy (solid)",
-                        "training loss, smoothed labels (dashed)",
-                        lambda run: f"seed {run['seed']}: test {run['test_acc_tta']:.4f} (TTA)",
-                        lambda ds, r: f"{ds}: airbench94's network, {r['total_steps']} steps")
+    return _seed_curves(
+        res,
+        path,
+        "train_acc_curve",
+        "training accuracy (solid)",
+        "training loss, smoothed labels (dashed)",
+        lambda run: f"seed {run['seed']}: test {run['test_acc_tta']:.4f} (TTA)",
+        lambda ds, r: f"{ds}: airbench94's network, {r['total_steps']} steps",
+    )
 
 
 def zoo_seeds(res, path):
     """MNIST improved protocol: each model's test accuracy per seed (dots) and their mean (bar),
     one panel per family, with the family's target (dashed)."""
     groups = {}
-    for name, r in res["models"].items():
+    for _name, r in res["models"].items():
         groups.setdefault(r["family"], []).append(r)
     fig, axes = _subplots(1, len(groups), figsize=(3.4 * len(groups), 3.4), squeeze=False)
     for ax, (family, rs) in zip(axes[0], groups.items()):

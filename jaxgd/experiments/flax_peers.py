@@ -7,6 +7,7 @@ The update is optax's ``add_decayed_weights`` + ``sgd(momentum)``, which the tes
 jaxgd's hand SGD (PyTorch's rule); the loss is optax's integer-label softmax cross-entropy, batch
 mean. So the row differs from jaxgd's compiled epoch in one thing only: who wrote the backward.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,6 +37,7 @@ def mlp(sizes):
             for width in sizes[1:-1]:
                 x = nn.relu(nn.Dense(width)(x))
             return nn.Dense(sizes[-1])(x)
+
     return MLP()
 
 
@@ -50,12 +52,14 @@ def cnn():
                 x = nn.max_pool(nn.relu(nn.Conv(c, (3, 3), padding="SAME")(x)), (2, 2), (2, 2))
             x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
             return nn.Dense(10)(x)
+
     return CNN()
 
 
 def epoch_fn(module, hp, batch_size):
     """``(init(key, x) -> carry, epoch(carry, x, y, key) -> carry)``: one shuffled pass of SGD."""
     import optax
+
     lr, momentum, wd = hp
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum))
 
@@ -75,8 +79,10 @@ def epoch_fn(module, hp, batch_size):
             value, grads = jax.value_and_grad(loss)(params, x[i], y[i])
             updates, state = tx.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), value
+
         carry, values = jax.lax.scan(step, carry, idx)
         return carry, jnp.mean(values)
+
     return init, epoch
 
 
@@ -85,6 +91,7 @@ def row(what, module, x, y, batch_size, hp, flops, options="default"):
     compiled with the ``jaxgd.xla`` setting ``options`` (``"default"``: as a flax user's ``jax.jit``;
     ``"tuned"``: the compiler options jaxgd's own epochs take, a fair peer)."""
     from jaxgd.experiments import timing
+
     init, epoch = epoch_fn(module, hp, batch_size)
     carry = jax.jit(init)(jax.random.PRNGKey(0), x)  # one program, not one per parameter and op
     key = jax.random.PRNGKey(1)
@@ -92,5 +99,4 @@ def row(what, module, x, y, batch_size, hp, flops, options="default"):
     compiled = xla.jit(epoch, options).lower(carry, x, y, key).compile()
     compile_s = time.perf_counter() - t
     name = f"flax + optax + jax.grad compiled epoch, {what}" + ("" if options == "default" else f", xla={options}")
-    return ({"name": name, "compile_s": compile_s, "flops": flops},
-            timing.training(compiled, carry, x, y, key))
+    return ({"name": name, "compile_s": compile_s, "flops": flops}, timing.training(compiled, carry, x, y, key))

@@ -11,6 +11,7 @@ After every epoch the whole training set and the test set are evaluated in eval 
 (dropout off, batch norm on its running statistics). The test curves are reported, never
 used to choose anything. Each finished model is saved at once, so a stopped run resumes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,21 +38,29 @@ class MnistZooConfig(Config):
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay (L2 coefficient, PyTorch's coupled rule)")
     seed: int = option(0, "PRNG seed of the initial weights, batch order and dropout masks")
-    grads: str = option("hand", "gradient: the hand-derived reverse pass, jax.grad, or jax.grad through the "
-                                "hand layers' custom_vjp", choices=train.GRADS)
+    grads: str = option(
+        "hand",
+        "gradient: the hand-derived reverse pass, jax.grad, or jax.grad through the hand layers' custom_vjp",
+        choices=train.GRADS,
+    )
     conv_impl: str = option("auto", "conv2d forward", choices=layers.CONV_IMPLS)
     models: tuple[str, ...] = option(MODELS, "models to train, family/variant", choices=MODELS)
     train_size: int | None = option(None, "train on the first N of the 60,000 training images", check=at_least(1))
     data_dir: str | None = data_dir_option()
     compare_epoch: bool = option(True, "first run one epoch with hand gradients and with jax.grad and compare")
-    data_parallel: bool = option(False, "spread each minibatch over all devices (of all processes in a multi-host "
-                                        "run; jaxgd.parallel); batch norm uses the global batch's statistics")
+    data_parallel: bool = option(
+        False,
+        "spread each minibatch over all devices (of all processes in a multi-host "
+        "run; jaxgd.parallel); batch norm uses the global batch's statistics",
+    )
 
     def validate(self):
         optim.sgd_hyperparams(self.lr, self.momentum, self.weight_decay)
         if self.data_parallel and self.batch_size % jax.device_count():
-            raise ConfigError(f"mnist_zoo config: data_parallel splits each batch of {self.batch_size} over "
-                              f"{jax.device_count()} devices: the batch size must be a multiple of that")
+            raise ConfigError(
+                f"mnist_zoo config: data_parallel splits each batch of {self.batch_size} over "
+                f"{jax.device_count()} devices: the batch size must be a multiple of that"
+            )
 
 
 CONFIG = MnistZooConfig
@@ -63,22 +72,45 @@ def train_one(name, d, cfg, verbose=False, log=print) -> dict:
     model = models.mnist_zoo(family, variant, cfg.conv_impl)
     params, state = model.init(jax.random.PRNGKey(cfg.seed))
     hp = optim.sgd_hyperparams(cfg.lr, cfg.momentum, cfg.weight_decay)
-    show = progress.epoch_logger(name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"),
-                                 val_name="test")  # the zoo's protocol has no validation set: fit's val is test
+    show = progress.epoch_logger(
+        name, cfg.epochs, quiet=not verbose, log=lambda s: log(f"  {name}: {s}"), val_name="test"
+    )  # the zoo's protocol has no validation set: fit's val is test
     mesh = parallel.make_mesh(configs=1, data=jax.device_count()) if cfg.data_parallel else None
-    _, _, h = train.fit(model, params, d.train, d.test, hparams=hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        seed=cfg.seed, model_state=state, step=train.Step(grads=cfg.grads),
-                        configs=train.Configs(mesh=mesh), progress=show,
-                        monitor=train.Monitor(eval_train=True, step_losses=cfg.compare_epoch))
+    _, _, h = train.fit(
+        model,
+        params,
+        d.train,
+        d.test,
+        hparams=hp,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        model_state=state,
+        step=train.Step(grads=cfg.grads),
+        configs=train.Configs(mesh=mesh),
+        progress=show,
+        monitor=train.Monitor(eval_train=True, step_losses=cfg.compare_epoch),
+    )
     show.close()
     compare = hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, h.step_loss[0]) if cfg.compare_epoch else None
     h = h.as_dict()
-    return {"family": family, "variant": variant, "layers": model.describe(), "grads": cfg.grads,
-            "hand_vs_autodiff_epoch": compare,
-            "n_params": models.count_params(params), "train_loss": h["train_loss"], "train_acc": h["train_acc"],
-            "test_loss": h["val_loss"], "test_acc": h["val_acc"], "epoch_time_s": h["epoch_time"],
-            "compile_time_s": h["compile_time"], "diverged_at_epoch": h["diverged_at"],
-            "final_test_acc": h["val_acc"][-1], "target": TARGETS[family]}
+    return {
+        "family": family,
+        "variant": variant,
+        "layers": model.describe(),
+        "grads": cfg.grads,
+        "hand_vs_autodiff_epoch": compare,
+        "n_params": models.count_params(params),
+        "train_loss": h["train_loss"],
+        "train_acc": h["train_acc"],
+        "test_loss": h["val_loss"],
+        "test_acc": h["val_acc"],
+        "epoch_time_s": h["epoch_time"],
+        "compile_time_s": h["compile_time"],
+        "diverged_at_epoch": h["diverged_at"],
+        "final_test_acc": h["val_acc"][-1],
+        "target": TARGETS[family],
+    }
 
 
 def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, fit_losses) -> dict:
@@ -98,22 +130,38 @@ def hand_vs_autodiff_epoch(model, params, state, d, hp, cfg, fit_losses) -> dict
         first = jax.jit(lambda p, s, x, y, hp, k: epoch((p, optim.sgd_init(p), s), x, y, hp, k)[1][0])
         curves[how] = np.asarray(first(params, state, x, y, hp, key))
     gap = np.abs(curves["hand"] - curves["autodiff"])
-    return {"loss_hand": curves["hand"].tolist(), "loss_autodiff": curves["autodiff"].tolist(), "max_abs_diff": float(gap.max()),
-            "max_rel_diff": float((gap / np.abs(curves["autodiff"])).max())}
+    return {
+        "loss_hand": curves["hand"].tolist(),
+        "loss_autodiff": curves["autodiff"].tolist(),
+        "max_abs_diff": float(gap.max()),
+        "max_rel_diff": float((gap / np.abs(curves["autodiff"])).max()),
+    }
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
     cfg = MnistZooConfig.make(config)
     t0, prov = time.time(), provenance()  # the code as it was when training started
-    d = data.load("mnist", val_size=0, train_size=cfg.train_size, seed=cfg.seed, layout="nhwc",
-                  data_dir=cfg.data_dir)
+    d = data.load("mnist", val_size=0, train_size=cfg.train_size, seed=cfg.seed, layout="nhwc", data_dir=cfg.data_dir)
     part = PartialRun.of("mnist", out, cfg, "models", "models", prov, force, verbose, log)
-    done = part.each(cfg.models, lambda name: train_one(name, d, cfg, verbose, log), "MNIST zoo", quiet=not verbose,
-                     say=lambda name: log(f"training {name} ({cfg.epochs} epochs)"))
+    done = part.each(
+        cfg.models,
+        lambda name: train_one(name, d, cfg, verbose, log),
+        "MNIST zoo",
+        quiet=not verbose,
+        say=lambda name: log(f"training {name} ({cfg.epochs} epochs)"),
+    )
 
-    res = record("mnist_zoo", cfg, t0, prov, data=d.info, models=done,
-                 note="train metrics: the whole training set in eval mode after each epoch; test curves are "
-                      "reported only, never used for a choice", reused=part.reused(cfg.models))
+    res = record(
+        "mnist_zoo",
+        cfg,
+        t0,
+        prov,
+        data=d.info,
+        models=done,
+        note="train metrics: the whole training set in eval mode after each epoch; test curves are "
+        "reported only, never used for a choice",
+        reused=part.reused(cfg.models),
+    )
     write("mnist", out, res, draw=lambda st: draw_figures(res, st))
     return res
 
@@ -121,14 +169,19 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
 def draw_figures(res, d_out):
     from jaxgd import models as zoo
     from jaxgd.experiments import figures
+
     models = res["models"]
     pairs = {n: r["hand_vs_autodiff_epoch"] for n, r in models.items() if r.get("hand_vs_autodiff_epoch")}
     if pairs:
-        figures.step_loss_pairs(pairs, "MNIST zoo, first epoch: hand gradients vs jax.grad (same init, batches, masks)",
-                              d_out / "hand_vs_autodiff.png")
+        figures.step_loss_pairs(
+            pairs,
+            "MNIST zoo, first epoch: hand gradients vs jax.grad (same init, batches, masks)",
+            d_out / "hand_vs_autodiff.png",
+        )
     for name, r in models.items():
-        figures.accuracy_curves({"train": r["train_acc"], "test": r["test_acc"]}, f"MNIST {name}",
-                              d_out / f"{name.replace('/', '_')}.png")
+        figures.accuracy_curves(
+            {"train": r["train_acc"], "test": r["test_acc"]}, f"MNIST {name}", d_out / f"{name.replace('/', '_')}.png"
+        )
     for f in zoo.ZOO_FAMILIES:
         runs = {v: models[f"{f}/{v}"] for v in zoo.ZOO_VARIANTS if f"{f}/{v}" in models}
         if runs:
@@ -144,43 +197,59 @@ def summary(res) -> list[dict]:
     for name, r in res["models"].items():
         t, acc = r["epoch_time_s"], np.asarray(r["test_acc"], float)
         best = int(np.nanargmax(acc))
-        rows.append({"model": name, "params": r["n_params"], "train acc": r["train_acc"][-1],
-                     "test acc": r["final_test_acc"], "test curve's peak (epoch), not held out": f"{acc[best]:.4f} ({best + 1})",
-                     "target": r["target"], "s/epoch": float(np.median(t[1:] if len(t) > 1 else t)),
-                     "hand vs jax.grad, epoch 1 (max abs loss diff)":
-                         (r.get("hand_vs_autodiff_epoch") or {}).get("max_abs_diff", "")})
+        rows.append(
+            {
+                "model": name,
+                "params": r["n_params"],
+                "train acc": r["train_acc"][-1],
+                "test acc": r["final_test_acc"],
+                "test curve's peak (epoch), not held out": f"{acc[best]:.4f} ({best + 1})",
+                "target": r["target"],
+                "s/epoch": float(np.median(t[1:] if len(t) > 1 else t)),
+                "hand vs jax.grad, epoch 1 (max abs loss diff)": (r.get("hand_vs_autodiff_epoch") or {}).get(
+                    "max_abs_diff", ""
+                ),
+            }
+        )
     return rows
 
 
 def about(res, out) -> str:
     c = res["config"]
-    return (f"**MNIST model zoo** (CSI 5340 homework 2; 60,000 train / 10,000 test, {c['epochs']} epochs, "
-            f"batch {c['batch_size']}, hand SGD lr {c['lr']:g} momentum {c['momentum']:g} weight decay "
-            f"{c['weight_decay']:g}, one setting for all nine, gradients: {c.get('grads', 'autodiff')}; "
-            "architectures in `jaxgd.models.mnist_zoo`; test acc is the last epoch's, as the homework's protocol: "
-            "the test set is read after every epoch for the curves, so the peak of that curve is no held-out "
-            "result).")
+    return (
+        f"**MNIST model zoo** (CSI 5340 homework 2; 60,000 train / 10,000 test, {c['epochs']} epochs, "
+        f"batch {c['batch_size']}, hand SGD lr {c['lr']:g} momentum {c['momentum']:g} weight decay "
+        f"{c['weight_decay']:g}, one setting for all nine, gradients: {c.get('grads', 'autodiff')}; "
+        "architectures in `jaxgd.models.mnist_zoo`; test acc is the last epoch's, as the homework's protocol: "
+        "the test set is read after every epoch for the curves, so the peak of that curve is no held-out "
+        "result)."
+    )
 
 
 def notes(res, out) -> list[str]:
     lines = [f"Note: {res['note']}."]
-    gaps = {n: m["hand_vs_autodiff_epoch"]["max_abs_diff"] for n, m in res["models"].items()
-            if m.get("hand_vs_autodiff_epoch")}
+    gaps = {
+        n: m["hand_vs_autodiff_epoch"]["max_abs_diff"]
+        for n, m in res["models"].items()
+        if m.get("hand_vs_autodiff_epoch")
+    }
     if gaps:
         same = [n for n, g in gaps.items() if g == 0.0]
-        worst = max(gaps, key=gaps.get)
-        lines.append(f"One epoch from the same init, batches and dropout masks, with hand gradients and with `jax.grad` "
-                     f"(float32): the per-step loss curves are bit-identical for {', '.join(same) or 'none'}; the "
-                     f"largest gap is {gaps[worst]:.1e} ({worst}). The CNN curves agree for the first steps and then "
-                     "drift apart: float32 rounding (the two compute a conv's backward in different orders) amplified "
-                     "by training. In float64 the two trainings of the dropout and batch-norm CNNs agree to 1e-12 "
-                     "(`tests/test_models.py::test_hand_and_autodiff_training_agree_in_float64`).")
+        worst = max(gaps, key=lambda n: gaps[n])
+        lines.append(
+            f"One epoch from the same init, batches and dropout masks, with hand gradients and with `jax.grad` "
+            f"(float32): the per-step loss curves are bit-identical for {', '.join(same) or 'none'}; the "
+            f"largest gap is {gaps[worst]:.1e} ({worst}). The CNN curves agree for the first steps and then "
+            "drift apart: float32 rounding (the two compute a conv's backward in different orders) amplified "
+            "by training. In float64 the two trainings of the dropout and batch-norm CNNs agree to 1e-12 "
+            "(`tests/test_models.py::test_hand_and_autodiff_training_agree_in_float64`)."
+        )
     return lines
 
 
 def family_ranges(models: dict, key: str) -> str:
     """Each family's lowest and highest ``key`` over its variants: "softmax 0.9230-0.9247, ..."."""
-    fams = {}
+    fams: dict[str, list] = {}
     for m in models.values():
         fams.setdefault(m["family"], []).append(m[key])
     return ", ".join(f"{f} {min(a):.4f}-{max(a):.4f}" for f, a in fams.items())
@@ -188,14 +257,27 @@ def family_ranges(models: dict, key: str) -> str:
 
 def headline(res, out) -> tuple[str, str]:
     met = sum(m["final_test_acc"] >= m["target"] for m in res["models"].values())
-    return (f"last-epoch test acc {family_ranges(res['models'], 'final_test_acc')} (one seed); {met} of "
-            f"{len(res['models'])} meet their target",
-            "CSI 5340 targets: " + ", ".join(f"{f} {t}" for f, t in TARGETS.items()))
+    return (
+        f"last-epoch test acc {family_ranges(res['models'], 'final_test_acc')} (one seed); {met} of "
+        f"{len(res['models'])} meet their target",
+        "CSI 5340 targets: " + ", ".join(f"{f} {t}" for f, t in TARGETS.items()),
+    )
 
 
 EXPERIMENT = Experiment(
-    name="mnist_zoo", what="CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm", run=run,
-    config=MnistZooConfig, results="mnist/results.json", summary=summary, quick={"epochs": 2, "train_size": 2000},
-    figures=("mnist/variant_plain.png", "mnist/family_cnn.png", "mnist/hand_vs_autodiff.png"), needs=("mnist",),
-    resumable=True, compare_with="the CSI 5340 homework 2 targets: softmax >= 92%, MLP >= 98%, CNN >= 99.2% test "
-                                 "accuracy after 30 epochs", notes=notes, about=about, headline=headline)
+    name="mnist_zoo",
+    what="CSI 5340 homework 2: softmax, MLP and CNN, each plain / dropout / batch norm",
+    run=run,
+    config=MnistZooConfig,
+    results="mnist/results.json",
+    summary=summary,
+    quick={"epochs": 2, "train_size": 2000},
+    figures=("mnist/variant_plain.png", "mnist/family_cnn.png", "mnist/hand_vs_autodiff.png"),
+    needs=("mnist",),
+    resumable=True,
+    compare_with="the CSI 5340 homework 2 targets: softmax >= 92%, MLP >= 98%, CNN >= 99.2% test "
+    "accuracy after 30 epochs",
+    notes=notes,
+    about=about,
+    headline=headline,
+)

@@ -2,6 +2,7 @@
 (Nesterov SGD, weight decay on the weights only), the schedule (warm-up then cosine, as a fraction
 of the steps), each run's best epoch by validation, the seeds' splits stacked, each seed's test
 accuracy read once at its best epoch, and the hand gradient against ``jax.grad`` in float64."""
+
 from __future__ import annotations
 
 import jax
@@ -53,11 +54,18 @@ def seed_runs(model, params, state, hist, splits, seeds, train_curve):
     evaluate = xla.jit(train.make_eval(model))
     val_acc, curve, runs = np.asarray(hist.val_acc, float), np.asarray(getattr(hist, train_curve)), []
     for i, s in enumerate(seeds):
-        _, acc = evaluate(*train.unstack_params((params, state), i),
-                          splits[i].test.x, splits[i].test.y)
+        _, acc = evaluate(*train.unstack_params((params, state), i), splits[i].test.x, splits[i].test.y)
         e = hist.best_epoch[i]
-        runs.append({"seed": s, "best_epoch": e, "val_acc": float(val_acc[e - 1, i]), "test_acc": float(acc),
-                     "val_curve": val_acc[:, i].tolist(), f"{train_curve}_curve": curve[:, i].tolist()})
+        runs.append(
+            {
+                "seed": s,
+                "best_epoch": e,
+                "val_acc": float(val_acc[e - 1, i]),
+                "test_acc": float(acc),
+                "val_curve": val_acc[:, i].tolist(),
+                f"{train_curve}_curve": curve[:, i].tolist(),
+            }
+        )
     tests = np.array([r["test_acc"] for r in runs])
     return runs, float(tests.mean()), float(tests.std(ddof=1)) if len(tests) > 1 else 0.0
 
@@ -68,18 +76,19 @@ def hand_vs_autodiff(model, params, state, x, y) -> dict:
     denominator at least ``checker.ZERO_FLOOR`` of the largest gradient (a conv bias right before
     batch norm has gradient 0 on paper)."""
     from jaxgd import checker, gradcheck, losses
+
     loss_fn = losses.get_loss(model.loss)[0]
 
     def both(p, s, x, y):  # one compiled program: both gradients, the same dropout key
         key = jax.random.PRNGKey(0)
         return model.grad(p, s, x, y, key)[2], jax.grad(lambda p: loss_fn(model.apply(p, s, x, True, key)[0], y))(p)
+
     with jax.enable_x64(True):
         p, s, x = gradcheck.host_cast((params, state, x), np.float64)
         hand, true = jax.device_get(jax.jit(both)(p, s, x, np.asarray(y)))
     h, t = jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(true)
     top = max(float(np.max(np.abs(a))) for a in t)
-    rel = [float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), checker.ZERO_FLOOR * top)
-           for a, b in zip(h, t)]
+    rel = [float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), checker.ZERO_FLOOR * top) for a, b in zip(h, t)]
     return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
 
 
@@ -91,10 +100,26 @@ def fit_seeds(model, inits, splits, seeds, cfg, lr, epochs, augmentation, show, 
     ``improved_schedule``), each run's best epoch by validation, under the progress callback
     ``show``. Returns ``seed_runs``'s ``(runs, mean, std)`` and the ``History``."""
     train_xy, val_xy = stacked or (stack_splits(splits, "train"), stack_splits(splits, "val"))
-    hp = optim.sgd_hyperparams([lr] * len(seeds), cfg.momentum, cfg.weight_decay,
-                               schedule=improved_schedule(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size))
+    hp = optim.sgd_hyperparams(
+        [lr] * len(seeds),
+        cfg.momentum,
+        cfg.weight_decay,
+        schedule=improved_schedule(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size),
+    )
     params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
-    p, st, h = train.fit(model, params0, train_xy, val_xy, hparams=hp, epochs=epochs, batch_size=cfg.batch_size,
-                         seed=list(seeds), configs=PER_SEED_DATA, model_state=state0, monitor=BEST_BY_VAL,
-                         step=improved_step(augmentation), progress=show)
+    p, st, h = train.fit(
+        model,
+        params0,
+        train_xy,
+        val_xy,
+        hparams=hp,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        seed=list(seeds),
+        configs=PER_SEED_DATA,
+        model_state=state0,
+        monitor=BEST_BY_VAL,
+        step=improved_step(augmentation),
+        progress=show,
+    )
     return (*seed_runs(model, p, st, h, splits, seeds, train_curve), h)

@@ -2,17 +2,43 @@
 ``EXPERIMENT`` record (``protocol.Experiment``). The running (``reproduce``), the reporting
 (``writeup``) and the command line read these records, and nothing else about the experiments.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from jaxgd.experiments import (airbench, bench, cifar2, cifar2_improved, cifar10_improved, cifar10_softmax, common,
-                               data_report, gradient_checks, matrix_chain, mnist_improved, mnist_zoo, resnet)
+from jaxgd.experiments import (
+    airbench,
+    bench,
+    cifar2,
+    cifar2_improved,
+    cifar10_improved,
+    cifar10_softmax,
+    common,
+    data_report,
+    gradient_checks,
+    matrix_chain,
+    mnist_improved,
+    mnist_zoo,
+    resnet,
+)
 from jaxgd.experiments.config import ConfigError
 
 # in the order they run and REPORT.md tells them
-MODULES = (gradient_checks, matrix_chain, data_report, cifar2, cifar2_improved, mnist_zoo, mnist_improved, cifar10_softmax,
-           cifar10_improved, resnet, airbench, bench)
+MODULES = (
+    gradient_checks,
+    matrix_chain,
+    data_report,
+    cifar2,
+    cifar2_improved,
+    mnist_zoo,
+    mnist_improved,
+    cifar10_softmax,
+    cifar10_improved,
+    resnet,
+    airbench,
+    bench,
+)
 EXPERIMENTS = {m.EXPERIMENT.name: m.EXPERIMENT for m in MODULES}
 
 
@@ -40,8 +66,9 @@ def config(name, profile, data_dir=None):
     """The typed config an experiment runs with in ``profile``."""
     exp = EXPERIMENTS[name]
     if profile == "quick" and exp.quick is None:
-        raise ConfigError(f"{name} runs in the full profile only: jaxgd reproduce --full --only {name}, "
-                          f"or jaxgd {exp.cli_name}")
+        raise ConfigError(
+            f"{name} runs in the full profile only: jaxgd reproduce --full --only {name}, or jaxgd {exp.cli_name}"
+        )
     extra = {"data_dir": data_dir} if data_dir and exp.needs else {}
     return exp.config.make(exp.quick if profile == "quick" else {}, **extra)
 

@@ -6,12 +6,14 @@ compilation cache and with a warm one, as the bench's compile_cache section meas
 ratios ``cache_command wall s, empty cache`` and ``cache_command wall s, warm cache`` in
 results/bench/cpu-2core.json).
 """
+
 from __future__ import annotations
 
 import gc
 import json
 import time
 import traceback
+
 from jaxgd import data, parallel, progress
 from jaxgd.experiments import common
 from jaxgd.experiments.registry import EXPERIMENTS, config, files, in_profile, root
@@ -21,8 +23,17 @@ from jaxgd.experiments.writeup import readme_results, update_readme, write_repor
 # compile_cache section rounded up; a test keeps them equal to results/bench/cpu-2core.json
 QUICK_MINUTES = (4, 2)
 
-__all__ = ["EXPERIMENTS", "QUICK_MINUTES", "config", "readme_results", "root", "run_all", "run_one", "update_readme",
-           "write_report"]
+__all__ = [
+    "EXPERIMENTS",
+    "QUICK_MINUTES",
+    "config",
+    "readme_results",
+    "root",
+    "run_all",
+    "run_one",
+    "update_readme",
+    "write_report",
+]
 
 # what run_one adds to a results file: facts of the process that ran it, not of the experiment
 PROCESS_FIELDS = ("compilation", "run_wall_s", "process_peak_rss_mb")
@@ -35,6 +46,7 @@ def run_one(name, cfg, out=None, force=False, verbose=True, log=print):
     and REPORT.md prints; and the process's peak memory so far, ``process_peak_rss_mb``. Its
     memory is released (``common.release_memory``) whether it finished or raised."""
     from jaxgd.compile_cache import CompileClock
+
     t = time.time()
     try:
         with CompileClock() as clock:
@@ -56,7 +68,7 @@ def _done(path, cfg, log) -> bool:
     prev = common.read_result(path, log)
     if prev is None:
         return False
-    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "data_dir"}  # noqa: E731
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "data_dir"}
     if strip(prev.get("config")) != strip(json.loads(json.dumps(cfg.to_dict()))):
         log(f"{path} was computed with another config: rerunning it")
         return False
@@ -90,12 +102,15 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
             status[n] = "skipped (done)"
         else:
             todo[n] = cfgs[n]
-    for ds in dict.fromkeys(d for n, cfg in todo.items() for d in EXPERIMENTS[n].needs
-                            if not hasattr(cfg, "datasets") or d in cfg.datasets):
+    for ds in dict.fromkeys(
+        d for n, cfg in todo.items() for d in EXPERIMENTS[n].needs if not hasattr(cfg, "datasets") or d in cfg.datasets
+    ):
         data.check_available(ds, data_dir)
     if profile == "quick" and not only and len(todo) == len(names):
-        log(f"[reproduce] the quick profile: about {QUICK_MINUTES[0]} min on a 2-core CPU the first time, "
-            f"{QUICK_MINUTES[1]} once its programs are in the compilation cache")
+        log(
+            f"[reproduce] the quick profile: about {QUICK_MINUTES[0]} min on a 2-core CPU the first time, "
+            f"{QUICK_MINUTES[1]} once its programs are in the compilation cache"
+        )
     # what outlives each experiment's garbage collection (modules, JAX's caches: hundreds of thousands of
     # objects by the end) is frozen, so the next collection need not walk it again; only where the caller
     # froze nothing, so that unfreezing at the end leaves the process as it was
@@ -108,7 +123,7 @@ def run_all(profile="quick", only=None, force=False, base=None, data_dir=None, l
                 res = run_one(n, cfg, out, force, not quiet, log)
                 wall = res.get("run_wall_s") if isinstance(res, dict) else None  # the time REPORT.md prints
                 status[n] = f"ok ({time.time() - t if wall is None else wall:.0f} s)"
-            except Exception as e:  # one failing experiment must not stop the others
+            except Exception as e:  # noqa: BLE001  (one failing experiment must not stop the others)
                 traceback.print_exc()
                 status[n] = f"FAILED: {type(e).__name__}: {e}"
             log(f"[{n}] {status[n]}")

@@ -9,6 +9,7 @@ the XLA programs compiled (or loaded from the cache) and the process's peak memo
 <commit>``): its rows are measured the same way, beside this tree's, and labelled with its commit,
 so that a change's before and after are one run of the same probes on the same machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ PROBES = {
     "check(dense(4), (3,))": "jaxgd.check(jaxgd.layers.dense(4), (3,))",
     "check(conv2d(8, 3), (8, 8, 3))": "jaxgd.check(jaxgd.layers.conv2d(8, 3), (8, 8, 3))",
     "check(jax.nn.softmax, x (3, 6))": "import jax, numpy; jaxgd.check(jax.nn.softmax, "
-                                       "numpy.random.default_rng(0).standard_normal((3, 6)))",
+    "numpy.random.default_rng(0).standard_normal((3, 6)))",
 }
 # probes an older tree cannot run (a baseline measures the others): check of any function came with 29d23c1
 NEW_PROBES = ("check(jax.nn.softmax, x (3, 6))",)
@@ -59,8 +60,12 @@ print(json.dumps(out))
 
 def _commit(tree: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -80,18 +85,34 @@ def measure(tree: Path | None = None, log=None) -> list[dict]:
         with tempfile.TemporaryDirectory() as cache:
             for state in ("empty cache", "warm cache"):
                 t = time.perf_counter()
-                r = subprocess.run([sys.executable, "-c", CHILD, str(stmt), cache], capture_output=True, text=True,
-                                   env=env, cwd=tempfile.gettempdir())
+                r = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(stmt), cache],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=tempfile.gettempdir(),
+                )
                 wall = time.perf_counter() - t
                 if r.returncode != 0:
                     raise RuntimeError(f"startup probe {name!r}{label} failed: {r.stderr[-2000:]}")
                 m = json.loads(r.stdout.strip().splitlines()[-1])
                 secs = m["import_s"] if stmt is None else m["first_s"]
-                rows.append({"name": f"{name}, a fresh process, {state}{label}", "median_s": secs, "min_s": secs,
-                             "max_s": secs, "times_s": [secs], "process_wall_s": wall, **m})
+                rows.append(
+                    {
+                        "name": f"{name}, a fresh process, {state}{label}",
+                        "median_s": secs,
+                        "min_s": secs,
+                        "max_s": secs,
+                        "times_s": [secs],
+                        "process_wall_s": wall,
+                        **m,
+                    }
+                )
                 if log:
-                    log(f"  {rows[-1]['name']}: {secs:.2f} s, {m.get('first_programs', 0)} programs, "
-                        f"{m['peak_rss_mb']:.0f} MB")
+                    log(
+                        f"  {rows[-1]['name']}: {secs:.2f} s, {m.get('first_programs', 0)} programs, "
+                        f"{m['peak_rss_mb']:.0f} MB"
+                    )
     return rows
 
 
@@ -102,13 +123,15 @@ def bench_startup(cfg, have_torch=False, log=None) -> dict:
     by = {r["name"]: r for r in rows}
     dense, conv = "check(dense(4), (3,)), a fresh process", "check(conv2d(8, 3), (8, 8, 3)), a fresh process"
     d_cold, d_warm, c_cold = by[f"{dense}, empty cache"], by[f"{dense}, warm cache"], by[f"{conv}, empty cache"]
-    ratios = {"startup: check(dense) s, empty cache": d_cold["first_s"],
-              "startup: check(dense) programs": d_cold["first_programs"],
-              "startup: check(dense) second call s": d_cold["second_s"],
-              "startup: check(dense) second call programs": d_cold["second_programs"],
-              "startup: check(dense) s, warm cache": d_warm["first_s"],
-              "startup: check(conv2d) s, empty cache": c_cold["first_s"],
-              "startup: import jaxgd s": by["import jaxgd, a fresh process, empty cache"]["import_s"]}
+    ratios = {
+        "startup: check(dense) s, empty cache": d_cold["first_s"],
+        "startup: check(dense) programs": d_cold["first_programs"],
+        "startup: check(dense) second call s": d_cold["second_s"],
+        "startup: check(dense) second call programs": d_cold["second_programs"],
+        "startup: check(dense) s, warm cache": d_warm["first_s"],
+        "startup: check(conv2d) s, empty cache": c_cold["first_s"],
+        "startup: import jaxgd s": by["import jaxgd, a fresh process, empty cache"]["import_s"],
+    }
     soft = by.get("check(jax.nn.softmax, x (3, 6)), a fresh process, empty cache")
     if soft:
         ratios["startup: check(jax.nn.softmax) s, empty cache"] = soft["first_s"]
@@ -119,8 +142,10 @@ def bench_startup(cfg, have_torch=False, log=None) -> dict:
         rows += base
         b = {r["name"].split(" [baseline")[0]: r for r in base}
         out["baseline_commit"] = _commit(Path(cfg.startup_baseline))
-        ratios["startup: check(dense) s, empty cache, this/baseline"] = d_cold["first_s"] / b[f"{dense}, empty cache"][
-            "first_s"]
-        ratios["startup: check(conv2d) s, empty cache, this/baseline"] = c_cold["first_s"] / b[f"{conv}, empty cache"][
-            "first_s"]
+        ratios["startup: check(dense) s, empty cache, this/baseline"] = (
+            d_cold["first_s"] / b[f"{dense}, empty cache"]["first_s"]
+        )
+        ratios["startup: check(conv2d) s, empty cache, this/baseline"] = (
+            c_cold["first_s"] / b[f"{conv}, empty cache"]["first_s"]
+        )
     return out

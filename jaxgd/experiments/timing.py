@@ -5,6 +5,7 @@ ones. The rows that a ratio compares are timed in interleaved rounds (``interlea
 each, then again), so that a machine slowing down for a while slows them alike. Nothing here
 knows a model: ``jaxgd.experiments.bench_sections`` builds the rows, ``torch_peers`` the PyTorch ones.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,14 +32,16 @@ def interleaved(fns: dict, repeats=5, warmup=1) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
-            for name, ts in times.items()}
+    return {
+        name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": ts}
+        for name, ts in times.items()
+    }
 
 
 def rows(specs, repeats, per=1) -> list[dict]:
@@ -72,6 +75,7 @@ def training(compiled, carry, *args):
 
     def run():
         state["carry"] = block(compiled(state["carry"], *args)[0])
+
     return run
 
 
@@ -84,14 +88,16 @@ def device_name() -> str:
 
 def matmul_peak(sizes=(1024, 2048, 4096), repeats=5) -> dict:
     """The fastest of square float32 matmuls (jitted) of the given sizes, in GFLOP/s (2 n^3 / t)."""
-    best = None
+    if not sizes:
+        raise ValueError("matmul_peak needs at least one size")
+    best: dict = {}
     for n in sizes:
         a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
         b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
         f = jax.jit(jnp.matmul)
         r = timeit(lambda: block(f(a, b)), repeats)
-        r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
-        if best is None or r["gflops"] > best["gflops"]:
+        r["gflops"] = 2.0 * n**3 / r["median_s"] / 1e9
+        if not best or r["gflops"] > best["gflops"]:
             best = {"name": f"matmul {n}^3 float32 (jit), the fastest of sizes {list(sizes)}", **r}
     return best
 
@@ -105,11 +111,20 @@ def precision_probe() -> dict:
     got = np.asarray(jax.jit(jnp.matmul)(a.astype(np.float32), b.astype(np.float32)), np.float64)
     dot = float(np.linalg.norm(got - a @ b) / np.linalg.norm(a @ b))
     x, w = rng.standard_normal((8, 16, 16, 64)), rng.standard_normal((3, 3, 64, 64))
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     got = np.asarray(jax.jit(conv)(x.astype(np.float32), w.astype(np.float32)), np.float64)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + 16, j:j + 16], w[i, j]) for i in range(3) for j in range(3))
+    ref = sum(np.einsum("nhwc,cd->nhwd", xp[:, i : i + 16, j : j + 16], w[i, j]) for i in range(3) for j in range(3))
     cv = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-    return {"float32_matmul_rel_error": dot, "float32_conv_rel_error": cv,
-            "tf32_matmul": dot > 1e-5, "tf32_conv": cv > 1e-5}
+    return {
+        "float32_matmul_rel_error": dot,
+        "float32_conv_rel_error": cv,
+        "tf32_matmul": dot > 1e-5,
+        "tf32_conv": cv > 1e-5,
+    }

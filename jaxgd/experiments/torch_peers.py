@@ -8,13 +8,14 @@ without it).
 runs beside JAX: on the CPU, or on CUDA when JAX is on a GPU (``device``), at the float32
 precision JAX used (``precision_like``).
 """
+
 from __future__ import annotations
 
+import itertools
 import time
 
 import jax
 import numpy as np
-
 
 
 def available(want):
@@ -33,6 +34,7 @@ def available(want):
 def device():
     """Where the PyTorch reference runs: beside JAX (the CPU, or CUDA when JAX is on a GPU)."""
     import torch
+
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
@@ -48,20 +50,31 @@ def precision_like(torch, probe):
 
 def mlp(sizes):
     import torch
+
     torch.manual_seed(0)
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     return torch.nn.Sequential(*layers[:-1])
 
 
 def cnn():
     import torch
+
     torch.manual_seed(0)
     T = torch.nn
-    return T.Sequential(T.Conv2d(1, 32, 3, padding=1), T.ReLU(), T.MaxPool2d(2),
-                        T.Conv2d(32, 64, 3, padding=1), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
-                        T.Linear(3136, 128), T.ReLU(), T.Linear(128, 10))
+    return T.Sequential(
+        T.Conv2d(1, 32, 3, padding=1),
+        T.ReLU(),
+        T.MaxPool2d(2),
+        T.Conv2d(32, 64, 3, padding=1),
+        T.ReLU(),
+        T.MaxPool2d(2),
+        T.Flatten(),
+        T.Linear(3136, 128),
+        T.ReLU(),
+        T.Linear(128, 10),
+    )
 
 
 def rows(what, make_model, xt, yt, batch_size, flops, hp) -> list[tuple]:
@@ -74,8 +87,12 @@ def rows(what, make_model, xt, yt, batch_size, flops, hp) -> list[tuple]:
     row, every JAX row of the run paid page faults that a fresh process does not. On a 2-core AMD
     EPYC, jaxgd's MLP epoch at batch 256 took 0.46 s in a fresh process and 0.65 s after
     ``mallopt(M_MMAP_THRESHOLD, 128 KiB)``, and PyTorch's took 0.56 s and 0.89 s."""
-    return [({"name": f"PyTorch eager loop, {what}", "torch_device": device(), "flops": flops},
-             loop(make_model(), xt, yt, batch_size, hp))]
+    return [
+        (
+            {"name": f"PyTorch eager loop, {what}", "torch_device": device(), "flops": flops},
+            loop(make_model(), xt, yt, batch_size, hp),
+        )
+    ]
 
 
 def compiled_row(what, make_model, xt, yt, batch_size, flops, hp) -> tuple:
@@ -83,6 +100,7 @@ def compiled_row(what, make_model, xt, yt, batch_size, flops, hp) -> tuple:
     ``"reduce-overhead"``, CUDA graphs, on CUDA). Its compile time is what the first epoch took
     beyond the second (inductor compiles the forward and backward on the first step)."""
     import torch
+
     on_cuda = device() == "cuda"
     model = torch.compile(make_model().to(device()), mode="reduce-overhead" if on_cuda else None)
     run = loop(model, xt, yt, batch_size, hp)
@@ -93,15 +111,24 @@ def compiled_row(what, make_model, xt, yt, batch_size, flops, hp) -> tuple:
     run()
     compile_s = first - (time.perf_counter() - t)
     mode = "reduce-overhead" if on_cuda else "default"
-    return ({"name": f"PyTorch torch.compile ({mode}) loop, {what}", "torch_device": device(), "compile_s": compile_s,
-             "flops": flops}, run)
+    return (
+        {
+            "name": f"PyTorch torch.compile ({mode}) loop, {what}",
+            "torch_device": device(),
+            "compile_s": compile_s,
+            "flops": flops,
+        },
+        run,
+    )
 
 
 def under(context, fn):
     """``fn`` run inside ``context``, entered anew at every call."""
+
     def run():
         with context:
             fn()
+
     return run
 
 
@@ -109,6 +136,7 @@ def loop(model, xt, yt, batch_size, hp):
     """A callable running one epoch of PyTorch's usual loop: shuffle, zero_grad, forward,
     cross_entropy, backward, SGD step."""
     import torch
+
     dev = device()
     model, xt, yt = model.to(dev), xt.to(dev), yt.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=hp[0], momentum=hp[1], weight_decay=hp[2])
@@ -123,6 +151,7 @@ def loop(model, xt, yt, batch_size, hp):
             opt.step()
         if dev == "cuda":
             torch.cuda.synchronize()
+
     return run
 
 
@@ -130,6 +159,7 @@ def time_config(model, hp, xt, yt, xv, yv, batch_size, epochs) -> float:
     """Seconds for one config: ``epochs`` of the usual loop, the running loss and accuracy kept on
     the device, and the validation loss and accuracy after every epoch, as ``train.fit`` reports them."""
     import torch
+
     dev = device()
     model = model.to(dev)
     xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
@@ -151,8 +181,16 @@ def time_config(model, hp, xt, yt, xv, yv, batch_size, epochs) -> float:
             correct += (out.argmax(1) == yt[i]).sum()
         with torch.no_grad():
             out = model(xv)
-            hist.append(torch.stack([loss_sum / n_b, correct / (n_b * batch_size),
-                                     torch.nn.functional.cross_entropy(out, yv), (out.argmax(1) == yv).float().mean()]))
+            hist.append(
+                torch.stack(
+                    [
+                        loss_sum / n_b,
+                        correct / (n_b * batch_size),
+                        torch.nn.functional.cross_entropy(out, yv),
+                        (out.argmax(1) == yv).float().mean(),
+                    ]
+                )
+            )
     torch.stack(hist).cpu()  # waits for the device
     return time.perf_counter() - t
 
@@ -161,26 +199,37 @@ def conv_parts(xs, dys, W) -> dict:
     """PyTorch's conv2 forward, weight gradient and input gradient of minibatch ``i`` of the NHWC
     stacks ``xs``/``dys`` and the HWIO kernel ``W``, in PyTorch's own layouts (NCHW, OIHW)."""
     import torch
-    tx, tdy = (nchw(a.reshape((-1,) + a.shape[2:])).view(a.shape[0], a.shape[1], a.shape[4], *a.shape[2:4])
-               for a in (xs, dys))
+
+    tx, tdy = (
+        nchw(a.reshape((-1,) + a.shape[2:])).view(a.shape[0], a.shape[1], a.shape[4], *a.shape[2:4]) for a in (xs, dys)
+    )
     tW = torch.tensor(np.asarray(W)).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
     pad = [W.shape[0] // 2, W.shape[1] // 2]
-    back = lambda mask, k: lambda i: torch.ops.aten.convolution_backward(  # noqa: E731
-        tdy[i], tx[i], tW, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask)[k]
-    return {"forward": lambda i: torch.nn.functional.conv2d(tx[i], tW, padding=pad),
-            "weight gradient": back([False, True, False], 1), "input gradient": back([True, False, False], 0)}
+    back = lambda mask, k: (
+        lambda i: torch.ops.aten.convolution_backward(
+            tdy[i], tx[i], tW, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask
+        )[k]
+    )
+    return {
+        "forward": lambda i: torch.nn.functional.conv2d(tx[i], tW, padding=pad),
+        "weight gradient": back([False, True, False], 1),
+        "input gradient": back([True, False, False], 0),
+    }
 
 
 def nchw(x):
     import torch
+
     return torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
 
 
 def tensor(x):
     import torch
+
     return torch.tensor(np.asarray(x))
 
 
 def long(y):
     import torch
+
     return torch.tensor(np.asarray(y), dtype=torch.long)
