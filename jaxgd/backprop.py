@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
 
 from jaxgd import draws, losses
 from jaxgd.layers import ACTIVATIONS, init_linear
@@ -51,7 +53,7 @@ def init_mlp(key, sizes: Sequence[int], init: str = "torch", dtype=jnp.float32) 
     return [init_linear(k, a, b, init, dtype) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
 
 
-def mlp_forward(params, x, activations="relu"):
+def mlp_forward(params: list[dict], x: Array, activations: str | Sequence[str] = "relu") -> tuple[Array, dict]:
     """Forward pass that keeps what backprop needs: ``z_l = a_{l-1} W_l + b_l``, ``a_l = f_l(z_l)``,
     ``a_0 = x`` (``(batch, d_0)`` or one ``(d_0,)`` example). Returns ``(a_L, {"z": [z_1..z_L],
     "a": [a_0..a_L]})``."""
@@ -67,12 +69,14 @@ def mlp_forward(params, x, activations="relu"):
     return acts[-1], {"z": zs, "a": acts}
 
 
-def mlp_apply(params, x, activations="relu"):
+def mlp_apply(params: list[dict], x: Array, activations: str | Sequence[str] = "relu") -> Array:
     """INF265's MLP's output (logits) for ``x``: ``mlp_forward`` without its cache."""
     return mlp_forward(params, x, activations)[0]
 
 
-def mlp_backward(params, cache, dL_dout, activations="relu"):
+def mlp_backward(
+    params: list[dict], cache: dict, dL_dout: Array, activations: str | Sequence[str] = "relu"
+) -> list[dict]:
     """Backpropagation through an MLP (the delta recursion).
 
     With ``delta_l = dL/dz_l``:
@@ -88,11 +92,12 @@ def mlp_backward(params, cache, dL_dout, activations="relu"):
     acts = cache["a"]
     if dL_dout.shape != acts[-1].shape:
         raise ValueError(f"dL_dout shape {dL_dout.shape} != network output shape {acts[-1].shape}")
-    grads = [None] * len(params)
+    grads: list = [None] * len(params)
     delta = dL_dout
     for l in reversed(range(len(params))):
-        if names[l] != "identity":  # f'(z_l), written with a_l = f(z_l)
-            delta = delta * ACTIVATIONS[names[l]][1](acts[l + 1])
+        slope = ACTIVATIONS[names[l]][1]  # f'(z_l), written with a_l = f(z_l); None for the identity
+        if slope is not None:
+            delta = delta * slope(acts[l + 1])
         a_in = acts[l]
         if a_in.ndim == 1:  # one example: outer product
             dW, db = jnp.outer(a_in, delta), delta
@@ -104,14 +109,16 @@ def mlp_backward(params, cache, dL_dout, activations="relu"):
     return grads
 
 
-def mlp_loss_and_grads(params, x, y, activations="relu", loss="cross_entropy"):
+def mlp_loss_and_grads(
+    params: list[dict], x: Array, y: Array, activations: str | Sequence[str] = "relu", loss: str = "cross_entropy"
+) -> tuple[Array, Array, list[dict]]:
     """``(L, logits, dL/dparams)`` by a forward pass, the loss derivative and ``mlp_backward``."""
     loss_fn, loss_grad = losses.get_loss(loss)
     out, cache = mlp_forward(params, x, activations)
     return loss_fn(out, y), out, mlp_backward(params, cache, loss_grad(out, y), activations)
 
 
-def linear_softmax_cost(params, x, labels, lam):
+def linear_softmax_cost(params: list[dict], x: Array, labels: Array, lam: ArrayLike) -> Array:
     """DD2424's cost ``J = mean_i CE(softmax(W x_i + b), y_i) + lam ||W||^2``.
 
     ``params`` is ``models.linear_softmax()``'s ``[{"W": (d, K), "b": (K,)}]``; its ``W`` is the
@@ -121,7 +128,7 @@ def linear_softmax_cost(params, x, labels, lam):
     return losses.softmax_cross_entropy(x @ W + b, labels) + lam * jnp.sum(W * W)
 
 
-def linear_softmax_grads(params, x, labels, lam):
+def linear_softmax_grads(params: list[dict], x: Array, labels: Array, lam: ArrayLike) -> list[dict]:
     """Closed form of DD2424: ``G = P - Y``, ``dJ/dW = X^T G / n + 2 lam W``, ``dJ/db = G^T 1 / n``.
 
     (In DD2424's column layout: ``dJ/dW = G X^T / n + 2 lam W`` with ``G = -(Y - P)``.)
@@ -142,7 +149,7 @@ def init_matrix_chain(key, K: int, scale: float | None = None, dtype=jnp.float32
     return {n: scale * draws.normal(k, (K, K), dtype) for n, k in zip("ABC", (kA, kB, kC))}
 
 
-def matrix_chain_forward(params, x):
+def matrix_chain_forward(params: dict, x: Array) -> tuple[Array, dict]:
     """``y = A x, u = sigmoid(y), v = B x, z = u + v, w = C z, L = ||w||^2``; returns ``(L, cache)``."""
     A, B, C = params["A"], params["B"], params["C"]
     K = A.shape[0]
@@ -159,12 +166,12 @@ def matrix_chain_forward(params, x):
     return w @ w, {"x": x, "u": u, "z": z, "w": w}
 
 
-def matrix_chain_loss(params, x):
+def matrix_chain_loss(params: dict, x: Array) -> Array:
     """The matrix chain's loss: ``matrix_chain_forward`` without its cache."""
     return matrix_chain_forward(params, x)[0]
 
 
-def matrix_chain_grads(params, x):
+def matrix_chain_grads(params: dict, x: Array) -> dict:
     """Chain rule, from the loss back:
 
     ``dL/dw = 2w``; ``dL/dC = (dL/dw) z^T``; ``dL/dz = C^T dL/dw``;

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +128,7 @@ class Dense(Layer):
 # ------------------------------------------------------------------------------ activations
 
 # name -> (f(z), f'(z) written with y = f(z)): the derivative needs only the output, which is the residual.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, tuple[Callable, Callable | None]] = {
     "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
     "sigmoid": (jax.nn.sigmoid, lambda y: y * (1 - y)),
     "tanh": (jnp.tanh, lambda y: 1 - y * y),

@@ -8,10 +8,14 @@ have the logits' shape.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
 
 
 def _is_concrete(x) -> bool:
@@ -23,31 +27,31 @@ def _check_same_shape(y_hat, y, what):
         raise ValueError(f"{what}: prediction shape {jnp.shape(y_hat)} != target shape {jnp.shape(y)}")
 
 
-def sum_squared_residuals(y_hat, y):
+def sum_squared_residuals(y_hat: Array, y: Array) -> Array:
     """``L = sum_i (y_i - y_hat_i)^2`` over every element (batch and outputs)."""
     _check_same_shape(y_hat, y, "sum_squared_residuals")
     return jnp.sum((y - y_hat) ** 2)
 
 
-def sum_squared_residuals_grad(y_hat, y):
+def sum_squared_residuals_grad(y_hat: Array, y: Array) -> Array:
     """``dL/dy_hat = -2 (y - y_hat)``."""
     _check_same_shape(y_hat, y, "sum_squared_residuals")
     return -2 * (y - y_hat)
 
 
-def mean_squared_error(y_hat, y):
+def mean_squared_error(y_hat: Array, y: Array) -> Array:
     """``L = mean_i (y_i - y_hat_i)^2`` over every element."""
     _check_same_shape(y_hat, y, "mean_squared_error")
     return jnp.mean((y - y_hat) ** 2)
 
 
-def mean_squared_error_grad(y_hat, y):
+def mean_squared_error_grad(y_hat: Array, y: Array) -> Array:
     """``dL/dy_hat = -2 (y - y_hat) / N`` with N the number of elements."""
     _check_same_shape(y_hat, y, "mean_squared_error")
     return -2 * (y - y_hat) / y.size
 
 
-def targets(logits, labels):
+def targets(logits: Array, labels: ArrayLike) -> Array:
     """Labels as a ``(n, k)`` probability matrix; validates what it can see."""
     k = logits.shape[-1]
     labels = jnp.asarray(labels)
@@ -65,7 +69,7 @@ def targets(logits, labels):
     return jax.nn.one_hot(labels.reshape(-1), k, dtype=logits.dtype)
 
 
-def check_labels(labels: np.ndarray, k, what="labels"):
+def check_labels(labels: np.ndarray, k: int, what: str = "labels") -> None:
     """Integer class labels (on the host) must lie in ``[0, k)``; ``k=None`` checks only ``>= 0``."""
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{what}: integer class labels expected, got dtype {labels.dtype}")
@@ -75,14 +79,14 @@ def check_labels(labels: np.ndarray, k, what="labels"):
             raise ValueError(f"{what} must lie in [0, {k}) for {k} classes; got min {lo}, max {hi}")
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits: Array, labels: ArrayLike) -> Array:
     """Mean over the batch of ``-sum_k y_k log softmax(s)_k`` (log-sum-exp stable)."""
     y = targets(logits, labels)
     logp = jax.nn.log_softmax(logits.reshape(y.shape), axis=-1)
     return -jnp.sum(y * logp) / y.shape[0]
 
 
-def softmax_cross_entropy_grad(logits, labels):
+def softmax_cross_entropy_grad(logits: Array, labels: ArrayLike) -> Array:
     """``dL/ds = (softmax(s) - y) / n`` for the batch-mean loss above."""
     y = targets(logits, labels)
     p = jax.nn.softmax(logits.reshape(y.shape), axis=-1)
@@ -137,7 +141,7 @@ LOSSES = {
 }
 
 
-def get_loss(name):
+def get_loss(name: str | CrossEntropy) -> tuple[Callable, Callable]:
     """``(loss(y_hat, y), dloss/dy_hat)`` of a name in ``LOSSES`` or of a ``CrossEntropy``."""
     if isinstance(name, CrossEntropy):
         return name, name.grad
@@ -146,7 +150,7 @@ def get_loss(name):
     return LOSSES[name]
 
 
-def takes_labels(loss) -> bool:
+def takes_labels(loss: str | CrossEntropy) -> bool:
     """Whether ``loss`` (a name or a ``CrossEntropy``) compares logits with class labels."""
     return loss == "cross_entropy" or isinstance(loss, CrossEntropy)
 
@@ -156,18 +160,18 @@ def _is_weight(path) -> bool:
     return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
 
 
-def l2_penalty(params, lam):
+def l2_penalty(params: Any, lam: ArrayLike) -> Any:
     """``lam * sum_l ||W_l||_F^2`` over leaves named ``"W"``; biases and norm scales are not penalised."""
     leaves = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_weight(p)]
     return lam * sum(jnp.sum(w * w) for w in leaves)
 
 
-def l2_penalty_grad(params, lam):
+def l2_penalty_grad(params: Any, lam: ArrayLike) -> Any:
     """``2 lam W`` for weight leaves, zeros elsewhere; same structure as ``params``."""
     return jax.tree_util.tree_map_with_path(lambda p, x: 2 * lam * x if _is_weight(p) else jnp.zeros_like(x), params)
 
 
-def accuracy(logits, labels):
+def accuracy(logits: Array, labels: ArrayLike) -> Array:
     """Fraction of rows whose arg-max matches the integer label (or the one-hot target's arg-max)."""
     labels = jnp.asarray(labels)
     if labels.shape == logits.shape:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxgd import losses, optim, parallel, xla
+
+if TYPE_CHECKING:
+    from jaxgd import models
 
 # How a training step gets its gradient: the model's hand-derived ``grad``; ``jax.grad`` of its
 # forward; or ``jax.grad`` through the hand backwards wrapped as custom_vjps (models.Model only).
@@ -310,22 +313,22 @@ def epoch_key(seed, epoch: int):
 
 
 def fit(
-    model,
-    params,
-    train,
-    val=None,
+    model: models.Model | Trainer,
+    params: Any,
+    train: tuple,
+    val: tuple | None = None,
     *,
     hparams: optim.SGDHyperparams,
     epochs: int,
     batch_size: int | None = None,
-    seed=0,
-    model_state=None,
-    step=None,
-    configs=None,
-    monitor=Monitor(),
-    progress=None,
-    callback=None,
-):
+    seed: int | Sequence[int] | np.ndarray = 0,
+    model_state: Any = None,
+    step: Step | None = None,
+    configs: Configs | None = None,
+    monitor: Monitor = Monitor(),
+    progress: Callable | None = None,
+    callback: Callable | None = None,
+) -> tuple[Any, Any, History]:
     """Train with minibatch SGD; returns ``(params, model_state, History)``.
 
     ``model`` is a model, or a ``Trainer`` (``compile``) whose programs this fit runs: a loop over
@@ -445,7 +448,14 @@ class Trainer:
 
 
 def compile(
-    model, batch_size: int, *, hparams: optim.SGDHyperparams, step=Step(), configs=Configs(), monitor=Monitor(), seed=0
+    model: models.Model,
+    batch_size: int,
+    *,
+    hparams: optim.SGDHyperparams,
+    step: Step = Step(),
+    configs: Configs = Configs(),
+    monitor: Monitor = Monitor(),
+    seed: int | Sequence[int] | np.ndarray = 0,
 ) -> Trainer:
     """Build ``fit``'s programs for ``model`` once (``Trainer``): ``fit(trainer, params, ...)`` with
     hyperparameters of the same layout (scalars, or 1-D with ``seed`` one per config or not) and the

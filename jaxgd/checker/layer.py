@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ from jaxgd.checker.compare import (
     numpy_tree,
     within,
 )
-from jaxgd.checker.programs import Pieces, store_for
+from jaxgd.checker.programs import Pieces, Programs, store_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +116,16 @@ def is_layer(obj) -> bool:
 
 
 def check(
-    subject,
-    *args,
-    in_shape=None,
-    x=None,
-    batch=None,
-    modes=MODES,
-    dtypes=DTYPES,
-    seed=0,
-    fd_per_leaf=FD_PER_LEAF,
-    programs=None,
+    subject: Any,
+    *args: Any,
+    in_shape: tuple[int, ...] | None = None,
+    x: Any = None,
+    batch: int | None = None,
+    modes: Sequence[str] = MODES,
+    dtypes: Sequence[str] = DTYPES,
+    seed: int = 0,
+    fd_per_leaf: int = FD_PER_LEAF,
+    programs: Programs | None = None,
 ) -> R.Report:
     """Check ``subject``'s hand backward (a layer with jaxgd's contract, or a ``models.Model``) on
     random examples of per-example shape ``in_shape`` (``check(layer, (6,))``; a model knows its
