@@ -13,6 +13,7 @@ options and with ``xla_cpu_experimental_ynn_fusion_type`` set to dots and reduct
 Eigen path for convolutions: what ``jaxgd.xla`` passes).
 """
 
+import os
 import time
 
 import jax
@@ -84,8 +85,11 @@ def main():
 
         return run
 
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     print(
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; batch {B}, {H}x{H}, {C_IN} -> {C_OUT}, "
+        f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, {jax.devices()[0].device_kind} ({cpu}, "
+        f"{os.cpu_count()} cores); batch {B}, {H}x{H}, {C_IN} -> {C_OUT}, "
         f"ms per call (best of 3 runs of {STEPS} calls)"
     )
     for name, part in (
