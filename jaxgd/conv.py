@@ -43,14 +43,14 @@ def _shifted_views(x, kh: int, kw: int, stride: int = 1, pad: int | None = None)
     ]
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, pad: int | None = None):
+def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1, pad: int | None = None) -> jax.Array:
     """The ``kh*kw`` shifted views of the NHWC ``x`` zero-padded by ``pad`` (default ``k // 2``,
     "same") on each side, taken every ``stride`` pixels, concatenated on the channel axis:
     ``(n, h_out, w_out, kh*kw*c)``, ordered (row, column, channel) as an HWIO kernel flattens."""
     return jnp.concatenate(_shifted_views(x, kh, kw, stride, pad), axis=-1)
 
 
-def conv(x, W, stride=1, pad=None):
+def conv(x: jax.Array, W: jax.Array, stride: int = 1, pad: int | None = None) -> jax.Array:
     """The forward convolution of NHWC ``x`` by the HWIO kernel ``W`` (``lax.conv``): "same" (pad
     ``k // 2``) unless ``pad`` is given."""
     padding = "SAME" if pad is None else [(pad, pad), (pad, pad)]
@@ -60,7 +60,9 @@ def conv(x, W, stride=1, pad=None):
 WEIGHT_GRADS = ("conv", "im2col", "taps")
 
 
-def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by: str = "conv"):
+def conv_weight_grad(
+    x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int = 1, pad: int | None = None, by: str = "conv"
+) -> jax.Array:
     """``dW = im2col(x)^T dy`` of a convolution (the same strided, padded views the forward
     multiplies), reshaped to ``w_shape`` (HWIO). ``by="conv"`` runs that sum as a convolution
     (``conv_weight_grad_as_conv``); ``by="im2col"`` builds the im2col matrix and does one matmul;
@@ -79,7 +81,9 @@ def conv_weight_grad(x, dy, w_shape, stride: int = 1, pad: int | None = None, by
     return (cols.reshape(-1, kh * kw * c_in).T @ dy.reshape(-1, c_out)).reshape(w_shape)
 
 
-def conv_weight_grad_as_conv(x, dy, w_shape, stride: int = 1, pad: int | None = None):
+def conv_weight_grad_as_conv(
+    x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int = 1, pad: int | None = None
+) -> jax.Array:
     """``dW[i, j, c, o] = sum_{b, p, q} x_pad[b, s p + i, s q + j, c] dy[b, p, q, o]`` is itself a
     convolution: of the input with its channels as the batch and its batch as the channels
     (``x`` as ``(c_in, h, w, n)``), by ``dy`` as a kernel (``(h_out, w_out, n, c_out)``, HWIO)
@@ -104,7 +108,9 @@ def conv_weight_grad_as_conv(x, dy, w_shape, stride: int = 1, pad: int | None = 
     return dw.transpose(1, 2, 0, 3)
 
 
-def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):
+def conv_input_grad(
+    dy: jax.Array, W: jax.Array, stride: int = 1, pad: int | None = None, in_hw: tuple[int, int] | None = None
+) -> jax.Array:
     """``dx`` of a convolution: ``dy`` convolved with ``W'``, the kernel flipped in space with its
     channel axes swapped. Stride 1 "same" (odd kernel): a plain "same" convolution. Otherwise the
     transposed convolution written out: ``dy`` dilated by ``stride`` (``stride - 1`` zeros between
@@ -115,6 +121,11 @@ def conv_input_grad(dy, W, stride: int = 1, pad: int | None = None, in_hw=None):
     kh, kw = W.shape[:2]
     if stride == 1 and (pad is None or (pad == kh // 2 == kw // 2 and kh % 2 and kw % 2)):
         return conv(dy, Wt)
+    if in_hw is None:
+        raise ValueError(
+            "conv_input_grad needs in_hw, the input's (height, width), for a stride above 1 or a padding "
+            "other than 'same': several input sizes give the same output size"
+        )
     pads = []
     for n_in, n_out, k in zip(in_hw, dy.shape[1:3], (kh, kw)):
         p = k // 2 if pad is None else pad

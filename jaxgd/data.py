@@ -381,14 +381,14 @@ def _raw_split(tfds_name, split, root, cache, download):
 def load(
     name: str,
     *,
-    data_dir=None,
+    data_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.1,
     val_size: int | None = None,
     train_size: int | None = None,
     seed: int = 0,
     layout: str = "flat",
     normalize: bool = True,
-    cache=True,
+    cache: bool | str | os.PathLike = True,
     download: bool = True,
 ) -> Dataset:
     """Load ``"mnist"``, ``"cifar10"`` or ``"cifar2"`` as float32 images and int32 labels.

@@ -17,10 +17,12 @@ partitionable flag off, they call ``jax.random`` itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 MIN_LENGTH = 1024
 
@@ -45,11 +47,13 @@ def _drawn(key, draw, shape, dtype, *args):
     return jax.device_put(flat[:n].reshape(shape))
 
 
-def uniform(key, shape, dtype=jnp.float32, minval=0.0, maxval=1.0):
+def uniform(
+    key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32, minval: float = 0.0, maxval: float = 1.0
+) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval)``."""
     return _drawn(key, jax.random.uniform, shape, dtype, minval, maxval)
 
 
-def normal(key, shape, dtype=jnp.float32):
+def normal(key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """``jax.random.normal(key, shape, dtype)``."""
     return _drawn(key, jax.random.normal, shape, dtype)

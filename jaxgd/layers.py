@@ -24,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxgd import draws
 
@@ -61,19 +63,21 @@ def init_linear(key, d_in: int, d_out: int, init: str = "torch", dtype=jnp.float
 class Layer:
     """The contract every layer kind implements (see the module docstring)."""
 
-    def init(self, key, in_shape, dtype=jnp.float32):
+    def init(self, key: jax.Array, in_shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> tuple[Any, Any, tuple]:
         return {}, {}, self.out_shape(tuple(in_shape))
 
     def out_shape(self, in_shape: tuple) -> tuple:
         return in_shape
 
-    def forward(self, params, state, x, *, train=False, key=None):
+    def forward(
+        self, params: Any, state: Any, x: jax.Array, *, train: bool = False, key: jax.Array | None = None
+    ) -> tuple[jax.Array, Any, Any]:
         raise NotImplementedError
 
-    def backward(self, params, residuals, dy):
+    def backward(self, params: Any, residuals: Any, dy: jax.Array) -> tuple[Any, jax.Array]:
         raise NotImplementedError
 
-    def macs(self, in_shape) -> int:
+    def macs(self, in_shape: tuple) -> int:
         return 0
 
     def __str__(self):
@@ -160,22 +164,22 @@ class Activation(Layer):
         return self.name
 
 
-def relu():
+def relu() -> Activation:
     """The rectifier ``y = max(x, 0)``; backward ``dx = dy * (x > 0)`` (0 at the kink, as PyTorch)."""
     return Activation("relu")
 
 
-def sigmoid():
+def sigmoid() -> Activation:
     """The logistic ``y = 1 / (1 + exp(-x))``; backward ``dx = dy * y (1 - y)``."""
     return Activation("sigmoid")
 
 
-def tanh():
+def tanh() -> Activation:
     """``y = tanh(x)``; backward ``dx = dy * (1 - y^2)``."""
     return Activation("tanh")
 
 
-def identity():
+def identity() -> Activation:
     """``y = x``; backward ``dx = dy``."""
     return Activation("identity")
 

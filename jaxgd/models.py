@@ -21,6 +21,8 @@ the nine MNIST models of CSI 5340 homework 2 (``mnist_zoo``) are all such models
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +136,7 @@ class Model:
         return [str(layer) for layer in self.layers]
 
 
-def count_params(params) -> int:
+def count_params(params: Any) -> int:
     """The number of scalars in a parameter pytree."""
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
@@ -142,7 +144,12 @@ def count_params(params) -> int:
 # ------------------------------------------------------------------------------ the course reports' models
 
 
-def mlp(sizes, activation="relu", init="torch", loss="cross_entropy") -> Model:
+def mlp(
+    sizes: Sequence[int],
+    activation: str | Sequence[str] = "relu",
+    init: str = "torch",
+    loss: str | losses.CrossEntropy = "cross_entropy",
+) -> Model:
     """Dense layers of widths ``sizes = (d_0, ..., d_L)``, ``activation`` after every hidden one
     (a name, or one per hidden layer); the output is linear (logits). INF265 project 1's CIFAR-2
     model is ``mlp((3072, 512, 128, 32, 2))``, 1,643,234 parameters."""
@@ -160,7 +167,7 @@ def mlp(sizes, activation="relu", init="torch", loss="cross_entropy") -> Model:
     return Model(tuple(layers), (sizes[0],), loss)
 
 
-def linear_softmax(d_in=3072, classes=10) -> Model:
+def linear_softmax(d_in: int = 3072, classes: int = 10) -> Model:
     """DD2424 assignment 1: ``P = softmax(x W + b)``, one dense layer trained on cross-entropy."""
     return Model((L.dense(classes),), (d_in,))
 
@@ -216,12 +223,14 @@ def _conv_bn(features, stride=1, size=3):
     return (L.conv2d(features, size, stride=stride), L.batch_norm())
 
 
-def resnet_depth(widths, blocks: int) -> int:
+def resnet_depth(widths: Sequence[int], blocks: int) -> int:
     """The n of a ResNet-n: two convs per block, plus the stem conv and the dense layer."""
     return 2 * len(widths) * blocks + 2
 
 
-def resnet(widths=(16, 32, 64), blocks: int = 1, classes: int = 10, in_shape=(32, 32, 3)) -> Model:
+def resnet(
+    widths: Sequence[int] = (16, 32, 64), blocks: int = 1, classes: int = 10, in_shape: tuple[int, ...] = (32, 32, 3)
+) -> Model:
     """A small residual network for CIFAR in the shape of He et al. (2016)'s CIFAR ResNets:
 
         conv 3x3 (widths[0]) - bn - relu
@@ -257,9 +266,9 @@ AIRBENCH_WIDTHS = (64, 256, 256)
 
 
 def airbench(
-    widths=AIRBENCH_WIDTHS,
+    widths: Sequence[int] = AIRBENCH_WIDTHS,
     classes: int = 10,
-    in_shape=(32, 32, 3),
+    in_shape: tuple[int, ...] = (32, 32, 3),
     bn_momentum: float = 0.4,
     logit_scale: float = 1 / 9,
     label_smoothing: float = 0.2,

@@ -13,15 +13,18 @@ dtype where they are used, so a float64 run steps with lr 0.01, not with float32
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from jaxgd import schedules
+
+Numbers = ArrayLike | Sequence[float]  # a number, or one per config of a grid
 
 
 class SGDHyperparams(NamedTuple):
@@ -34,7 +37,13 @@ class SGDHyperparams(NamedTuple):
     schedule: Any = None  # a schedules.Schedule, or None: constant lr
 
 
-def sgd_hyperparams(lr, momentum=0.0, weight_decay=0.0, dampening=0.0, schedule=None) -> SGDHyperparams:
+def sgd_hyperparams(
+    lr: Numbers,
+    momentum: Numbers = 0.0,
+    weight_decay: Numbers = 0.0,
+    dampening: Numbers = 0.0,
+    schedule: schedules.Schedule | None = None,
+) -> SGDHyperparams:
     """Validated hyperparameters (scalars or equal-length 1-D sequences, one entry per config) as
     float64 numpy arrays; a ``schedule``'s numeric arguments are broadcast to the configs too."""
     vals = [np.asarray(v, np.float64) for v in (lr, momentum, weight_decay, dampening)]
@@ -72,12 +81,12 @@ class SGDState(NamedTuple):
     count: Any  # updates made so far (int32): the first-step rule and the schedule read it
 
 
-def sgd_init(params) -> SGDState:
+def sgd_init(params: Any) -> SGDState:
     """``b = 0`` and no step made yet."""
     return SGDState(jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
 
 
-def weights_only(path, leaf) -> bool:
+def weights_only(path: tuple, leaf: Any) -> bool:
     """A weight-decay mask: decay the leaves named ``"W"`` (dense and conv kernels) and leave biases
     and batch-norm scales and shifts alone."""
     last = path[-1] if path else None
@@ -93,7 +102,7 @@ def _mask_tree(mask, params):
     return mask
 
 
-def sgd(nesterov=False, wd_mask=None):
+def sgd(nesterov: bool = False, wd_mask: Any = None) -> Optimizer:
     """The hand SGD as an ``Optimizer``, with ``torch.optim.SGD``'s rules (``nesterov`` and the
     weight-decay mask are part of the program; every number is in ``hparams``):
 
@@ -125,7 +134,7 @@ def sgd(nesterov=False, wd_mask=None):
     return Optimizer(sgd_init, update, check)
 
 
-def sgd_update(grads, state: SGDState, params, hparams: SGDHyperparams):
+def sgd_update(grads: Any, state: SGDState, params: Any, hparams: SGDHyperparams) -> tuple[Any, SGDState]:
     """One step of the default hand SGD (no Nesterov, decay on every leaf): see ``sgd``."""
     return HAND_SGD.update(grads, state, params, hparams)
 
@@ -139,14 +148,15 @@ class Optimizer(NamedTuple):
     check: Callable = lambda hparams: None  # raises on hyperparameters this optimizer cannot take
 
 
-def partition(optimizers: dict, labels) -> Optimizer:
+def partition(optimizers: dict[str, Optimizer | None], labels: Any) -> Optimizer:
     """Parameter groups (``optax.multi_transform``'s idea, for these optimizers): ``labels`` has the
     parameters' structure and holds each leaf's group name; the leaves of group ``g`` (as one list)
     are updated by ``optimizers[g]`` with ``hparams[g]`` (``update``'s hparams: a dict group ->
     hyperparameters), and a group whose optimizer is None is frozen: never changed, no state.
     ``torch.optim.SGD`` with several parameter groups is ``partition`` of ``sgd()``s."""
     label_list = jax.tree_util.tree_leaves(labels)
-    groups = [g for g, o in optimizers.items() if o is not None]
+    active = {g: o for g, o in optimizers.items() if o is not None}  # the frozen groups left out
+    groups = list(active)
 
     def split(tree):
         leaves = jax.tree_util.tree_leaves(tree)
@@ -160,18 +170,18 @@ def partition(optimizers: dict, labels) -> Optimizer:
         )
 
     def init(params):
-        return {g: optimizers[g].init(part) for g, part in split(params).items()}
+        return {g: active[g].init(part) for g, part in split(params).items()}
 
     def update(grads, state, params, hparams: dict):
         g_, p_ = split(grads), split(params)
         new, new_state = {}, {}
         for g in groups:
-            new[g], new_state[g] = optimizers[g].update(g_[g], state[g], p_[g], hparams[g])
+            new[g], new_state[g] = active[g].update(g_[g], state[g], p_[g], hparams[g])
         return merge(params, new), new_state
 
     def check(hparams: dict):
         for g in groups:
-            optimizers[g].check(hparams[g])
+            active[g].check(hparams[g])
 
     return Optimizer(init, update, check)
 
@@ -195,7 +205,7 @@ OPTAX_SCHEDULES: dict[str, Callable[..., Any]] = {
 }
 
 
-def optax_sgd(nesterov=False, wd_mask=None, schedule=None) -> Optimizer:
+def optax_sgd(nesterov: bool = False, wd_mask: Any = None, schedule: schedules.Schedule | None = None) -> Optimizer:
     """The library twin: ``optax.chain(add_decayed_weights(wd, mask), sgd(lr, momentum, nesterov))``,
     with each step's learning rate ``lr * f(step)`` from optax's own function ``f`` of ``schedule``
     (one schedule for every config: optax checks its arguments in Python).
@@ -245,7 +255,9 @@ HAND_SGD = sgd()
 OPTIMIZERS = {"hand": lambda nesterov, wd_mask, schedule: sgd(nesterov, wd_mask), "optax": optax_sgd}
 
 
-def get_optimizer(name: str, nesterov=False, wd_mask=None, schedule=None) -> Optimizer:
+def get_optimizer(
+    name: str, nesterov: bool = False, wd_mask: Any = None, schedule: schedules.Schedule | None = None
+) -> Optimizer:
     """``"hand"`` (``sgd``, which reads the schedule from the hyperparameters) or ``"optax"``
     (``optax_sgd``, built with ``schedule``), with the given Nesterov flag and weight-decay mask."""
     if name not in OPTIMIZERS:

@@ -30,10 +30,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 KINDS = ("constant", "step_decay", "cosine", "warmup_cosine", "one_cycle", "triangle")
 
@@ -98,7 +100,7 @@ def constant() -> Schedule:
     return Schedule("constant", {})
 
 
-def step_decay(step_size, gamma=0.1) -> Schedule:
+def step_decay(step_size: ArrayLike, gamma: ArrayLike = 0.1) -> Schedule:
     """``factor(t) = gamma ** floor(t / step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
     return _make(
         "step_decay",
@@ -108,7 +110,7 @@ def step_decay(step_size, gamma=0.1) -> Schedule:
     )
 
 
-def cosine(total_steps, final_fraction=0.0) -> Schedule:
+def cosine(total_steps: ArrayLike, final_fraction: ArrayLike = 0.0) -> Schedule:
     """``factor(t) = f + (1 - f) (1 + cos(pi min(t / total_steps, 1))) / 2`` with ``f = final_fraction``
     (``CosineAnnealingLR`` with ``eta_min = f lr``)."""
     return _make(
@@ -119,7 +121,7 @@ def cosine(total_steps, final_fraction=0.0) -> Schedule:
     )
 
 
-def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
+def warmup_cosine(warmup_steps: ArrayLike, total_steps: ArrayLike, final_fraction: ArrayLike = 0.0) -> Schedule:
     """A linear warm-up ``factor(t) = t / warmup_steps`` for ``t < warmup_steps``, then ``cosine`` over the remaining
     ``total_steps - warmup_steps`` steps down to ``final_fraction``."""
     s = _make(
@@ -138,7 +140,9 @@ def warmup_cosine(warmup_steps, total_steps, final_fraction=0.0) -> Schedule:
     return s
 
 
-def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> Schedule:
+def one_cycle(
+    total_steps: ArrayLike, pct_start: ArrayLike = 0.3, div_factor: ArrayLike = 25.0, final_div_factor: ArrayLike = 1e4
+) -> Schedule:
     """PyTorch's ``OneCycleLR`` with linear annealing: from ``1 / div_factor`` up to 1 at ``pct_start`` of the steps,
     then down to ``1 / (div_factor final_div_factor)``."""
     s = _make(
@@ -163,7 +167,7 @@ def one_cycle(total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
     return s
 
 
-def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
+def triangle(total_steps: ArrayLike, peak_step: ArrayLike, start: ArrayLike = 0.2, end: ArrayLike = 0.07) -> Schedule:
     """airbench's schedule: linear from ``start`` to 1 at ``peak_step``, then linear to ``end`` at ``total_steps``."""
     s = _make(
         "triangle",
@@ -183,7 +187,7 @@ def triangle(total_steps, peak_step, start=0.2, end=0.07) -> Schedule:
     return s
 
 
-def by_name(kind, **args) -> Schedule:
+def by_name(kind: str, **args: Any) -> Schedule:
     """``by_name("cosine", total_steps=100)``: a schedule from its kind's name (for configs)."""
     makers: dict[str, Callable[..., Schedule]] = {
         "constant": constant,

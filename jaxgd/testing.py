@@ -15,12 +15,14 @@ shows why a hand backward is wrong::
 
 from __future__ import annotations
 
+from typing import Any
+
 from jaxgd.checker import Report, check
 
 __all__ = ["assert_backward_correct"]
 
 
-def assert_backward_correct(subject, *args, **kwargs) -> Report:
+def assert_backward_correct(subject: Any, *args: Any, **kwargs: Any) -> Report:
     """``jaxgd.check(subject, *args, **kwargs)``; raises ``AssertionError`` with the report as its
     message when anything is wrong, else returns the report."""
     report = check(subject, *args, **kwargs)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 from jaxgd import losses, optim, parallel, xla
 
@@ -50,12 +51,13 @@ if TYPE_CHECKING:
 GRADS = ("hand", "autodiff", "vjp")
 
 
-def make_grad_fn(model, l2=0.0, grads="hand"):
+def make_grad_fn(model: models.Model, l2: float = 0.0, grads: str = "hand") -> Callable:
     """``(params, state, x, y, key) -> (loss, out, grads, new_state)`` of one training step.
 
     ``grads`` is one of ``GRADS``. ``l2 > 0`` adds ``l2 * sum ||W||^2`` to the loss and
     ``2 l2 W`` to the gradient (weights only; DD2424's cost), unlike the optimizer's weight decay.
     """
+    core: Callable
     if grads == "hand":
         if getattr(model, "grad", None) is None:
             raise ValueError("this model has no hand-derived gradient; use grads='autodiff'")
@@ -86,7 +88,9 @@ def make_grad_fn(model, l2=0.0, grads="hand"):
     return with_penalty
 
 
-def make_step(grad_fn, optimizer: optim.Optimizer, augment=None, batch_sharding=None):
+def make_step(
+    grad_fn: Callable, optimizer: optim.Optimizer, augment: Callable | None = None, batch_sharding: Any = None
+) -> Callable:
     """``step(carry, xb, yb, hparams, key) -> (carry, (loss, accuracy))``: one minibatch's gradient
     and update, ``carry = (params, opt_state, model_state)``.
 
@@ -111,7 +115,7 @@ def make_step(grad_fn, optimizer: optim.Optimizer, augment=None, batch_sharding=
     return step
 
 
-def make_epoch(step, batch_size: int, per_step=False):
+def make_epoch(step: Callable, batch_size: int, per_step: bool = False) -> Callable:
     """``epoch(carry, x, y, hparams, key) -> (carry, (mean loss, mean accuracy))``: ``step``
     (``make_step``'s) ``lax.scan``-ned over one seeded permutation of ``x`` cut into
     ``len(x) // batch_size`` minibatches (the last partial one is dropped). Loss and accuracy are
@@ -133,7 +137,7 @@ def make_epoch(step, batch_size: int, per_step=False):
     return epoch
 
 
-def predict(model, params, state, x, chunk=256):
+def predict(model: models.Model, params: Any, state: Any, x: jax.Array | np.ndarray, chunk: int = 256) -> jax.Array:
     """Eval-mode logits for ``x``, ``chunk`` rows at a time: bounded memory, and on XLA:CPU the
     CNN forward ran 2x faster in chunks of 256 than of 2000 (its im2col columns stay small)."""
     n = x.shape[0]
@@ -145,7 +149,7 @@ def predict(model, params, state, x, chunk=256):
     return out.reshape((-1,) + out.shape[2:])[:n]
 
 
-def make_eval(model, l2=0.0):
+def make_eval(model: models.Model, l2: float = 0.0) -> Callable:
     """``evaluate(params, state, x, y) -> (loss, accuracy)`` in eval mode (loss includes the l2 term)."""
     loss_fn = losses.get_loss(model.loss)[0]
 
@@ -298,7 +302,7 @@ class Monitor:
 
 
 @jax.jit
-def data_key(seed):
+def data_key(seed: ArrayLike) -> jax.Array:
     """The stream ``fit`` draws from (epoch ``e``'s batch order, dropout masks and augmentation from
     ``fold_in(data_key(seed), e)``): the second half of a split of ``PRNGKey(seed)``, so that it
     never meets the keys ``model.init(PRNGKey(seed))`` gives its layers (``fold_in(PRNGKey(seed), i)``).
@@ -307,7 +311,7 @@ def data_key(seed):
     return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
-def epoch_key(seed, epoch: int):
+def epoch_key(seed: ArrayLike, epoch: int) -> jax.Array:
     """``fit``'s key for ``epoch`` (from 0) of a run with ``seed``."""
     return jax.random.fold_in(data_key(seed), epoch)
 
@@ -787,12 +791,12 @@ def share_configs(epoch_fn, eval_fn, how="map", per_config_data=False, per_confi
     return epoch, evaluate
 
 
-def stack_params(trees):
+def stack_params(trees: Sequence[Any]) -> Any:
     """Stack equal-structure pytrees on a new leading axis (the configs axis of a vmapped fit)."""
     return _stack(list(trees))
 
 
-def unstack_params(tree, i):
+def unstack_params(tree: Any, i: int) -> Any:
     """Entry ``i`` of every leaf of a stacked pytree (the inverse of ``stack_params``)."""
     return _unstack(tree, i)
 

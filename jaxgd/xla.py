@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -66,7 +68,7 @@ def _one(x):
     return x + 1
 
 
-def jit(fun, xla: str | None = None, **kwargs):
+def jit(fun: Callable, xla: str | None = None, **kwargs: Any) -> Any:
     """``jax.jit(fun, **kwargs)`` with ``options(xla)`` merged under any ``compiler_options`` given."""
     opts = {**options(xla), **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=opts or None, **kwargs)

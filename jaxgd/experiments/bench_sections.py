@@ -362,7 +362,8 @@ def bench_grid(cfg, have_torch) -> dict:
     (x, y), params, _ = _grid(cfg)  # the configs section's data and init
     xv, yv = (np.asarray(a) for a in _mlp_data(1000, seed=1))
     grid = list(dict.fromkeys(GRID))  # 18: one config is listed twice, and cifar2 trains it once
-    hp = optim.sgd_hyperparams(*map(list, zip(*grid)))
+    lrs, moms, wds = map(list, zip(*grid))
+    hp = optim.sgd_hyperparams(lrs, moms, wds)
     k, e, bs = len(grid), cfg.grid_epochs, 64
     t = time.perf_counter()
     _, _, h = train.fit(MLP, train.stack_params([params] * k), (x, y), (xv, yv), hparams=hp, epochs=e, batch_size=bs)
