@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxgd.layers import Layer
 
 # ------------------------------------------------------------------------------ sequences and branches
 
 
-def sequence_shapes(layers, in_shape) -> list[tuple]:
+def sequence_shapes(layers: Sequence[Layer], in_shape: tuple[int, ...]) -> list[tuple]:
     """The per-example shape entering each layer of a sequence, then the output's; a layer that
     does not accept its input raises a ``ValueError`` that names it."""
     out = [tuple(in_shape)]
@@ -29,7 +31,9 @@ def sequence_shapes(layers, in_shape) -> list[tuple]:
     return out
 
 
-def sequence_init(layers, key, in_shape, dtype=jnp.float32):
+def sequence_init(
+    layers: Sequence[Layer], key: jax.Array, in_shape: tuple[int, ...], dtype: DTypeLike = jnp.float32
+) -> tuple[list, list, tuple]:
     """``(params, state, out_shape)`` of a sequence: lists with one entry per layer, layer ``i``
     initialised from ``fold_in(key, i)``."""
     params, state, shape = [], [], tuple(in_shape)
@@ -44,7 +48,15 @@ def _fold(key, i):
     return None if key is None else jax.random.fold_in(key, i)
 
 
-def sequence_forward(layers, params, state, x, *, train=False, key=None):
+def sequence_forward(
+    layers: Sequence[Layer],
+    params: list,
+    state: list,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, list, list]:
     """``(y, new_state, residuals)``: the layers in order, layer ``i`` drawing its randomness
     (dropout's mask) from ``fold_in(key, i)``."""
     new_state, residuals = [], []
@@ -55,7 +67,7 @@ def sequence_forward(layers, params, state, x, *, train=False, key=None):
     return x, new_state, residuals
 
 
-def sequence_backward(layers, params, residuals, dy):
+def sequence_backward(layers: Sequence[Layer], params: list, residuals: list, dy: jax.Array) -> tuple[list, jax.Array]:
     """The reverse pass (the delta recursion): ``delta <- dy``, then for each layer from the last,
     ``(grads_i, delta) <- layer_i.backward(params_i, residuals_i, delta)``. Returns
     ``(grads, dx)``, ``dx`` the input's gradient."""
@@ -150,28 +162,28 @@ class Branches(Layer):
         return f"{self.merge}({inner})"
 
 
-def residual(body, shortcut=()) -> Branches:
+def residual(body: Sequence[Layer], shortcut: Sequence[Layer] = ()) -> Branches:
     """``y = body(x) + shortcut(x)``: a residual block; ``shortcut=()`` is the identity, and a
     strided or wider body takes a projection, e.g. ``(conv2d(c, 1, stride=2),)``."""
     return Branches((tuple(body), tuple(shortcut)), "add")
 
 
-def fan_in_sum(*branches) -> Branches:
+def fan_in_sum(*branches: Sequence[Layer]) -> Branches:
     """``y = sum_b branch_b(x)`` (stax's ``FanOut`` + ``parallel`` + ``FanInSum``)."""
     return Branches(branches, "add")
 
 
-def fan_in_concat(*branches) -> Branches:
+def fan_in_concat(*branches: Sequence[Layer]) -> Branches:
     """``y = concat_b branch_b(x)`` on the last axis (stax's ``FanInConcat``)."""
     return Branches(branches, "concat")
 
 
-def stateless(layers) -> list:
+def stateless(layers: Sequence[Layer]) -> list:
     """The state of a sequence whose layers keep none: ``{}`` per layer, a list per branch."""
     return [[stateless(b) for b in l.branches] if isinstance(l, Branches) else {} for l in layers]
 
 
-def walk(layers, residuals=None):
+def walk(layers: Sequence[Layer], residuals: list | None = None) -> Iterator:
     """Every layer of a sequence, branches opened (depth first), with its residuals when given:
     yields ``layer`` or ``(layer, residual)``."""
     for i, layer in enumerate(layers):
@@ -195,7 +207,7 @@ def _zero_cotangent(x):
     return np.zeros(x.shape, jax.dtypes.float0)  # integer inputs (PRNG keys) take float0 cotangents
 
 
-def hand_vjp(layer: Layer, train: bool = False):
+def hand_vjp(layer: Layer, train: bool = False) -> Callable:
     """``f(params, state, x, key) -> (y, new_state)``, differentiable by ``jax.grad`` through
     ``layer.backward`` (a ``jax.custom_vjp``): the state and key get zero cotangents. Built afresh
     per call (no cache keyed on the layer): inside a jitted function it is traced once per trace,

@@ -13,10 +13,14 @@ in float64 (``jax.enable_x64`` scoped to the call) or float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike, DTypeLike
 
 # Pass thresholds on the max relative error. float64 uses INF265 project 1's 1e-6 against
 # finite differences. In float32 a finite difference is mostly rounding noise
@@ -28,19 +32,19 @@ TOLERANCES: dict[str, dict[str, float | None]] = {
 }
 
 
-def passed(report) -> bool:
+def passed(report: dict) -> bool:
     """Whether every judged error of a ``check_gradients`` report is within ``TOLERANCES``."""
     tol = TOLERANCES[report["dtype"]]
     return all(report.get(f"{k}_max", 0.0) <= t for k, t in tol.items() if t is not None)
 
 
-def rel_error(g_a, g_n, eps=1e-12):
+def rel_error(g_a: ArrayLike, g_n: ArrayLike, eps: float = 1e-12) -> np.ndarray:
     """Elementwise ``|g_a - g_n| / max(eps, |g_a| + |g_n|)``, on the host (NumPy), in the arrays' dtype."""
     g_a, g_n = np.asarray(g_a), np.asarray(g_n)
     return np.abs(g_a - g_n) / np.maximum(eps, np.abs(g_a) + np.abs(g_n))
 
 
-def leaf_names(tree) -> list[str]:
+def leaf_names(tree: Any) -> list[str]:
     """``"0.W"``-style names of a pytree's leaves, in ``tree_leaves`` order."""
 
     def name(path):
@@ -49,7 +53,7 @@ def leaf_names(tree) -> list[str]:
     return [name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def sample_coordinates(params, max_per_leaf=None, seed=0) -> list[np.ndarray]:
+def sample_coordinates(params: Any, max_per_leaf: int | None = None, seed: int = 0) -> list[np.ndarray]:
     """Flat indices into each leaf: all of them, or ``max_per_leaf`` drawn without replacement (seeded)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -104,7 +108,7 @@ def fd_estimates(f, params, index, h, order=2, pattern=None):
     return jax.lax.map(one, index)  # one after another: vmapped convs ran slower on XLA:CPU
 
 
-def flat_index(params, coords) -> np.ndarray:
+def flat_index(params: Any, coords: list[np.ndarray]) -> np.ndarray:
     """``coords`` (one index array per leaf, see ``sample_coordinates``) as indices into the
     flattened ``params`` (``ravel_pytree``'s order)."""
     sizes = [x.size for x in jax.tree_util.tree_leaves(params)]
@@ -112,12 +116,12 @@ def flat_index(params, coords) -> np.ndarray:
     return np.concatenate([o + c for o, c in zip(offsets, coords)]).astype(np.int32)
 
 
-def split_by_leaf(values, coords) -> list[np.ndarray]:
+def split_by_leaf(values: np.ndarray, coords: list[np.ndarray]) -> list[np.ndarray]:
     """A flat array of per-coordinate values cut back into one array per leaf."""
     return np.split(np.asarray(values), np.cumsum([len(c) for c in coords])[:-1])
 
 
-def random_directions(params, seed=0) -> np.ndarray:
+def random_directions(params: Any, seed: int = 0) -> np.ndarray:
     """One random unit direction per leaf, drawn on the host (NumPy, seeded) and laid end to end in
     ``ravel_pytree(params)``'s order: the directions ``directional_estimates`` differentiates along."""
     rng = np.random.default_rng(seed)
@@ -152,14 +156,14 @@ def directional_estimates(f, grads, params, directions, h, order=2, pattern=None
     return jax.lax.map(one, jnp.arange(len(leaves)))
 
 
-def cast(tree, dtype):
+def cast(tree: Any, dtype: DTypeLike) -> Any:
     """Floating leaves of ``tree`` as ``dtype``; other leaves (integer labels, keys) as they are."""
     return jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), tree
     )
 
 
-def host_cast(tree, dtype):
+def host_cast(tree: Any, dtype: DTypeLike) -> Any:
     """``cast`` done by NumPy on the host: no device program per leaf shape. Scalars become arrays."""
 
     def one(x):
@@ -172,18 +176,18 @@ def host_cast(tree, dtype):
 
 
 def check_gradients(
-    loss_fn,
-    grad_fn,
-    params,
-    *args,
-    dtype=jnp.float64,
-    h=None,
-    eps=None,
-    order=4,
-    max_per_leaf=None,
-    directional=True,
-    seed=0,
-    pattern_fn=None,
+    loss_fn: Callable,
+    grad_fn: Callable,
+    params: Any,
+    *args: Any,
+    dtype: DTypeLike = jnp.float64,
+    h: float | None = None,
+    eps: float | None = None,
+    order: int = 4,
+    max_per_leaf: int | None = None,
+    directional: bool = True,
+    seed: int = 0,
+    pattern_fn: Callable | None = None,
 ) -> dict:
     """Check ``grad_fn(params, *args)`` against finite differences and ``jax.grad(loss_fn)``.
 
