@@ -12,8 +12,6 @@ is in the bench's ``conv_parts`` rows.
 Run: ``python scripts/xla_cpu_dw_dot.py`` (about 2 minutes on 2 cores).
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -23,16 +21,6 @@ from jaxgd.experiments import timing
 
 STEPS, B = 6, 128
 SHAPES = [(14, 32, 64), (32, 64, 64), (16, 64, 256), (8, 256, 256)]  # h, c_in, c_out
-
-
-def best_ms(f, *args):
-    f(*args).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        f(*args).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return best / STEPS * 1e3
 
 
 def main():
@@ -46,7 +34,7 @@ def main():
         cells = []
         for name, f in (("cols^T dy", lambda a, d: a.T @ d), ("dy^T cols", lambda a, d: d.T @ a)):
             run = xla.jit(lambda A, D, f=f: lax.scan(lambda s, ad: (s + jnp.sum(f(*ad)), None), 0.0, (A, D))[0])
-            ms = best_ms(run, cols, dy)
+            ms = timing.timeit(lambda: timing.block(run(cols, dy)), repeats=3)["min_s"] / STEPS * 1e3  # best of 3
             cells.append(f"{name} {ms:6.1f} ms ({gflop / ms * 1e3 / peak:.2f} of peak)")
         print(f"{h}x{h} {c_in}->{c_out}: ({n} x {k})^T ({n} x {c_out}), {gflop:.2f} GFLOP: " + ", ".join(cells))
 
