@@ -200,7 +200,7 @@ class Step:
     def build(self, model, hparams, batch_sharding=None):
         """``make_step``'s step for ``model``, and the optimizer checked against ``hparams``."""
         opt = self.optimizer
-        opt = optim.get_optimizer(opt, schedule=hparams.schedule) if isinstance(opt, str) else opt
+        opt = optim.get_optimizer(opt, schedule=hparams.schedule, hparams=hparams) if isinstance(opt, str) else opt
         opt.check(hparams)
         return make_step(make_grad_fn(model, self.l2, self.grads), opt, self.augment, batch_sharding), opt
 
@@ -322,7 +322,7 @@ def fit(
     train: tuple,
     val: tuple | None = None,
     *,
-    hparams: optim.SGDHyperparams,
+    hparams: optim.SGDHyperparams | optim.AdamWHyperparams,
     epochs: int,
     batch_size: int | None = None,
     seed: int | Sequence[int] | np.ndarray = 0,
@@ -338,7 +338,7 @@ def fit(
     ``model`` is a model, or a ``Trainer`` (``compile``) whose programs this fit runs: a loop over
     settings that passes one trainer compiles once; given a model, fit compiles afresh.
     ``train``/``val`` are ``(x, y)`` pairs (moved to the device once); the loss is ``model.loss``.
-    ``hparams`` comes from ``optim.sgd_hyperparams``: 1-D hyperparameters train one config per
+    ``hparams`` comes from ``optim.sgd_hyperparams`` (or ``optim.adamw_hyperparams``: AdamW): 1-D hyperparameters train one config per
     entry in one program (``params`` and ``model_state`` stacked on axis 0, ``stack_params``), and
     ``seed`` may then be one integer per config (batch order, dropout, augmentation: ``data_key``,
     a stream apart from the initial weights' ``PRNGKey(seed)``). ``step``
@@ -351,7 +351,7 @@ def fit(
     numbers are NaN); training stops once every config has. The parts, each usable alone:
     ``make_grad_fn`` -> ``make_step`` -> ``make_epoch`` -> ``share_configs`` -> ``run_epochs``.
     """
-    hparams = optim.sgd_hyperparams(*hparams)  # validates hand-built SGDHyperparams too
+    hparams = optim.validated(hparams)  # checks hand-built ones too
     if isinstance(model, Trainer):
         trainer = model
         trainer.check(hparams, seed, monitor, batch_size, step, configs)
@@ -455,7 +455,7 @@ def compile(
     model: models.Model,
     batch_size: int,
     *,
-    hparams: optim.SGDHyperparams,
+    hparams: optim.SGDHyperparams | optim.AdamWHyperparams,
     step: Step = Step(),
     configs: Configs = Configs(),
     monitor: Monitor = Monitor(),
@@ -466,7 +466,7 @@ def compile(
     same schedule kind runs them without tracing or compiling again. ``hparams``, ``seed`` and
     ``monitor`` are what ``fit`` will get (their values are not baked in: only whether they are per
     config, the schedule's kind, and ``monitor.step_losses``)."""
-    hparams = optim.sgd_hyperparams(*hparams)
+    hparams = optim.validated(hparams)
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
     stacked, per_seed = _per_config(hparams, seed)
