@@ -790,3 +790,22 @@ from jaxgd.composite import (  # noqa: E402,F401
     stateless,
     walk,
 )
+
+# a transformer's layers (``jaxgd.transformer``), here for ``layers.multi_head_attention`` etc.
+from jaxgd.transformer import (  # noqa: E402,F401
+    ClassToken,
+    MultiHeadAttention,
+    PatchEmbed,
+    PositionEmbedding,
+    TakeToken,
+    TokenDense,
+    TokenMean,
+    class_token,
+    multi_head_attention,
+    patch_embed,
+    position_embedding,
+    take_token,
+    token_dense,
+    token_mean,
+    transformer_block,
+)

@@ -260,6 +260,37 @@ def resnet(
     return Model(tuple(layers), in_shape)
 
 
+def vit(
+    patch: int = 4,
+    dim: int = 64,
+    depth: int = 4,
+    heads: int = 4,
+    mlp_dim: int | None = None,
+    classes: int = 10,
+    in_shape: tuple[int, ...] = (28, 28, 1),
+    pool: str = "class",
+    attention: str = "plain",
+) -> Model:
+    """A vision transformer (Dosovitskiy et al. 2021), every gradient by hand:
+
+        patch_embed(patch, dim) - [class_token] - position_embedding
+        depth x transformer_block(dim, heads, mlp_dim)        (pre-norm: x + MHSA(LN x), x + MLP(LN x))
+        layer_norm - take_token(0) (``pool="class"``) or token_mean (``pool="mean"``) - dense(classes)
+
+    ``attention``: ``"plain"`` or ``"flash"`` (FlashAttention-2's backward in every block)."""
+    if pool not in ("class", "mean"):
+        raise ValueError(f"vit pool must be 'class' or 'mean', got {pool!r}")
+    if min(patch, dim, depth, heads, classes) < 1:
+        raise ValueError(f"vit needs patch, dim, depth, heads and classes >= 1; got {patch}, {dim}, {depth}, {heads}")
+    layers: list[L.Layer] = [L.patch_embed(patch, dim)]
+    layers += [L.class_token()] if pool == "class" else []
+    layers += [L.position_embedding()]
+    for _ in range(depth):
+        layers += L.transformer_block(dim, heads, mlp_dim, impl=attention)
+    layers += [L.layer_norm(), L.take_token(0) if pool == "class" else L.token_mean(), L.dense(classes)]
+    return Model(tuple(layers), tuple(in_shape))
+
+
 # ------------------------------------------------------------------------------ airbench's network
 
 AIRBENCH_WIDTHS = (64, 256, 256)
