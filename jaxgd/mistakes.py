@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgd import attention as att
 from jaxgd import draws
 from jaxgd import layers as L
 
@@ -219,6 +220,100 @@ class DropoutFloat32(L.Dropout):
         return {}, super().backward(params, keep, dy)[1].astype(jnp.float32)
 
 
+# ------------------------------------------------------------------------------ attention's classic mistakes
+
+
+def _attention_backward_with(res, do, causal, *, scale=True, coupling=True, swapped=False):
+    """``attention_backward`` as a student might write it, with a switch per classic slip."""
+    q, k, v, p = res
+    sc = 1 / jnp.sqrt(q.shape[-1]).astype(q.dtype) if scale else 1.0
+    dv = jnp.swapaxes(p, -1, -2) @ do
+    dp = do @ jnp.swapaxes(v, -1, -2)
+    ds = p * (dp - jnp.sum(dp * p, -1, keepdims=True)) if coupling else p * dp
+    if swapped:
+        return sc * ds @ q, sc * jnp.swapaxes(ds, -1, -2) @ k, dv
+    return sc * ds @ k, sc * jnp.swapaxes(ds, -1, -2) @ q, dv
+
+
+def _flash_backward_with(res, do, causal, bk, *, mask=True, d_from_block=False):
+    """FlashAttention-2's backward over key blocks of ``bk`` keys written out, with the causal mask left out of
+    the recomputed ``P`` (``mask=False``) or ``D`` summed over the block (``d_from_block``)."""
+    q, k, v, o, lse = res
+    scale = 1 / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    n, m = q.shape[-2], k.shape[-2]
+    dq, dks, dvs = jnp.zeros_like(q), [], []
+    for j0 in range(0, m, bk):
+        kj, vj = k[..., j0 : j0 + bk, :], v[..., j0 : j0 + bk, :]
+        s = q @ jnp.swapaxes(kj, -1, -2) * scale
+        p = jnp.exp(s - lse[..., None])
+        if causal and mask:
+            p = jnp.where(att.causal_mask(n, kj.shape[-2], 0, j0), p, 0.0)
+        dp = do @ jnp.swapaxes(vj, -1, -2)
+        d = jnp.sum(dp * p, -1, keepdims=True) if d_from_block else jnp.sum(do * o, -1, keepdims=True)
+        ds = p * (dp - d)
+        dq = dq + scale * ds @ kj
+        dks.append(scale * jnp.swapaxes(ds, -1, -2) @ q)
+        dvs.append(jnp.swapaxes(p, -1, -2) @ do)
+    return dq, jnp.concatenate(dks, -2), jnp.concatenate(dvs, -2)
+
+
+class AttentionScaleForgotten(L.MultiHeadAttention):
+    """The 1/sqrt(d) of the forward's scores left out of the backward's dq and dk."""
+
+    def backward(self, params, res, dy):
+        return self.backward_with(
+            params, res, dy, lambda r, do: _attention_backward_with(r, do, self.causal, scale=False)
+        )
+
+
+class AttentionCouplingDropped(L.MultiHeadAttention):
+    """``dS = P * dP``: softmax's ``- P rowsum(dP * P)`` term dropped."""
+
+    def backward(self, params, res, dy):
+        return self.backward_with(
+            params, res, dy, lambda r, do: _attention_backward_with(r, do, self.causal, coupling=False)
+        )
+
+
+class AttentionQKSwapped(L.MultiHeadAttention):
+    """``dq = dS q``, ``dk = dS^T k``: each computed with the other's operand."""
+
+    def backward(self, params, res, dy):
+        return self.backward_with(
+            params, res, dy, lambda r, do: _attention_backward_with(r, do, self.causal, swapped=True)
+        )
+
+
+class AttentionHeadsMisordered(L.MultiHeadAttention):
+    """The backward splits ``dO`` into heads (and merges ``dq, dk, dv`` back) as ``(tokens, dh, heads)``."""
+
+    def backward(self, params, res, dy):
+        h = self.heads
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], -1, h).transpose(0, 3, 1, 2)
+        merge = lambda t: t.transpose(0, 2, 3, 1).reshape(t.shape[0], t.shape[2], -1)
+        bwd = lambda r, do: att.attention_backward(r, do, self.causal)
+        return self.backward_with(params, res, dy, bwd, split, merge)
+
+
+class FlashMaskForgotten(L.MultiHeadAttention):
+    """FlashAttention's backward recomputes ``P = exp(S - L)`` without the causal mask the forward applied."""
+
+    def backward(self, params, res, dy):
+        return self.backward_with(
+            params, res, dy, lambda r, do: _flash_backward_with(r, do, self.causal, self.block_k, mask=False)
+        )
+
+
+class FlashDFromBlock(L.MultiHeadAttention):
+    """FlashAttention's ``D`` as ``rowsum(dP_ij * P_ij)`` of the key block, where the whole row's
+    ``rowsum(dO * O)`` is meant."""
+
+    def backward(self, params, res, dy):
+        return self.backward_with(
+            params, res, dy, lambda r, do: _flash_backward_with(r, do, self.causal, self.block_k, d_from_block=True)
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Mistake:
     """One gallery entry: the layer, its input, a phrase its diagnosis must contain, the finding
@@ -361,6 +456,48 @@ GALLERY = (
     ),
     Mistake("NumPy in the backward", LeakyReLUWithNumPy(0.1), (6,), "NumPy", where="jit (train", kind="check"),
     Mistake("hard-coded float32", DropoutFloat32(0.3), (6,), "dtype float32 instead of float64", where="x (train"),
+    Mistake(
+        "attention's scale forgotten in the backward",
+        AttentionScaleForgotten(2),
+        (5, 4),
+        "scale forgotten in the backward",
+        where="param W_qkv (train",
+    ),
+    Mistake(
+        "attention's softmax coupling term dropped",
+        AttentionCouplingDropped(2),
+        (5, 4),
+        "coupling term dropped",
+        where="param W_qkv (train",
+    ),
+    Mistake(
+        "attention's dq and dk with each other's operand",
+        AttentionQKSwapped(2),
+        (5, 4),
+        "each other's operand",
+        where="param W_qkv (train",
+    ),
+    Mistake(
+        "attention heads merged in the wrong order",
+        AttentionHeadsMisordered(2),
+        (5, 4),
+        "heads split and merged in the wrong order",
+        where="param W_qkv (train",
+    ),
+    Mistake(
+        "flash's causal mask forgotten in the backward",
+        FlashMaskForgotten(2, causal=True, impl="flash", block_q=2, block_k=2),
+        (5, 4),
+        "causal mask applied in the forward but not in the backward",
+        where="param W_qkv (train",
+    ),
+    Mistake(
+        "flash's D from the block, not the row",
+        FlashDFromBlock(2, impl="flash", block_q=2, block_k=2),
+        (5, 4),
+        "over each key block instead of the whole row",
+        where="param W_qkv (train",
+    ),
 )
 
 

@@ -80,12 +80,16 @@ class MultiHeadAttention(Layer):
     heads: int
     causal: bool = False
     impl: str = "plain"
+    block_q: int = att.BLOCK_Q  # flash's blocks (``impl="flash"`` only)
+    block_k: int = att.BLOCK_K
 
     def __post_init__(self):
         if not isinstance(self.heads, int) or self.heads < 1:
             raise ValueError(f"multi_head_attention needs heads >= 1, got {self.heads!r}")
         if self.impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {self.impl!r}; choose from {ATTENTION_IMPLS}")
+        if min(self.block_q, self.block_k) < 1:
+            raise ValueError(f"multi_head_attention's blocks must be >= 1, got {self.block_q}, {self.block_k}")
 
     def out_shape(self, in_shape):
         _tokens(f"multi_head_attention({self.heads})", in_shape)
@@ -118,17 +122,28 @@ class MultiHeadAttention(Layer):
     def forward(self, params, state, x, *, train=False, key=None):
         qkv = x @ params["W_qkv"] + params["b_qkv"]
         q, k, v = (self._split(t) for t in jnp.split(qkv, 3, axis=-1))
-        fwd = att.flash_forward if self.impl == "flash" else att.attention_forward
-        o, res = fwd(q, k, v, self.causal)
+        if self.impl == "flash":
+            o, res = att.flash_forward(q, k, v, self.causal, None, self.block_q, self.block_k)
+        else:
+            o, res = att.attention_forward(q, k, v, self.causal)
         o = self._merge(o)
         return o @ params["W_o"] + params["b_o"], state, (x, res, o)
 
     def backward(self, params, residuals, dy):
+        if self.impl == "flash":
+            bwd = lambda res, do: att.flash_backward(res, do, self.causal, None, self.block_q, self.block_k)
+        else:
+            bwd = lambda res, do: att.attention_backward(res, do, self.causal)
+        return self.backward_with(params, residuals, dy, bwd)
+
+    def backward_with(self, params, residuals, dy, attention_backward, split=None, merge=None):
+        """``backward`` with its attention backward ``(residuals, dO) -> (dq, dk, dv)`` given (and, where given,
+        the ways heads are split and merged): the checker's attention diagnoses recompute a mistake with it."""
+        split, merge = split or self._split, merge or self._merge
         x, res, o = residuals
         d = x.shape[-1]
-        bwd = att.flash_backward if self.impl == "flash" else att.attention_backward
-        dq, dk, dv = bwd(res, self._split(dy @ params["W_o"].T), self.causal)
-        dqkv = jnp.concatenate([self._merge(t) for t in (dq, dk, dv)], axis=-1)
+        dq, dk, dv = attention_backward(res, split(dy @ params["W_o"].T))
+        dqkv = jnp.concatenate([merge(t) for t in (dq, dk, dv)], axis=-1)
         grads = {
             "W_qkv": x.reshape(-1, d).T @ dqkv.reshape(-1, 3 * d),
             "b_qkv": _sum_lead(dqkv),
@@ -143,6 +158,8 @@ class MultiHeadAttention(Layer):
 
     def __str__(self):
         extra = (", causal=True" if self.causal else "") + (f", impl={self.impl!r}" if self.impl != "plain" else "")
+        if (self.block_q, self.block_k) != (att.BLOCK_Q, att.BLOCK_K):
+            extra += f", block_q={self.block_q}, block_k={self.block_k}"
         return f"multi_head_attention({self.heads}{extra})"
 
 
@@ -291,10 +308,13 @@ def token_dense(features: int, init: str = "torch", *, bias: bool = True) -> Tok
     return TokenDense(features, init, bias)
 
 
-def multi_head_attention(heads: int, *, causal: bool = False, impl: str = "plain") -> MultiHeadAttention:
+def multi_head_attention(
+    heads: int, *, causal: bool = False, impl: str = "plain", block_q: int = att.BLOCK_Q, block_k: int = att.BLOCK_K
+) -> MultiHeadAttention:
     """Multi-head self-attention over ``(tokens, features)`` (features divisible by ``heads``), its backward by hand
-    through ``jaxgd.attention``'s (``impl="flash"``: FlashAttention-2's, memory linear in the tokens)."""
-    return MultiHeadAttention(heads, causal, impl)
+    through ``jaxgd.attention``'s (``impl="flash"``: FlashAttention-2's with these blocks, memory linear in the
+    tokens)."""
+    return MultiHeadAttention(heads, causal, impl, block_q, block_k)
 
 
 def patch_embed(patch: int, features: int) -> PatchEmbed:

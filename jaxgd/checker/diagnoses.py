@@ -384,6 +384,79 @@ def input_term(h, t, ctx):
 
 
 # Tried in this order on a wrong gradient: the first verified one is its cause.
+def _attention_grads(q, k, v, do, causal, block_k, mistake):
+    """``(dq, dk, dv)`` of ``softmax(q k^T / sqrt(d)) v`` (full matrices, float64) as made with one known
+    ``mistake`` (``ATTENTION_MISTAKES``' keys; ``None``: right)."""
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1 / math.sqrt(d)
+    s = jnp.einsum("...nd,...md->...nm", q, k) * scale
+    visible = jnp.tril(jnp.ones((n, m), bool)) if causal else jnp.ones((n, m), bool)
+    lse = jax.nn.logsumexp(jnp.where(visible, s, -jnp.inf), axis=-1, keepdims=True)
+    p = jnp.where(visible, jnp.exp(s - lse), 0.0)
+    p_bwd = jnp.exp(s - lse) if mistake == "mask" else p  # flash recomputes P: without the mask, if forgotten
+    dp = jnp.einsum("...ne,...me->...nm", do, v)
+    if mistake == "d_block":  # the rowsum over each key block alone
+        pad = -m % block_k
+        blocks = jnp.pad(dp * p, [(0, 0)] * (dp.ndim - 1) + [(0, pad)]).reshape(dp.shape[:-1] + (-1, block_k))
+        big_d = jnp.repeat(blocks.sum(-1), block_k, axis=-1)[..., :m]
+    else:
+        big_d = jnp.sum(dp * p, axis=-1, keepdims=True)
+    ds = p_bwd * dp if mistake == "coupling" else p_bwd * (dp - big_d)
+    sc = 1.0 if mistake == "scale" else scale
+    a, b = (q, k) if mistake == "swapped" else (k, q)
+    dq = sc * jnp.einsum("...nm,...md->...nd", ds, a)
+    dk = sc * jnp.einsum("...nm,...nd->...md", ds, b)
+    return dq, dk, jnp.einsum("...nm,...ne->...me", p_bwd, do)
+
+
+# a mistake's key -> its cause, as printed; "heads" splits and merges the heads the wrong way in the backward
+ATTENTION_MISTAKES = {
+    "scale": "the 1/sqrt(d) scale forgotten in the backward: dq and dk sqrt(d) times too large",
+    "coupling": "softmax's coupling term dropped: dS = P * dP, where P * (dP - rowsum(dP * P)) is meant",
+    "mask": "the causal mask applied in the forward but not in the backward: P recomputed without it",
+    "swapped": "dq and dk computed with each other's operand: dS q and dS^T k, where dS k and dS^T q are meant",
+    "d_block": "FlashAttention's D = rowsum(dO * O) taken over each key block instead of the whole row",
+    "heads": "the heads split and merged in the wrong order in the backward: (tokens, head features, heads) "
+    "where the forward has (tokens, heads, head features)",
+}
+
+
+def attention_mistake(h, t, ctx):
+    """For a multi-head attention layer: ``hand`` is the gradient its backward makes with one of
+    ``ATTENTION_MISTAKES``, recomputed (in float64) from the check's input, parameters and ``dy``."""
+    from jaxgd.transformer import MultiHeadAttention
+
+    layer, x, c, leaf = ctx.get("layer"), ctx.get("x"), ctx.get("c"), ctx.get("leaf")
+    if not isinstance(layer, MultiHeadAttention) or x is None or c is None or leaf is None:
+        return None
+
+    def wrong_split(t):
+        b, n, d = t.shape
+        return t.reshape(b, n, d // layer.heads, layer.heads).transpose(0, 3, 1, 2)
+
+    def wrong_merge(t):
+        b, heads, n, dh = t.shape
+        return t.transpose(0, 2, 3, 1).reshape(b, n, heads * dh)
+
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ctx["params"])
+        x64, c64 = jnp.asarray(x, jnp.float64), jnp.asarray(c, jnp.float64)
+        _, _, residuals = layer.forward(params, {}, x64, train=False)
+        block_k = min(layer.block_k, x64.shape[1])
+        for key, cause in ATTENTION_MISTAKES.items():
+            if key in ("mask", "d_block") and layer.impl != "flash":
+                continue  # the plain backward keeps the masked P and never blocks the rows
+            inner = None if key == "heads" else key
+            fn = lambda res, do, inner=inner: _attention_grads(*res[:3], do, layer.causal, block_k, inner)
+            heads = (wrong_split, wrong_merge) if key == "heads" else (None, None)
+            grads = layer.backward_with(params, residuals, c64, fn, *heads)
+            alt = np.asarray(jax.tree_util.tree_leaves(grads)[leaf])
+            hyp = Hypothesis(cause, alt)
+            if alt.shape == h.shape and verified(hyp, h, t, ctx):
+                return hyp
+    return None
+
+
 DIAGNOSES = (
     transposed,
     batch_kept,
@@ -393,6 +466,7 @@ DIAGNOSES = (
     constant_factor,
     factor_changed,
     pooling_swapped,
+    attention_mistake,
     broadcast_mistake,
     coupling_term,
     batch_statistics_terms,

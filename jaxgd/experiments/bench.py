@@ -53,6 +53,11 @@ Sections, in the order they run (``SECTIONS``):
   one ``fit``: wall time from the call to the last epoch, compilation included, vs PyTorch
   training the same configs one after another (``grid_torch_configs`` of them timed, their mean
   scaled to the 18).
+- ``attention`` (only when named: 4 GB of temporaries at 8,192 tokens): one attention gradient's
+  compiled step at each of ``attention_lengths``: the temporaries XLA allocates (``memory_analysis()``)
+  and the time of ``jax.grad`` of the formula, of ``jax.nn.dot_product_attention``, jaxgd's plain and
+  FlashAttention-2 hand backwards, and PyTorch's ``scaled_dot_product_attention``
+  (``bench_attention``).
 
 On a GPU, JAX may run float32 matmuls and convolutions in TF32; the ``matmul`` section measures
 which (``float32_matmul_rel_error``) and the PyTorch loops are set to the same precision.
@@ -84,8 +89,9 @@ SECTIONS = (
     "startup",
     "airbench_epoch",
     "grid",
+    "attention",
 )
-ONLY_WHEN_NAMED = ("airbench_epoch", "grid")  # minutes and several GB each on a CPU
+ONLY_WHEN_NAMED = ("airbench_epoch", "grid", "attention")  # minutes and several GB each on a CPU
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ONLY_WHEN_NAMED)
 
 
@@ -140,6 +146,11 @@ class BenchConfig(Config):
         "whose startup the startup section measures beside this one's",
         metavar="DIR",
     )
+    attention_lengths: tuple[int, ...] = option(
+        (256, 1024, 4096, 8192), "sequence lengths of the attention section", check=at_least(1)
+    )
+    attention_heads: int = option(4, "heads of the attention section", check=at_least(1))
+    attention_dim: int = option(64, "features per head of the attention section", check=at_least(1))
     keep: str | None = option(
         None,
         "an earlier bench results file of this device: its sections this run does "
@@ -165,6 +176,10 @@ TARGETS = {
     "jaxgd/flax+optax bs256": "<= 1.0",
     "compile s, warm cache / empty cache": "<= 0.2",
     "jaxgd/airbench PyTorch epoch": "<= 0.9",
+    "attention n=4096 flash/jax.grad temp memory": "<= 1/32",
+    "attention n=4096 flash/jax.grad time": "<= 0.9",
+    "attention n=8192 flash/jax.grad time": "<= 0.6",
+    "attention n=8192 flash/fastest other time": "<= 1.5",
     "best training loop / matmul peak": ">= 0.8",
     "CNN epoch / matmul peak": ">= 0.5",
     "startup: check(dense) s, empty cache": "<= 2",

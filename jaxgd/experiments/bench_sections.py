@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgd import compile_cache, conv, models, optim, parallel, train, xla
-from jaxgd.experiments import flax_peers, startup, timing, torch_peers
+from jaxgd.experiments import bench_attention, flax_peers, startup, timing, torch_peers
 from jaxgd.experiments.cifar2 import GRID
 from jaxgd.experiments.cifar2 import MODEL as MLP
 from jaxgd.experiments.cifar2 import SIZES as MLP_SIZES
@@ -769,6 +769,7 @@ SECTION_RUNS = {
     "startup": startup.bench_startup,
     "airbench_epoch": bench_airbench_epoch,
     "grid": bench_grid,
+    "attention": bench_attention.bench_attention,
 }
 
 

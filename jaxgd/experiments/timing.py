@@ -64,6 +64,13 @@ def per_repetition(r, n) -> dict:
     return {k: (v / n if k != "times_s" else [t / n for t in v]) for k, v in r.items()}
 
 
+def compiled(jitted, *args):
+    """``(jitted.lower(*args).compile(), seconds it took)``: ahead-of-time, so compiling is timed apart."""
+    t = time.perf_counter()
+    c = jitted.lower(*args).compile()
+    return c, time.perf_counter() - t
+
+
 def block(tree):
     return jax.block_until_ready(tree)
 
