@@ -34,6 +34,8 @@ API = {
     "layers": ("jaxgd.layers", "every layer's forward and hand backward"),
     "conv": ("jaxgd.conv", "the convolution's arithmetic: im2col, the weight and input gradients"),
     "composite": ("jaxgd.composite", "sequences, residual blocks and branches; the pair as a custom_vjp"),
+    "attention": ("jaxgd.attention", "scaled dot-product and FlashAttention-2, each with its hand backward"),
+    "transformer": ("jaxgd.transformer", "a vision transformer's layers"),
     "models": ("jaxgd.models", "models as lists of layers, and the course reports' models"),
     "losses": ("jaxgd.losses", "each loss beside its derivative"),
     "optim": ("jaxgd.optim", "the hand SGD, its optax twin, parameter groups"),

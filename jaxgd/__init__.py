@@ -2,14 +2,27 @@
 
 Modules: ``layers`` (each layer's forward beside its hand backward), ``models`` (sequential
 models and the generic reverse pass), ``losses``, ``backprop`` (derivations done on paper),
-``gradcheck``, ``checker`` (``jaxgd.check``: one call proves a hand backward and diagnoses a
-wrong one), ``optim`` (hand SGD + optax twin), ``train`` (the training loop), ``data``.
+``attention`` (scaled dot-product and FlashAttention-2, hand backwards), ``gradcheck``,
+``checker`` (``jaxgd.check``: one call proves a hand backward and diagnoses a wrong one),
+``optim`` (hand SGD and AdamW + optax twins), ``train`` (the training loop), ``data``.
 """
 
-from jaxgd import backprop, data, gradcheck, layers, losses, models, optim, testing, train  # noqa: F401
+from jaxgd import attention, backprop, data, gradcheck, layers, losses, models, optim, testing, train  # noqa: F401
 from jaxgd.checker import Report, check
 
-__all__ = ["Report", "backprop", "check", "data", "gradcheck", "layers", "losses", "models", "optim", "train"]
+__all__ = [
+    "Report",
+    "attention",
+    "backprop",
+    "check",
+    "data",
+    "gradcheck",
+    "layers",
+    "losses",
+    "models",
+    "optim",
+    "train",
+]
 try:  # one version, the package metadata's (pyproject.toml)
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as _version

@@ -146,13 +146,17 @@ def _unblocks(x, n):
     return x.transpose(1, 0, 2, 3).reshape(b, nb * size, f)[:, :n]
 
 
-def _visible(i, j, bq, bk, m, causal):
-    """Which entries of block ``(i, j)`` are real: keys past ``m`` are padding; with ``causal``, ``j <= i``."""
+def _masked(s, i, j, bq, bk, m, causal, fill):
+    """``s`` (block ``(i, j)``'s scores or probabilities) with ``fill`` where the entry is not real: keys past
+    ``m`` are padding; with ``causal``, key ``j`` past query ``i``. Without either, ``s`` as it is (no pass over
+    the block)."""
+    if not causal and m % bk == 0:
+        return s
     cols = j * bk + jnp.arange(bk)
     mask = jnp.broadcast_to(cols[None, :] < m, (bq, bk))
     if causal:
         mask = mask & causal_mask(bq, bk, i * bq, j * bk)
-    return mask
+    return jnp.where(mask, s, fill)
 
 
 def _flat(x):
@@ -176,8 +180,7 @@ def flash_forward(q, k, v, causal=False, scale=None, block_q=BLOCK_Q, block_k=BL
         def key_block(carry, args):
             acc, row_max, row_sum = carry
             j, kj, vj = args
-            s = jnp.einsum("bqd,bkd->bqk", qi, kj)
-            s = jnp.where(_visible(i, j, bq, bk, m, causal), s, -jnp.inf)
+            s = _masked(jnp.einsum("bqd,bkd->bqk", qi, kj), i, j, bq, bk, m, causal, -jnp.inf)
             new_max = jnp.maximum(row_max, s.max(-1))
             safe = jnp.where(new_max == -jnp.inf, 0.0, new_max)  # a row that has seen no key yet
             p = jnp.exp(s - safe[..., None])
@@ -210,7 +213,7 @@ def flash_backward(residuals, do, causal=False, scale=None, block_q=BLOCK_Q, blo
     scale = jnp.asarray(default_scale(q.shape[-1]) if scale is None else scale, dt)
     bq, bk = min(block_q, n), min(block_k, m)
     big_d = jnp.sum(do * o, axis=-1)  # D: the whole row's, never a block's
-    qb, dob = _blocks(_flat(q), bq), _blocks(_flat(do), bq)
+    qb, dob = _blocks(_flat(q) * scale, bq), _blocks(_flat(do), bq)
     lb, db = (_blocks(_flat(x[..., None]), bq)[..., 0] for x in (lse, big_d))
     kb, vb = _blocks(_flat(k), bk), _blocks(_flat(v), bk)
 
@@ -220,8 +223,8 @@ def flash_backward(residuals, do, causal=False, scale=None, block_q=BLOCK_Q, blo
         def query_block(carry, args):
             dk, dv = carry
             i, qi, doi, li, di = args
-            s = jnp.einsum("bqd,bkd->bqk", qi, kj) * scale
-            p = jnp.where(_visible(i, j, bq, bk, m, causal), jnp.exp(s - li[..., None]), 0.0)
+            s = jnp.einsum("bqd,bkd->bqk", qi, kj)  # q pre-scaled
+            p = _masked(jnp.exp(s - li[..., None]), i, j, bq, bk, m, causal, 0.0)
             dv = dv + jnp.einsum("bqk,bqe->bke", p, doi)
             ds = p * (jnp.einsum("bqe,bke->bqk", doi, vj) - di[..., None])
             dk = dk + jnp.einsum("bqk,bqd->bkd", ds, qi)
@@ -230,7 +233,7 @@ def flash_backward(residuals, do, causal=False, scale=None, block_q=BLOCK_Q, blo
         init = (jnp.zeros_like(kj), jnp.zeros_like(vj))
         xs = (jnp.arange(qb.shape[0]), qb, dob, lb, db)
         (dk, dv), dq_j = lax.scan(query_block, init, xs)
-        return dq + dq_j, (dk * scale, dv)
+        return dq + dq_j, (dk, dv)  # dk = sum dS^T (scale q): scaled already
 
     dq, (dkb, dvb) = lax.scan(key_block, jnp.zeros_like(qb), (jnp.arange(kb.shape[0]), kb, vb))
     dq = _unblocks(dq * scale, n).reshape(lead + (n, q.shape[-1]))
