@@ -266,13 +266,15 @@ def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
         loops = [r for n, s in sections.items() if n != "matmul" for r in s["rows"] if "gflops" in r]
         for r in loops:
             r["fraction_of_peak"] = r["gflops"] / peak
-        jaxgd = [r for r in loops if r["name"].startswith("jaxgd")]
+        # over kept sections too: each row's fraction is of its own run's peak
+        every = {**kept, **sections}
+        jaxgd = [r for n, sec in every.items() if n != "matmul" for r in sec["rows"] if r["name"].startswith("jaxgd")]
+        jaxgd = [r for r in jaxgd if "fraction_of_peak" in r]
         if jaxgd:
             sections["matmul"]["ratios"]["best training loop / matmul peak"] = max(r["fraction_of_peak"] for r in jaxgd)
-        if "cnn_epoch" in sections:  # the default CNN epoch (hand gradients, jaxgd's conv defaults)
-            sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = sections["cnn_epoch"]["rows"][0][
-                "fraction_of_peak"
-            ]
+        if "fraction_of_peak" in every.get("cnn_epoch", {"rows": [{}]})["rows"][0]:
+            # the default CNN epoch (hand gradients, jaxgd's conv defaults)
+            sections["matmul"]["ratios"]["CNN epoch / matmul peak"] = every["cnn_epoch"]["rows"][0]["fraction_of_peak"]
     res = result()
     from jaxgd.experiments import figures
 
