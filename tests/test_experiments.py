@@ -92,6 +92,17 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
             "batch_size": 64,
             "widths": (4, 8),
         },
+        "vit": {
+            "datasets": ("mnist",),
+            "mnist_epochs": 1,
+            "mnist_seeds": (0, 1),
+            "train_size": 256,
+            "batch_size": 64,
+            "dim": 16,
+            "depth": 1,
+            "heads": 2,
+            "mlp_dim": 32,
+        },
         "bench": {
             "repeats": 1,
             "sections": ("matmul", "mlp_epoch"),
@@ -121,6 +132,7 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert "## cifar2_improved" in report and "+-" in report and "## cifar10_improved" in report
     assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
     assert "## resnet" in report and "resnet/curves.png" in report and "ResNet-6" in report
+    assert "## vit" in report and "vit/curves.png" in report and "hand AdamW" in report
     assert f"bench/{timing.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}

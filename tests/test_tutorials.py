@@ -36,8 +36,8 @@ def run_tutorial(name):
     return json.loads(r.stdout.rsplit("CHECKS=", 1)[1]), r.stdout
 
 
-def test_the_series_is_six_tutorials_in_order_each_linked_from_the_last():
-    assert [p.name[:2] for p in TUTORIALS] == ["01", "02", "03", "04", "05", "06"]
+def test_the_series_is_seven_tutorials_in_order_each_linked_from_the_last():
+    assert [p.name[:2] for p in TUTORIALS] == ["01", "02", "03", "04", "05", "06", "07"]
     for this, nxt in itertools.pairwise(TUTORIALS):
         assert f"]({nxt.name})" in this.read_text(), f"{this.name} does not lead to {nxt.name}"
     readme = (ROOT / "README.md").read_text()
@@ -104,3 +104,11 @@ def test_06_batchnorm_dropout():
     assert c["batch_norm_passed"] and c["dropout_passed"]
     assert abs(c["running_mean"] - 3) < 0.3 and abs(c["running_var"] - 4) < 0.8
     assert c["dropout_mean_error"] < 0.1
+
+
+def test_07_attention_by_hand():
+    c, _ = run_tutorial("07_attention_by_hand.py")
+    assert c["hand_vs_vjp"] < 1e-12 and c["d_forms"] < 1e-12 and c["flash_vs_vjp"] < 1e-12
+    assert c["plain_passed"] and c["flash_passed"] and not c["wrong_passed"]
+    assert any("coupling term dropped" in s for s in c["wrong_causes"])
+    assert c["grad_growth"] > 3.5 and c["flash_growth"] < 2.5  # n^2 against n, as the text says

@@ -172,8 +172,8 @@ print(drop_report)
 # %% [markdown]
 # **What to take away**: a layer with a mode has two backwards; batch norm's training one
 # carries the paths through the batch statistics, dropout's reuses its forward's mask. Both are
-# proven like every other layer: `jaxgd.check` runs each mode. Back to the start:
-# [1. the chain rule](01_chain_rule.py), or on to the library's [README](../README.md).
+# proven like every other layer: `jaxgd.check` runs each mode. Next:
+# [7. attention by hand](07_attention_by_hand.py), its backward and FlashAttention-2's.
 
 # %%
 CHECKS = {

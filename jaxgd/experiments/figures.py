@@ -283,6 +283,21 @@ def resnet_curves(res, path):
     )
 
 
+def vit_curves(res, path):
+    """ViT: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one panel per
+    dataset, one line per seed with its best epoch marked."""
+    return _seed_curves(
+        res,
+        path,
+        "val_curve",
+        "validation accuracy (solid)",
+        "training loss (dashed)",
+        lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
+        lambda ds, r: f"{ds}: ViT, {len(r['runs'])} seed(s)",
+        best=True,
+    )
+
+
 def airbench_curves(res, path):
     """airbench94 by hand: training accuracy (solid) and loss (dashed, right axis) per epoch of each
     run (the training batches' own, in training mode, augmented), one panel per dataset."""

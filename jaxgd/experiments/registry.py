@@ -21,6 +21,7 @@ from jaxgd.experiments import (
     mnist_improved,
     mnist_zoo,
     resnet,
+    vit,
 )
 from jaxgd.experiments.config import ConfigError
 
@@ -37,6 +38,7 @@ MODULES = (
     cifar10_improved,
     resnet,
     airbench,
+    vit,
     bench,
 )
 EXPERIMENTS = {m.EXPERIMENT.name: m.EXPERIMENT for m in MODULES}
