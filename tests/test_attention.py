@@ -66,12 +66,11 @@ def test_flash_keeps_no_n_by_m_array_for_its_backward():
     assert res[-1].shape == (1, 64, 48)  # the plain one keeps P
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_jaxgd_check_passes_both(causal):
+def test_jaxgd_check_passes_both():
     q, k, v, _ = problem(6, 6, lead=(2,), d=3, dv=2, dtype=np.float32)
     for f in (
-        lambda q, k, v: A.attention(q, k, v, causal=causal),
-        lambda q, k, v: A.flash_attention(q, k, v, causal=causal, block_q=4, block_k=4),
+        lambda q, k, v: A.attention(q, k, v),
+        lambda q, k, v: A.flash_attention(q, k, v, causal=True, block_q=4, block_k=4),  # ragged, causal
     ):
         report = jaxgd.check(f, q, k, v)
         assert report.passed, str(report)
