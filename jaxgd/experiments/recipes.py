@@ -92,20 +92,24 @@ def hand_vs_autodiff(model, params, state, x, y) -> dict:
     return {"dtype": "float64", "images": int(x.shape[0]), "leaves": len(rel), "max_rel": max(rel)}
 
 
-def fit_seeds(model, inits, splits, seeds, cfg, lr, epochs, augmentation, show, train_curve, stacked=None):
+def _improved_hparams(cfg, lrs, schedule):
+    return optim.sgd_hyperparams(lrs, cfg.momentum, cfg.weight_decay, schedule=schedule)
+
+
+def fit_seeds(
+    model, inits, splits, seeds, cfg, lr, epochs, augmentation, show, train_curve, stacked=None, hparams=None, step=None
+):
     """The improved protocol at every seed as one program: seed ``seeds[i]``'s initial ``(params,
     state)`` (``inits[i]``) trained on its own split ``splits[i]`` (stacked on a seeds axis:
     ``stacked``, else ``stack_splits``) for ``epochs`` with learning rate ``lr`` and ``cfg``'s
     momentum, weight decay, warm-up and batch size (``improved_step`` with ``augmentation``,
     ``improved_schedule``), each run's best epoch by validation, under the progress callback
-    ``show``. Returns ``seed_runs``'s ``(runs, mean, std)`` and the ``History``."""
+    ``show``. Another update: ``hparams(cfg, lrs, schedule)`` builds its hyperparameters and ``step``
+    is its ``train.Step`` (the ViT's AdamW). Returns ``seed_runs``'s ``(runs, mean, std)`` and the
+    ``History``."""
     train_xy, val_xy = stacked or (stack_splits(splits, "train"), stack_splits(splits, "val"))
-    hp = optim.sgd_hyperparams(
-        [lr] * len(seeds),
-        cfg.momentum,
-        cfg.weight_decay,
-        schedule=improved_schedule(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size),
-    )
+    schedule = improved_schedule(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size)
+    hp = (hparams or _improved_hparams)(cfg, [lr] * len(seeds), schedule)
     params0, state0 = train.stack_params(inits)  # (params, state) per seed, stacked in one program
     p, st, h = train.fit(
         model,
@@ -119,7 +123,7 @@ def fit_seeds(model, inits, splits, seeds, cfg, lr, epochs, augmentation, show, 
         configs=PER_SEED_DATA,
         model_state=state0,
         monitor=BEST_BY_VAL,
-        step=improved_step(augmentation),
+        step=step or improved_step(augmentation),
         progress=show,
     )
     return (*seed_runs(model, p, st, h, splits, seeds, train_curve), h)

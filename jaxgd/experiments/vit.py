@@ -26,14 +26,7 @@ from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.common import duration, run_datasets
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
-from jaxgd.experiments.recipes import (
-    BEST_BY_VAL,
-    PER_SEED_DATA,
-    hand_vs_autodiff,
-    improved_schedule,
-    seed_runs,
-    stack_splits,
-)
+from jaxgd.experiments.recipes import fit_seeds, hand_vs_autodiff
 
 DATASETS = ("mnist", "cifar2", "cifar10")
 CLASSES = {"mnist": 10, "cifar2": 2, "cifar10": 10}
@@ -124,30 +117,23 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
         f"{dataset} x {len(seeds)} seeds", epochs, quiet=not verbose, log=lambda s: log(f"  {dataset}: {s}")
     )
     t0 = time.time()
-    train_xy, val_xy = stack_splits(splits, "train"), stack_splits(splits, "val")
-    hp = optim.adamw_hyperparams(
-        [cfg.lr] * len(seeds),
-        weight_decay=cfg.weight_decay,
-        schedule=improved_schedule(cfg.warmup, epochs, train_xy[1].shape[-1], cfg.batch_size),
-    )
-    stacked, stacked_state = train.stack_params(inits)
-    p, st, h = train.fit(
+    runs, mean, std, h = fit_seeds(
         model,
-        stacked,
-        train_xy,
-        val_xy,
-        hparams=hp,
-        epochs=epochs,
-        batch_size=cfg.batch_size,
-        seed=list(seeds),
-        configs=PER_SEED_DATA,
-        model_state=stacked_state,
-        monitor=BEST_BY_VAL,
+        inits,
+        splits,
+        seeds,
+        cfg,
+        cfg.lr,
+        epochs,
+        None,
+        show,
+        "train_loss",
+        hparams=lambda cfg, lrs, schedule: optim.adamw_hyperparams(
+            lrs, weight_decay=cfg.weight_decay, schedule=schedule
+        ),
         step=train.Step(optimizer=optim.adamw(wd_mask=decayed), augment=augmentation(cfg, dataset)),
-        progress=show,
     )
     show.close()
-    runs, mean, std = seed_runs(model, p, st, h, splits, seeds, "train_loss")
     return {
         "dataset": dataset,
         "layers": model.describe(),
