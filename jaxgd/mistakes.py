@@ -487,14 +487,14 @@ GALLERY = (
     Mistake(
         "flash's causal mask forgotten in the backward",
         FlashMaskForgotten(2, causal=True, impl="flash", block_q=2, block_k=2),
-        (5, 4),
+        (4, 4),
         "causal mask applied in the forward but not in the backward",
         where="param W_qkv (train",
     ),
     Mistake(
         "flash's D from the block, not the row",
         FlashDFromBlock(2, impl="flash", block_q=2, block_k=2),
-        (5, 4),
+        (4, 4),
         "over each key block instead of the whole row",
         where="param W_qkv (train",
     ),

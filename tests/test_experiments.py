@@ -133,6 +133,8 @@ def test_quick_profile_end_to_end_on_tiny_slices(tmp_path, monkeypatch):
     assert "## mnist_improved" in report and "mnist_improved/test_acc.png" in report
     assert "## resnet" in report and "resnet/curves.png" in report and "ResNet-6" in report
     assert "## vit" in report and "vit/curves.png" in report and "hand AdamW" in report
+    vit = json.loads((tmp_path / "quick" / reproduce.files("vit")[0]).read_text())["datasets"]["mnist"]
+    assert vit["hand_vs_autodiff"]["max_rel"] < 1e-12  # the ViT's hand reverse pass is jax.grad's, float64
     assert f"bench/{timing.device_name()}.png" in report
     again = reproduce.run_all("quick", only=["matrix_chain"], base=tmp_path, log=lambda s: None)
     assert again == {"matrix_chain": "skipped (done)"}
