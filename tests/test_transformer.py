@@ -12,8 +12,7 @@ import jaxgd
 from jaxgd import layers as L
 from jaxgd import models
 
-LAYERS = [
-    (L.multi_head_attention(2), (5, 4)),
+LAYERS = [  # the plain multi_head_attention is checked inside transformer_block's first layer
     (L.multi_head_attention(2, causal=True, impl="flash"), (5, 4)),
     (L.patch_embed(2, 3), (4, 6, 2)),
     (L.position_embedding(), (3, 4)),

@@ -177,7 +177,7 @@ print(flash_report)
 # growing lengths, `jax.grad` of the formula against the flash backward:
 
 # %%
-lengths = [128, 256, 512, 1024, 2048]
+lengths = [128, 256, 512, 1024]
 
 
 def temp_mb(f, length):
