@@ -5,10 +5,12 @@ accuracy read once at its best epoch, and the hand gradient against ``jax.grad``
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 
-from jaxgd import optim, schedules, train, xla
+from jaxgd import models, optim, schedules, train, xla
 
 
 def improved_step(augmentation=None) -> train.Step:
@@ -68,6 +70,30 @@ def seed_runs(model, params, state, hist, splits, seeds, train_curve):
         )
     tests = np.array([r["test_acc"] for r in runs])
     return runs, float(tests.mean()), float(tests.std(ddof=1)) if len(tests) > 1 else 0.0
+
+
+def seeds_record(dataset, model, inits, splits, seeds, epochs, check, fitted, t0) -> dict:
+    """What a dataset trained over seeds as one program records (the ResNet's and the ViT's): the model, the
+    protocol's numbers, the hand-vs-``jax.grad`` ``check``, ``fitted`` (``fit_seeds``'s ``(runs, mean, std,
+    History)``) and the training time since ``t0``."""
+    runs, mean, std, h = fitted
+    return {
+        "dataset": dataset,
+        "layers": model.describe(),
+        "n_params": models.count_params(inits[0][0]),
+        "train_flops_per_image": model.train_flops(1),
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "n_train": len(splits[0].train.y),
+        "hand_vs_autodiff": check,
+        "runs": runs,
+        "test_acc_mean": mean,
+        "test_acc_std": std,
+        "train_time_s": time.time() - t0,
+        "epoch_time_s": h.epoch_time,
+        "compile_time_s": h.compile_time,
+        "diverged_at_epoch": h.diverged_at,
+    }
 
 
 def hand_vs_autodiff(model, params, state, x, y) -> dict:

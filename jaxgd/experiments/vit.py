@@ -26,7 +26,7 @@ from jaxgd import augment, data, models, optim, progress, train
 from jaxgd.experiments.common import duration, run_datasets
 from jaxgd.experiments.config import Config, at_least, data_dir_option, option, warmup_option
 from jaxgd.experiments.protocol import Experiment
-from jaxgd.experiments.recipes import fit_seeds, hand_vs_autodiff
+from jaxgd.experiments.recipes import fit_seeds, hand_vs_autodiff, seeds_record
 
 DATASETS = ("mnist", "cifar2", "cifar10")
 CLASSES = {"mnist": 10, "cifar2": 2, "cifar10": 10}
@@ -117,7 +117,7 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
         f"{dataset} x {len(seeds)} seeds", epochs, quiet=not verbose, log=lambda s: log(f"  {dataset}: {s}")
     )
     t0 = time.time()
-    runs, mean, std, h = fit_seeds(
+    fitted = fit_seeds(
         model,
         inits,
         splits,
@@ -134,24 +134,7 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
         step=train.Step(optimizer=optim.adamw(wd_mask=decayed), augment=augmentation(cfg, dataset)),
     )
     show.close()
-    return {
-        "dataset": dataset,
-        "layers": model.describe(),
-        "n_params": models.count_params(params0),
-        "train_flops_per_image": model.train_flops(1),
-        "epochs": epochs,
-        "seeds": list(seeds),
-        "n_train": len(splits[0].train.y),
-        "hand_vs_autodiff": check,
-        "runs": runs,
-        "test_acc_mean": mean,
-        "test_acc_std": std,
-        "target": TARGETS[dataset],
-        "train_time_s": time.time() - t0,
-        "epoch_time_s": h.epoch_time,
-        "compile_time_s": h.compile_time,
-        "diverged_at_epoch": h.diverged_at,
-    }
+    return {**seeds_record(dataset, model, inits, splits, seeds, epochs, check, fitted, t0), "target": TARGETS[dataset]}
 
 
 def run(config=None, out=None, force=False, verbose=True, log=print) -> dict:
