@@ -199,7 +199,7 @@ def flash_forward(q, k, v, causal=False, scale=None, block_q=BLOCK_Q, block_k=BL
 
     ob, lse = lax.map(query_block, (jnp.arange(qb.shape[0]), qb))
     o = _unblocks(ob, n).reshape(lead + (n, v.shape[-1]))
-    lse = lse.transpose(1, 0, 2).reshape(b, -1)[:, :n].reshape(lead + (n,))
+    lse = _unblocks(lse[..., None], n)[..., 0].reshape(lead + (n,))
     return o, (q, k, v, o, lse)
 
 

@@ -107,7 +107,7 @@ class Dense(Layer):
 
     def init(self, key, in_shape, dtype=jnp.float32):
         shape = self.out_shape(in_shape)
-        p = init_linear(key, in_shape[0], self.features, self.init_scheme, dtype)
+        p = init_linear(key, in_shape[-1], self.features, self.init_scheme, dtype)
         return (p if self.bias else {"W": p["W"]}), {}, shape
 
     def forward(self, params, state, x, *, train=False, key=None):
@@ -121,7 +121,7 @@ class Dense(Layer):
         return grads, dy @ params["W"].T
 
     def macs(self, in_shape):
-        return int(in_shape[0]) * self.features
+        return int(math.prod(in_shape)) * self.features
 
     def __str__(self):
         return (

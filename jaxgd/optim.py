@@ -147,11 +147,14 @@ def sgd_init(params: Any) -> SGDState:
     return SGDState(jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
 
 
+WEIGHT_NAMES = ("W", "W_qkv", "W_o")  # dense, conv and patch-embedding kernels; attention's projections
+
+
 def weights_only(path: tuple, leaf: Any) -> bool:
-    """A weight-decay mask: decay the leaves named ``"W"`` (dense and conv kernels) and leave biases
-    and batch-norm scales and shifts alone."""
+    """A weight-decay mask: decay the weight matrices (leaves named in ``WEIGHT_NAMES``: dense, conv and patch
+    kernels, attention's projections) and leave biases, norms' scales and shifts and embedding tables alone."""
     last = path[-1] if path else None
-    return getattr(last, "key", getattr(last, "name", None)) == "W"
+    return getattr(last, "key", getattr(last, "name", None)) in WEIGHT_NAMES
 
 
 def _mask_tree(mask, params):
@@ -334,8 +337,8 @@ class AdamWState(NamedTuple):
 
 def adamw_init(params: Any) -> AdamWState:
     """``m = v = 0`` and no step made yet."""
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return AdamWState(zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)  # immutable: m and v may start as the same arrays
+    return AdamWState(zeros, zeros, jnp.zeros((), jnp.int32))
 
 
 def adamw(wd_mask: Any = None) -> Optimizer:

@@ -50,14 +50,6 @@ class TokenDense(Dense):
         _tokens(f"token_dense({self.features})", in_shape)
         return (in_shape[0], self.features)
 
-    def init(self, key, in_shape, dtype=jnp.float32):
-        shape = self.out_shape(in_shape)
-        p = init_linear(key, in_shape[1], self.features, self.init_scheme, dtype)
-        return (p if self.bias else {"W": p["W"]}), {}, shape
-
-    def macs(self, in_shape):
-        return int(in_shape[0] * in_shape[1]) * self.features
-
     def __str__(self):
         return "token_" + super().__str__()
 

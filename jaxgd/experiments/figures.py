@@ -271,21 +271,17 @@ def resnet_curves(res, path):
     from jaxgd.models import resnet_depth
 
     depth = resnet_depth(res["config"]["widths"], res["config"]["blocks"])
-    return _seed_curves(
-        res,
-        path,
-        "val_curve",
-        "validation accuracy (solid)",
-        "training loss (dashed)",
-        lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
-        lambda ds, r: f"{ds}: ResNet-{depth}, {len(r['runs'])} seed(s)",
-        best=True,
-    )
+    return _best_by_val_curves(res, path, f"ResNet-{depth}")
 
 
 def vit_curves(res, path):
     """ViT: validation accuracy (solid) and training loss (dashed, right axis) per epoch, one panel per
     dataset, one line per seed with its best epoch marked."""
+    return _best_by_val_curves(res, path, "ViT")
+
+
+def _best_by_val_curves(res, path, model_name):
+    """Each seed's validation accuracy and training loss per epoch, its best epoch by validation marked."""
     return _seed_curves(
         res,
         path,
@@ -293,7 +289,7 @@ def vit_curves(res, path):
         "validation accuracy (solid)",
         "training loss (dashed)",
         lambda run: f"seed {run['seed']}: test {run['test_acc']:.4f}",
-        lambda ds, r: f"{ds}: ViT, {len(r['runs'])} seed(s)",
+        lambda ds, r: f"{ds}: {model_name}, {len(r['runs'])} seed(s)",
         best=True,
     )
 

@@ -79,12 +79,6 @@ class VitConfig(Config):
 CONFIG = VitConfig
 
 
-def decayed(path, leaf) -> bool:
-    """AdamW's weight-decay mask here: the weight matrices (dense, patch embedding, attention projections)."""
-    last = path[-1] if path else None
-    return getattr(last, "key", None) in ("W", "W_qkv", "W_o")
-
-
 def model_for(cfg, dataset) -> models.Model:
     return models.vit(
         cfg.patch,
@@ -131,7 +125,7 @@ def train_one(dataset, cfg, verbose=False, log=print) -> dict:
         hparams=lambda cfg, lrs, schedule: optim.adamw_hyperparams(
             lrs, weight_decay=cfg.weight_decay, schedule=schedule
         ),
-        step=train.Step(optimizer=optim.adamw(wd_mask=decayed), augment=augmentation(cfg, dataset)),
+        step=train.Step(optimizer=optim.adamw(wd_mask=optim.weights_only), augment=augmentation(cfg, dataset)),
     )
     show.close()
     return {**seeds_record(dataset, model, inits, splits, seeds, epochs, check, fitted, t0), "target": TARGETS[dataset]}
